@@ -1,0 +1,330 @@
+//! The operator and auditor commands behind `src/main.rs`: each takes parsed flags and
+//! does its work through the library.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+
+use crate::domain::{DomainEvent, Violations};
+use crate::grpc::convert::event_from_proto;
+use crate::grpc::pb;
+use crate::grpc::pb::event_store_client::EventStoreClient;
+use crate::log::{
+    ExpectedRevision, Log, LogConfig, ProposedEvent, StreamAppend, StreamName, verify,
+};
+
+/// Boxed error for command results.
+pub type CliError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `rapport serve`: opens the log and serves it until SIGINT/SIGTERM, then drains the
+/// writer and flushes.
+pub async fn serve(data_dir: PathBuf, listen: std::net::SocketAddr) -> Result<(), CliError> {
+    let dir = data_dir.clone();
+    let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(dir))).await??;
+    let head = log.head();
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        data_dir = %data_dir.display(),
+        head_position = head.position,
+        "rapport serving (gRPC EventStore, health, reflection)"
+    );
+    crate::grpc::serve_log(log.clone(), listener, shutdown_signal()).await?;
+    tokio::task::spawn_blocking(move || log.shutdown()).await?;
+    tracing::info!("stopped; the log is flushed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// `rapport verify`: the offline audit. Returns whether the log is sound.
+pub fn verify(data_dir: &Path) -> Result<bool, CliError> {
+    let start = Instant::now();
+    let report = verify::verify_dir(data_dir)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "events {}  streams {}  chunks {}  head {} {}",
+        report.events,
+        report.streams,
+        report.chunks,
+        report.head_position,
+        hex::encode(report.head_hash)
+    );
+    println!(
+        "checked in {elapsed:.2} s ({:.0} events/s)",
+        report.events as f64 / elapsed.max(1e-9)
+    );
+    if report.is_ok() {
+        println!("OK: hash chain, positions, revisions and indices verify");
+    } else {
+        for fault in &report.faults {
+            println!("FAULT: {fault}");
+        }
+    }
+    Ok(report.is_ok())
+}
+
+/// Formats UTC microseconds as RFC 3339 (`2026-11-23T12:00:00.000001Z`).
+pub fn rfc3339(us: i64) -> String {
+    let seconds = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let days = seconds.div_euclid(86_400);
+    let second_of_day = seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+fn ts_us(ts: Option<&prost_types::Timestamp>) -> i64 {
+    ts.map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos / 1_000))
+}
+
+/// One recorded event as a JSON object (the line format of `tail`).
+pub fn event_json(event: pb::RecordedEvent) -> serde_json::Value {
+    let data = event.event.clone().and_then(|body| {
+        let mut v = Violations::new("");
+        event_from_proto(body, &mut v)
+    });
+    let data = match data {
+        Some(DomainEvent::Custom(custom)) => serde_json::Value::Object(
+            custom
+                .data
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_json()))
+                .collect(),
+        ),
+        Some(other) => serde_json::to_value(&other)
+            .ok()
+            .and_then(|v| v.as_object().and_then(|o| o.values().next().cloned()))
+            .unwrap_or(serde_json::Value::Null),
+        None => serde_json::Value::Null,
+    };
+    let metadata: serde_json::Map<String, serde_json::Value> = event
+        .metadata
+        .iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::json!({
+        "position": event.position,
+        "stream": event.stream,
+        "revision": event.revision,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "schema_version": event.schema_version,
+        "recorded_at": rfc3339(ts_us(event.recorded_at.as_ref())),
+        "occurred_at": rfc3339(ts_us(event.occurred_at.as_ref())),
+        "correlation_id": event.correlation_id,
+        "causation_id": event.causation_id,
+        "actor": event.actor,
+        "source_channel": event.source_channel,
+        "metadata": metadata,
+        "hash": hex::encode(&event.hash),
+        "data": data,
+    })
+}
+
+/// `rapport tail`: events as JSON lines through the gRPC API; with `follow`, stays
+/// subscribed and prints new events as they are appended.
+pub async fn tail(
+    server: String,
+    after: u64,
+    follow: bool,
+    stream_prefixes: Vec<String>,
+    event_types: Vec<String>,
+) -> Result<(), CliError> {
+    let mut client = EventStoreClient::connect(server)
+        .await?
+        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+    let filter = Some(pb::Filter {
+        stream_prefixes,
+        event_types,
+    });
+    if follow {
+        let mut stream = client
+            .subscribe(pb::SubscribeRequest {
+                after_position: after,
+                filter,
+            })
+            .await?
+            .into_inner();
+        while let Some(event) = stream.next().await {
+            println!("{}", event_json(event?));
+        }
+        return Ok(());
+    }
+    let mut cursor = after + 1;
+    loop {
+        let page = client
+            .read_all(pb::ReadAllRequest {
+                from_position: cursor,
+                backwards: false,
+                max_count: crate::limits::READ_PAGE_MAX,
+                filter: filter.clone(),
+            })
+            .await?
+            .into_inner();
+        for event in page.events {
+            println!("{}", event_json(event));
+        }
+        cursor = page.next_cursor;
+        if page.end_reached {
+            return Ok(());
+        }
+    }
+}
+
+/// `rapport bench fill`: writes `events` bench events offline (in process, through the
+/// log's writer, `batch` per append over `streams` streams), for verify, read and size
+/// figures. Reports appends/s and bytes on disk per event.
+pub async fn bench_fill(
+    data_dir: PathBuf,
+    events: u64,
+    batch: usize,
+    streams: u64,
+) -> Result<(), CliError> {
+    let dir = data_dir.clone();
+    let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(dir))).await??;
+    let start = Instant::now();
+    let mut written = 0u64;
+    let mut serial = 0u64;
+    let concurrency = 16usize;
+    let mut in_flight = tokio::task::JoinSet::new();
+    while written < events {
+        let count = (batch as u64).min(events - written) as usize;
+        let stream = StreamName::parse(&format!("customer-{}", serial % streams.max(1)))?;
+        let mut proposed = Vec::with_capacity(count);
+        for _ in 0..count {
+            let body = crate::loadgen::sample_event(serial);
+            serial += 1;
+            let mut v = Violations::new("");
+            let domain = event_from_proto(body, &mut v).expect("sample events are valid");
+            proposed.push(ProposedEvent {
+                event_id: Some(uuid::Uuid::new_v4()),
+                event_type: domain.event_type().to_owned(),
+                schema_version: domain.schema_version(),
+                payload: domain.encode(),
+                ..Default::default()
+            });
+        }
+        written += count as u64;
+        let log = log.clone();
+        in_flight.spawn(async move {
+            log.append(StreamAppend {
+                stream,
+                expected: ExpectedRevision::Any,
+                events: proposed,
+            })
+            .await
+        });
+        while in_flight.len() >= concurrency {
+            in_flight.join_next().await.expect("non-empty")??;
+        }
+    }
+    while let Some(result) = in_flight.join_next().await {
+        result??;
+    }
+    let elapsed = start.elapsed();
+    let head = log.head();
+    tokio::task::spawn_blocking(move || log.shutdown()).await?;
+    let bytes = dir_size(&data_dir)?;
+    println!(
+        "wrote {events} events in {:.1} s ({:.0} events/s); head {}; {} bytes on disk = {:.0} B/event",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        head.position,
+        bytes,
+        bytes as f64 / head.position.max(1) as f64
+    );
+    Ok(())
+}
+
+/// Total size of the files under `dir`, in bytes.
+pub fn dir_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// `rapport bench append`: the load generator.
+pub async fn bench_append(
+    server: String,
+    clients: usize,
+    events_per_request: usize,
+    duration: Duration,
+) -> Result<(), CliError> {
+    let report = crate::loadgen::run_append(&server, clients, events_per_request, duration).await?;
+    println!("append clients={clients} events/request={events_per_request}: {report}");
+    Ok(())
+}
+
+/// `rapport bench read`: reads the whole log over gRPC.
+pub async fn bench_read(server: String) -> Result<(), CliError> {
+    let (events, elapsed) = crate::loadgen::run_read_all(&server)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "read all: {events} events in {:.2} s = {:.0} events/s",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `rapport bench sled`: the raw sled ceiling.
+pub fn bench_sled(data_dir: &Path, events: u64, batch: u64) -> Result<(), CliError> {
+    let rate =
+        crate::loadgen::run_sled_ceiling(data_dir, events, batch).map_err(|e| e.to_string())?;
+    println!(
+        "raw sled: {events} inserts of 200 B, {batch} per flush+fdatasync: {rate:.0} inserts/s"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+    }
+}

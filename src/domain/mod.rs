@@ -1,0 +1,11 @@
+//! The CRM domain: plain Rust types and pure functions, no I/O, no proto, no clock.
+//!
+//! [`events`] holds every typed event (one file each), their validation rules and the
+//! versioned encoding the log stores.
+
+pub mod common;
+pub mod events;
+pub mod violations;
+
+pub use events::{DecodeError, DomainEvent, TypedEvent};
+pub use violations::{FieldViolation, Violations};

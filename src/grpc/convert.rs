@@ -1,0 +1,544 @@
+//! Proto ⇄ domain conversion, in one place. Proto messages are destructured field by
+//! field so that a new proto field fails to compile until someone maps it.
+
+use std::collections::BTreeMap;
+
+use prost_types::{ListValue, Struct, Timestamp, value::Kind as ValueKind};
+use uuid::Uuid;
+
+use super::pb;
+use crate::domain::common::{CalendarDate, Channel, Direction, InteractionKind, PostalAddress};
+use crate::domain::events::{
+    ContactDetailsChanged, CustomEvent, CustomerRegistered, InteractionLogged, PurchaseCompleted,
+    PurchaseLine, Value,
+};
+use crate::domain::{DomainEvent, Violations};
+use crate::limits::CUSTOM_DATA_DEPTH_MAX;
+use crate::log::LoggedEvent;
+
+/// Earliest and latest instants a timestamp may carry (0001-01-01 .. 9999-12-31, as
+/// in `google.protobuf.Timestamp`), in seconds since the Unix epoch.
+const TIMESTAMP_SECONDS_MIN: i64 = -62_135_596_800;
+const TIMESTAMP_SECONDS_MAX: i64 = 253_402_300_799;
+
+/// Microseconds since the epoch → `Timestamp`.
+pub fn timestamp_from_us(us: i64) -> Timestamp {
+    Timestamp {
+        seconds: us.div_euclid(1_000_000),
+        nanos: i32::try_from(us.rem_euclid(1_000_000) * 1_000).expect("below 1e9"),
+    }
+}
+
+/// `Timestamp` → microseconds since the epoch (sub-microsecond digits are dropped).
+pub fn timestamp_to_us(field: &str, ts: &Timestamp, v: &mut Violations) -> Option<i64> {
+    if !(TIMESTAMP_SECONDS_MIN..=TIMESTAMP_SECONDS_MAX).contains(&ts.seconds)
+        || !(0..1_000_000_000).contains(&ts.nanos)
+    {
+        v.add(
+            field,
+            "must be a valid timestamp between 0001-01-01 and 9999-12-31",
+        );
+        return None;
+    }
+    Some(ts.seconds * 1_000_000 + i64::from(ts.nanos / 1_000))
+}
+
+/// Parses a UUID field (required).
+pub fn uuid_field(field: &str, text: &str, v: &mut Violations) -> Uuid {
+    match Uuid::parse_str(text) {
+        Ok(id) => id,
+        Err(_) if text.is_empty() => {
+            v.add(field, "is required (a UUID)");
+            Uuid::nil()
+        }
+        Err(_) => {
+            v.add(
+                field,
+                "must be a UUID such as 0190a3b2-7c4e-7def-8000-000000000001",
+            );
+            Uuid::nil()
+        }
+    }
+}
+
+fn channel_from(field: &str, raw: i32, v: &mut Violations) -> Channel {
+    match pb::Channel::try_from(raw) {
+        Ok(pb::Channel::Unspecified) => Channel::Unspecified,
+        Ok(pb::Channel::Store) => Channel::Store,
+        Ok(pb::Channel::Web) => Channel::Web,
+        Ok(pb::Channel::MobileApp) => Channel::MobileApp,
+        Ok(pb::Channel::Email) => Channel::Email,
+        Ok(pb::Channel::Phone) => Channel::Phone,
+        Ok(pb::Channel::Chat) => Channel::Chat,
+        Ok(pb::Channel::Social) => Channel::Social,
+        Ok(pb::Channel::Messaging) => Channel::Messaging,
+        Err(_) => {
+            v.add(field, format!("{raw} is not a Channel"));
+            Channel::Unspecified
+        }
+    }
+}
+
+fn channel_to(channel: Channel) -> i32 {
+    (match channel {
+        Channel::Unspecified => pb::Channel::Unspecified,
+        Channel::Store => pb::Channel::Store,
+        Channel::Web => pb::Channel::Web,
+        Channel::MobileApp => pb::Channel::MobileApp,
+        Channel::Email => pb::Channel::Email,
+        Channel::Phone => pb::Channel::Phone,
+        Channel::Chat => pb::Channel::Chat,
+        Channel::Social => pb::Channel::Social,
+        Channel::Messaging => pb::Channel::Messaging,
+    }) as i32
+}
+
+fn direction_from(field: &str, raw: i32, v: &mut Violations) -> Direction {
+    match pb::Direction::try_from(raw) {
+        Ok(pb::Direction::Unspecified) => Direction::Unspecified,
+        Ok(pb::Direction::Inbound) => Direction::Inbound,
+        Ok(pb::Direction::Outbound) => Direction::Outbound,
+        Err(_) => {
+            v.add(field, format!("{raw} is not a Direction"));
+            Direction::Unspecified
+        }
+    }
+}
+
+fn direction_to(direction: Direction) -> i32 {
+    (match direction {
+        Direction::Unspecified => pb::Direction::Unspecified,
+        Direction::Inbound => pb::Direction::Inbound,
+        Direction::Outbound => pb::Direction::Outbound,
+    }) as i32
+}
+
+fn kind_from(field: &str, raw: i32, v: &mut Violations) -> InteractionKind {
+    use pb::InteractionKind as P;
+    match P::try_from(raw) {
+        Ok(P::Unspecified) => InteractionKind::Unspecified,
+        Ok(P::Visit) => InteractionKind::Visit,
+        Ok(P::Call) => InteractionKind::Call,
+        Ok(P::Email) => InteractionKind::Email,
+        Ok(P::Chat) => InteractionKind::Chat,
+        Ok(P::PageView) => InteractionKind::PageView,
+        Ok(P::CartAbandoned) => InteractionKind::CartAbandoned,
+        Ok(P::Complaint) => InteractionKind::Complaint,
+        Ok(P::Message) => InteractionKind::Message,
+        Ok(P::Other) => InteractionKind::Other,
+        Err(_) => {
+            v.add(field, format!("{raw} is not an InteractionKind"));
+            InteractionKind::Unspecified
+        }
+    }
+}
+
+fn kind_to(kind: InteractionKind) -> i32 {
+    use pb::InteractionKind as P;
+    (match kind {
+        InteractionKind::Unspecified => P::Unspecified,
+        InteractionKind::Visit => P::Visit,
+        InteractionKind::Call => P::Call,
+        InteractionKind::Email => P::Email,
+        InteractionKind::Chat => P::Chat,
+        InteractionKind::PageView => P::PageView,
+        InteractionKind::CartAbandoned => P::CartAbandoned,
+        InteractionKind::Complaint => P::Complaint,
+        InteractionKind::Message => P::Message,
+        InteractionKind::Other => P::Other,
+    }) as i32
+}
+
+fn address_from(address: Option<pb::PostalAddress>) -> PostalAddress {
+    let pb::PostalAddress {
+        lines,
+        city,
+        region,
+        postal_code,
+        country_code,
+    } = address.unwrap_or_default();
+    PostalAddress {
+        lines,
+        city,
+        region,
+        postal_code,
+        country_code,
+    }
+}
+
+fn address_to(address: PostalAddress) -> Option<pb::PostalAddress> {
+    let PostalAddress {
+        lines,
+        city,
+        region,
+        postal_code,
+        country_code,
+    } = address;
+    Some(pb::PostalAddress {
+        lines,
+        city,
+        region,
+        postal_code,
+        country_code,
+    })
+}
+
+fn value_from(field: &str, value: prost_types::Value, depth: usize, v: &mut Violations) -> Value {
+    if depth > CUSTOM_DATA_DEPTH_MAX {
+        v.add(
+            field,
+            format!("nests deeper than {CUSTOM_DATA_DEPTH_MAX} levels"),
+        );
+        return Value::Null;
+    }
+    match value.kind {
+        None | Some(ValueKind::NullValue(_)) => Value::Null,
+        Some(ValueKind::BoolValue(b)) => Value::Bool(b),
+        Some(ValueKind::NumberValue(n)) => {
+            if !n.is_finite() {
+                v.add(field, "numbers must be finite");
+            }
+            Value::Number(n)
+        }
+        Some(ValueKind::StringValue(s)) => Value::String(s),
+        Some(ValueKind::ListValue(list)) => Value::List(
+            list.values
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| value_from(&format!("{field}[{i}]"), item, depth + 1, v))
+                .collect(),
+        ),
+        Some(ValueKind::StructValue(s)) => Value::Object(struct_from(field, s, depth + 1, v)),
+    }
+}
+
+fn struct_from(
+    field: &str,
+    s: Struct,
+    depth: usize,
+    v: &mut Violations,
+) -> BTreeMap<String, Value> {
+    s.fields
+        .into_iter()
+        .map(|(key, value)| {
+            let path = format!("{field}.{key}");
+            (key, value_from(&path, value, depth, v))
+        })
+        .collect()
+}
+
+fn value_to(value: Value) -> prost_types::Value {
+    let kind = match value {
+        Value::Null => ValueKind::NullValue(0),
+        Value::Bool(b) => ValueKind::BoolValue(b),
+        Value::Number(n) => ValueKind::NumberValue(n),
+        Value::String(s) => ValueKind::StringValue(s),
+        Value::List(items) => ValueKind::ListValue(ListValue {
+            values: items.into_iter().map(value_to).collect(),
+        }),
+        Value::Object(fields) => ValueKind::StructValue(struct_to(fields)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn struct_to(fields: BTreeMap<String, Value>) -> Struct {
+    Struct {
+        fields: fields.into_iter().map(|(k, v)| (k, value_to(v))).collect(),
+    }
+}
+
+/// Converts a proto event body into a domain event, recording every problem in `v`
+/// (under `v`'s prefix, e.g. `events[3].event`). Returns `None` when the body is unusable.
+pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEvent> {
+    use pb::event::Kind;
+    let Some(kind) = event.kind else {
+        v.add("", "is required: set exactly one event case");
+        return None;
+    };
+    Some(match kind {
+        Kind::Custom(pb::CustomEvent { r#type, data }) => DomainEvent::Custom(CustomEvent {
+            event_type: r#type,
+            data: struct_from("custom.data", data.unwrap_or_default(), 1, v),
+        }),
+        Kind::CustomerRegistered(pb::CustomerRegistered {
+            customer_id,
+            given_name,
+            family_name,
+            emails,
+            phones,
+            birth_date,
+            address,
+            locale,
+            external_ids,
+            acquisition_channel,
+        }) => {
+            let f = "customer_registered";
+            let birth_date = if birth_date.is_empty() {
+                None
+            } else {
+                let parsed = CalendarDate::parse(&birth_date);
+                if parsed.is_none() {
+                    v.add(&format!("{f}.birth_date"), "must be a date YYYY-MM-DD");
+                }
+                parsed
+            };
+            DomainEvent::CustomerRegistered(CustomerRegistered {
+                customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
+                given_name,
+                family_name,
+                emails,
+                phones,
+                birth_date,
+                address: address_from(address),
+                locale,
+                external_ids: external_ids.into_iter().collect(),
+                acquisition_channel: channel_from(
+                    &format!("{f}.acquisition_channel"),
+                    acquisition_channel,
+                    v,
+                ),
+            })
+        }
+        Kind::ContactDetailsChanged(pb::ContactDetailsChanged {
+            customer_id,
+            emails,
+            phones,
+            address,
+        }) => DomainEvent::ContactDetailsChanged(ContactDetailsChanged {
+            customer_id: uuid_field("contact_details_changed.customer_id", &customer_id, v),
+            emails,
+            phones,
+            address: address_from(address),
+        }),
+        Kind::InteractionLogged(pb::InteractionLogged {
+            customer_id,
+            channel,
+            direction,
+            kind,
+            subject,
+            summary,
+            agent,
+            duration_seconds,
+        }) => {
+            let f = "interaction_logged";
+            DomainEvent::InteractionLogged(InteractionLogged {
+                customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
+                channel: channel_from(&format!("{f}.channel"), channel, v),
+                direction: direction_from(&format!("{f}.direction"), direction, v),
+                kind: kind_from(&format!("{f}.kind"), kind, v),
+                subject,
+                summary,
+                agent,
+                duration_seconds,
+            })
+        }
+        Kind::PurchaseCompleted(pb::PurchaseCompleted {
+            customer_id,
+            order_id,
+            lines,
+            total_minor,
+            currency,
+            channel,
+            store_id,
+        }) => {
+            let f = "purchase_completed";
+            DomainEvent::PurchaseCompleted(PurchaseCompleted {
+                customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
+                order_id,
+                lines: lines
+                    .into_iter()
+                    .map(
+                        |pb::PurchaseLine {
+                             sku,
+                             name,
+                             category,
+                             quantity,
+                             unit_price_minor,
+                         }| PurchaseLine {
+                            sku,
+                            name,
+                            category,
+                            quantity,
+                            unit_price_minor,
+                        },
+                    )
+                    .collect(),
+                total_minor,
+                currency,
+                channel: channel_from(&format!("{f}.channel"), channel, v),
+                store_id,
+            })
+        }
+    })
+}
+
+/// Converts a domain event into its proto body.
+pub fn event_to_proto(event: DomainEvent) -> pb::Event {
+    use pb::event::Kind;
+    let kind = match event {
+        DomainEvent::Custom(CustomEvent { event_type, data }) => Kind::Custom(pb::CustomEvent {
+            r#type: event_type,
+            data: Some(struct_to(data)),
+        }),
+        DomainEvent::CustomerRegistered(CustomerRegistered {
+            customer_id,
+            given_name,
+            family_name,
+            emails,
+            phones,
+            birth_date,
+            address,
+            locale,
+            external_ids,
+            acquisition_channel,
+        }) => Kind::CustomerRegistered(pb::CustomerRegistered {
+            customer_id: customer_id.to_string(),
+            given_name,
+            family_name,
+            emails,
+            phones,
+            birth_date: birth_date.map(|d| d.to_string()).unwrap_or_default(),
+            address: address_to(address),
+            locale,
+            external_ids: external_ids.into_iter().collect(),
+            acquisition_channel: channel_to(acquisition_channel),
+        }),
+        DomainEvent::ContactDetailsChanged(ContactDetailsChanged {
+            customer_id,
+            emails,
+            phones,
+            address,
+        }) => Kind::ContactDetailsChanged(pb::ContactDetailsChanged {
+            customer_id: customer_id.to_string(),
+            emails,
+            phones,
+            address: address_to(address),
+        }),
+        DomainEvent::InteractionLogged(InteractionLogged {
+            customer_id,
+            channel,
+            direction,
+            kind,
+            subject,
+            summary,
+            agent,
+            duration_seconds,
+        }) => Kind::InteractionLogged(pb::InteractionLogged {
+            customer_id: customer_id.to_string(),
+            channel: channel_to(channel),
+            direction: direction_to(direction),
+            kind: kind_to(kind),
+            subject,
+            summary,
+            agent,
+            duration_seconds,
+        }),
+        DomainEvent::PurchaseCompleted(PurchaseCompleted {
+            customer_id,
+            order_id,
+            lines,
+            total_minor,
+            currency,
+            channel,
+            store_id,
+        }) => Kind::PurchaseCompleted(pb::PurchaseCompleted {
+            customer_id: customer_id.to_string(),
+            order_id,
+            lines: lines
+                .into_iter()
+                .map(
+                    |PurchaseLine {
+                         sku,
+                         name,
+                         category,
+                         quantity,
+                         unit_price_minor,
+                     }| pb::PurchaseLine {
+                        sku,
+                        name,
+                        category,
+                        quantity,
+                        unit_price_minor,
+                    },
+                )
+                .collect(),
+            total_minor,
+            currency,
+            channel: channel_to(channel),
+            store_id,
+        }),
+    };
+    pb::Event { kind: Some(kind) }
+}
+
+/// Converts a logged event into the wire `RecordedEvent`, decoding its body.
+pub fn recorded_event(logged: LoggedEvent) -> Result<pb::RecordedEvent, tonic::Status> {
+    let LoggedEvent { event, hash } = logged;
+    let body = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
+        .map_err(|e| {
+            tonic::Status::internal(format!("event at position {}: {e}", event.position))
+        })?;
+    Ok(pb::RecordedEvent {
+        position: event.position,
+        stream: event.stream,
+        revision: event.revision,
+        event_id: Uuid::from_bytes(event.event_id).to_string(),
+        event_type: event.event_type,
+        event: Some(event_to_proto(body)),
+        recorded_at: Some(timestamp_from_us(event.recorded_at_us)),
+        occurred_at: Some(timestamp_from_us(event.occurred_at_us)),
+        metadata: event.metadata.into_iter().collect(),
+        hash: hash.to_vec(),
+        correlation_id: event.correlation_id,
+        causation_id: event.causation_id,
+        actor: event.actor,
+        source_channel: event.source_channel,
+        schema_version: u32::from(event.schema_version),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_and_are_bounded() {
+        for us in [0, 1, -1, 1_700_000_000_123_456, -62_135_596_800_000_000] {
+            let mut v = Violations::new("");
+            assert_eq!(
+                timestamp_to_us("t", &timestamp_from_us(us), &mut v),
+                Some(us)
+            );
+        }
+        let mut v = Violations::new("");
+        let bad = Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        };
+        assert_eq!(timestamp_to_us("t", &bad, &mut v), None);
+        assert!(!v.is_empty());
+    }
+
+    #[test]
+    fn custom_data_round_trips() {
+        let data = Struct {
+            fields: BTreeMap::from([
+                ("stars".to_owned(), value_to(Value::Number(4.5))),
+                (
+                    "tags".to_owned(),
+                    value_to(Value::List(vec![Value::String("a".into()), Value::Null])),
+                ),
+            ]),
+        };
+        let event = pb::Event {
+            kind: Some(pb::event::Kind::Custom(pb::CustomEvent {
+                r#type: "review.written".into(),
+                data: Some(data),
+            })),
+        };
+        let mut v = Violations::new("event");
+        let domain = event_from_proto(event.clone(), &mut v).unwrap();
+        assert!(v.is_empty());
+        assert_eq!(event_to_proto(domain), event);
+    }
+}

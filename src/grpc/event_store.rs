@@ -1,0 +1,420 @@
+//! The `rapport.v1.EventStore` service: validate limits → convert → call the log →
+//! convert back. No business logic lives here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::convert::{event_from_proto, recorded_event, timestamp_to_us};
+use super::pb;
+use super::status::{invalid_argument, invalid_field};
+use crate::domain::Violations;
+use crate::limits;
+use crate::log::{
+    ExpectedRevision, Log, LoggedEvent, Page, ProposedEvent, ReadFilter, StreamAppend, StreamName,
+};
+
+/// The EventStore service over one log.
+#[derive(Clone)]
+pub struct EventStoreService {
+    log: Log,
+    subscriptions: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl EventStoreService {
+    /// A service over `log`; subscriptions end when `shutdown` turns true.
+    pub fn new(log: Log, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            log,
+            subscriptions: Arc::new(Semaphore::new(limits::SUBSCRIPTIONS_MAX)),
+            shutdown,
+        }
+    }
+}
+
+/// Validates and converts an `AppendRequest` into a log append.
+pub fn append_from_proto(request: pb::AppendRequest) -> Result<StreamAppend, Status> {
+    let pb::AppendRequest {
+        stream,
+        expected,
+        events,
+    } = request;
+    let mut v = Violations::new("");
+    let stream = match StreamName::parse(&stream) {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            v.add("stream", error.to_string());
+            None
+        }
+    };
+    if events.is_empty() {
+        v.add("events", "an append needs at least one event");
+    } else if events.len() > limits::EVENTS_PER_APPEND_MAX {
+        v.add(
+            "events",
+            format!(
+                "{} events; the limit per append is {}",
+                events.len(),
+                limits::EVENTS_PER_APPEND_MAX
+            ),
+        );
+        return Err(invalid_argument(v.into_vec()));
+    }
+    let expected = match expected {
+        None | Some(pb::append_request::Expected::Any(())) => ExpectedRevision::Any,
+        Some(pb::append_request::Expected::NoStream(())) => ExpectedRevision::NoStream,
+        Some(pb::append_request::Expected::StreamExists(())) => ExpectedRevision::StreamExists,
+        Some(pb::append_request::Expected::Exact(revision)) => ExpectedRevision::Exact(revision),
+    };
+    let mut proposed = Vec::with_capacity(events.len());
+    let mut seen_ids = std::collections::HashSet::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        if let Some(p) = proposed_from_proto(index, event, &mut v, &mut seen_ids) {
+            proposed.push(p);
+        }
+    }
+    match (stream, v.is_empty()) {
+        (Some(stream), true) => Ok(StreamAppend {
+            stream,
+            expected,
+            events: proposed,
+        }),
+        _ => Err(invalid_argument(v.into_vec())),
+    }
+}
+
+fn proposed_from_proto(
+    index: usize,
+    event: pb::ProposedEvent,
+    v: &mut Violations,
+    seen_ids: &mut std::collections::HashSet<Uuid>,
+) -> Option<ProposedEvent> {
+    let pb::ProposedEvent {
+        event_id,
+        event,
+        occurred_at,
+        metadata,
+        correlation_id,
+        causation_id,
+        actor,
+        source_channel,
+    } = event;
+    let at = |field: &str| format!("events[{index}].{field}");
+    let event_id = if event_id.is_empty() {
+        None
+    } else {
+        match Uuid::parse_str(&event_id) {
+            Ok(id) if id.is_nil() => {
+                v.add(&at("event_id"), "must not be the nil UUID");
+                None
+            }
+            Ok(id) => {
+                if !seen_ids.insert(id) {
+                    v.add(
+                        &at("event_id"),
+                        format!("{id} appears more than once in the append"),
+                    );
+                }
+                Some(id)
+            }
+            Err(_) => {
+                v.add(
+                    &at("event_id"),
+                    "must be a UUID (or empty for a server-assigned one)",
+                );
+                None
+            }
+        }
+    };
+    let occurred_at_us = occurred_at.and_then(|ts| timestamp_to_us(&at("occurred_at"), &ts, v));
+    if metadata.len() > limits::METADATA_ENTRIES_MAX {
+        v.add(
+            &at("metadata"),
+            format!(
+                "{} entries; the limit is {}",
+                metadata.len(),
+                limits::METADATA_ENTRIES_MAX
+            ),
+        );
+    }
+    for (key, value) in &metadata {
+        if key.is_empty() || key.len() > limits::METADATA_KEY_BYTES_MAX {
+            v.add(
+                &at("metadata"),
+                format!("keys must be 1..={} bytes", limits::METADATA_KEY_BYTES_MAX),
+            );
+        }
+        v.max_len(
+            &at(&format!("metadata[{key}]")),
+            value,
+            limits::METADATA_VALUE_BYTES_MAX,
+        );
+    }
+    for (name, value) in [
+        ("correlation_id", &correlation_id),
+        ("causation_id", &causation_id),
+        ("actor", &actor),
+        ("source_channel", &source_channel),
+    ] {
+        v.max_len(&at(name), value, limits::ENVELOPE_STRING_BYTES_MAX);
+    }
+    let Some(body) = event else {
+        v.add(&at("event"), "is required");
+        return None;
+    };
+    let mut body_violations = Violations::new(at("event"));
+    let domain = event_from_proto(body, &mut body_violations)?;
+    if let Err(found) = domain.validate(&at("event")) {
+        for violation in found {
+            v.add(&violation.field, violation.description);
+        }
+    }
+    for violation in body_violations.into_vec() {
+        v.add(&violation.field, violation.description);
+    }
+    let payload = domain.encode();
+    if payload.len() > limits::PAYLOAD_BYTES_MAX {
+        v.add(
+            &at("event"),
+            format!(
+                "encoded payload is {} bytes; the limit is {}",
+                payload.len(),
+                limits::PAYLOAD_BYTES_MAX
+            ),
+        );
+    }
+    Some(ProposedEvent {
+        event_id,
+        event_type: domain.event_type().to_owned(),
+        schema_version: domain.schema_version(),
+        payload,
+        occurred_at_us,
+        metadata: metadata.into_iter().collect(),
+        correlation_id,
+        causation_id,
+        actor,
+        source_channel,
+    })
+}
+
+/// Validates a filter and converts it.
+pub fn filter_from_proto(filter: Option<pb::Filter>) -> Result<ReadFilter, Status> {
+    let pb::Filter {
+        stream_prefixes,
+        event_types,
+    } = filter.unwrap_or_default();
+    let mut v = Violations::new("filter");
+    for (name, list) in [
+        ("stream_prefixes", &stream_prefixes),
+        ("event_types", &event_types),
+    ] {
+        v.max_items(name, list.len(), limits::FILTER_ITEMS_MAX);
+        for (i, item) in list.iter().enumerate() {
+            v.required(&format!("{name}[{i}]"), item, limits::STREAM_NAME_BYTES_MAX);
+        }
+    }
+    v.into_result().map_err(invalid_argument)?;
+    Ok(ReadFilter {
+        stream_prefixes,
+        event_types,
+    })
+}
+
+/// Caps a requested page size: 0 is the default, above the cap is capped.
+pub fn page_size(max_count: u32) -> usize {
+    match max_count {
+        0 => limits::READ_PAGE_DEFAULT as usize,
+        n => n.min(limits::READ_PAGE_MAX) as usize,
+    }
+}
+
+fn page_to_proto(page: Page) -> Result<pb::ReadResponse, Status> {
+    let events = page
+        .events
+        .into_iter()
+        .map(recorded_event)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(pb::ReadResponse {
+        events,
+        end_reached: page.end_reached,
+        next_cursor: page.next_cursor,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Status::internal(format!("read task failed: {e}")))?
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RecordedEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::event_store_server::EventStore for EventStoreService {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let append = append_from_proto(request.into_inner())?;
+        let outcome = self.log.append(append).await?;
+        Ok(Response::new(pb::AppendResponse {
+            first_position: outcome.first_position,
+            last_position: outcome.last_position,
+            last_revision: outcome.last_revision,
+        }))
+    }
+
+    async fn read_stream(
+        &self,
+        request: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let pb::ReadStreamRequest {
+            stream,
+            from_revision,
+            backwards,
+            max_count,
+        } = request.into_inner();
+        let stream =
+            StreamName::parse(&stream).map_err(|e| invalid_field("stream", e.to_string()))?;
+        let log = self.log.clone();
+        let page = blocking(move || {
+            Ok(log.read_stream(&stream, from_revision, backwards, page_size(max_count))?)
+        })
+        .await?;
+        Ok(Response::new(page_to_proto(page)?))
+    }
+
+    async fn read_all(
+        &self,
+        request: Request<pb::ReadAllRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        let pb::ReadAllRequest {
+            from_position,
+            backwards,
+            max_count,
+            filter,
+        } = request.into_inner();
+        let filter = filter_from_proto(filter)?;
+        let log = self.log.clone();
+        let page = blocking(move || {
+            Ok(log.read_all(from_position, backwards, page_size(max_count), &filter)?)
+        })
+        .await?;
+        Ok(Response::new(page_to_proto(page)?))
+    }
+
+    type SubscribeStream = EventStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let pb::SubscribeRequest {
+            after_position,
+            filter,
+        } = request.into_inner();
+        let filter = filter_from_proto(filter)?;
+        let permit = self
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "{} subscriptions are open; the limit is {}",
+                    limits::SUBSCRIPTIONS_MAX,
+                    limits::SUBSCRIPTIONS_MAX
+                ))
+            })?;
+        let (sender, receiver) = mpsc::channel(limits::SUBSCRIPTION_BUFFER_EVENTS);
+        let log = self.log.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            follow(log, after_position, filter, sender, shutdown).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn get_head(&self, _request: Request<()>) -> Result<Response<pb::LogHead>, Status> {
+        let head = self.log.head();
+        Ok(Response::new(pb::LogHead {
+            position: head.position,
+            hash: head.hash.to_vec(),
+        }))
+    }
+}
+
+/// Feeds one subscription: reads from disk in batches at the subscriber's pace (the
+/// bounded channel blocks this task when the subscriber is slow), then waits for the
+/// writer to publish a new head. Ends when the subscriber goes away or on shutdown.
+async fn follow(
+    log: Log,
+    after_position: u64,
+    filter: ReadFilter,
+    sender: mpsc::Sender<Result<pb::RecordedEvent, Status>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut heads = log.watch_head();
+    let mut cursor = after_position.saturating_add(1);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let head = heads.borrow_and_update().position;
+        if cursor <= head {
+            let reader = log.clone();
+            let batch_filter = filter.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                reader.read_all(
+                    cursor,
+                    false,
+                    limits::SUBSCRIPTION_READ_BATCH as usize,
+                    &batch_filter,
+                )
+            })
+            .await;
+            let page = match read {
+                Ok(Ok(page)) => page,
+                Ok(Err(error)) => {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
+                Err(error) => {
+                    let _ = sender
+                        .send(Err(Status::internal(format!("read task failed: {error}"))))
+                        .await;
+                    return;
+                }
+            };
+            cursor = page.next_cursor;
+            for logged in page.events {
+                if !send(&sender, logged).await {
+                    return;
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = heads.changed() => if changed.is_err() { return },
+            _ = sender.closed() => return,
+            stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
+        }
+    }
+}
+
+async fn send(
+    sender: &mpsc::Sender<Result<pb::RecordedEvent, Status>>,
+    logged: LoggedEvent,
+) -> bool {
+    let item = recorded_event(logged);
+    let failed = item.is_err();
+    sender.send(item).await.is_ok() && !failed
+}

@@ -1,0 +1,11 @@
+//! The tonic edge: proto ⇄ domain conversion ([`convert`]), the `EventStore` service
+//! ([`event_store`]), the one error → status table ([`status`]) and server assembly with
+//! health, reflection and limits ([`server`]). Proto types never leave this module.
+
+pub mod convert;
+pub mod event_store;
+pub mod pb;
+pub mod server;
+pub mod status;
+
+pub use server::{RunningServer, ServeError, serve_log, start, start_with};

@@ -1,0 +1,173 @@
+//! Server assembly: the EventStore service, health, reflection, message limits, and
+//! graceful shutdown (subscriptions end, in-flight requests finish, the writer drains
+//! and flushes).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codegen::http;
+
+use super::event_store::EventStoreService;
+use super::pb;
+use crate::limits;
+use crate::log::{Log, LogConfig, LogError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Binding or serving failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The listen socket failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Reflection could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// tonic reports a request over the decoding limit as `OUT_OF_RANGE`; the contract
+/// (DESIGN §5) says a message over the transport limit is `RESOURCE_EXHAUSTED`, as the
+/// gRPC spec does. This rewrites exactly that status and nothing else.
+fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let is_oversize = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|s| s.as_bytes() == b"11")
+        && response.headers().get("grpc-message").is_some_and(|m| {
+            String::from_utf8_lossy(m.as_bytes()).contains("message%20length%20too%20large")
+                || String::from_utf8_lossy(m.as_bytes()).contains("message length too large")
+        });
+    if is_oversize {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Serves the log on `listener` until `shutdown` completes, then drains: open
+/// subscriptions end, in-flight requests finish, and the caller shuts the log down.
+pub async fn serve_log(
+    log: Log,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let event_store =
+        pb::event_store_server::EventStoreServer::new(EventStoreService::new(log.clone(), stop_rx))
+            .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::event_store_server::EventStoreServer<EventStoreService>>()
+        .await;
+    health_reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending subscriptions, draining requests");
+        let _ = stop_tx.send(true);
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted,
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(event_store)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await?;
+    Ok(())
+}
+
+/// A server running in this process (tests, embedding): its address and a handle to stop it.
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The log it serves.
+    pub log: Log,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl RunningServer {
+    /// `http://addr`, for tonic clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving, waits for the drain, then shuts the log down (writer drained, flushed).
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.stop_inner().await
+    }
+
+    async fn stop_inner(&mut self) -> Result<(), ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = match self.task.take() {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        };
+        let log = self.log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
+        result
+    }
+}
+
+/// Opens the log in `data_dir` and serves it on `listen` (port 0 picks a free port).
+pub async fn start(data_dir: PathBuf, listen: SocketAddr) -> Result<RunningServer, ServeError> {
+    start_with(LogConfig::new(data_dir), listen).await
+}
+
+/// Like [`start`], with a full log configuration (an injected clock, for example).
+pub async fn start_with(
+    config: LogConfig,
+    listen: SocketAddr,
+) -> Result<RunningServer, ServeError> {
+    let log = tokio::task::spawn_blocking(move || Log::open(config))
+        .await
+        .map_err(|e| LogError::Unavailable(format!("open task failed: {e}")))??;
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = log.clone();
+    let task = tokio::spawn(async move {
+        serve_log(served, listener, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    Ok(RunningServer {
+        addr,
+        log,
+        stop: Some(stop_tx),
+        task: Some(task),
+    })
+}

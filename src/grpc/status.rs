@@ -1,0 +1,125 @@
+//! The one table from our errors to gRPC statuses. Every error of every layer becomes
+//! a status here and nowhere else.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::FieldViolation;
+use crate::log::{AppendError, ExpectedRevision, LogError, ReadError};
+
+/// The error domain named in `google.rpc.ErrorInfo` details.
+pub const ERROR_DOMAIN: &str = "rapport.v1";
+
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` listing every field violation.
+pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
+    let message = match violations.as_slice() {
+        [] => "invalid request".to_owned(),
+        [one] => format!("{}: {}", one.field, one.description),
+        [first, rest @ ..] => format!(
+            "{}: {} (and {} more field violations)",
+            first.field,
+            first.description,
+            rest.len()
+        ),
+    };
+    let details = ErrorDetails::with_bad_request(
+        violations
+            .into_iter()
+            .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
+            .collect::<Vec<_>>(),
+    );
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// One invalid field.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
+    invalid_argument(vec![FieldViolation {
+        field: field.to_owned(),
+        description: description.into(),
+    }])
+}
+
+fn with_info(
+    code: Code,
+    message: String,
+    reason: &str,
+    metadata: HashMap<String, String>,
+) -> Status {
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    Status::with_error_details(code, message, details)
+}
+
+fn expected_text(expected: ExpectedRevision) -> String {
+    match expected {
+        ExpectedRevision::Any => "any".into(),
+        ExpectedRevision::NoStream => "no_stream".into(),
+        ExpectedRevision::StreamExists => "stream_exists".into(),
+        ExpectedRevision::Exact(revision) => revision.to_string(),
+    }
+}
+
+impl From<LogError> for Status {
+    fn from(error: LogError) -> Self {
+        match &error {
+            LogError::Unavailable(_) | LogError::Locked(_) => {
+                Status::unavailable(error.to_string())
+            }
+            LogError::Corrupt(_) => Status::data_loss(error.to_string()),
+            LogError::Sled(_) | LogError::Io(_) | LogError::UnsupportedFormat { .. } => {
+                Status::internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl From<AppendError> for Status {
+    fn from(error: AppendError) -> Self {
+        let message = error.to_string();
+        match error {
+            AppendError::WrongExpectedRevision {
+                stream,
+                expected,
+                actual,
+            } => with_info(
+                Code::Aborted,
+                message,
+                "WRONG_EXPECTED_REVISION",
+                HashMap::from([
+                    ("stream".to_owned(), stream),
+                    ("expected".to_owned(), expected_text(expected)),
+                    (
+                        "actual".to_owned(),
+                        actual.map_or_else(|| "no_stream".to_owned(), |r| r.to_string()),
+                    ),
+                ]),
+            ),
+            AppendError::EventIdConflict { ids } => with_info(
+                Code::AlreadyExists,
+                message,
+                "EVENT_ID_CONFLICT",
+                HashMap::from([(
+                    "event_ids".to_owned(),
+                    ids.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                )]),
+            ),
+            AppendError::DuplicateIdInBatch(_) => invalid_field("events", message),
+            AppendError::Empty => invalid_field("events", message),
+            AppendError::Overloaded => Status::resource_exhausted(message),
+            AppendError::Log(log) => log.into(),
+        }
+    }
+}
+
+impl From<ReadError> for Status {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::StreamNotFound(_) => Status::not_found(error.to_string()),
+            ReadError::Log(log) => log.into(),
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! rapport: an event-sourced CRM backend. Every customer interaction is an immutable
+//! event in an embedded, hash-chained log on sled; a tonic gRPC server serves the log.
+//!
+//! # Layout
+//! - [`limits`]: every bound of the system, with its unit and reason.
+//! - [`clock`]: the injected clock; only the edge and the log's writer read it.
+//! - [`log`]: the event log on sled: group-commit writer, chunked storage, hash chain,
+//!   reads, offline verify. Knows nothing of the CRM.
+//! - [`domain`]: CRM event types, their rules and versioned encoding. Pure: no I/O, no
+//!   proto, no clock.
+//! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
+//!   one error → status table, server assembly with health and reflection.
+//! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
+//! - [`loadgen`]: the load generator behind `rapport bench`.
+
+pub mod cli;
+pub mod clock;
+pub mod domain;
+pub mod grpc;
+pub mod limits;
+pub mod loadgen;
+pub mod log;

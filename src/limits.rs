@@ -1,0 +1,91 @@
+//! Every bound of the system, with its unit and the reason for it.
+//!
+//! Inputs beyond a limit are refused with a clear status before anything changes;
+//! page sizes above the cap are capped, not refused (DESIGN §5 fine print).
+
+/// Largest gRPC message the server decodes or encodes, in bytes. A bigger request is
+/// refused by the transport with `RESOURCE_EXHAUSTED` before it reaches a handler.
+/// 4 MiB holds a full append of [`EVENTS_PER_APPEND_MAX`] typical (~300 B) events with room
+/// to spare and keeps one request's memory small next to the writer queue.
+pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Events in one append. Large imports split into several appends; one append is one
+/// all-or-nothing unit, and the writer must hold it in memory while it checks it.
+pub const EVENTS_PER_APPEND_MAX: usize = 1_000;
+
+/// Encoded size of one event body (the bincode payload of the domain event), in bytes.
+/// CRM facts are small; a body this large is almost certainly a blob that belongs in
+/// object storage with a reference in the event.
+pub const PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+
+/// Length of a stream name `<category>-<id>`, in bytes.
+pub const STREAM_NAME_BYTES_MAX: usize = 128;
+
+/// Length of an event type name (custom types included), in bytes.
+pub const EVENT_TYPE_BYTES_MAX: usize = 128;
+
+/// Entries in one event's metadata map.
+pub const METADATA_ENTRIES_MAX: usize = 64;
+
+/// Length of one metadata key, in bytes.
+pub const METADATA_KEY_BYTES_MAX: usize = 128;
+
+/// Length of one metadata value, in bytes.
+pub const METADATA_VALUE_BYTES_MAX: usize = 4 * 1024;
+
+/// Length of correlation id, causation id, actor and source channel, in bytes.
+pub const ENVELOPE_STRING_BYTES_MAX: usize = 256;
+
+/// Length of an ordinary string field inside a typed event (names, subjects, skus), in bytes.
+pub const FIELD_BYTES_MAX: usize = 1_024;
+
+/// Length of a free-text field inside a typed event (an interaction summary), in bytes.
+pub const TEXT_BYTES_MAX: usize = 16 * 1024;
+
+/// Items in a repeated field inside a typed event (emails, phones, order lines, external ids).
+pub const REPEATED_ITEMS_MAX: usize = 256;
+
+/// Nesting depth of a custom event's JSON-like data. Bounds recursion while converting it.
+pub const CUSTOM_DATA_DEPTH_MAX: usize = 32;
+
+/// Events returned by one read when the client asks for 0 (the default page).
+pub const READ_PAGE_DEFAULT: u32 = 100;
+
+/// Events returned by one read at most; a larger `max_count` is capped to this.
+pub const READ_PAGE_MAX: u32 = 1_000;
+
+/// Events a filtered `ReadAll` page examines before it returns what it has found, so a
+/// filter that matches nothing cannot turn one request into a full scan of the log.
+pub const READ_SCAN_EVENTS_MAX: usize = 20_000;
+
+/// Stream prefixes or event types in one filter.
+pub const FILTER_ITEMS_MAX: usize = 64;
+
+/// Appends waiting for the writer. When full, an append waits up to
+/// [`APPEND_QUEUE_WAIT_MS_MAX`] for room and then fails with `RESOURCE_EXHAUSTED`, so a
+/// burst of clients can never grow memory without bound.
+pub const APPEND_QUEUE_DEPTH_MAX: usize = 4_096;
+
+/// How long an append waits for room in a full writer queue, in milliseconds.
+pub const APPEND_QUEUE_WAIT_MS_MAX: u64 = 2_000;
+
+/// Appends one group commit takes from the queue at most.
+pub const GROUP_COMMIT_APPENDS_MAX: usize = 1_024;
+
+/// Events one group commit writes at most (it stops draining once past this).
+pub const GROUP_COMMIT_EVENTS_MAX: usize = 8_192;
+
+/// Encoded events packed into one stored chunk, in bytes. A chunk closes once it reaches
+/// this size; keeping chunks well under sled's large-value threshold keeps them inline in
+/// sled's pages instead of one blob file each.
+pub const CHUNK_BYTES_TARGET: usize = 32 * 1024;
+
+/// Events buffered between the disk reader and the network for one subscription. A slow
+/// subscriber blocks its own reader at this depth; nothing else waits for it.
+pub const SUBSCRIPTION_BUFFER_EVENTS: usize = 256;
+
+/// Events one subscription reads from disk per step.
+pub const SUBSCRIPTION_READ_BATCH: u32 = 512;
+
+/// Concurrent subscriptions; one more is refused with `RESOURCE_EXHAUSTED`.
+pub const SUBSCRIPTIONS_MAX: usize = 1_024;

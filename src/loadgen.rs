@@ -1,0 +1,245 @@
+//! The load generator behind `rapport bench`: appends and reads over real gRPC against a
+//! running server (a separate process, as pgbench is for PostgreSQL), and the raw sled
+//! ceiling measured on the same disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Endpoint};
+use uuid::Uuid;
+
+use crate::grpc::pb;
+use crate::grpc::pb::event_store_client::EventStoreClient;
+
+/// Size of the generated event payload, in bytes (the peer benchmark's 200-byte body).
+pub const PAYLOAD_BYTES: usize = 200;
+
+/// What an append load run measured.
+#[derive(Clone, Debug)]
+pub struct LoadReport {
+    /// Append calls answered OK.
+    pub requests: u64,
+    /// Events appended.
+    pub events: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Wall time of the measured window.
+    pub elapsed: Duration,
+    /// Median call latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile call latency, microseconds.
+    pub p99_us: u64,
+    /// Worst call latency, microseconds.
+    pub max_us: u64,
+}
+
+impl LoadReport {
+    /// Events per second over the window.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "events/s {:.0}  calls/s {:.0}  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  events {}  errors {}  over {:.1} s",
+            self.events_per_second(),
+            self.requests as f64 / self.elapsed.as_secs_f64(),
+            self.p50_us as f64 / 1000.0,
+            self.p99_us as f64 / 1000.0,
+            self.max_us as f64 / 1000.0,
+            self.events,
+            self.errors,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// A ~200-byte custom event body, like the peer's JSON-ish payload.
+pub fn sample_event(serial: u64) -> pb::Event {
+    let prefix = format!("{serial:012}");
+    let pad: String = prefix
+        .chars()
+        .chain(std::iter::repeat('x'))
+        .take(PAYLOAD_BYTES - 48)
+        .collect();
+    let fields = BTreeMap::from([
+        ("customerId".to_owned(), string_value("c-0042")),
+        ("field".to_owned(), string_value("email")),
+        ("old".to_owned(), string_value("a@example.com")),
+        ("new".to_owned(), string_value(&pad)),
+    ]);
+    pb::Event {
+        kind: Some(pb::event::Kind::Custom(pb::CustomEvent {
+            r#type: "customer.email_changed".into(),
+            data: Some(prost_types::Struct { fields }),
+        })),
+    }
+}
+
+fn string_value(text: &str) -> prost_types::Value {
+    prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(text.to_owned())),
+    }
+}
+
+/// Connects `connections` HTTP/2 channels to `server`.
+pub async fn connect(
+    server: &str,
+    connections: usize,
+) -> Result<Vec<Channel>, tonic::transport::Error> {
+    let mut channels = Vec::with_capacity(connections);
+    for _ in 0..connections.max(1) {
+        channels.push(Endpoint::from_shared(server.to_owned())?.connect().await?);
+    }
+    Ok(channels)
+}
+
+/// Appends with `clients` concurrent callers for `duration`, each call carrying
+/// `events_per_request` events to the caller's own stream with an exact expected
+/// revision and client-made event ids (an idempotent client, like the peer's known-revision
+/// INSERT).
+pub async fn run_append(
+    server: &str,
+    clients: usize,
+    events_per_request: usize,
+    duration: Duration,
+) -> Result<LoadReport, tonic::transport::Error> {
+    let channels = connect(server, clients.clamp(1, 8)).await?;
+    let run_id = Uuid::new_v4().simple().to_string();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    let serial = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for client_index in 0..clients {
+        let mut client = EventStoreClient::new(channels[client_index % channels.len()].clone())
+            .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+        let stream = format!("bench-{run_id}-{client_index}");
+        let serial = serial.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
+            let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
+            let mut revision: Option<u64> = None;
+            while Instant::now() < deadline {
+                let batch: Vec<pb::ProposedEvent> = (0..events_per_request)
+                    .map(|_| pb::ProposedEvent {
+                        event_id: Uuid::new_v4().to_string(),
+                        event: Some(sample_event(
+                            serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        )),
+                        ..Default::default()
+                    })
+                    .collect();
+                let expected = Some(match revision {
+                    None => pb::append_request::Expected::NoStream(()),
+                    Some(r) => pb::append_request::Expected::Exact(r),
+                });
+                let call_start = Instant::now();
+                let result = client
+                    .append(pb::AppendRequest {
+                        stream: stream.clone(),
+                        expected,
+                        events: batch,
+                    })
+                    .await;
+                let micros = call_start.elapsed().as_micros() as u64;
+                match result {
+                    Ok(response) => {
+                        revision = Some(response.into_inner().last_revision);
+                        requests += 1;
+                        events += events_per_request as u64;
+                        let _ = histogram.record(micros.max(1));
+                    }
+                    Err(status) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!("append failed: {status}");
+                        }
+                    }
+                }
+            }
+            (histogram, requests, events, errors)
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
+    let (mut requests, mut events, mut errors) = (0, 0, 0);
+    for task in tasks {
+        let (h, r, e, x) = task.await.expect("client task panicked");
+        histogram.add(h).expect("same precision");
+        requests += r;
+        events += e;
+        errors += x;
+    }
+    Ok(LoadReport {
+        requests,
+        events,
+        errors,
+        elapsed: start.elapsed(),
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        max_us: histogram.max(),
+    })
+}
+
+/// Reads the whole log forward over gRPC in pages of 1000; returns (events, elapsed).
+pub async fn run_read_all(server: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+    let channel = connect(server, 1).await?.remove(0);
+    let mut client = EventStoreClient::new(channel)
+        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX * 4);
+    let start = Instant::now();
+    let mut cursor = 0;
+    let mut events = 0u64;
+    loop {
+        let page = client
+            .read_all(pb::ReadAllRequest {
+                from_position: cursor,
+                backwards: false,
+                max_count: crate::limits::READ_PAGE_MAX,
+                filter: None,
+            })
+            .await?
+            .into_inner();
+        events += page.events.len() as u64;
+        cursor = page.next_cursor;
+        if page.end_reached {
+            break;
+        }
+    }
+    Ok((events, start.elapsed()))
+}
+
+/// The raw sled ceiling on this disk: `events` plain inserts of 200-byte values under
+/// u64 keys into one tree, `batch` per flush + fdatasync (the same durability as an
+/// append). Returns inserts per second.
+pub fn run_sled_ceiling(
+    dir: &Path,
+    events: u64,
+    batch: u64,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let db = sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .open()?;
+    let tree = db.open_tree("raw")?;
+    let file = std::fs::File::open(dir.join("db"))?;
+    let value = [b'x'; PAYLOAD_BYTES];
+    let start = Instant::now();
+    let mut key = 0u64;
+    while key < events {
+        let mut sled_batch = sled::Batch::default();
+        for _ in 0..batch.min(events - key) {
+            key += 1;
+            sled_batch.insert(&key.to_be_bytes(), &value[..]);
+        }
+        tree.apply_batch(sled_batch)?;
+        db.flush()?;
+        file.sync_data()?;
+    }
+    Ok(events as f64 / start.elapsed().as_secs_f64())
+}

@@ -1,0 +1,282 @@
+//! The event log: an embedded, hash-chained, append-only log on sled.
+//!
+//! One writer thread owns all writes ([`writer`]): it drains every waiting append,
+//! checks idempotency and expected revisions in order, writes one batch per tree,
+//! flushes and fdatasyncs once, then answers them all (group commit). Reads go straight
+//! to sled ([`store`]) and never see past the durable head. The log knows nothing of
+//! the CRM: an event is a type name, a schema version and payload bytes.
+
+pub mod error;
+pub mod record;
+pub mod store;
+pub mod stream_name;
+pub mod verify;
+mod writer;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use crate::clock::{Clock, SystemClock};
+use crate::limits;
+
+pub use error::{AppendError, LogError, ReadError};
+pub use record::{Hash, LoggedEvent, StoredEvent, ZERO_HASH};
+pub use store::{Head, Page, ReadFilter, StreamHead};
+pub use stream_name::{StreamName, StreamNameError};
+
+/// What the client expects of the stream before its append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ExpectedRevision {
+    /// No expectation.
+    #[default]
+    Any,
+    /// The stream must not exist.
+    NoStream,
+    /// The stream must exist.
+    StreamExists,
+    /// The stream's last revision must be this one.
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedRevision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any revision"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::StreamExists => f.write_str("an existing stream"),
+            Self::Exact(revision) => write!(f, "revision {revision}"),
+        }
+    }
+}
+
+/// One event offered for appending.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProposedEvent {
+    /// Client-given id (idempotency key); `None` makes the log assign a UUIDv7.
+    pub event_id: Option<Uuid>,
+    /// Event type name.
+    pub event_type: String,
+    /// Schema version of `payload`.
+    pub schema_version: u16,
+    /// Encoded body.
+    pub payload: Vec<u8>,
+    /// Business time in UTC microseconds; `None` means the append's recorded time.
+    pub occurred_at_us: Option<i64>,
+    /// Metadata; the log sorts it by key.
+    pub metadata: Vec<(String, String)>,
+    /// Correlation id, empty when none.
+    pub correlation_id: String,
+    /// Causation id, empty when none.
+    pub causation_id: String,
+    /// Who caused it.
+    pub actor: String,
+    /// Where it came from.
+    pub source_channel: String,
+}
+
+/// An append to one stream.
+#[derive(Clone, Debug)]
+pub struct StreamAppend {
+    /// Target stream.
+    pub stream: StreamName,
+    /// Expected revision.
+    pub expected: ExpectedRevision,
+    /// 1..N events, written all or nothing.
+    pub events: Vec<ProposedEvent>,
+}
+
+/// Where an append landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Position of the first event.
+    pub first_position: u64,
+    /// Position of the last event.
+    pub last_position: u64,
+    /// Stream revision of the last event.
+    pub last_revision: u64,
+}
+
+/// How the log is opened.
+#[derive(Clone)]
+pub struct LogConfig {
+    /// Data directory (sled's files live in it).
+    pub dir: PathBuf,
+    /// Source of `recorded_at`.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl LogConfig {
+    /// Defaults: the system clock.
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        Self {
+            dir: dir.as_ref().to_path_buf(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+struct Job {
+    appends: Vec<StreamAppend>,
+    reply: oneshot::Sender<Result<Vec<AppendOutcome>, AppendError>>,
+}
+
+struct Inner {
+    store: Arc<store::Store>,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    head: watch::Receiver<Head>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A handle to an open log; cheap to clone, shared by all services.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+impl Log {
+    /// Opens the log, repairs indices a crash left behind, and starts the writer thread.
+    pub fn open(config: LogConfig) -> Result<Self, LogError> {
+        let store = Arc::new(store::Store::open(&config.dir)?);
+        let head = store.head()?;
+        let last_recorded_us = match store.event_at(head.position)? {
+            Some(event) => event.event.recorded_at_us,
+            None => i64::MIN,
+        };
+        let (head_tx, head_rx) = watch::channel(head);
+        let (queue_tx, queue_rx) = mpsc::channel(limits::APPEND_QUEUE_DEPTH_MAX);
+        let writer = writer::Writer::new(
+            store.clone(),
+            head,
+            last_recorded_us,
+            config.clock.clone(),
+            head_tx,
+        );
+        let handle = std::thread::Builder::new()
+            .name("rapport-log-writer".into())
+            .spawn(move || writer.run(queue_rx))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                queue: Mutex::new(Some(queue_tx)),
+                head: head_rx,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// Appends to one stream; returns once the events are durable.
+    pub async fn append(&self, append: StreamAppend) -> Result<AppendOutcome, AppendError> {
+        let mut outcomes = self.append_multi(vec![append]).await?;
+        Ok(outcomes.pop().expect("one outcome per append"))
+    }
+
+    /// Appends to several streams atomically, each with its own expectation: either all
+    /// are written, in order, or none is.
+    pub async fn append_multi(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
+        if appends.is_empty() || appends.iter().any(|a| a.events.is_empty()) {
+            return Err(AppendError::Empty);
+        }
+        let sender = self
+            .inner
+            .queue
+            .lock()
+            .expect("queue lock poisoned")
+            .clone()
+            .ok_or_else(|| LogError::Unavailable("the log is shutting down".into()))?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job { appends, reply };
+        match sender
+            .send_timeout(job, Duration::from_millis(limits::APPEND_QUEUE_WAIT_MS_MAX))
+            .await
+        {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(AppendError::Overloaded),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                return Err(LogError::Unavailable("the log is shutting down".into()).into());
+            }
+        }
+        answer
+            .await
+            .map_err(|_| LogError::Unavailable("the writer stopped".into()))?
+    }
+
+    /// The durable head.
+    pub fn head(&self) -> Head {
+        *self.inner.head.borrow()
+    }
+
+    /// A receiver that changes whenever the durable head moves.
+    pub fn watch_head(&self) -> watch::Receiver<Head> {
+        self.inner.head.clone()
+    }
+
+    /// Reads one stream (blocking; call from a blocking context in async code).
+    pub fn read_stream(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+    ) -> Result<Page, ReadError> {
+        let head = self.head().position;
+        self.inner
+            .store
+            .read_stream(stream.as_str(), from_revision, backwards, max_count, head)
+    }
+
+    /// Reads the whole log (blocking).
+    pub fn read_all(
+        &self,
+        from_position: u64,
+        backwards: bool,
+        max_count: usize,
+        filter: &ReadFilter,
+    ) -> Result<Page, LogError> {
+        let head = self.head().position;
+        if backwards {
+            self.inner
+                .store
+                .read_all_backward(from_position, max_count, filter, head)
+        } else {
+            self.inner
+                .store
+                .read_all_forward(from_position, max_count, filter, head)
+        }
+    }
+
+    /// The head of one stream as far as it is durable (blocking).
+    pub fn stream_head(&self, stream: &StreamName) -> Result<Option<StreamHead>, LogError> {
+        let head = self.head().position;
+        Ok(self
+            .inner
+            .store
+            .stream_head(stream.as_str())?
+            .filter(|h| h.position <= head))
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, flushes, and
+    /// waits for it. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.queue.lock().expect("queue lock poisoned").take();
+        if let Some(handle) = self
+            .inner
+            .writer
+            .lock()
+            .expect("writer lock poisoned")
+            .take()
+        {
+            let _ = handle.join();
+        }
+        if let Err(error) = self.inner.store.sync() {
+            tracing::error!(%error, "final flush failed");
+        }
+    }
+}

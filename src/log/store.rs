@@ -1,0 +1,597 @@
+//! The sled trees of the log and every synchronous read over them.
+//!
+//! Trees (one `sled::Db`):
+//! - `events`: chunk first position (u64 BE) → chunk of contiguous events (see `record`).
+//!   The truth: everything else is derived from it.
+//! - `streams`: stream ‖ 0x00 ‖ first revision (u64 BE) → first position (u64 BE) ‖ count
+//!   (u32 BE). One entry per append: an append's events have contiguous positions and
+//!   revisions, so one insert indexes all of them. A stream's head is its last entry.
+//! - `event_ids`: event id (16 bytes) → position (u64 BE).
+//! - `meta`: `format_version` (u32 BE) and `indexed_through` (u64 BE, the last position
+//!   whose index entries are known to be written).
+
+use std::fs::File;
+use std::path::Path;
+
+use sled::{IVec, Tree};
+
+use super::error::{LogError, ReadError};
+use super::record::{Hash, LoggedEvent, ZERO_HASH, parse_chunk};
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through";
+
+/// Last position and chain hash of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Head {
+    /// Last position, 0 for an empty log.
+    pub position: u64,
+    /// Chain hash at `position`, zeros for an empty log.
+    pub hash: Hash,
+}
+
+/// The last event of a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamHead {
+    /// Revision of the stream's last event.
+    pub revision: u64,
+    /// Global position of the stream's last event.
+    pub position: u64,
+}
+
+/// A contiguous run of a stream's events: revisions `first_revision..first_revision+count`
+/// at positions `first_position..first_position+count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamRun {
+    /// First revision of the run.
+    pub first_revision: u64,
+    /// Position of the first revision.
+    pub first_position: u64,
+    /// Events in the run.
+    pub count: u32,
+}
+
+/// Which events a read returns: stream prefixes OR-ed, event types OR-ed, the two AND-ed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadFilter {
+    /// Stream name prefixes; empty constrains nothing.
+    pub stream_prefixes: Vec<String>,
+    /// Event type names; empty constrains nothing.
+    pub event_types: Vec<String>,
+}
+
+impl ReadFilter {
+    /// True when the filter constrains nothing.
+    pub fn is_empty(&self) -> bool {
+        self.stream_prefixes.is_empty() && self.event_types.is_empty()
+    }
+
+    /// True when `event` passes the filter.
+    pub fn matches(&self, stream: &str, event_type: &str) -> bool {
+        (self.stream_prefixes.is_empty()
+            || self
+                .stream_prefixes
+                .iter()
+                .any(|p| stream.starts_with(p.as_str())))
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+    }
+}
+
+/// One page of a read.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// The events, in read order.
+    pub events: Vec<LoggedEvent>,
+    /// True when nothing more exists in the read direction right now.
+    pub end_reached: bool,
+    /// Where the next page starts (see DESIGN §5 fine print on paging).
+    pub next_cursor: u64,
+}
+
+/// The sled database of a log and its trees.
+pub struct Store {
+    /// The database (kept for `flush`).
+    pub db: sled::Db,
+    /// `events` tree.
+    pub events: Tree,
+    /// `streams` tree.
+    pub streams: Tree,
+    /// `event_ids` tree.
+    pub event_ids: Tree,
+    /// `meta` tree.
+    pub meta: Tree,
+    db_file: File,
+}
+
+/// Key of the stream index: stream ‖ 0x00 ‖ revision BE.
+pub fn stream_key(stream: &str, revision: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 9);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+fn stream_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 1);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key
+}
+
+/// Value of the stream index: first position BE ‖ count BE.
+pub fn stream_value(first_position: u64, count: u32) -> [u8; 12] {
+    let mut value = [0u8; 12];
+    value[..8].copy_from_slice(&first_position.to_be_bytes());
+    value[8..].copy_from_slice(&count.to_be_bytes());
+    value
+}
+
+/// Decodes a stream index entry into (stream name, run).
+pub fn decode_stream_entry(key: &[u8], value: &[u8]) -> Result<(String, StreamRun), LogError> {
+    if key.len() < 10 || key[key.len() - 9] != 0 || value.len() != 12 {
+        return Err(LogError::Corrupt("malformed stream index entry".into()));
+    }
+    let stream = std::str::from_utf8(&key[..key.len() - 9])
+        .map_err(|_| LogError::Corrupt("stream index key is not UTF-8".into()))?
+        .to_owned();
+    let first_revision = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"));
+    let first_position = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
+    let count = u32::from_be_bytes(value[8..].try_into().expect("4 bytes"));
+    Ok((
+        stream,
+        StreamRun {
+            first_revision,
+            first_position,
+            count,
+        },
+    ))
+}
+
+/// Decodes a big-endian u64 value.
+pub fn be_u64(bytes: &[u8]) -> Result<u64, LogError> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| LogError::Corrupt("expected an 8-byte big-endian integer".into()))
+}
+
+fn map_open_error(dir: &Path, error: sled::Error) -> LogError {
+    let text = error.to_string();
+    if text.contains("lock")
+        || text.contains("WouldBlock")
+        || text.contains("temporarily unavailable")
+    {
+        LogError::Locked(dir.display().to_string())
+    } else {
+        LogError::Sled(error)
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the log in `dir`, checks the format version and repairs
+    /// indices a crash left behind the events.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(512 * 1024 * 1024)
+            .open()
+            .map_err(|e| map_open_error(dir, e))?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(FORMAT_VERSION_KEY)? {
+            Some(bytes) => {
+                let found = bytes
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| LogError::Corrupt("malformed format version".into()))?;
+                if found != FORMAT_VERSION {
+                    return Err(LogError::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+            }
+        }
+        // sled's flush ends in sync_file_range, which is not an fsync: the writer calls
+        // fdatasync on this handle after each flush so acknowledged appends survive power loss.
+        let db_file = File::open(dir.join("db"))?;
+        if let Ok(dir_handle) = File::open(dir) {
+            // Persist the directory entries of sled's files once.
+            let _ = dir_handle.sync_all();
+        }
+        let store = Self {
+            events: db.open_tree("events")?,
+            streams: db.open_tree("streams")?,
+            event_ids: db.open_tree("event_ids")?,
+            meta,
+            db,
+            db_file,
+        };
+        store.repair_indices()?;
+        store.sync()?;
+        Ok(store)
+    }
+
+    /// Flushes sled and fdatasyncs its file: after this returns, every write so far is durable.
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.db.flush()?;
+        self.db_file.sync_data()?;
+        Ok(())
+    }
+
+    /// The last position and hash, read from the last chunk.
+    pub fn head(&self) -> Result<Head, LogError> {
+        match self.events.last()? {
+            None => Ok(Head {
+                position: 0,
+                hash: ZERO_HASH,
+            }),
+            Some((key, value)) => {
+                let layout = parse_chunk(be_u64(&key)?, &value)?;
+                Ok(Head {
+                    position: layout.last_position(),
+                    hash: layout.last_hash(),
+                })
+            }
+        }
+    }
+
+    /// Position up to which the indices are known to be written.
+    pub fn indexed_through(&self) -> Result<u64, LogError> {
+        self.meta
+            .get(INDEXED_THROUGH_KEY)?
+            .map_or(Ok(0), |v| be_u64(&v))
+    }
+
+    /// Records that indices are written up to `position` (part of the writer's batch).
+    pub fn set_indexed_through(&self, position: u64) -> Result<(), LogError> {
+        self.meta
+            .insert(INDEXED_THROUGH_KEY, &position.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Re-derives the index entries of events past `indexed_through` (a crash between
+    /// the events batch and the index batches leaves them missing). Returns how many
+    /// events were re-indexed.
+    pub fn repair_indices(&self) -> Result<u64, LogError> {
+        let head = self.head()?;
+        let from = self.indexed_through()? + 1;
+        if from > head.position {
+            return Ok(0);
+        }
+        let mut repaired = 0;
+        let mut position = from;
+        while position <= head.position {
+            let page =
+                self.read_all_forward(position, 1_000, &ReadFilter::default(), head.position)?;
+            for logged in &page.events {
+                let event = &logged.event;
+                self.event_ids
+                    .insert(event.event_id, &event.position.to_be_bytes())?;
+                if self.stream_position(&event.stream, event.revision)? != Some(event.position) {
+                    self.streams.insert(
+                        stream_key(&event.stream, event.revision),
+                        &stream_value(event.position, 1),
+                    )?;
+                }
+                repaired += 1;
+            }
+            position = page.next_cursor;
+            if page.events.is_empty() {
+                break;
+            }
+        }
+        self.set_indexed_through(head.position)?;
+        tracing::warn!(
+            repaired,
+            "re-derived index entries that a crash left behind"
+        );
+        Ok(repaired)
+    }
+
+    /// The chunk holding `position`: its key and value.
+    fn chunk_at(&self, position: u64) -> Result<Option<(u64, IVec)>, LogError> {
+        match self.events.range(..=position.to_be_bytes()).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, value) = entry?;
+                Ok(Some((be_u64(&key)?, value)))
+            }
+        }
+    }
+
+    /// The event at `position`, if it exists.
+    pub fn event_at(&self, position: u64) -> Result<Option<LoggedEvent>, LogError> {
+        if position == 0 {
+            return Ok(None);
+        }
+        let Some((first, value)) = self.chunk_at(position)? else {
+            return Ok(None);
+        };
+        let layout = parse_chunk(first, &value)?;
+        let index = (position - first) as usize;
+        if index >= layout.len() {
+            return Ok(None);
+        }
+        layout.decode(&value, index).map(Some)
+    }
+
+    /// Position of the event with `id`, checked against the event itself so a dangling
+    /// index entry is never believed.
+    pub fn id_position(&self, id: &[u8; 16], head: u64) -> Result<Option<LoggedEvent>, LogError> {
+        let Some(value) = self.event_ids.get(id)? else {
+            return Ok(None);
+        };
+        let position = be_u64(&value)?;
+        if position > head {
+            return Ok(None);
+        }
+        Ok(self.event_at(position)?.filter(|e| &e.event.event_id == id))
+    }
+
+    /// The last run of `stream`, if the stream exists.
+    pub fn last_run(&self, stream: &str) -> Result<Option<StreamRun>, LogError> {
+        match self.streams.scan_prefix(stream_prefix(stream)).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, value) = entry?;
+                Ok(Some(decode_stream_entry(&key, &value)?.1))
+            }
+        }
+    }
+
+    /// The head of `stream`, if it exists.
+    pub fn stream_head(&self, stream: &str) -> Result<Option<StreamHead>, LogError> {
+        Ok(self.last_run(stream)?.map(|run| StreamHead {
+            revision: run.first_revision + u64::from(run.count) - 1,
+            position: run.first_position + u64::from(run.count) - 1,
+        }))
+    }
+
+    /// Position of `stream` at `revision`, if written.
+    pub fn stream_position(&self, stream: &str, revision: u64) -> Result<Option<u64>, LogError> {
+        let prefix = stream_prefix(stream);
+        let Some(entry) = self
+            .streams
+            .range(prefix.clone()..=stream_key(stream, revision))
+            .next_back()
+        else {
+            return Ok(None);
+        };
+        let (key, value) = entry?;
+        let (_, run) = decode_stream_entry(&key, &value)?;
+        let offset = revision - run.first_revision;
+        Ok((offset < u64::from(run.count)).then(|| run.first_position + offset))
+    }
+
+    /// Reads events at `positions` (ascending or descending), decoding each chunk once.
+    fn events_at(&self, positions: &[u64]) -> Result<Vec<LoggedEvent>, LogError> {
+        let mut out = Vec::with_capacity(positions.len());
+        let mut cached: Option<(u64, IVec, super::record::ChunkLayout)> = None;
+        for &position in positions {
+            let hit = matches!(&cached, Some((first, _, layout))
+                if position >= *first && position <= layout.last_position());
+            if !hit {
+                let (first, value) = self.chunk_at(position)?.ok_or_else(|| {
+                    LogError::Corrupt(format!("index points at missing position {position}"))
+                })?;
+                let layout = parse_chunk(first, &value)?;
+                cached = Some((first, value, layout));
+            }
+            let (first, value, layout) = cached.as_ref().expect("set above");
+            let index = (position - first) as usize;
+            if index >= layout.len() {
+                return Err(LogError::Corrupt(format!(
+                    "index points at missing position {position}"
+                )));
+            }
+            out.push(layout.decode(value, index)?);
+        }
+        Ok(out)
+    }
+
+    /// Reads `stream` (see DESIGN §5 fine print for paging), up to the durable `head`.
+    pub fn read_stream(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+        head: u64,
+    ) -> Result<Page, ReadError> {
+        let Some(last) = self.stream_head(stream)?.filter(|h| h.position <= head) else {
+            // The stream either does not exist or its first event is not durable yet.
+            if self.stream_position(stream, 0)?.is_none_or(|p| p > head) {
+                return Err(ReadError::StreamNotFound(stream.to_owned()));
+            }
+            return self.read_stream_capped(stream, from_revision, backwards, max_count, head);
+        };
+        self.read_stream_within(stream, from_revision, backwards, max_count, last.revision)
+    }
+
+    /// Slow path for a stream whose newest entry is past the durable head: find the last
+    /// durable revision, then read within it.
+    fn read_stream_capped(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+        head: u64,
+    ) -> Result<Page, ReadError> {
+        let mut last_durable = 0;
+        for entry in self.streams.scan_prefix(stream_prefix(stream)) {
+            let (key, value) = entry.map_err(LogError::from)?;
+            let (_, run) = decode_stream_entry(&key, &value)?;
+            for offset in 0..u64::from(run.count) {
+                if run.first_position + offset <= head {
+                    last_durable = run.first_revision + offset;
+                }
+            }
+        }
+        self.read_stream_within(stream, from_revision, backwards, max_count, last_durable)
+    }
+
+    fn read_stream_within(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+        last_revision: u64,
+    ) -> Result<Page, ReadError> {
+        let (revisions, end_reached, next_cursor): (Vec<u64>, bool, u64) = if backwards {
+            // Strictly below `from_revision`; 0 means from the end.
+            let upper = if from_revision == 0 || from_revision > last_revision {
+                last_revision + 1
+            } else {
+                from_revision
+            };
+            let lower = upper.saturating_sub(max_count as u64);
+            let revisions: Vec<u64> = (lower..upper).rev().collect();
+            let next = revisions.last().copied().unwrap_or(0);
+            (revisions, lower == 0, next)
+        } else {
+            let start = from_revision;
+            let end = start
+                .saturating_add(max_count as u64)
+                .min(last_revision + 1);
+            let revisions: Vec<u64> = (start..end.max(start)).collect();
+            let next = end.max(start);
+            (revisions, next > last_revision, next)
+        };
+        let mut positions = Vec::with_capacity(revisions.len());
+        for revision in revisions {
+            let position = self.stream_position(stream, revision)?.ok_or_else(|| {
+                LogError::Corrupt(format!(
+                    "{stream} has no index entry for revision {revision}"
+                ))
+            })?;
+            positions.push(position);
+        }
+        let events = self.events_at(&positions)?;
+        for (event, position) in events.iter().zip(&positions) {
+            if event.event.stream != stream {
+                return Err(LogError::Corrupt(format!(
+                    "stream index of {stream} points at position {position} of {}",
+                    event.event.stream
+                ))
+                .into());
+            }
+        }
+        Ok(Page {
+            events,
+            end_reached,
+            next_cursor,
+        })
+    }
+
+    /// Reads forward from `from_position` (inclusive, 0 = 1) up to `head`, returning at
+    /// most `max_count` matching events and examining at most
+    /// [`crate::limits::READ_SCAN_EVENTS_MAX`].
+    pub fn read_all_forward(
+        &self,
+        from_position: u64,
+        max_count: usize,
+        filter: &ReadFilter,
+        head: u64,
+    ) -> Result<Page, LogError> {
+        let start = from_position.max(1);
+        let mut events = Vec::new();
+        let mut next = start;
+        let mut examined = 0;
+        if start <= head {
+            let first_chunk = self.chunk_at(start)?.map_or(start, |(first, _)| first);
+            'chunks: for entry in self.events.range(first_chunk.to_be_bytes()..) {
+                let (key, value) = entry?;
+                let first = be_u64(&key)?;
+                if first > head {
+                    break;
+                }
+                let layout = parse_chunk(first, &value)?;
+                for index in 0..layout.len() {
+                    let position = first + index as u64;
+                    if position < next {
+                        continue;
+                    }
+                    if position > head
+                        || events.len() >= max_count
+                        || examined >= crate::limits::READ_SCAN_EVENTS_MAX
+                    {
+                        break 'chunks;
+                    }
+                    let logged = layout.decode(&value, index)?;
+                    examined += 1;
+                    next = position + 1;
+                    if filter.matches(&logged.event.stream, &logged.event.event_type) {
+                        events.push(logged);
+                    }
+                }
+            }
+        }
+        Ok(Page {
+            events,
+            end_reached: next > head,
+            next_cursor: next,
+        })
+    }
+
+    /// Reads backward strictly below `before_position` (0 = from the head), returning at
+    /// most `max_count` matching events and examining at most
+    /// [`crate::limits::READ_SCAN_EVENTS_MAX`].
+    pub fn read_all_backward(
+        &self,
+        before_position: u64,
+        max_count: usize,
+        filter: &ReadFilter,
+        head: u64,
+    ) -> Result<Page, LogError> {
+        let upper = if before_position == 0 || before_position > head + 1 {
+            head + 1
+        } else {
+            before_position
+        };
+        let mut events = Vec::new();
+        // `lowest` is the lowest position examined; the next page reads strictly below it.
+        let mut lowest = upper;
+        let mut examined = 0;
+        if upper > 1 {
+            let top = upper - 1;
+            'chunks: for entry in self.events.range(..=top.to_be_bytes()).rev() {
+                let (key, value) = entry?;
+                let first = be_u64(&key)?;
+                let layout = parse_chunk(first, &value)?;
+                for index in (0..layout.len()).rev() {
+                    let position = first + index as u64;
+                    if position >= lowest {
+                        continue;
+                    }
+                    if events.len() >= max_count || examined >= crate::limits::READ_SCAN_EVENTS_MAX
+                    {
+                        break 'chunks;
+                    }
+                    let logged = layout.decode(&value, index)?;
+                    examined += 1;
+                    lowest = position;
+                    if filter.matches(&logged.event.stream, &logged.event.event_type) {
+                        events.push(logged);
+                    }
+                }
+            }
+        }
+        Ok(Page {
+            events,
+            end_reached: lowest <= 1,
+            next_cursor: lowest.max(1),
+        })
+    }
+}

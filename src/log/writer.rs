@@ -1,0 +1,370 @@
+//! The single writer: group commit.
+//!
+//! It takes every append waiting in the queue (up to the group limits), checks each in
+//! arrival order against the stored state plus what the earlier appends of the same
+//! group will write, writes one batch per tree, flushes and fdatasyncs once, publishes
+//! the new head and answers everybody. A rejected append is answered at once and
+//! changes nothing; an accepted one is answered only after the sync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::error::{AppendError, LogError};
+use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash};
+use super::store::{Head, Store, stream_key, stream_value};
+use super::{AppendOutcome, ExpectedRevision, Job, ProposedEvent, StreamAppend};
+use crate::clock::Clock;
+use crate::limits;
+
+type Reply = oneshot::Sender<Result<Vec<AppendOutcome>, AppendError>>;
+
+/// What the current group will write, on top of the store.
+#[derive(Default)]
+struct Overlay {
+    /// Records to write, positions `base..base+len`.
+    records: Vec<StoredEvent>,
+    /// Stream → last revision and position after the overlay.
+    heads: HashMap<String, (u64, u64)>,
+    /// Event id → position of records in the overlay.
+    ids: HashMap<[u8; 16], u64>,
+    /// Stream index runs: (stream, first revision, first position, count).
+    runs: Vec<(String, u64, u64, u32)>,
+}
+
+impl Overlay {
+    fn merge(&mut self, other: Overlay) {
+        self.records.extend(other.records);
+        self.heads.extend(other.heads);
+        self.ids.extend(other.ids);
+        self.runs.extend(other.runs);
+    }
+}
+
+pub(super) struct Writer {
+    store: Arc<Store>,
+    head: Head,
+    last_recorded_us: i64,
+    clock: Arc<dyn Clock>,
+    head_tx: watch::Sender<Head>,
+    /// Set after a storage fault: the in-memory view may disagree with the disk, so the
+    /// writer refuses further appends until the server is restarted (which repairs).
+    failed: Option<String>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        store: Arc<Store>,
+        head: Head,
+        last_recorded_us: i64,
+        clock: Arc<dyn Clock>,
+        head_tx: watch::Sender<Head>,
+    ) -> Self {
+        Self {
+            store,
+            head,
+            last_recorded_us,
+            clock,
+            head_tx,
+            failed: None,
+        }
+    }
+
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut events = first.appends.iter().map(|a| a.events.len()).sum::<usize>();
+            let mut jobs = vec![first];
+            while jobs.len() < limits::GROUP_COMMIT_APPENDS_MAX
+                && events < limits::GROUP_COMMIT_EVENTS_MAX
+            {
+                match queue.try_recv() {
+                    Ok(job) => {
+                        events += job.appends.iter().map(|a| a.events.len()).sum::<usize>();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(jobs);
+        }
+        tracing::debug!("log writer stopped: queue closed");
+    }
+
+    fn commit_group(&mut self, jobs: Vec<Job>) {
+        if let Some(reason) = &self.failed {
+            for job in jobs {
+                let _ = job
+                    .reply
+                    .send(Err(LogError::Unavailable(reason.clone()).into()));
+            }
+            return;
+        }
+        let now_us = self.clock.now_us().max(self.last_recorded_us);
+        let mut group = Overlay::default();
+        let mut accepted: Vec<(Reply, Vec<AppendOutcome>)> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut draft = Overlay::default();
+            let base = self.head.position + 1 + group.records.len() as u64;
+            let result: Result<Vec<AppendOutcome>, AppendError> = job
+                .appends
+                .into_iter()
+                .map(|append| self.check(append, &group, &mut draft, base, now_us))
+                .collect();
+            match result {
+                Ok(outcomes) => {
+                    group.merge(draft);
+                    accepted.push((job.reply, outcomes));
+                }
+                Err(error) => {
+                    let _ = job.reply.send(Err(error));
+                }
+            }
+        }
+        if !group.records.is_empty()
+            && let Err(error) = self.write(&group, now_us)
+        {
+            {
+                tracing::error!(%error, "group commit failed; the writer stops accepting appends");
+                let reason = format!("a write failed ({error}); restart the server to recover");
+                self.failed = Some(reason.clone());
+                for (reply, _) in accepted {
+                    let _ = reply.send(Err(LogError::Unavailable(reason.clone()).into()));
+                }
+                return;
+            }
+        }
+        for (reply, outcomes) in accepted {
+            let _ = reply.send(Ok(outcomes));
+        }
+    }
+
+    /// Looks up an existing event by id: in the group, in this job's draft, then on disk.
+    fn find_by_id(
+        &self,
+        id: &[u8; 16],
+        group: &Overlay,
+        draft: &Overlay,
+    ) -> Result<Option<StoredEvent>, LogError> {
+        let base = self.head.position + 1;
+        let in_overlay = |overlay: &Overlay, offset: u64| {
+            overlay
+                .ids
+                .get(id)
+                .map(|p| overlay.records[(p - offset) as usize].clone())
+        };
+        if let Some(event) = in_overlay(draft, base + group.records.len() as u64) {
+            return Ok(Some(event));
+        }
+        if let Some(event) = in_overlay(group, base) {
+            return Ok(Some(event));
+        }
+        Ok(self
+            .store
+            .id_position(id, self.head.position)?
+            .map(|logged| logged.event))
+    }
+
+    fn current_head(
+        &self,
+        stream: &str,
+        group: &Overlay,
+        draft: &Overlay,
+    ) -> Result<Option<(u64, u64)>, LogError> {
+        if let Some(head) = draft.heads.get(stream).or_else(|| group.heads.get(stream)) {
+            return Ok(Some(*head));
+        }
+        Ok(self
+            .store
+            .stream_head(stream)?
+            .filter(|h| h.position <= self.head.position)
+            .map(|h| (h.revision, h.position)))
+    }
+
+    fn check(
+        &self,
+        append: StreamAppend,
+        group: &Overlay,
+        draft: &mut Overlay,
+        base: u64,
+        now_us: i64,
+    ) -> Result<AppendOutcome, AppendError> {
+        let stream = append.stream.as_str();
+        if append.events.is_empty() {
+            return Err(AppendError::Empty);
+        }
+        // 1. Idempotency comes first, whatever the expectation says.
+        let mut seen = std::collections::HashSet::with_capacity(append.events.len());
+        let mut existing = Vec::new();
+        let mut new_ids = 0usize;
+        for proposed in &append.events {
+            if let Some(id) = proposed.event_id {
+                if !seen.insert(id) {
+                    return Err(AppendError::DuplicateIdInBatch(id));
+                }
+                match self.find_by_id(id.as_bytes(), group, draft)? {
+                    Some(event) => existing.push((proposed, event)),
+                    None => new_ids += 1,
+                }
+            } else {
+                new_ids += 1;
+            }
+        }
+        if !existing.is_empty() {
+            let conflicting: Vec<Uuid> = existing
+                .iter()
+                .map(|(p, _)| p.event_id.expect("only ids are found"))
+                .collect();
+            if new_ids > 0 {
+                return Err(AppendError::EventIdConflict { ids: conflicting });
+            }
+            let in_order = existing
+                .windows(2)
+                .all(|w| w[0].1.position < w[1].1.position);
+            let differing: Vec<Uuid> = existing
+                .iter()
+                .filter(|(p, e)| !same_content(stream, p, e))
+                .map(|(p, _)| p.event_id.expect("only ids are found"))
+                .collect();
+            if !differing.is_empty() {
+                return Err(AppendError::EventIdConflict { ids: differing });
+            }
+            if !in_order {
+                return Err(AppendError::EventIdConflict { ids: conflicting });
+            }
+            let first = &existing[0].1;
+            let last = &existing[existing.len() - 1].1;
+            return Ok(AppendOutcome {
+                first_position: first.position,
+                last_position: last.position,
+                last_revision: last.revision,
+            });
+        }
+
+        // 2. The expectation.
+        let current = self.current_head(stream, group, draft)?;
+        let actual = current.map(|(revision, _)| revision);
+        let ok = match append.expected {
+            ExpectedRevision::Any => true,
+            ExpectedRevision::NoStream => actual.is_none(),
+            ExpectedRevision::StreamExists => actual.is_some(),
+            ExpectedRevision::Exact(revision) => actual == Some(revision),
+        };
+        if !ok {
+            return Err(AppendError::WrongExpectedRevision {
+                stream: stream.to_owned(),
+                expected: append.expected,
+                actual,
+            });
+        }
+
+        // 3. Assign positions and revisions.
+        let first_position = base + draft.records.len() as u64;
+        let first_revision = actual.map_or(0, |r| r + 1);
+        let count = append.events.len();
+        for (index, proposed) in append.events.into_iter().enumerate() {
+            let position = first_position + index as u64;
+            let id = proposed.event_id.unwrap_or_else(Uuid::now_v7);
+            let mut metadata = proposed.metadata;
+            metadata.sort();
+            draft.ids.insert(*id.as_bytes(), position);
+            draft.records.push(StoredEvent {
+                position,
+                stream: stream.to_owned(),
+                revision: first_revision + index as u64,
+                event_id: *id.as_bytes(),
+                event_type: proposed.event_type,
+                schema_version: proposed.schema_version,
+                recorded_at_us: now_us,
+                occurred_at_us: proposed.occurred_at_us.unwrap_or(now_us),
+                correlation_id: proposed.correlation_id,
+                causation_id: proposed.causation_id,
+                actor: proposed.actor,
+                source_channel: proposed.source_channel,
+                metadata,
+                payload: proposed.payload,
+            });
+        }
+        let last_position = first_position + count as u64 - 1;
+        let last_revision = first_revision + count as u64 - 1;
+        draft
+            .heads
+            .insert(stream.to_owned(), (last_revision, last_position));
+        draft.runs.push((
+            stream.to_owned(),
+            first_revision,
+            first_position,
+            u32::try_from(count).expect("appends are bounded"),
+        ));
+        Ok(AppendOutcome {
+            first_position,
+            last_position,
+            last_revision,
+        })
+    }
+
+    /// Writes the group: events in chunks, then the indices and the index watermark,
+    /// then one flush + fdatasync. Indices are derived: if a crash leaves them behind the
+    /// events, the next open re-derives them from `indexed_through`.
+    fn write(&mut self, group: &Overlay, now_us: i64) -> Result<(), LogError> {
+        let mut events_batch = sled::Batch::default();
+        let mut ids_batch = sled::Batch::default();
+        let mut streams_batch = sled::Batch::default();
+        let mut previous: Hash = self.head.hash;
+        let mut chunk_first = self.head.position + 1;
+        let mut chunk = ChunkBuilder::new(previous);
+        for record in &group.records {
+            let bytes = record.encode();
+            previous = chain_hash(&previous, record.position, &bytes);
+            chunk.push(&bytes, previous);
+            ids_batch.insert(&record.event_id, &record.position.to_be_bytes());
+            if chunk.len_bytes() >= limits::CHUNK_BYTES_TARGET {
+                let full = std::mem::replace(&mut chunk, ChunkBuilder::new(previous));
+                events_batch.insert(&chunk_first.to_be_bytes(), full.finish());
+                chunk_first = record.position + 1;
+            }
+        }
+        if chunk.count() > 0 {
+            events_batch.insert(&chunk_first.to_be_bytes(), chunk.finish());
+        }
+        for (stream, first_revision, first_position, count) in &group.runs {
+            streams_batch.insert(
+                stream_key(stream, *first_revision),
+                &stream_value(*first_position, *count),
+            );
+        }
+        let last_position = self.head.position + group.records.len() as u64;
+        self.store.events.apply_batch(events_batch)?;
+        self.store.streams.apply_batch(streams_batch)?;
+        self.store.event_ids.apply_batch(ids_batch)?;
+        self.store.set_indexed_through(last_position)?;
+        self.store.sync()?;
+        self.head = Head {
+            position: last_position,
+            hash: previous,
+        };
+        self.last_recorded_us = now_us;
+        self.head_tx.send_replace(self.head);
+        Ok(())
+    }
+}
+
+/// True when a re-sent event has the content of the stored one: stream, body,
+/// metadata, occurred_at, correlation and causation ids (DESIGN §5 fine print).
+fn same_content(stream: &str, proposed: &ProposedEvent, stored: &StoredEvent) -> bool {
+    let mut metadata = proposed.metadata.clone();
+    metadata.sort();
+    let occurred_matches = match proposed.occurred_at_us {
+        Some(at) => at == stored.occurred_at_us,
+        None => stored.occurred_at_us == stored.recorded_at_us,
+    };
+    stored.stream == stream
+        && stored.event_type == proposed.event_type
+        && stored.schema_version == proposed.schema_version
+        && stored.payload == proposed.payload
+        && stored.metadata == metadata
+        && occurred_matches
+        && stored.correlation_id == proposed.correlation_id
+        && stored.causation_id == proposed.causation_id
+}

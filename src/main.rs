@@ -1,0 +1,184 @@
+//! The `rapport` binary: flags, then a call into the library (`rapport::cli`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "rapport",
+    version,
+    about = "Event-sourced CRM backend: a hash-chained event log on sled, served over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the log over gRPC (EventStore, health, reflection) until SIGINT/SIGTERM.
+    Serve {
+        /// Data directory (created if missing).
+        #[arg(long, env = "RAPPORT_DATA_DIR", default_value = "./rapport-data")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, env = "RAPPORT_LISTEN", default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+    },
+    /// Offline audit: recompute the hash chain and check every index; exits 1 on a fault.
+    Verify {
+        /// Data directory of a stopped server (or an offline copy).
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Print events as JSON lines through the gRPC API.
+    Tail {
+        /// Server URL.
+        #[arg(long, env = "RAPPORT_SERVER", default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// Print events after this position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep following new events.
+        #[arg(long)]
+        follow: bool,
+        /// Only streams starting with this prefix (repeatable; OR-ed).
+        #[arg(long = "stream-prefix")]
+        stream_prefixes: Vec<String>,
+        /// Only this event type (repeatable; OR-ed).
+        #[arg(long = "type")]
+        event_types: Vec<String>,
+    },
+    /// Benchmarks and load generation (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Concurrent appends over gRPC against a running server; prints events/s and p50/p99.
+    Append {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 1)]
+        events_per_request: usize,
+        /// Duration such as 20s or 500ms.
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Read the whole log over gRPC (ReadAll pages of 1000); prints events/s.
+    Read {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+    },
+    /// Fill a data directory offline with bench events (for verify, read and size figures).
+    Fill {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        #[arg(long, default_value_t = 100_000)]
+        streams: u64,
+    },
+    /// The raw sled ceiling: plain 200-byte inserts, `batch` per flush + fdatasync.
+    Sled {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        #[arg(long, default_value_t = 1)]
+        batch: u64,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("bad duration unit in {text:?} (use ms, s or m)")),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { data_dir, listen } => {
+                rapport::cli::serve(data_dir, listen).await.map(|()| true)
+            }
+            Command::Verify { data_dir } => rapport::cli::verify(&data_dir),
+            Command::Tail {
+                server,
+                after,
+                follow,
+                stream_prefixes,
+                event_types,
+            } => rapport::cli::tail(server, after, follow, stream_prefixes, event_types)
+                .await
+                .map(|()| true),
+            Command::Bench { bench } => match bench {
+                Bench::Append {
+                    server,
+                    clients,
+                    events_per_request,
+                    duration,
+                } => rapport::cli::bench_append(server, clients, events_per_request, duration)
+                    .await
+                    .map(|()| true),
+                Bench::Read { server } => rapport::cli::bench_read(server).await.map(|()| true),
+                Bench::Fill {
+                    data_dir,
+                    events,
+                    batch,
+                    streams,
+                } => rapport::cli::bench_fill(data_dir, events, batch, streams)
+                    .await
+                    .map(|()| true),
+                Bench::Sled {
+                    data_dir,
+                    events,
+                    batch,
+                } => rapport::cli::bench_sled(&data_dir, events, batch).map(|()| true),
+            },
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
