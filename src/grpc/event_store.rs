@@ -169,13 +169,24 @@ fn proposed_from_proto(
         return None;
     };
     let mut body_violations = Violations::new(at("event"));
-    let domain = event_from_proto(body, &mut body_violations)?;
-    if let Err(found) = domain.validate(&at("event")) {
-        for violation in found {
+    let Some(domain) = event_from_proto(body, &mut body_violations) else {
+        // An `Event` with no case set: report it, never drop the event from the batch.
+        for violation in body_violations.into_vec() {
             v.add(&violation.field, violation.description);
         }
+        return None;
+    };
+    let converted = body_violations.into_vec();
+    if let Err(found) = domain.validate(&at("event")) {
+        // A field that did not convert (a malformed UUID becomes nil) is reported once,
+        // with the conversion's reason, not also as "must not be the nil UUID".
+        for violation in found {
+            if !converted.iter().any(|c| c.field == violation.field) {
+                v.add(&violation.field, violation.description);
+            }
+        }
     }
-    for violation in body_violations.into_vec() {
+    for violation in converted {
         v.add(&violation.field, violation.description);
     }
     let payload = domain.encode();
