@@ -91,3 +91,13 @@ pub const SUBSCRIPTION_READ_BATCH: u32 = 512;
 
 /// Concurrent subscriptions; one more is refused with `RESOURCE_EXHAUSTED`.
 pub const SUBSCRIPTIONS_MAX: usize = 1_024;
+
+/// Journal bytes after which the writer checkpoints (flushes sled durably and empties
+/// the journal). Bounds the journal on disk and the replay work when the log opens after
+/// a crash; a checkpoint costs one sled flush, so it should be rare.
+pub const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Streams whose head (last revision and position) the writer keeps in memory, so the
+/// expectation check of a busy stream costs no sled lookup. Past this the cache is
+/// cleared and refills from sled; memory stays bounded whatever the number of streams.
+pub const STREAM_HEAD_CACHE_ENTRIES: usize = 100_000;

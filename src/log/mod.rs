@@ -11,6 +11,7 @@ pub mod record;
 pub mod store;
 pub mod stream_name;
 pub mod verify;
+pub mod wal;
 mod writer;
 
 use std::fmt;
@@ -275,8 +276,8 @@ impl Log {
         {
             let _ = handle.join();
         }
-        if let Err(error) = self.inner.store.sync() {
-            tracing::error!(%error, "final flush failed");
+        if let Err(error) = self.inner.store.checkpoint() {
+            tracing::error!(%error, "final checkpoint failed");
         }
     }
 }

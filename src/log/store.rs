@@ -9,14 +9,19 @@
 //! - `event_ids`: event id (16 bytes) → position (u64 BE).
 //! - `meta`: `format_version` (u32 BE) and `indexed_through` (u64 BE, the last position
 //!   whose index entries are known to be written).
+//!
+//! Beside sled (`dir/sled/`) lives the journal (`dir/wal`, see `wal`): a group commit is
+//! durable once its chunks are journaled; sled is made durable at checkpoints.
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Mutex;
 
 use sled::{IVec, Tree};
 
 use super::error::{LogError, ReadError};
 use super::record::{Hash, LoggedEvent, ZERO_HASH, parse_chunk};
+use super::wal::{ChunkEntry, Wal};
 
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -104,6 +109,8 @@ pub struct Store {
     /// `meta` tree.
     pub meta: Tree,
     db_file: File,
+    /// The journal; only the writer appends to it.
+    pub wal: Mutex<Wal>,
 }
 
 /// Key of the stream index: stream ‖ 0x00 ‖ revision BE.
@@ -172,12 +179,14 @@ fn map_open_error(dir: &Path, error: sled::Error) -> LogError {
 }
 
 impl Store {
-    /// Opens (or creates) the log in `dir`, checks the format version and repairs
-    /// indices a crash left behind the events.
+    /// Opens (or creates) the log in `dir`: sled in `dir/sled`, the journal in
+    /// `dir/wal`. Checks the format version, replays journal chunks sled lacks, and
+    /// re-derives indices a crash left behind the events.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
-        std::fs::create_dir_all(dir)?;
+        let sled_dir = dir.join("sled");
+        std::fs::create_dir_all(&sled_dir)?;
         let db = sled::Config::new()
-            .path(dir)
+            .path(&sled_dir)
             .mode(sled::Mode::HighThroughput)
             .cache_capacity(512 * 1024 * 1024)
             .open()
@@ -201,12 +210,16 @@ impl Store {
                 meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
             }
         }
-        // sled's flush ends in sync_file_range, which is not an fsync: the writer calls
-        // fdatasync on this handle after each flush so acknowledged appends survive power loss.
-        let db_file = File::open(dir.join("db"))?;
-        if let Ok(dir_handle) = File::open(dir) {
-            // Persist the directory entries of sled's files once.
-            let _ = dir_handle.sync_all();
+        // sled's flush ends in sync_file_range, which is not an fsync: checkpoints call
+        // fdatasync on this handle after sled's flush so they survive power loss.
+        let db_file = File::open(sled_dir.join("db"))?;
+        // sled holds the directory lock now, so no other process has the journal open.
+        let (wal, journal) = Wal::open(&dir.join("wal"))?;
+        for path in [dir, sled_dir.as_path()] {
+            if let Ok(handle) = File::open(path) {
+                // Persist the directory entries of the files just created, once.
+                let _ = handle.sync_all();
+            }
         }
         let store = Self {
             events: db.open_tree("events")?,
@@ -215,10 +228,48 @@ impl Store {
             meta,
             db,
             db_file,
+            wal: Mutex::new(wal),
         };
+        store.replay_journal(journal)?;
         store.repair_indices()?;
-        store.sync()?;
+        store.checkpoint()?;
         Ok(store)
+    }
+
+    /// Puts journal chunks that sled does not have (it was not flushed before a crash)
+    /// back into the events tree, checking that they continue the chain.
+    fn replay_journal(&self, journal: Vec<ChunkEntry>) -> Result<u64, LogError> {
+        let mut head = self.head()?;
+        let mut replayed = 0u64;
+        for (first, value) in journal {
+            let layout = parse_chunk(first, &value)?;
+            if layout.last_position() <= head.position {
+                continue;
+            }
+            if first != head.position + 1 || layout.prev_hash != head.hash {
+                return Err(LogError::Corrupt(format!(
+                    "journal chunk at {first} does not continue the log at {}",
+                    head.position
+                )));
+            }
+            self.events.insert(first.to_be_bytes(), value)?;
+            head = Head {
+                position: layout.last_position(),
+                hash: layout.last_hash(),
+            };
+            replayed += layout.len() as u64;
+        }
+        if replayed > 0 {
+            tracing::info!(replayed, head = head.position, "replayed journaled events into sled");
+        }
+        Ok(replayed)
+    }
+
+    /// Makes everything written to sled durable (flush + fdatasync of its file) and
+    /// empties the journal, whose content sled now holds.
+    pub fn checkpoint(&self) -> Result<(), LogError> {
+        self.sync()?;
+        self.wal.lock().expect("journal lock poisoned").reset()
     }
 
     /// Flushes sled and fdatasyncs its file: after this returns, every write so far is durable.

@@ -51,7 +51,7 @@ impl Faults {
 
 /// Opens the data directory (refusing clearly if a server holds it) and verifies it.
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, LogError> {
-    if !dir.join("db").exists() {
+    if !dir.join("sled").join("db").exists() {
         return Err(LogError::Io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("{} is not a rapport data directory", dir.display()),

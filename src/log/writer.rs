@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::error::{AppendError, LogError};
 use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash};
 use super::store::{Head, Store, stream_key, stream_value};
+use super::wal::ChunkEntry;
 use super::{AppendOutcome, ExpectedRevision, Job, ProposedEvent, StreamAppend};
 use crate::clock::Clock;
 use crate::limits;
@@ -49,6 +50,10 @@ pub(super) struct Writer {
     last_recorded_us: i64,
     clock: Arc<dyn Clock>,
     head_tx: watch::Sender<Head>,
+    /// Heads of recently written streams (bounded by `STREAM_HEAD_CACHE_ENTRIES`).
+    head_cache: HashMap<String, (u64, u64)>,
+    /// Counters for the periodic debug line (groups, events, time spent).
+    stats: WriterStats,
     /// Set after a storage fault: the in-memory view may disagree with the disk, so the
     /// writer refuses further appends until the server is restarted (which repairs).
     failed: Option<String>,
@@ -68,6 +73,8 @@ impl Writer {
             last_recorded_us,
             clock,
             head_tx,
+            head_cache: HashMap::new(),
+            stats: WriterStats::default(),
             failed: None,
         }
     }
@@ -87,7 +94,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let started = std::time::Instant::now();
+            let appends = jobs.len();
             self.commit_group(jobs);
+            self.stats.record(appends, events, started.elapsed());
+        }
+        if self.failed.is_none()
+            && let Err(error) = self.store.checkpoint()
+        {
+            tracing::error!(%error, "checkpoint at shutdown failed; the journal will be replayed");
         }
         tracing::debug!("log writer stopped: queue closed");
     }
@@ -172,7 +187,12 @@ impl Writer {
         group: &Overlay,
         draft: &Overlay,
     ) -> Result<Option<(u64, u64)>, LogError> {
-        if let Some(head) = draft.heads.get(stream).or_else(|| group.heads.get(stream)) {
+        if let Some(head) = draft
+            .heads
+            .get(stream)
+            .or_else(|| group.heads.get(stream))
+            .or_else(|| self.head_cache.get(stream))
+        {
             return Ok(Some(*head));
         }
         Ok(self
@@ -304,11 +324,12 @@ impl Writer {
         })
     }
 
-    /// Writes the group: events in chunks, then the indices and the index watermark,
-    /// then one flush + fdatasync. Indices are derived: if a crash leaves them behind the
-    /// events, the next open re-derives them from `indexed_through`.
+    /// Writes the group: its chunks go to the journal and are made durable with one
+    /// fdatasync (the acknowledgement point), then into sled with the indices and the
+    /// index watermark. sled itself is made durable at checkpoints; if a crash comes
+    /// first, opening the log replays the journal and re-derives the indices.
     fn write(&mut self, group: &Overlay, now_us: i64) -> Result<(), LogError> {
-        let mut events_batch = sled::Batch::default();
+        let mut chunks: Vec<ChunkEntry> = Vec::new();
         let mut ids_batch = sled::Batch::default();
         let mut streams_batch = sled::Batch::default();
         let mut previous: Hash = self.head.hash;
@@ -321,12 +342,12 @@ impl Writer {
             ids_batch.insert(&record.event_id, &record.position.to_be_bytes());
             if chunk.len_bytes() >= limits::CHUNK_BYTES_TARGET {
                 let full = std::mem::replace(&mut chunk, ChunkBuilder::new(previous));
-                events_batch.insert(&chunk_first.to_be_bytes(), full.finish());
+                chunks.push((chunk_first, full.finish()));
                 chunk_first = record.position + 1;
             }
         }
         if chunk.count() > 0 {
-            events_batch.insert(&chunk_first.to_be_bytes(), chunk.finish());
+            chunks.push((chunk_first, chunk.finish()));
         }
         for (stream, first_revision, first_position, count) in &group.runs {
             streams_batch.insert(
@@ -335,18 +356,82 @@ impl Writer {
             );
         }
         let last_position = self.head.position + group.records.len() as u64;
+
+        let sync_started = std::time::Instant::now();
+        let journal_bytes = {
+            let mut wal = self.store.wal.lock().expect("journal lock poisoned");
+            wal.append(&chunks)?;
+            wal.len_bytes()
+        };
+        self.stats.sync_us += sync_started.elapsed().as_micros() as u64;
+
+        let mut events_batch = sled::Batch::default();
+        for (first, value) in chunks {
+            events_batch.insert(&first.to_be_bytes(), value);
+        }
         self.store.events.apply_batch(events_batch)?;
         self.store.streams.apply_batch(streams_batch)?;
         self.store.event_ids.apply_batch(ids_batch)?;
         self.store.set_indexed_through(last_position)?;
-        self.store.sync()?;
         self.head = Head {
             position: last_position,
             hash: previous,
         };
         self.last_recorded_us = now_us;
+        if self.head_cache.len() + group.heads.len() > limits::STREAM_HEAD_CACHE_ENTRIES {
+            self.head_cache.clear();
+        }
+        self.head_cache
+            .extend(group.heads.iter().map(|(s, h)| (s.clone(), *h)));
         self.head_tx.send_replace(self.head);
+        if journal_bytes >= limits::JOURNAL_CHECKPOINT_BYTES
+            && let Err(error) = self.store.checkpoint()
+        {
+            // This group is durable in the journal and will be answered OK; the writer
+            // stops taking new appends because sled's state is now in doubt.
+            tracing::error!(%error, "checkpoint failed; the writer stops accepting appends");
+            self.failed = Some(format!(
+                "a checkpoint failed ({error}); restart the server to recover"
+            ));
+        }
         Ok(())
+    }
+}
+
+/// What the writer did since its last debug line (`RUST_LOG=rapport=debug`).
+#[derive(Default)]
+struct WriterStats {
+    since: Option<std::time::Instant>,
+    groups: u64,
+    appends: u64,
+    events: u64,
+    busy_us: u64,
+    sync_us: u64,
+}
+
+impl WriterStats {
+    /// Seconds between debug lines.
+    const INTERVAL_SECONDS: u64 = 5;
+
+    fn record(&mut self, appends: usize, events: usize, busy: std::time::Duration) {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        self.groups += 1;
+        self.appends += appends as u64;
+        self.events += events as u64;
+        self.busy_us += busy.as_micros() as u64;
+        if since.elapsed().as_secs() >= Self::INTERVAL_SECONDS {
+            let groups = self.groups.max(1);
+            tracing::debug!(
+                groups = self.groups,
+                appends_per_group = self.appends / groups,
+                events_per_group = self.events / groups,
+                busy_us_per_group = self.busy_us / groups,
+                sync_us_per_group = self.sync_us / groups,
+                busy_percent = self.busy_us / 10_000 / Self::INTERVAL_SECONDS,
+                "group commit"
+            );
+            *self = Self::default();
+        }
     }
 }
 
