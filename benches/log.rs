@@ -8,7 +8,9 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rapport::domain::Violations;
 use rapport::grpc::convert::event_from_proto;
-use rapport::log::{ExpectedRevision, Log, LogConfig, ProposedEvent, ReadFilter, StreamAppend, StreamName};
+use rapport::log::{
+    ExpectedRevision, Log, LogConfig, ProposedEvent, ReadFilter, StreamAppend, StreamName,
+};
 
 fn proposed(serial: u64) -> ProposedEvent {
     let mut v = Violations::new("");
@@ -40,7 +42,9 @@ fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let log = Log::open(LogConfig::new(dir.path())).expect("open");
     let mut group = c.benchmark_group("append");
-    group.measurement_time(Duration::from_secs(5)).sample_size(20);
+    group
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(20);
     let mut serial = 0u64;
     for size in [1usize, 10, 100] {
         group.throughput(Throughput::Elements(size as u64));
@@ -87,7 +91,9 @@ fn scan_and_verify(c: &mut Criterion) {
         }
     });
     let mut group = c.benchmark_group("read");
-    group.throughput(Throughput::Elements(EVENTS)).sample_size(10);
+    group
+        .throughput(Throughput::Elements(EVENTS))
+        .sample_size(10);
     group.bench_function("scan_100k", |b| {
         b.iter(|| {
             let mut cursor = 1;

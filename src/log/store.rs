@@ -260,7 +260,11 @@ impl Store {
             replayed += layout.len() as u64;
         }
         if replayed > 0 {
-            tracing::info!(replayed, head = head.position, "replayed journaled events into sled");
+            tracing::info!(
+                replayed,
+                head = head.position,
+                "replayed journaled events into sled"
+            );
         }
         Ok(replayed)
     }

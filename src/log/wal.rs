@@ -90,9 +90,11 @@ impl Wal {
         let body_len: usize = 4 + chunks.iter().map(|(_, c)| 8 + 4 + c.len()).sum::<usize>();
         let mut record = Vec::with_capacity(HEADER_BYTES + body_len);
         record.extend_from_slice(&MAGIC.to_le_bytes());
-        record.extend_from_slice(&u32::try_from(body_len).map_err(|_| {
-            LogError::Corrupt("a group commit larger than 4 GiB".into())
-        })?.to_le_bytes());
+        record.extend_from_slice(
+            &u32::try_from(body_len)
+                .map_err(|_| LogError::Corrupt("a group commit larger than 4 GiB".into()))?
+                .to_le_bytes(),
+        );
         record.extend_from_slice(&[0; 16]);
         let body_start = record.len();
         record.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
@@ -159,10 +161,16 @@ fn decode_body(body: &[u8], chunks: &mut Vec<ChunkEntry>) -> Result<(), LogError
     let mut offset = 4;
     for _ in 0..count {
         let first = u64::from_le_bytes(
-            body.get(offset..offset + 8).ok_or_else(corrupt)?.try_into().expect("8"),
+            body.get(offset..offset + 8)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .expect("8"),
         );
         let len = u32::from_le_bytes(
-            body.get(offset + 8..offset + 12).ok_or_else(corrupt)?.try_into().expect("4"),
+            body.get(offset + 8..offset + 12)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .expect("4"),
         ) as usize;
         offset += 12;
         let chunk = body.get(offset..offset + len).ok_or_else(corrupt)?;
@@ -198,7 +206,11 @@ mod tests {
             chunks,
             vec![(1, vec![1, 2, 3]), (4, vec![4]), (5, vec![5; 100])]
         );
-        assert_eq!(wal.len_bytes(), end, "the next record overwrites the torn one");
+        assert_eq!(
+            wal.len_bytes(),
+            end,
+            "the next record overwrites the torn one"
+        );
         // After a checkpoint the journal starts over; a shorter new record followed by
         // the remains of old ones reads as the new record (and old, skipped chunks).
         wal.reset().unwrap();
@@ -217,7 +229,11 @@ mod tests {
             wal.append(&[(1, vec![1])]).unwrap();
             wal.append(&[(2, vec![2])]).unwrap();
             let end = wal.len_bytes();
-            let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
             let mut byte = [0u8; 1];
             file.read_exact_at(&mut byte, end - 1).unwrap();
             file.write_all_at(&[byte[0] ^ 1], end - 1).unwrap();
