@@ -216,11 +216,13 @@ pub async fn bench_fill(
     let start = Instant::now();
     let mut written = 0u64;
     let mut serial = 0u64;
+    let mut appends = 0u64;
     let concurrency = 16usize;
     let mut in_flight = tokio::task::JoinSet::new();
     while written < events {
         let count = (batch as u64).min(events - written) as usize;
-        let stream = StreamName::parse(&format!("customer-{}", serial % streams.max(1)))?;
+        let stream = StreamName::parse(&format!("customer-{}", appends % streams.max(1)))?;
+        appends += 1;
         let mut proposed = Vec::with_capacity(count);
         for _ in 0..count {
             let body = crate::loadgen::sample_event(serial);

@@ -60,13 +60,21 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
-/// A ~200-byte custom event body, like the peer's JSON-ish payload.
+/// A ~200-byte custom event body, like the peer's JSON-ish payload: a few fixed fields
+/// and a pad of pseudo-random `[a-z0-9]` (the peer pads with `tr -dc 'a-z0-9'` of
+/// /dev/urandom), so neither side gains from compressible filler. Deterministic in `serial`.
 pub fn sample_event(serial: u64) -> pb::Event {
-    let prefix = format!("{serial:012}");
-    let pad: String = prefix
-        .chars()
-        .chain(std::iter::repeat('x'))
-        .take(PAYLOAD_BYTES - 48)
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut state = serial.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let pad: String = (0..PAYLOAD_BYTES - 58)
+        .map(|_| {
+            // xorshift64*: cheap, deterministic, good enough for filler.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let x = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            ALPHABET[(x >> 58) as usize % ALPHABET.len()] as char
+        })
         .collect();
     let fields = BTreeMap::from([
         ("customerId".to_owned(), string_value("c-0042")),
@@ -242,4 +250,20 @@ pub fn run_sled_ceiling(
         file.sync_data()?;
     }
     Ok(events as f64 / start.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Violations;
+    use crate::grpc::convert::event_from_proto;
+
+    #[test]
+    fn the_sample_payload_is_about_200_bytes_and_deterministic() {
+        let mut v = Violations::new("");
+        let payload = event_from_proto(sample_event(7), &mut v).unwrap().encode();
+        assert_eq!(payload.len(), PAYLOAD_BYTES);
+        assert_eq!(sample_event(7), sample_event(7));
+        assert_ne!(sample_event(7), sample_event(8));
+    }
 }

@@ -11,6 +11,9 @@
 //! chunk key   = position of its first event, u64 big-endian
 //! ```
 //!
+//! The writer stores a chunk compressed when that makes it smaller
+//! (`2 ‖ raw_len:u32 LE ‖ zstd(raw chunk without its tag)`, see [`compress_chunk`]).
+//!
 //! ## Hash chain
 //! `hash_n = BLAKE3(hash_{n-1} ‖ position_n as u64 big-endian ‖ event bytes_n)`, with
 //! `hash_0` = 32 zero bytes. The per-event hashes are recomputed whenever a chunk is read
@@ -28,6 +31,48 @@ pub type Hash = [u8; 32];
 pub const ZERO_HASH: Hash = [0; 32];
 
 const CHUNK_TAG: u8 = 1;
+const COMPRESSED_CHUNK_TAG: u8 = 2;
+
+/// zstd level for stored chunks: level 1 is the fastest and already takes most of what
+/// there is to take from envelopes that repeat stream names, types and field names.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Compresses a finished chunk: `2 ‖ raw_len:u32 LE ‖ zstd(raw[1..])`. Returns the raw
+/// chunk when compression does not make it smaller. The hash chain covers the raw event
+/// bytes, never the compressed form, so compression is invisible to auditors.
+pub fn compress_chunk(raw: Vec<u8>) -> Vec<u8> {
+    let compressed = COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        }
+        slot.as_mut().and_then(|c| c.compress(&raw[1..]).ok())
+    });
+    let Some(compressed) = compressed else {
+        return raw;
+    };
+    if compressed.len() + 5 >= raw.len() {
+        return raw;
+    }
+    let mut value = Vec::with_capacity(compressed.len() + 5);
+    value.push(COMPRESSED_CHUNK_TAG);
+    value.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    value.extend_from_slice(&compressed);
+    value
+}
+
+thread_local! {
+    // zstd contexts are costly to create (a zeroed ~100 KiB+ workspace each); every thread
+    // that packs or reads chunks keeps one of each.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Largest raw chunk accepted when decompressing: a chunk closes at
+/// `CHUNK_BYTES_TARGET` plus one event, and an event is far below this.
+const RAW_CHUNK_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The envelope and body of one event, as stored. Field order is part of the on-disk
 /// format: never reorder, only append fields with a new format version.
@@ -59,7 +104,9 @@ pub struct StoredEvent {
     pub source_channel: String,
     /// Metadata, sorted by key (deterministic bytes).
     pub metadata: Vec<(String, String)>,
-    /// The encoded body (bincode of the domain event).
+    /// The encoded body (bincode of the domain event). Encoded as raw bytes (length +
+    /// bytes, the same wire form bincode gives a sequence of `u8`, but copied in one go).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -168,6 +215,8 @@ pub struct ChunkLayout {
     pub spans: Vec<(usize, usize)>,
     /// Chain hash after each event.
     pub hashes: Vec<Hash>,
+    /// The raw chunk when the stored value was compressed (spans point into it).
+    raw: Option<Vec<u8>>,
 }
 
 impl ChunkLayout {
@@ -195,7 +244,8 @@ impl ChunkLayout {
     /// checking that it claims the position it is stored at.
     pub fn decode(&self, value: &[u8], index: usize) -> Result<LoggedEvent, LogError> {
         let (start, len) = self.spans[index];
-        let event = StoredEvent::decode(&value[start..start + len])?;
+        let bytes = self.raw.as_deref().unwrap_or(value);
+        let event = StoredEvent::decode(&bytes[start..start + len])?;
         let position = self.first_position + index as u64;
         if event.position != position {
             return Err(LogError::Corrupt(format!(
@@ -210,9 +260,45 @@ impl ChunkLayout {
     }
 }
 
-/// Parses a chunk stored under `first_position`, recomputing every event's hash and
-/// checking the stored last hash: what is read is what was written.
+/// Parses a chunk stored under `first_position` (raw or compressed), recomputing every
+/// event's hash and checking the stored last hash: what is read is what was written.
+/// Pass the same stored `value` to [`ChunkLayout::decode`].
 pub fn parse_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, LogError> {
+    if value.first() == Some(&COMPRESSED_CHUNK_TAG) {
+        let corrupt = |what: &str| LogError::Corrupt(format!("chunk at {first_position}: {what}"));
+        let raw_len = value
+            .get(1..5)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| corrupt("bad compressed header"))?;
+        if raw_len > RAW_CHUNK_BYTES_MAX || raw_len == 0 {
+            return Err(corrupt("implausible raw length"));
+        }
+        let mut raw = Vec::with_capacity(raw_len);
+        raw.push(CHUNK_TAG);
+        let body = DECOMPRESSOR
+            .with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = zstd::bulk::Decompressor::new().ok();
+                }
+                match slot.as_mut() {
+                    Some(d) => d.decompress(&value[5..], raw_len - 1),
+                    None => zstd::bulk::decompress(&value[5..], raw_len - 1),
+                }
+            })
+            .map_err(|e| corrupt(&format!("undecompressable: {e}")))?;
+        raw.extend_from_slice(&body);
+        if raw.len() != raw_len {
+            return Err(corrupt("raw length mismatch"));
+        }
+        let mut layout = parse_raw_chunk(first_position, &raw)?;
+        layout.raw = Some(raw);
+        return Ok(layout);
+    }
+    parse_raw_chunk(first_position, value)
+}
+
+fn parse_raw_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, LogError> {
     let corrupt = |what: &str| LogError::Corrupt(format!("chunk at {first_position}: {what}"));
     if value.len() < 1 + 32 + 4 + 32 || value[0] != CHUNK_TAG {
         return Err(corrupt("bad header"));
@@ -254,6 +340,7 @@ pub fn parse_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, Log
         prev_hash,
         spans,
         hashes,
+        raw: None,
     })
 }
 
@@ -312,6 +399,30 @@ mod tests {
         let value = builder.finish();
         // Under key 2 the recomputed hash differs (position is hashed).
         assert!(parse_chunk(2, &value).is_err());
+    }
+
+    #[test]
+    fn compressed_chunks_read_like_raw_ones() {
+        let mut builder = ChunkBuilder::new(ZERO_HASH);
+        let mut hash = ZERO_HASH;
+        for position in 1..=20 {
+            let bytes = event(position).encode();
+            hash = chain_hash(&hash, position, &bytes);
+            builder.push(&bytes, hash);
+        }
+        let raw = builder.finish();
+        let stored = compress_chunk(raw.clone());
+        assert_eq!(stored[0], COMPRESSED_CHUNK_TAG);
+        assert!(stored.len() < raw.len());
+        assert_eq!(
+            decode_chunk(1, &stored).unwrap(),
+            decode_chunk(1, &raw).unwrap()
+        );
+        assert_eq!(parse_chunk(1, &stored).unwrap().last_hash(), hash);
+        let mut damaged = stored.clone();
+        let last = damaged.len() - 3;
+        damaged[last] ^= 0x55;
+        assert!(parse_chunk(1, &damaged).is_err());
     }
 
     #[test]

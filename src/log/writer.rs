@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::error::{AppendError, LogError};
-use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash};
+use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash, compress_chunk};
 use super::store::{Head, Store, stream_key, stream_value};
 use super::wal::ChunkEntry;
 use super::{AppendOutcome, ExpectedRevision, Job, ProposedEvent, StreamAppend};
@@ -342,12 +342,12 @@ impl Writer {
             ids_batch.insert(&record.event_id, &record.position.to_be_bytes());
             if chunk.len_bytes() >= limits::CHUNK_BYTES_TARGET {
                 let full = std::mem::replace(&mut chunk, ChunkBuilder::new(previous));
-                chunks.push((chunk_first, full.finish()));
+                chunks.push((chunk_first, compress_chunk(full.finish())));
                 chunk_first = record.position + 1;
             }
         }
         if chunk.count() > 0 {
-            chunks.push((chunk_first, chunk.finish()));
+            chunks.push((chunk_first, compress_chunk(chunk.finish())));
         }
         for (stream, first_revision, first_position, count) in &group.runs {
             streams_batch.insert(
