@@ -101,3 +101,7 @@ pub const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// expectation check of a busy stream costs no sled lookup. Past this the cache is
 /// cleared and refills from sled; memory stays bounded whatever the number of streams.
 pub const STREAM_HEAD_CACHE_ENTRIES: usize = 100_000;
+
+/// Groups written to the journal and waiting for the syncer's fdatasync. When the disk
+/// is this far behind, the writer waits instead of writing further ahead.
+pub const UNSYNCED_GROUPS_MAX: usize = 64;

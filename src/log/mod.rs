@@ -156,7 +156,7 @@ impl Log {
             last_recorded_us,
             config.clock.clone(),
             head_tx,
-        );
+        )?;
         let handle = std::thread::Builder::new()
             .name("rapport-log-writer".into())
             .spawn(move || writer.run(queue_rx))?;

@@ -87,6 +87,19 @@ impl Wal {
 
     /// Appends one record holding `chunks` and makes it durable (`fdatasync`).
     pub fn append(&mut self, chunks: &[ChunkEntry]) -> Result<(), LogError> {
+        self.write_record(chunks)?;
+        self.file.sync_data()?;
+        Ok(())
+    }
+
+    /// A second handle to the file, for the thread that makes records durable while
+    /// the writer goes on (see `writer`).
+    pub fn sync_handle(&self) -> Result<File, LogError> {
+        Ok(self.file.try_clone()?)
+    }
+
+    /// Writes one record holding `chunks`, without syncing it: the caller syncs.
+    pub fn write_record(&mut self, chunks: &[ChunkEntry]) -> Result<(), LogError> {
         let body_len: usize = 4 + chunks.iter().map(|(_, c)| 8 + 4 + c.len()).sum::<usize>();
         let mut record = Vec::with_capacity(HEADER_BYTES + body_len);
         record.extend_from_slice(&MAGIC.to_le_bytes());
@@ -110,7 +123,6 @@ impl Wal {
             self.preallocate(end + PREALLOCATE_STEP_BYTES)?;
         }
         self.file.write_all_at(&record, self.len_bytes)?;
-        self.file.sync_data()?;
         self.len_bytes += record.len() as u64;
         Ok(())
     }

@@ -1,13 +1,22 @@
-//! The single writer: group commit.
+//! The single writer: group commit, pipelined with the sync.
 //!
-//! It takes every append waiting in the queue (up to the group limits), checks each in
-//! arrival order against the stored state plus what the earlier appends of the same
-//! group will write, writes one batch per tree, flushes and fdatasyncs once, publishes
-//! the new head and answers everybody. A rejected append is answered at once and
-//! changes nothing; an accepted one is answered only after the sync.
+//! The writer thread takes every append waiting in the queue (up to the group limits),
+//! checks each in arrival order against the stored state plus what the earlier appends
+//! of the same group will write, writes the group's chunks to the journal and its
+//! batches to sled, and hands the group to the syncer thread. The syncer takes every
+//! group handed to it, fdatasyncs the journal once, publishes the new durable head and
+//! answers them all — while the writer already checks and writes the next group, so the
+//! disk's sync latency overlaps the CPU work instead of adding to it.
+//!
+//! A rejected append is answered at once and changes nothing; an accepted one (or an
+//! idempotent re-send) is answered only after a sync that covers it. Reads never go past
+//! the durable head, so nothing written but not yet synced is ever visible. The writer
+//! checks against written-but-unsynced state, which is right: syncs complete in order,
+//! so that state is durable before any later acknowledgement.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -44,19 +53,31 @@ impl Overlay {
     }
 }
 
+/// A written group on its way to the syncer: the head it reaches and who to answer.
+struct Written {
+    head: Head,
+    replies: Vec<(Reply, Vec<AppendOutcome>)>,
+}
+
+/// Set after a storage fault by either thread; from then on every append is refused
+/// until a restart (which replays the journal and repairs the indices).
+type Failure = Arc<Mutex<Option<String>>>;
+
 pub(super) struct Writer {
     store: Arc<Store>,
+    /// Head of what is written (journal and sled), possibly not yet synced.
     head: Head,
     last_recorded_us: i64,
     clock: Arc<dyn Clock>,
-    head_tx: watch::Sender<Head>,
+    /// Groups written and waiting for the syncer; bounded, so a slow disk holds the
+    /// writer back instead of piling up answers.
+    to_sync: std::sync::mpsc::SyncSender<Written>,
+    syncer: Option<std::thread::JoinHandle<()>>,
+    failure: Failure,
     /// Heads of recently written streams (bounded by `STREAM_HEAD_CACHE_ENTRIES`).
     head_cache: HashMap<String, (u64, u64)>,
     /// Counters for the periodic debug line (groups, events, time spent).
     stats: WriterStats,
-    /// Set after a storage fault: the in-memory view may disagree with the disk, so the
-    /// writer refuses further appends until the server is restarted (which repairs).
-    failed: Option<String>,
 }
 
 impl Writer {
@@ -66,17 +87,41 @@ impl Writer {
         last_recorded_us: i64,
         clock: Arc<dyn Clock>,
         head_tx: watch::Sender<Head>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, LogError> {
+        let failure: Failure = Arc::default();
+        let journal = store
+            .wal
+            .lock()
+            .expect("journal lock poisoned")
+            .sync_handle()?;
+        let (to_sync, written) = std::sync::mpsc::sync_channel(limits::UNSYNCED_GROUPS_MAX);
+        let syncer_failure = failure.clone();
+        let synced = head.position;
+        let syncer = std::thread::Builder::new()
+            .name("rapport-log-sync".into())
+            .spawn(move || sync_loop(journal, head_tx, syncer_failure, written, synced))?;
+        Ok(Self {
             store,
             head,
             last_recorded_us,
             clock,
-            head_tx,
+            to_sync,
+            syncer: Some(syncer),
+            failure,
             head_cache: HashMap::new(),
             stats: WriterStats::default(),
-            failed: None,
-        }
+        })
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock poisoned").clone()
+    }
+
+    fn fail(&self, reason: String) {
+        self.failure
+            .lock()
+            .expect("failure lock poisoned")
+            .get_or_insert(reason);
     }
 
     pub(super) fn run(mut self, mut queue: mpsc::Receiver<Job>) {
@@ -99,8 +144,20 @@ impl Writer {
             self.commit_group(jobs);
             self.stats.record(appends, events, started.elapsed());
         }
-        if self.failed.is_none()
-            && let Err(error) = self.store.checkpoint()
+        // Let the syncer answer what is pending, then make sled durable and empty the journal.
+        let Self {
+            store,
+            to_sync,
+            syncer,
+            failure,
+            ..
+        } = self;
+        drop(to_sync);
+        if let Some(syncer) = syncer {
+            let _ = syncer.join();
+        }
+        if failure.lock().expect("failure lock poisoned").is_none()
+            && let Err(error) = store.checkpoint()
         {
             tracing::error!(%error, "checkpoint at shutdown failed; the journal will be replayed");
         }
@@ -108,7 +165,7 @@ impl Writer {
     }
 
     fn commit_group(&mut self, jobs: Vec<Job>) {
-        if let Some(reason) = &self.failed {
+        if let Some(reason) = &self.failed() {
             for job in jobs {
                 let _ = job
                     .reply
@@ -140,18 +197,27 @@ impl Writer {
         if !group.records.is_empty()
             && let Err(error) = self.write(&group, now_us)
         {
-            {
-                tracing::error!(%error, "group commit failed; the writer stops accepting appends");
-                let reason = format!("a write failed ({error}); restart the server to recover");
-                self.failed = Some(reason.clone());
-                for (reply, _) in accepted {
-                    let _ = reply.send(Err(LogError::Unavailable(reason.clone()).into()));
-                }
-                return;
+            tracing::error!(%error, "group commit failed; the writer stops accepting appends");
+            let reason = format!("a write failed ({error}); restart the server to recover");
+            self.fail(reason.clone());
+            for (reply, _) in accepted {
+                let _ = reply.send(Err(LogError::Unavailable(reason.clone()).into()));
             }
+            return;
         }
-        for (reply, outcomes) in accepted {
-            let _ = reply.send(Ok(outcomes));
+        if accepted.is_empty() {
+            return;
+        }
+        // Accepted appends and idempotent re-sends alike wait for a sync that covers them.
+        if let Err(std::sync::mpsc::SendError(written)) = self.to_sync.send(Written {
+            head: self.head,
+            replies: accepted,
+        }) {
+            for (reply, _) in written.replies {
+                let _ = reply.send(Err(
+                    LogError::Unavailable("the syncer stopped".into()).into()
+                ));
+            }
         }
     }
 
@@ -357,13 +423,11 @@ impl Writer {
         }
         let last_position = self.head.position + group.records.len() as u64;
 
-        let sync_started = std::time::Instant::now();
         let journal_bytes = {
             let mut wal = self.store.wal.lock().expect("journal lock poisoned");
-            wal.append(&chunks)?;
+            wal.write_record(&chunks)?;
             wal.len_bytes()
         };
-        self.stats.sync_us += sync_started.elapsed().as_micros() as u64;
 
         let mut events_batch = sled::Batch::default();
         for (first, value) in chunks {
@@ -383,18 +447,59 @@ impl Writer {
         }
         self.head_cache
             .extend(group.heads.iter().map(|(s, h)| (s.clone(), *h)));
-        self.head_tx.send_replace(self.head);
         if journal_bytes >= limits::JOURNAL_CHECKPOINT_BYTES
             && let Err(error) = self.store.checkpoint()
         {
             // This group is durable in the journal and will be answered OK; the writer
             // stops taking new appends because sled's state is now in doubt.
             tracing::error!(%error, "checkpoint failed; the writer stops accepting appends");
-            self.failed = Some(format!(
+            self.fail(format!(
                 "a checkpoint failed ({error}); restart the server to recover"
             ));
         }
         Ok(())
+    }
+}
+
+/// The syncer: takes every written group waiting, makes them durable with one
+/// fdatasync of the journal, publishes the durable head and answers them.
+fn sync_loop(
+    journal: File,
+    head_tx: watch::Sender<Head>,
+    failure: Failure,
+    written: std::sync::mpsc::Receiver<Written>,
+    mut synced: u64,
+) {
+    while let Ok(first) = written.recv() {
+        let mut groups = vec![first];
+        while let Ok(more) = written.try_recv() {
+            groups.push(more);
+        }
+        let head = groups.last().expect("at least one").head;
+        let mut outcome = failure.lock().expect("failure lock poisoned").clone();
+        if outcome.is_none() && head.position > synced {
+            if let Err(error) = journal.sync_data() {
+                tracing::error!(%error, "journal sync failed; the writer stops accepting appends");
+                let reason = format!("a sync failed ({error}); restart the server to recover");
+                failure
+                    .lock()
+                    .expect("failure lock poisoned")
+                    .get_or_insert(reason.clone());
+                outcome = Some(reason);
+            } else {
+                synced = head.position;
+                head_tx.send_replace(head);
+            }
+        }
+        for group in groups {
+            for (reply, outcomes) in group.replies {
+                let answer = match &outcome {
+                    None => Ok(outcomes),
+                    Some(reason) => Err(LogError::Unavailable(reason.clone()).into()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
     }
 }
 
@@ -406,7 +511,6 @@ struct WriterStats {
     appends: u64,
     events: u64,
     busy_us: u64,
-    sync_us: u64,
 }
 
 impl WriterStats {
@@ -426,7 +530,6 @@ impl WriterStats {
                 appends_per_group = self.appends / groups,
                 events_per_group = self.events / groups,
                 busy_us_per_group = self.busy_us / groups,
-                sync_us_per_group = self.sync_us / groups,
                 busy_percent = self.busy_us / 10_000 / Self::INTERVAL_SECONDS,
                 "group commit"
             );
