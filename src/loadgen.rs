@@ -103,7 +103,16 @@ pub async fn connect(
 ) -> Result<Vec<Channel>, tonic::transport::Error> {
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections.max(1) {
-        channels.push(Endpoint::from_shared(server.to_owned())?.connect().await?);
+        channels.push(
+            Endpoint::from_shared(server.to_owned())?
+                .tcp_nodelay(true)
+                .initial_stream_window_size(Some(crate::grpc::server::HTTP2_STREAM_WINDOW_BYTES))
+                .initial_connection_window_size(Some(
+                    crate::grpc::server::HTTP2_CONNECTION_WINDOW_BYTES,
+                ))
+                .connect()
+                .await?,
+        );
     }
     Ok(channels)
 }
@@ -217,6 +226,35 @@ pub async fn run_read_all(server: &str) -> Result<(u64, Duration), Box<dyn std::
         cursor = page.next_cursor;
         if page.end_reached {
             break;
+        }
+    }
+    Ok((events, start.elapsed()))
+}
+
+/// Replays the whole log over gRPC with one `Subscribe` from position 0 (the server
+/// streams pages without waiting for a request per page) until the head known at the
+/// start; returns (events, elapsed).
+pub async fn run_subscribe_all(server: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+    use tokio_stream::StreamExt;
+    let channel = connect(server, 1).await?.remove(0);
+    let mut client = EventStoreClient::new(channel)
+        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+    let head = client.get_head(()).await?.into_inner().position;
+    let start = Instant::now();
+    let mut events = 0u64;
+    if head > 0 {
+        let mut stream = client
+            .subscribe(pb::SubscribeRequest {
+                after_position: 0,
+                filter: None,
+            })
+            .await?
+            .into_inner();
+        while let Some(event) = stream.next().await {
+            events += 1;
+            if event?.position >= head {
+                break;
+            }
         }
     }
     Ok((events, start.elapsed()))
