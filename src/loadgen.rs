@@ -234,11 +234,13 @@ pub async fn run_read_all(server: &str) -> Result<(u64, Duration), Box<dyn std::
 /// Replays the whole log over gRPC with one `Subscribe` from position 0 (the server
 /// streams pages without waiting for a request per page) until the head known at the
 /// start; returns (events, elapsed).
-pub async fn run_subscribe_all(server: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+pub async fn run_subscribe_all(
+    server: &str,
+) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
     use tokio_stream::StreamExt;
     let channel = connect(server, 1).await?.remove(0);
-    let mut client = EventStoreClient::new(channel)
-        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+    let mut client =
+        EventStoreClient::new(channel).max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
     let head = client.get_head(()).await?.into_inner().position;
     let start = Instant::now();
     let mut events = 0u64;

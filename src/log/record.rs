@@ -240,6 +240,12 @@ impl ChunkLayout {
         self.hashes.last().copied().unwrap_or(self.prev_hash)
     }
 
+    /// The raw chunk bytes the spans point into: the decompressed copy when the stored
+    /// `value` was compressed, else `value` itself.
+    pub fn bytes<'a>(&'a self, value: &'a [u8]) -> &'a [u8] {
+        self.raw.as_deref().unwrap_or(value)
+    }
+
     /// Decodes the event at `index` of the chunk `value` this layout was parsed from,
     /// checking that it claims the position it is stored at.
     pub fn decode(&self, value: &[u8], index: usize) -> Result<LoggedEvent, LogError> {
