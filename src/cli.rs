@@ -290,8 +290,16 @@ pub async fn bench_append(
     clients: usize,
     events_per_request: usize,
     duration: Duration,
+    requests_per_client: Option<u64>,
 ) -> Result<(), CliError> {
-    let report = crate::loadgen::run_append(&server, clients, events_per_request, duration).await?;
+    let report = crate::loadgen::run_append(
+        &server,
+        clients,
+        events_per_request,
+        duration,
+        requests_per_client,
+    )
+    .await?;
     println!("append clients={clients} events/request={events_per_request}: {report}");
     Ok(())
 }

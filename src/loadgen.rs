@@ -120,13 +120,16 @@ pub async fn connect(
 /// Appends with `clients` concurrent callers for `duration`, each call carrying
 /// `events_per_request` events to the caller's own stream with an exact expected
 /// revision and client-made event ids (an idempotent client, like the peer's known-revision
-/// INSERT).
+/// INSERT). With `requests_per_client`, each caller stops after that many calls (fixed
+/// work, for timing whole runs against pgbench `-t`).
 pub async fn run_append(
     server: &str,
     clients: usize,
     events_per_request: usize,
     duration: Duration,
+    requests_per_client: Option<u64>,
 ) -> Result<LoadReport, tonic::transport::Error> {
+    let calls_max = requests_per_client.unwrap_or(u64::MAX);
     let channels = connect(server, clients.clamp(1, 8)).await?;
     let run_id = Uuid::new_v4().simple().to_string();
     let start = Instant::now();
@@ -143,7 +146,7 @@ pub async fn run_append(
             let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
             let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
             let mut revision: Option<u64> = None;
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && requests + errors < calls_max {
                 let batch: Vec<pb::ProposedEvent> = (0..events_per_request)
                     .map(|_| pb::ProposedEvent {
                         event_id: Uuid::new_v4().to_string(),

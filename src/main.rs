@@ -73,6 +73,9 @@ enum Bench {
         /// Duration such as 20s or 500ms.
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
+        /// Stop each client after this many calls (fixed work instead of fixed time).
+        #[arg(long)]
+        requests_per_client: Option<u64>,
     },
     /// Read the whole log over gRPC (ReadAll pages of 1000); prints events/s.
     Read {
@@ -153,9 +156,16 @@ fn main() -> ExitCode {
                     clients,
                     events_per_request,
                     duration,
-                } => rapport::cli::bench_append(server, clients, events_per_request, duration)
-                    .await
-                    .map(|()| true),
+                    requests_per_client,
+                } => rapport::cli::bench_append(
+                    server,
+                    clients,
+                    events_per_request,
+                    duration,
+                    requests_per_client,
+                )
+                .await
+                .map(|()| true),
                 Bench::Read { server } => rapport::cli::bench_read(server).await.map(|()| true),
                 Bench::Fill {
                     data_dir,
