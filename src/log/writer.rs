@@ -8,8 +8,10 @@
 //! answers them all — while the writer already checks and writes the next group, so the
 //! disk's sync latency overlaps the CPU work instead of adding to it.
 //!
-//! A rejected append is answered at once and changes nothing; an accepted one (or an
-//! idempotent re-send) is answered only after a sync that covers it. Reads never go past
+//! A rejected append changes nothing. Every answer — accepted, idempotent re-send or
+//! rejected — is given only after a sync that covers the state it was checked against:
+//! a rejection can depend on unsynced events too (the actual revision it reports, the
+//! event an id conflicts with), and those may vanish in a crash. Reads never go past
 //! the durable head, so nothing written but not yet synced is ever visible. The writer
 //! checks against written-but-unsynced state, which is right: syncs complete in order,
 //! so that state is durable before any later acknowledgement.
@@ -53,10 +55,11 @@ impl Overlay {
     }
 }
 
-/// A written group on its way to the syncer: the head it reaches and who to answer.
+/// A written group on its way to the syncer: the head it reaches and who to answer
+/// with what (rejections included).
 struct Written {
     head: Head,
-    replies: Vec<(Reply, Vec<AppendOutcome>)>,
+    replies: Vec<(Reply, Result<Vec<AppendOutcome>, AppendError>)>,
 }
 
 /// Set after a storage fault by either thread; from then on every append is refused
@@ -175,7 +178,8 @@ impl Writer {
         }
         let now_us = self.clock.now_us().max(self.last_recorded_us);
         let mut group = Overlay::default();
-        let mut accepted: Vec<(Reply, Vec<AppendOutcome>)> = Vec::with_capacity(jobs.len());
+        let mut answers: Vec<(Reply, Result<Vec<AppendOutcome>, AppendError>)> =
+            Vec::with_capacity(jobs.len());
         for job in jobs {
             let mut draft = Overlay::default();
             let base = self.head.position + 1 + group.records.len() as u64;
@@ -184,15 +188,10 @@ impl Writer {
                 .into_iter()
                 .map(|append| self.check(append, &group, &mut draft, base, now_us))
                 .collect();
-            match result {
-                Ok(outcomes) => {
-                    group.merge(draft);
-                    accepted.push((job.reply, outcomes));
-                }
-                Err(error) => {
-                    let _ = job.reply.send(Err(error));
-                }
+            if result.is_ok() {
+                group.merge(draft);
             }
+            answers.push((job.reply, result));
         }
         if !group.records.is_empty()
             && let Err(error) = self.write(&group, now_us)
@@ -200,18 +199,17 @@ impl Writer {
             tracing::error!(%error, "group commit failed; the writer stops accepting appends");
             let reason = format!("a write failed ({error}); restart the server to recover");
             self.fail(reason.clone());
-            for (reply, _) in accepted {
+            for (reply, _) in answers {
                 let _ = reply.send(Err(LogError::Unavailable(reason.clone()).into()));
             }
             return;
         }
-        if accepted.is_empty() {
-            return;
-        }
-        // Accepted appends and idempotent re-sends alike wait for a sync that covers them.
+        // Accepted appends, idempotent re-sends and rejections alike wait for a sync that
+        // covers what they were checked against (tests/log_model.rs,
+        // a_rejection_is_answered_only_once_what_it_saw_is_durable).
         if let Err(std::sync::mpsc::SendError(written)) = self.to_sync.send(Written {
             head: self.head,
-            replies: accepted,
+            replies: answers,
         }) {
             for (reply, _) in written.replies {
                 let _ = reply.send(Err(
@@ -492,9 +490,9 @@ fn sync_loop(
             }
         }
         for group in groups {
-            for (reply, outcomes) in group.replies {
+            for (reply, result) in group.replies {
                 let answer = match &outcome {
-                    None => Ok(outcomes),
+                    None => result,
                     Some(reason) => Err(LogError::Unavailable(reason.clone()).into()),
                 };
                 let _ = reply.send(answer);
