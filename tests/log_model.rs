@@ -1,13 +1,16 @@
 //! Model-based property test of the log (sled's way): random operations — appends
 //! under every expectation kind, re-sent batches (same content, altered content,
 //! reordered, mixed with new ids), multi-stream appends, concurrent appends that share
-//! a group commit, clock steps, and *restarts* — run against the real [`Log`] and
-//! against an in-memory model that states the contract (DESIGN §2 and the §5 fine
-//! print). Every outcome is predicted: positions, revisions, `WrongExpectedRevision`
-//! with the actual revision, `EventIdConflict` naming the ids, and the original
-//! positions of an idempotent re-send. After every restart and at the end, every read
-//! (forward and backward pages, filters, each stream) equals the model, the head hash
-//! equals the chain recomputed from the model, and `verify_dir` reports a sound log.
+//! a group commit, clock steps, and *restarts* (clean ones, and crashes at rest in
+//! which sled loses everything since its last checkpoint and only the journal keeps
+//! the acknowledged groups) — run against the real [`Log`] and against an in-memory
+//! model that states the contract (DESIGN §2 and the §5 fine print). Every outcome is
+//! predicted: positions, revisions, `WrongExpectedRevision` with the actual revision,
+//! `EventIdConflict` naming the ids, and the original positions of an idempotent
+//! re-send; and nothing an answer tells may lie beyond the durable head when it is
+//! heard. After every restart and at the end, every read (forward and backward pages,
+//! filters, each stream) equals the model, the head hash equals the chain recomputed
+//! from the model, and `verify_dir` reports a sound log.
 //!
 //! Deterministic: a fixed proptest seed (override with `RAPPORT_MODEL_SEED`, cases with
 //! `PROPTEST_CASES`) and a [`ManualClock`]. Failures found by this test are frozen
