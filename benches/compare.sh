@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# rapport's side of the peer comparison (BENCHMARKS.md): the same workloads as
+# ../shared/peers/bench.sh, on the same machine, in the same sitting.
+#   benches/compare.sh            # ~3 min with DUR=15
+# Env: DUR (15 s per append run), CLIENTS ("1 16 64"), BATCH (100), BATCH_CLIENTS (16),
+#      FILL (1000000 events for the read/size/verify figures), PORT (50071),
+#      WORK (/tmp/rapport-compare), FSYNC_SECS (5).
+# The load generator runs on the same 2 cores as the server, as pgbench does for PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${DUR:-15}; CLIENTS=${CLIENTS:-1 16 64}; BATCH=${BATCH:-100}; BATCH_CLIENTS=${BATCH_CLIENTS:-16}
+FILL=${FILL:-1000000}; PORT=${PORT:-50071}; WORK=${WORK:-/tmp/rapport-compare}; FSYNC_SECS=${FSYNC_SECS:-5}
+BIN=target/release/rapport
+cargo build --release -q
+rm -rf "$WORK"; mkdir -p "$WORK"
+log() { echo "[$(date +%T)] $*" >&2; }
+
+log "fsync probe"
+if [ -f ../shared/peers/fsync_probe.c ]; then
+  cc -O2 -o "$WORK/fsync_probe" ../shared/peers/fsync_probe.c
+  for mode in append overwrite; do
+    echo "fsync probe $mode (ops rate p50_us p99_us max_us): $("$WORK/fsync_probe" "$WORK/probe.$mode" "$mode" "$FSYNC_SECS" 256 | cut -d' ' -f2-)"
+    rm -f "$WORK/probe.$mode"
+  done
+fi
+
+log "raw sled ceiling"
+"$BIN" bench sled --data-dir "$WORK/sled1" --events 20000 --batch 1
+"$BIN" bench sled --data-dir "$WORK/sled100" --events 500000 --batch 100
+rm -rf "$WORK/sled1" "$WORK/sled100"
+
+log "appends over gRPC"
+"$BIN" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" 2>"$WORK/serve.log" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q "rapport serving" "$WORK/serve.log" && break; sleep 0.1; done
+URL="http://127.0.0.1:$PORT"
+for c in $CLIENTS; do
+  "$BIN" bench append --server "$URL" --clients "$c" --events-per-request 1 --duration "${DUR}s"
+done
+"$BIN" bench append --server "$URL" --clients "$BATCH_CLIENTS" --events-per-request "$BATCH" --duration "${DUR}s"
+kill -INT $SERVER; wait $SERVER || true
+trap - EXIT
+head=$("$BIN" verify --data-dir "$WORK/data" | sed -n 's/.* head \([0-9]*\) .*/\1/p')
+bytes=$(du -sb "$WORK/data" | cut -f1)
+echo "on-disk after the append runs: $bytes bytes / $head events = $((bytes / head)) B/event (journal included)"
+
+log "fill $FILL events (100k streams x 10) for read, size and verify"
+"$BIN" bench fill --data-dir "$WORK/fill" --events "$FILL" --batch 10 --streams 100000
+echo "on-disk after fill: sled $(du -sb "$WORK/fill/sled" | cut -f1) bytes, journal $(du -sb "$WORK/fill/wal" | cut -f1) bytes"
+"$BIN" verify --data-dir "$WORK/fill"
+"$BIN" serve --data-dir "$WORK/fill" --listen "127.0.0.1:$PORT" 2>"$WORK/serve2.log" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "rapport serving" "$WORK/serve2.log" && break; sleep 0.1; done
+"$BIN" bench read --server "$URL"
+"$BIN" bench read --server "$URL"
+kill -INT $SERVER; wait $SERVER || true
