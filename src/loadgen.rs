@@ -14,6 +14,10 @@ use uuid::Uuid;
 use crate::grpc::pb;
 use crate::grpc::pb::event_store_client::EventStoreClient;
 
+/// Streams each load-generator client owns and cycles over (the peer's known-revision
+/// script does the same with 1000 fresh streams per client).
+pub const STREAMS_PER_CLIENT: usize = 1000;
+
 /// Size of the generated event payload, in bytes (the peer benchmark's 200-byte body).
 pub const PAYLOAD_BYTES: usize = 200;
 
@@ -118,7 +122,8 @@ pub async fn connect(
 }
 
 /// Appends with `clients` concurrent callers for `duration`, each call carrying
-/// `events_per_request` events to the caller's own stream with an exact expected
+/// `events_per_request` events to one of the caller's own streams (cycling over
+/// [`STREAMS_PER_CLIENT`]) with an exact expected
 /// revision and client-made event ids (an idempotent client, like the peer's known-revision
 /// INSERT). With `requests_per_client`, each caller stops after that many calls (fixed
 /// work, for timing whole runs against pgbench `-t`).
@@ -140,12 +145,17 @@ pub async fn run_append(
         let mut client = EventStoreClient::new(channels[client_index % channels.len()].clone())
             .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX)
             .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
-        let stream = format!("bench-{run_id}-{client_index}");
+        // Like the peer's known-revision client: each caller owns STREAMS_PER_CLIENT
+        // fresh streams and cycles over them, knowing each one's revision.
+        let streams: Vec<String> = (0..STREAMS_PER_CLIENT)
+            .map(|k| format!("bench-{run_id}-{client_index}-{k}"))
+            .collect();
         let serial = serial.clone();
         tasks.push(tokio::spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
             let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
-            let mut revision: Option<u64> = None;
+            let mut revisions: Vec<Option<u64>> = vec![None; STREAMS_PER_CLIENT];
+            let mut call = 0usize;
             while Instant::now() < deadline && requests + errors < calls_max {
                 let batch: Vec<pb::ProposedEvent> = (0..events_per_request)
                     .map(|_| pb::ProposedEvent {
@@ -156,14 +166,16 @@ pub async fn run_append(
                         ..Default::default()
                     })
                     .collect();
-                let expected = Some(match revision {
+                let slot = call % STREAMS_PER_CLIENT;
+                call += 1;
+                let expected = Some(match revisions[slot] {
                     None => pb::append_request::Expected::NoStream(()),
                     Some(r) => pb::append_request::Expected::Exact(r),
                 });
                 let call_start = Instant::now();
                 let result = client
                     .append(pb::AppendRequest {
-                        stream: stream.clone(),
+                        stream: streams[slot].clone(),
                         expected,
                         events: batch,
                     })
@@ -171,7 +183,7 @@ pub async fn run_append(
                 let micros = call_start.elapsed().as_micros() as u64;
                 match result {
                     Ok(response) => {
-                        revision = Some(response.into_inner().last_revision);
+                        revisions[slot] = Some(response.into_inner().last_revision);
                         requests += 1;
                         events += events_per_request as u64;
                         let _ = histogram.record(micros.max(1));
