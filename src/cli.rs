@@ -304,6 +304,21 @@ pub async fn bench_append(
     Ok(())
 }
 
+/// `rapport bench head`: the bare gRPC call rate (GetHead) with `clients` callers.
+pub async fn bench_head(
+    server: String,
+    clients: usize,
+    duration: Duration,
+) -> Result<(), CliError> {
+    let (calls, elapsed) = crate::loadgen::run_get_head(&server, clients, duration).await?;
+    println!(
+        "GetHead clients={clients}: {:.0} calls/s ({calls} calls in {:.1} s)",
+        calls as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `rapport bench read`: reads the whole log over gRPC.
 pub async fn bench_read(server: String) -> Result<(), CliError> {
     let (events, elapsed) = crate::loadgen::run_read_all(&server)

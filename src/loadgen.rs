@@ -219,6 +219,36 @@ pub async fn run_append(
     })
 }
 
+/// The gRPC ceiling of this machine: `clients` callers doing `GetHead` (no log work,
+/// a few bytes each way) for `duration`; returns (calls, elapsed).
+pub async fn run_get_head(
+    server: &str,
+    clients: usize,
+    duration: Duration,
+) -> Result<(u64, Duration), tonic::transport::Error> {
+    let channels = connect(server, clients.clamp(1, 8)).await?;
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::with_capacity(clients);
+    for client_index in 0..clients {
+        let mut client = EventStoreClient::new(channels[client_index % channels.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while Instant::now() < deadline {
+                if client.get_head(()).await.is_ok() {
+                    calls += 1;
+                }
+            }
+            calls
+        }));
+    }
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await.expect("client task panicked");
+    }
+    Ok((calls, start.elapsed()))
+}
+
 /// Reads the whole log forward over gRPC in pages of 1000; returns (events, elapsed).
 pub async fn run_read_all(server: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
     let channel = connect(server, 1).await?.remove(0);

@@ -77,7 +77,16 @@ enum Bench {
         #[arg(long)]
         requests_per_client: Option<u64>,
     },
-    /// Read the whole log over gRPC (ReadAll pages of 1000); prints events/s.
+    /// The bare gRPC call rate: concurrent GetHead calls (no log work); prints calls/s.
+    Head {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+    },
+    /// Read the whole log over gRPC (ReadAll pages of 1000, then one Subscribe); prints events/s.
     Read {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
@@ -166,6 +175,13 @@ fn main() -> ExitCode {
                 )
                 .await
                 .map(|()| true),
+                Bench::Head {
+                    server,
+                    clients,
+                    duration,
+                } => rapport::cli::bench_head(server, clients, duration)
+                    .await
+                    .map(|()| true),
                 Bench::Read { server } => rapport::cli::bench_read(server).await.map(|()| true),
                 Bench::Fill {
                     data_dir,

@@ -154,6 +154,14 @@ impl RunningServer {
         };
         let log = self.log.clone();
         let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
+        // Subscription tasks and blocking reads hold handles to the log; they end on the
+        // stop signal but asynchronously. sled keeps its file lock until the last handle
+        // is gone, so wait (bounded) for them: a caller that reopens the directory right
+        // after `stop` must find it free.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.log.handles() > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
         result
     }
 }

@@ -263,6 +263,11 @@ impl Log {
             .filter(|h| h.position <= head))
     }
 
+    /// How many handles to this log exist (clones held by services and tasks).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// Stops accepting appends, lets the writer finish what is queued, flushes, and
     /// waits for it. Idempotent.
     pub fn shutdown(&self) {
