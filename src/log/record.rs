@@ -37,10 +37,17 @@ const COMPRESSED_CHUNK_TAG: u8 = 2;
 /// there is to take from envelopes that repeat stream names, types and field names.
 const ZSTD_LEVEL: i32 = 1;
 
+/// Chunks smaller than this are stored raw: a lone small event gains a few bytes from
+/// compression and costs a zstd call on the latency-critical single-append path.
+const COMPRESS_BYTES_MIN: usize = 1024;
+
 /// Compresses a finished chunk: `2 ‖ raw_len:u32 LE ‖ zstd(raw[1..])`. Returns the raw
 /// chunk when compression does not make it smaller. The hash chain covers the raw event
 /// bytes, never the compressed form, so compression is invisible to auditors.
 pub fn compress_chunk(raw: Vec<u8>) -> Vec<u8> {
+    if raw.len() < COMPRESS_BYTES_MIN {
+        return raw;
+    }
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {

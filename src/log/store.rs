@@ -7,8 +7,8 @@
 //!   (u32 BE). One entry per append: an append's events have contiguous positions and
 //!   revisions, so one insert indexes all of them. A stream's head is its last entry.
 //! - `event_ids`: event id (16 bytes) → position (u64 BE).
-//! - `meta`: `format_version` (u32 BE) and `indexed_through` (u64 BE, the last position
-//!   whose index entries are known to be written).
+//! - `meta`: `format_version` (u32 BE) and `indexed_through` (u64 BE, a position up to
+//!   which index entries are known to be durable; moved at checkpoints).
 //!
 //! Beside sled (`dir/sled/`) lives the journal (`dir/wal`, see `wal`): a group commit is
 //! durable once its chunks are journaled; sled is made durable at checkpoints.
@@ -271,7 +271,12 @@ impl Store {
 
     /// Makes everything written to sled durable (flush + fdatasync of its file) and
     /// empties the journal, whose content sled now holds.
+    ///
+    /// Callers guarantee that every event written so far is indexed (the writer calls it
+    /// between groups), so the index watermark moves to the head here — and only here:
+    /// after a crash, the repair re-derives indices from the last checkpoint on.
     pub fn checkpoint(&self) -> Result<(), LogError> {
+        self.set_indexed_through(self.head()?.position)?;
         self.sync()?;
         self.wal.lock().expect("journal lock poisoned").reset()
     }

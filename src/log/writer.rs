@@ -422,8 +422,8 @@ impl Writer {
         // a write to its thread pool every time (~2/3 of a single-event group's cost,
         // measured), and its atomicity buys nothing here. The journal already holds the
         // group; sled recovers a prefix of its operations after a crash, so what it lacks
-        // is a suffix: journal replay restores missing chunks, and `indexed_through`,
-        // written last, marks where the index repair starts.
+        // is a suffix: journal replay restores missing chunks, and the index repair starts
+        // from `indexed_through`, which only checkpoints move.
         for (first, value) in chunks {
             self.store.events.insert(first.to_be_bytes(), value)?;
         }
@@ -438,7 +438,6 @@ impl Writer {
                 .event_ids
                 .insert(record.event_id, &record.position.to_be_bytes())?;
         }
-        self.store.set_indexed_through(last_position)?;
         self.head = Head {
             position: last_position,
             hash: previous,
