@@ -13,6 +13,8 @@
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
 //! - [`loadgen`]: the load generator behind `rapport bench`.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod clock;
 pub mod domain;
