@@ -105,3 +105,8 @@ pub const STREAM_HEAD_CACHE_ENTRIES: usize = 100_000;
 /// Groups written to the journal and waiting for the syncer's fdatasync. When the disk
 /// is this far behind, the writer waits instead of writing further ahead.
 pub const UNSYNCED_GROUPS_MAX: usize = 64;
+
+/// How long a shutdown waits for open requests and streams to finish, in milliseconds,
+/// before it drops the remaining connections. Appends finish in milliseconds; only a
+/// client that stopped reading a subscription needs this bound.
+pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 3_000;

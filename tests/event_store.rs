@@ -2586,3 +2586,32 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     }
     t.server.stop().await.unwrap();
 }
+
+/// A subscriber that stops reading must not hold the server's shutdown up: its feeder
+/// blocks on a full buffer, and the stop signal has to reach it there.
+#[tokio::test]
+async fn a_stalled_subscriber_does_not_block_shutdown() {
+    let t = TestServer::start().await;
+    let mut client = t.client().await;
+    // Subscribed, never read: the server's buffer, the HTTP/2 windows and the socket fill up.
+    let _stalled = client
+        .subscribe(pb::SubscribeRequest {
+            after_position: 0,
+            filter: None,
+        })
+        .await
+        .unwrap();
+    for batch in 0..40u32 {
+        let events = (0..limits::EVENTS_PER_APPEND_MAX)
+            .map(|i| proposed("", f64::from(batch * 10_000 + i as u32)))
+            .collect();
+        client
+            .append(append("customer-stall", None, events))
+            .await
+            .unwrap();
+    }
+    timeout(STEP, t.server.stop())
+        .await
+        .expect("shutdown must not wait for a subscriber that stopped reading")
+        .unwrap();
+}

@@ -407,7 +407,7 @@ async fn follow(
             };
             cursor = page.next_cursor;
             for logged in page.events {
-                if !send(&sender, logged).await {
+                if !send(&sender, logged, &mut shutdown).await {
                     return;
                 }
             }
@@ -421,11 +421,17 @@ async fn follow(
     }
 }
 
+/// Sends one event, waiting for the subscriber's buffer to have room — but not past a
+/// shutdown: a subscriber that stopped reading must not hold the server's drain up.
 async fn send(
     sender: &mpsc::Sender<Result<pb::RecordedEvent, Status>>,
     logged: LoggedEvent,
+    shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let item = recorded_event(logged);
     let failed = item.is_err();
-    sender.send(item).await.is_ok() && !failed
+    tokio::select! {
+        sent = sender.send(item) => sent.is_ok() && !failed,
+        _ = shutdown.wait_for(|stopping| *stopping) => false,
+    }
 }

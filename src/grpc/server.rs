@@ -91,6 +91,7 @@ pub async fn serve_log(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
+    let mut stopping = stop_tx.subscribe();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: ending subscriptions, draining requests");
@@ -98,6 +99,16 @@ pub async fn serve_log(
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+    };
+    // The drain waits for every open response to finish. A subscriber that stopped
+    // reading keeps its stream's last frames unsent forever, so the drain is bounded:
+    // past the limit the remaining connections are dropped.
+    let drain_deadline = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::sleep(std::time::Duration::from_millis(
+            limits::SHUTDOWN_DRAIN_MS_MAX,
+        ))
+        .await;
     };
     // Without TCP_NODELAY a small response waits behind Nagle's algorithm for the
     // client's delayed ACK (~40 ms on Linux); larger HTTP/2 windows let a full read page
@@ -108,7 +119,7 @@ pub async fn serve_log(
             Ok(s)
         })
     });
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .layer(tower::util::MapResponseLayer::new(
@@ -118,8 +129,16 @@ pub async fn serve_log(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(event_store)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::select! {
+        served = server => served?,
+        () = drain_deadline => {
+            tracing::warn!(
+                drain_ms = limits::SHUTDOWN_DRAIN_MS_MAX,
+                "drain took too long (a client stopped reading); closing its connection"
+            );
+        }
+    }
     Ok(())
 }
 
