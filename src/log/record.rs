@@ -257,8 +257,7 @@ impl ChunkLayout {
     /// checking that it claims the position it is stored at.
     pub fn decode(&self, value: &[u8], index: usize) -> Result<LoggedEvent, LogError> {
         let (start, len) = self.spans[index];
-        let bytes = self.raw.as_deref().unwrap_or(value);
-        let event = StoredEvent::decode(&bytes[start..start + len])?;
+        let event = StoredEvent::decode(&self.bytes(value)[start..start + len])?;
         let position = self.first_position + index as u64;
         if event.position != position {
             return Err(LogError::Corrupt(format!(
