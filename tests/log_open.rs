@@ -1,0 +1,80 @@
+//! Opening a data directory: an unknown on-disk format and a directory in use are
+//! refused with clear errors and change nothing.
+
+use rapport::log::{
+    ExpectedRevision, Log, LogConfig, LogError, ProposedEvent, StreamAppend, StreamName,
+};
+
+fn one_event() -> StreamAppend {
+    StreamAppend {
+        stream: StreamName::parse("customer-1").unwrap(),
+        expected: ExpectedRevision::NoStream,
+        events: vec![ProposedEvent {
+            event_type: "test.happened".into(),
+            schema_version: 1,
+            payload: vec![0],
+            ..Default::default()
+        }],
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_format_version_refuses_to_open_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(LogConfig::new(dir.path())).unwrap();
+    log.append(one_event()).await.unwrap();
+    let head = log.head();
+    log.shutdown();
+    drop(log);
+
+    // A future build wrote format 99.
+    {
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("format_version", &99u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    match Log::open(LogConfig::new(dir.path())) {
+        Err(
+            error @ LogError::UnsupportedFormat {
+                found: 99,
+                supported: 1,
+            },
+        ) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("99") && message.contains("version 1"),
+                "{message}"
+            );
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a format-99 directory must not open"),
+    }
+
+    // Nothing was touched: restoring the version gives back the same log.
+    {
+        let db = sled::open(dir.path().join("sled")).unwrap();
+        let meta = db.open_tree("meta").unwrap();
+        meta.insert("format_version", &1u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let log = Log::open(LogConfig::new(dir.path())).unwrap();
+    assert_eq!(log.head(), head);
+    log.shutdown();
+}
+
+#[tokio::test]
+async fn a_directory_in_use_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(LogConfig::new(dir.path())).unwrap();
+    match Log::open(LogConfig::new(dir.path())) {
+        Err(error @ LogError::Locked(_)) => {
+            assert!(error.to_string().contains("in use"), "{error}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a second open of a directory in use must fail"),
+    }
+    // The first handle still works.
+    log.append(one_event()).await.unwrap();
+    log.shutdown();
+}
