@@ -78,3 +78,55 @@ async fn a_directory_in_use_is_refused_clearly() {
     log.append(one_event()).await.unwrap();
     log.shutdown();
 }
+
+/// A full writer queue turns appends away with `Overloaded` (RESOURCE_EXHAUSTED at the
+/// edge) after the configured wait, changes nothing for them, and loses nothing that was
+/// accepted. A queue of one with no wait makes the overload reachable in a test.
+#[tokio::test]
+async fn a_full_queue_refuses_with_overloaded_and_loses_nothing_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = LogConfig::new(dir.path());
+    config.queue_depth = 1;
+    config.queue_wait = std::time::Duration::ZERO;
+    let log = Log::open(config).unwrap();
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.append(StreamAppend {
+                    stream: StreamName::parse(&format!("customer-{i}")).unwrap(),
+                    expected: ExpectedRevision::NoStream,
+                    events: vec![ProposedEvent {
+                        event_type: "test.happened".into(),
+                        schema_version: 1,
+                        payload: vec![1],
+                        ..Default::default()
+                    }],
+                })
+                .await
+            })
+        })
+        .collect();
+    let (mut accepted, mut overloaded) = (Vec::new(), 0);
+    for (i, call) in calls.into_iter().enumerate() {
+        match call.await.unwrap() {
+            Ok(outcome) => accepted.push((i, outcome.first_position)),
+            Err(rapport::log::AppendError::Overloaded) => overloaded += 1,
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert!(
+        overloaded > 0,
+        "200 concurrent appends into a queue of one must overflow"
+    );
+    assert!(!accepted.is_empty());
+    // Exactly the accepted appends are in the log, densely.
+    assert_eq!(log.head().position, accepted.len() as u64);
+    for (i, position) in accepted {
+        let stream = StreamName::parse(&format!("customer-{i}")).unwrap();
+        let page = log.read_stream(&stream, 0, false, 10).unwrap();
+        assert_eq!(page.events.len(), 1);
+        assert_eq!(page.events[0].event.position, position);
+    }
+    log.shutdown();
+}

@@ -109,14 +109,21 @@ pub struct LogConfig {
     pub dir: PathBuf,
     /// Source of `recorded_at`.
     pub clock: Arc<dyn Clock>,
+    /// Appends that may wait for the writer (default [`limits::APPEND_QUEUE_DEPTH_MAX`]).
+    pub queue_depth: usize,
+    /// How long an append waits for room in a full queue before `Overloaded`
+    /// (default [`limits::APPEND_QUEUE_WAIT_MS_MAX`]).
+    pub queue_wait: Duration,
 }
 
 impl LogConfig {
-    /// Defaults: the system clock.
+    /// Defaults: the system clock and the queue bounds of [`limits`].
     pub fn new(dir: impl AsRef<Path>) -> Self {
         Self {
             dir: dir.as_ref().to_path_buf(),
             clock: Arc::new(SystemClock),
+            queue_depth: limits::APPEND_QUEUE_DEPTH_MAX,
+            queue_wait: Duration::from_millis(limits::APPEND_QUEUE_WAIT_MS_MAX),
         }
     }
 }
@@ -128,6 +135,7 @@ struct Job {
 
 struct Inner {
     store: Arc<store::Store>,
+    queue_wait: Duration,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     head: watch::Receiver<Head>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -149,7 +157,7 @@ impl Log {
             None => i64::MIN,
         };
         let (head_tx, head_rx) = watch::channel(head);
-        let (queue_tx, queue_rx) = mpsc::channel(limits::APPEND_QUEUE_DEPTH_MAX);
+        let (queue_tx, queue_rx) = mpsc::channel(config.queue_depth.max(1));
         let writer = writer::Writer::new(
             store.clone(),
             head,
@@ -163,6 +171,7 @@ impl Log {
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
+                queue_wait: config.queue_wait,
                 queue: Mutex::new(Some(queue_tx)),
                 head: head_rx,
                 writer: Mutex::new(Some(handle)),
@@ -194,10 +203,7 @@ impl Log {
             .ok_or_else(|| LogError::Unavailable("the log is shutting down".into()))?;
         let (reply, answer) = oneshot::channel();
         let job = Job { appends, reply };
-        match sender
-            .send_timeout(job, Duration::from_millis(limits::APPEND_QUEUE_WAIT_MS_MAX))
-            .await
-        {
+        match sender.send_timeout(job, self.inner.queue_wait).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => return Err(AppendError::Overloaded),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => {
