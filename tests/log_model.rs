@@ -565,8 +565,8 @@ fn copy_tree(from: &Path, to: &Path) {
 /// of the file lock.
 fn open_log(dir: &Path, clock: &ManualClock) -> Log {
     let config = LogConfig {
-        dir: dir.to_path_buf(),
         clock: Arc::new(clock.clone()),
+        ..LogConfig::new(dir)
     };
     for _ in 0..100 {
         match Log::open(config.clone()) {
