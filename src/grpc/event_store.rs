@@ -296,11 +296,18 @@ impl pb::event_store_server::EventStore for EventStoreService {
         let stream =
             StreamName::parse(&stream).map_err(|e| invalid_field("stream", e.to_string()))?;
         let log = self.log.clone();
+        // Reading and converting a page (up to 1000 events) is blocking CPU work: both run
+        // off the async workers.
         let page = blocking(move || {
-            Ok(log.read_stream(&stream, from_revision, backwards, page_size(max_count))?)
+            page_to_proto(log.read_stream(
+                &stream,
+                from_revision,
+                backwards,
+                page_size(max_count),
+            )?)
         })
         .await?;
-        Ok(Response::new(page_to_proto(page)?))
+        Ok(Response::new(page))
     }
 
     async fn read_all(
@@ -316,10 +323,10 @@ impl pb::event_store_server::EventStore for EventStoreService {
         let filter = filter_from_proto(filter)?;
         let log = self.log.clone();
         let page = blocking(move || {
-            Ok(log.read_all(from_position, backwards, page_size(max_count), &filter)?)
+            page_to_proto(log.read_all(from_position, backwards, page_size(max_count), &filter)?)
         })
         .await?;
-        Ok(Response::new(page_to_proto(page)?))
+        Ok(Response::new(page))
     }
 
     type SubscribeStream = EventStream;
