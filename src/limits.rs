@@ -110,3 +110,8 @@ pub const UNSYNCED_GROUPS_MAX: usize = 64;
 /// before it drops the remaining connections. Appends finish in milliseconds; only a
 /// client that stopped reading a subscription needs this bound.
 pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 3_000;
+
+/// How long an in-process (re)start waits for a data directory that reads as locked,
+/// in milliseconds: sled's background threads let go of a just-closed directory's lock
+/// a few milliseconds late.
+pub const REOPEN_WAIT_MS_MAX: u64 = 2_000;

@@ -195,9 +195,24 @@ pub async fn start_with(
     config: LogConfig,
     listen: SocketAddr,
 ) -> Result<RunningServer, ServeError> {
-    let log = tokio::task::spawn_blocking(move || Log::open(config))
-        .await
-        .map_err(|e| LogError::Unavailable(format!("open task failed: {e}")))??;
+    // sled releases its file lock only when its last internal handle is gone, and some
+    // belong to its background I/O threads: a directory this process just closed can
+    // read as locked for a few milliseconds. Retry that case briefly; another process
+    // holding the lock still gets the clear `Locked` error after the wait.
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(limits::REOPEN_WAIT_MS_MAX);
+    let log = loop {
+        let attempt = config.clone();
+        let opened = tokio::task::spawn_blocking(move || Log::open(attempt))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("open task failed: {e}")))?;
+        match opened {
+            Err(LogError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => break other?,
+        }
+    };
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
