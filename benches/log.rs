@@ -6,23 +6,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rapport::domain::Violations;
-use rapport::grpc::convert::event_from_proto;
-use rapport::log::{
-    ExpectedRevision, Log, LogConfig, ProposedEvent, ReadFilter, StreamAppend, StreamName,
-};
-
-fn proposed(serial: u64) -> ProposedEvent {
-    let mut v = Violations::new("");
-    let domain = event_from_proto(rapport::loadgen::sample_event(serial), &mut v).expect("valid");
-    ProposedEvent {
-        event_id: Some(uuid::Uuid::new_v4()),
-        event_type: domain.event_type().to_owned(),
-        schema_version: domain.schema_version(),
-        payload: domain.encode(),
-        ..Default::default()
-    }
-}
+use rapport::log::{ExpectedRevision, Log, LogConfig, ReadFilter, StreamAppend, StreamName};
 
 fn batch(stream: &str, size: usize, serial: &mut u64) -> StreamAppend {
     StreamAppend {
@@ -31,7 +15,7 @@ fn batch(stream: &str, size: usize, serial: &mut u64) -> StreamAppend {
         events: (0..size)
             .map(|_| {
                 *serial += 1;
-                proposed(*serial)
+                rapport::loadgen::sample_proposed(*serial)
             })
             .collect(),
     }

@@ -10,9 +10,7 @@ use crate::domain::{DomainEvent, Violations};
 use crate::grpc::convert::event_from_proto;
 use crate::grpc::pb;
 use crate::grpc::pb::event_store_client::EventStoreClient;
-use crate::log::{
-    ExpectedRevision, Log, LogConfig, ProposedEvent, StreamAppend, StreamName, verify,
-};
+use crate::log::{ExpectedRevision, Log, LogConfig, StreamAppend, StreamName, verify};
 
 /// Boxed error for command results.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
@@ -225,17 +223,8 @@ pub async fn bench_fill(
         appends += 1;
         let mut proposed = Vec::with_capacity(count);
         for _ in 0..count {
-            let body = crate::loadgen::sample_event(serial);
+            proposed.push(crate::loadgen::sample_proposed(serial));
             serial += 1;
-            let mut v = Violations::new("");
-            let domain = event_from_proto(body, &mut v).expect("sample events are valid");
-            proposed.push(ProposedEvent {
-                event_id: Some(uuid::Uuid::new_v4()),
-                event_type: domain.event_type().to_owned(),
-                schema_version: domain.schema_version(),
-                payload: domain.encode(),
-                ..Default::default()
-            });
         }
         written += count as u64;
         let log = log.clone();

@@ -94,6 +94,21 @@ pub fn sample_event(serial: u64) -> pb::Event {
     }
 }
 
+/// [`sample_event`] as the log stores it, with a fresh client-style event id: what the
+/// in-process benches and `bench fill` append.
+pub fn sample_proposed(serial: u64) -> crate::log::ProposedEvent {
+    let mut v = crate::domain::Violations::new("");
+    let domain = crate::grpc::convert::event_from_proto(sample_event(serial), &mut v)
+        .expect("sample events are valid");
+    crate::log::ProposedEvent {
+        event_id: Some(Uuid::new_v4()),
+        event_type: domain.event_type().to_owned(),
+        schema_version: domain.schema_version(),
+        payload: domain.encode(),
+        ..Default::default()
+    }
+}
+
 fn string_value(text: &str) -> prost_types::Value {
     prost_types::Value {
         kind: Some(prost_types::value::Kind::StringValue(text.to_owned())),
@@ -340,14 +355,10 @@ pub fn run_sled_ceiling(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Violations;
-    use crate::grpc::convert::event_from_proto;
 
     #[test]
     fn the_sample_payload_is_about_200_bytes_and_deterministic() {
-        let mut v = Violations::new("");
-        let payload = event_from_proto(sample_event(7), &mut v).unwrap().encode();
-        assert_eq!(payload.len(), PAYLOAD_BYTES);
+        assert_eq!(sample_proposed(7).payload.len(), PAYLOAD_BYTES);
         assert_eq!(sample_event(7), sample_event(7));
         assert_ne!(sample_event(7), sample_event(8));
     }

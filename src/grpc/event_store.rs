@@ -346,8 +346,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
             .try_acquire_owned()
             .map_err(|_| {
                 Status::resource_exhausted(format!(
-                    "{} subscriptions are open; the limit is {}",
-                    limits::SUBSCRIPTIONS_MAX,
+                    "the limit of {} open subscriptions is reached; retry later",
                     limits::SUBSCRIPTIONS_MAX
                 ))
             })?;

@@ -1,9 +1,10 @@
 //! The event log: an embedded, hash-chained, append-only log on sled.
 //!
 //! One writer thread owns all writes ([`writer`]): it drains every waiting append,
-//! checks idempotency and expected revisions in order, writes one batch per tree,
-//! flushes and fdatasyncs once, then answers them all (group commit). Reads go straight
-//! to sled ([`store`]) and never see past the durable head. The log knows nothing of
+//! checks idempotency and expected revisions in order, writes the group's chunks to the
+//! journal ([`wal`]) and its entries to sled, and a syncer thread fdatasyncs the journal
+//! once and answers them all (group commit). Reads go straight to sled ([`store`]) and
+//! never see past the durable head. The log knows nothing of
 //! the CRM: an event is a type name, a schema version and payload bytes.
 
 pub mod error;
