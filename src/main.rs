@@ -123,7 +123,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     match unit {
         "ms" => Ok(Duration::from_millis(value)),
         "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
+        "m" => value
+            .checked_mul(60)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {text:?} is too long")),
         _ => Err(format!("bad duration unit in {text:?} (use ms, s or m)")),
     }
 }
