@@ -153,7 +153,10 @@ pub async fn run_append(
     let channels = connect(server, clients.clamp(1, 8)).await?;
     let run_id = Uuid::new_v4().simple().to_string();
     let start = Instant::now();
-    let deadline = start + duration;
+    // An absurd duration must not overflow the clock: it means "until the calls run out".
+    let deadline = start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
     let mut tasks = Vec::with_capacity(clients);
     let serial = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for client_index in 0..clients {
@@ -243,7 +246,10 @@ pub async fn run_get_head(
 ) -> Result<(u64, Duration), tonic::transport::Error> {
     let channels = connect(server, clients.clamp(1, 8)).await?;
     let start = Instant::now();
-    let deadline = start + duration;
+    // An absurd duration must not overflow the clock: it means "until the calls run out".
+    let deadline = start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
     let mut tasks = Vec::with_capacity(clients);
     for client_index in 0..clients {
         let mut client = EventStoreClient::new(channels[client_index % channels.len()].clone());
