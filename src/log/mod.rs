@@ -270,6 +270,13 @@ impl Log {
             .filter(|h| h.position <= head))
     }
 
+    /// The sled database the log lives in. Projections open their own trees in it (never
+    /// the log's trees: `events`, `streams`, `event_ids`, `meta`), so one process-wide
+    /// lock and one cache serve both.
+    pub fn db(&self) -> &sled::Db {
+        &self.inner.store.db
+    }
+
     /// How many handles to this log exist (clones held by services and tasks).
     pub fn handles(&self) -> usize {
         Arc::strong_count(&self.inner)
