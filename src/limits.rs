@@ -42,6 +42,10 @@ pub const FIELD_BYTES_MAX: usize = 1_024;
 /// Length of a free-text field inside a typed event (an interaction summary), in bytes.
 pub const TEXT_BYTES_MAX: usize = 16 * 1024;
 
+/// Length of a key in a typed event (a preference key, a custom field key, a tag), in
+/// bytes: keys are identifiers, not text, and index entries are built from them.
+pub const KEY_BYTES_MAX: usize = 64;
+
 /// Items in a repeated field inside a typed event (emails, phones, order lines, external ids).
 pub const REPEATED_ITEMS_MAX: usize = 256;
 

@@ -170,9 +170,127 @@ pub fn validate_list(field: &str, items: &[String], v: &mut Violations) {
     }
 }
 
+/// Checks that an id is set (not the nil UUID).
+pub fn validate_id(field: &str, id: &uuid::Uuid, v: &mut Violations) {
+    if id.is_nil() {
+        v.add(field, "must not be the nil UUID");
+    }
+}
+
+/// A purpose a customer consents to (or withdraws consent from).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub enum ConsentPurpose {
+    /// Not given.
+    #[default]
+    Unspecified,
+    /// Marketing by email.
+    MarketingEmail,
+    /// Marketing by SMS.
+    MarketingSms,
+    /// Marketing by phone.
+    MarketingPhone,
+    /// Profiling (segmentation, recommendations).
+    Profiling,
+    /// Sharing with third parties.
+    ThirdPartySharing,
+}
+
+impl ConsentPurpose {
+    /// Every purpose, in a stable order.
+    pub const ALL: [Self; 5] = [
+        Self::MarketingEmail,
+        Self::MarketingSms,
+        Self::MarketingPhone,
+        Self::Profiling,
+        Self::ThirdPartySharing,
+    ];
+
+    /// The snake_case name used in JSON and filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::MarketingEmail => "marketing_email",
+            Self::MarketingSms => "marketing_sms",
+            Self::MarketingPhone => "marketing_phone",
+            Self::Profiling => "profiling",
+            Self::ThirdPartySharing => "third_party_sharing",
+        }
+    }
+}
+
+/// A decimal number without floats: `mantissa × 10^-scale`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decimal {
+    /// The digits.
+    pub mantissa: i64,
+    /// Digits after the decimal point, 0..=18.
+    pub scale: u8,
+}
+
+impl Decimal {
+    /// Parses `-12.50`, `3`, `0.001` (no exponent, at most 18 fraction digits).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        if whole.is_empty()
+            || fraction.len() > 18
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
+            || (digits.contains('.') && fraction.is_empty())
+        {
+            return None;
+        }
+        let mantissa: i64 = format!("{whole}{fraction}").parse().ok()?;
+        Some(Self {
+            mantissa: if negative { -mantissa } else { mantissa },
+            scale: fraction.len() as u8,
+        })
+    }
+}
+
+impl std::fmt::Display for Decimal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.scale == 0 {
+            return write!(f, "{}", self.mantissa);
+        }
+        let sign = if self.mantissa < 0 { "-" } else { "" };
+        let digits = format!(
+            "{:0>width$}",
+            self.mantissa.unsigned_abs(),
+            width = self.scale as usize + 1
+        );
+        let (whole, fraction) = digits.split_at(digits.len() - self.scale as usize);
+        write!(f, "{sign}{whole}.{fraction}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_round_trip() {
+        for text in ["0", "-12.50", "3", "0.001", "-0.5", "123456789.123456789"] {
+            assert_eq!(Decimal::parse(text).unwrap().to_string(), text);
+        }
+        for bad in [
+            "",
+            "-",
+            "1.",
+            ".5",
+            "1e5",
+            "1.2.3",
+            "abc",
+            "99999999999999999999",
+        ] {
+            assert_eq!(Decimal::parse(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn calendar_dates() {

@@ -5,6 +5,7 @@
 
 pub mod common;
 pub mod events;
+pub mod personal;
 pub mod violations;
 
 pub use events::{DecodeError, DomainEvent, TypedEvent};

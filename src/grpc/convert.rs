@@ -7,11 +7,17 @@ use prost_types::{ListValue, Struct, Timestamp, value::Kind as ValueKind};
 use uuid::Uuid;
 
 use super::pb;
-use crate::domain::common::{CalendarDate, Channel, Direction, InteractionKind, PostalAddress};
-use crate::domain::events::{
-    ContactDetailsChanged, CustomEvent, CustomerRegistered, InteractionLogged, PurchaseCompleted,
-    PurchaseLine, Value,
+use crate::domain::common::{
+    CalendarDate, Channel, ConsentPurpose, Decimal, Direction, InteractionKind, PostalAddress,
 };
+use crate::domain::events::{
+    ConsentGiven, ConsentWithdrawn, ContactDetails, ContactDetailsChanged, CustomEvent,
+    CustomFieldSet, CustomFieldValue, CustomerErased, CustomerIdentity, CustomerRegistered,
+    CustomersMerged, FeedbackGiven, FeedbackMetric, FieldValue, IdentifierClaimed, IdentifierKind,
+    IdentifierReleased, InteractionLogged, InteractionText, PreferenceCleared, PreferenceSet,
+    PurchaseCompleted, PurchaseLine, PurchaseRefunded, RefundLine, TagAdded, TagRemoved, Value,
+};
+use crate::domain::personal::Personal;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits::CUSTOM_DATA_DEPTH_MAX;
 use crate::log::LoggedEvent;
@@ -61,7 +67,8 @@ pub fn uuid_field(field: &str, text: &str, v: &mut Violations) -> Uuid {
     }
 }
 
-fn channel_from(field: &str, raw: i32, v: &mut Violations) -> Channel {
+/// Proto channel → domain.
+pub fn channel_from(field: &str, raw: i32, v: &mut Violations) -> Channel {
     match pb::Channel::try_from(raw) {
         Ok(pb::Channel::Unspecified) => Channel::Unspecified,
         Ok(pb::Channel::Store) => Channel::Store,
@@ -79,7 +86,8 @@ fn channel_from(field: &str, raw: i32, v: &mut Violations) -> Channel {
     }
 }
 
-fn channel_to(channel: Channel) -> i32 {
+/// Domain channel → proto.
+pub fn channel_to(channel: Channel) -> i32 {
     (match channel {
         Channel::Unspecified => pb::Channel::Unspecified,
         Channel::Store => pb::Channel::Store,
@@ -93,7 +101,8 @@ fn channel_to(channel: Channel) -> i32 {
     }) as i32
 }
 
-fn direction_from(field: &str, raw: i32, v: &mut Violations) -> Direction {
+/// Proto direction → domain.
+pub fn direction_from(field: &str, raw: i32, v: &mut Violations) -> Direction {
     match pb::Direction::try_from(raw) {
         Ok(pb::Direction::Unspecified) => Direction::Unspecified,
         Ok(pb::Direction::Inbound) => Direction::Inbound,
@@ -105,7 +114,8 @@ fn direction_from(field: &str, raw: i32, v: &mut Violations) -> Direction {
     }
 }
 
-fn direction_to(direction: Direction) -> i32 {
+/// Domain direction → proto.
+pub fn direction_to(direction: Direction) -> i32 {
     (match direction {
         Direction::Unspecified => pb::Direction::Unspecified,
         Direction::Inbound => pb::Direction::Inbound,
@@ -113,7 +123,8 @@ fn direction_to(direction: Direction) -> i32 {
     }) as i32
 }
 
-fn kind_from(field: &str, raw: i32, v: &mut Violations) -> InteractionKind {
+/// Proto interaction kind → domain.
+pub fn kind_from(field: &str, raw: i32, v: &mut Violations) -> InteractionKind {
     use pb::InteractionKind as P;
     match P::try_from(raw) {
         Ok(P::Unspecified) => InteractionKind::Unspecified,
@@ -133,7 +144,8 @@ fn kind_from(field: &str, raw: i32, v: &mut Violations) -> InteractionKind {
     }
 }
 
-fn kind_to(kind: InteractionKind) -> i32 {
+/// Domain interaction kind → proto.
+pub fn kind_to(kind: InteractionKind) -> i32 {
     use pb::InteractionKind as P;
     (match kind {
         InteractionKind::Unspecified => P::Unspecified,
@@ -149,7 +161,8 @@ fn kind_to(kind: InteractionKind) -> i32 {
     }) as i32
 }
 
-fn address_from(address: Option<pb::PostalAddress>) -> PostalAddress {
+/// Proto address → domain (absent is empty).
+pub fn address_from(address: Option<pb::PostalAddress>) -> PostalAddress {
     let pb::PostalAddress {
         lines,
         city,
@@ -166,7 +179,8 @@ fn address_from(address: Option<pb::PostalAddress>) -> PostalAddress {
     }
 }
 
-fn address_to(address: PostalAddress) -> Option<pb::PostalAddress> {
+/// Domain address → proto.
+pub fn address_to(address: PostalAddress) -> Option<pb::PostalAddress> {
     let PostalAddress {
         lines,
         city,
@@ -247,8 +261,168 @@ fn struct_to(fields: BTreeMap<String, Value>) -> Struct {
     }
 }
 
+fn enum_from<T: Copy>(
+    field: &str,
+    raw: i32,
+    table: &[(i32, T)],
+    name: &str,
+    v: &mut Violations,
+) -> Option<T> {
+    let found = table
+        .iter()
+        .find(|(code, _)| *code == raw)
+        .map(|(_, value)| *value);
+    if found.is_none() {
+        v.add(field, format!("{raw} is not a {name}"));
+    }
+    found
+}
+
+fn enum_to<T: Copy + PartialEq>(value: T, table: &[(i32, T)]) -> i32 {
+    table
+        .iter()
+        .find(|(_, v)| *v == value)
+        .map_or(0, |(code, _)| *code)
+}
+
+const CONSENT_PURPOSES: &[(i32, ConsentPurpose)] = &[
+    (
+        pb::ConsentPurpose::Unspecified as i32,
+        ConsentPurpose::Unspecified,
+    ),
+    (
+        pb::ConsentPurpose::MarketingEmail as i32,
+        ConsentPurpose::MarketingEmail,
+    ),
+    (
+        pb::ConsentPurpose::MarketingSms as i32,
+        ConsentPurpose::MarketingSms,
+    ),
+    (
+        pb::ConsentPurpose::MarketingPhone as i32,
+        ConsentPurpose::MarketingPhone,
+    ),
+    (
+        pb::ConsentPurpose::Profiling as i32,
+        ConsentPurpose::Profiling,
+    ),
+    (
+        pb::ConsentPurpose::ThirdPartySharing as i32,
+        ConsentPurpose::ThirdPartySharing,
+    ),
+];
+
+const FEEDBACK_METRICS: &[(i32, FeedbackMetric)] = &[
+    (
+        pb::FeedbackMetric::Unspecified as i32,
+        FeedbackMetric::Unspecified,
+    ),
+    (pb::FeedbackMetric::Nps as i32, FeedbackMetric::Nps),
+    (pb::FeedbackMetric::Csat as i32, FeedbackMetric::Csat),
+];
+
+const IDENTIFIER_KINDS: &[(i32, IdentifierKind)] = &[
+    (
+        pb::IdentifierKind::Unspecified as i32,
+        IdentifierKind::Unspecified,
+    ),
+    (pb::IdentifierKind::Email as i32, IdentifierKind::Email),
+    (pb::IdentifierKind::Phone as i32, IdentifierKind::Phone),
+    (
+        pb::IdentifierKind::ExternalId as i32,
+        IdentifierKind::ExternalId,
+    ),
+];
+
+/// Proto consent purpose → domain.
+pub fn consent_purpose_from(field: &str, raw: i32, v: &mut Violations) -> ConsentPurpose {
+    enum_from(field, raw, CONSENT_PURPOSES, "ConsentPurpose", v).unwrap_or_default()
+}
+
+/// Domain consent purpose → proto.
+pub fn consent_purpose_to(purpose: ConsentPurpose) -> i32 {
+    enum_to(purpose, CONSENT_PURPOSES)
+}
+
+/// Proto feedback metric → domain.
+pub fn feedback_metric_from(field: &str, raw: i32, v: &mut Violations) -> FeedbackMetric {
+    enum_from(field, raw, FEEDBACK_METRICS, "FeedbackMetric", v).unwrap_or_default()
+}
+
+/// Domain feedback metric → proto.
+pub fn feedback_metric_to(metric: FeedbackMetric) -> i32 {
+    enum_to(metric, FEEDBACK_METRICS)
+}
+
+fn optional_date(field: &str, text: &str, v: &mut Violations) -> Option<CalendarDate> {
+    if text.is_empty() {
+        return None;
+    }
+    let parsed = CalendarDate::parse(text);
+    if parsed.is_none() {
+        v.add(field, "must be a date YYYY-MM-DD");
+    }
+    parsed
+}
+
+/// Proto field value → domain (a decimal string for numbers, `YYYY-MM-DD` for dates).
+pub fn field_value_from(
+    field: &str,
+    value: Option<pb::FieldValue>,
+    v: &mut Violations,
+) -> FieldValue {
+    use pb::field_value::Value as P;
+    match value.and_then(|value| value.value) {
+        None => {
+            v.add(field, "is required: set text, number, flag or date");
+            FieldValue::Text(String::new())
+        }
+        Some(P::Text(text)) => FieldValue::Text(text),
+        Some(P::Number(text)) => FieldValue::Number(Decimal::parse(&text).unwrap_or_else(|| {
+            v.add(
+                &format!("{field}.number"),
+                "must be a decimal such as -12.50 (at most 18 digits)",
+            );
+            Decimal {
+                mantissa: 0,
+                scale: 0,
+            }
+        })),
+        Some(P::Flag(flag)) => FieldValue::Bool(flag),
+        Some(P::Date(text)) => FieldValue::Date(CalendarDate::parse(&text).unwrap_or_else(|| {
+            v.add(&format!("{field}.date"), "must be a date YYYY-MM-DD");
+            CalendarDate {
+                year: 1970,
+                month: 1,
+                day: 1,
+            }
+        })),
+    }
+}
+
+/// Domain field value → proto.
+pub fn field_value_to(value: FieldValue) -> pb::FieldValue {
+    use pb::field_value::Value as P;
+    pb::FieldValue {
+        value: Some(match value {
+            FieldValue::Text(text) => P::Text(text),
+            FieldValue::Number(n) => P::Number(n.to_string()),
+            FieldValue::Bool(flag) => P::Flag(flag),
+            FieldValue::Date(date) => P::Date(date.to_string()),
+        }),
+    }
+}
+
+fn uuid_list(field: &str, ids: Vec<String>, v: &mut Violations) -> Vec<Uuid> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| uuid_field(&format!("{field}[{i}]"), id, v))
+        .collect()
+}
+
 /// Converts a proto event body into a domain event, recording every problem in `v`
 /// (under `v`'s prefix, e.g. `events[3].event`). Returns `None` when the body is unusable.
+/// Personal parts come out clear; the caller seals them before appending.
 pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEvent> {
     use pb::event::Kind;
     let Some(kind) = event.kind else {
@@ -273,25 +447,18 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
             acquisition_channel,
         }) => {
             let f = "customer_registered";
-            let birth_date = if birth_date.is_empty() {
-                None
-            } else {
-                let parsed = CalendarDate::parse(&birth_date);
-                if parsed.is_none() {
-                    v.add(&format!("{f}.birth_date"), "must be a date YYYY-MM-DD");
-                }
-                parsed
-            };
             DomainEvent::CustomerRegistered(CustomerRegistered {
                 customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
-                given_name,
-                family_name,
-                emails,
-                phones,
-                birth_date,
-                address: address_from(address),
+                identity: Personal::Clear(CustomerIdentity {
+                    given_name,
+                    family_name,
+                    emails,
+                    phones,
+                    birth_date: optional_date(&format!("{f}.birth_date"), &birth_date, v),
+                    address: address_from(address),
+                    external_ids: external_ids.into_iter().collect(),
+                }),
                 locale,
-                external_ids: external_ids.into_iter().collect(),
                 acquisition_channel: channel_from(
                     &format!("{f}.acquisition_channel"),
                     acquisition_channel,
@@ -306,9 +473,11 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
             address,
         }) => DomainEvent::ContactDetailsChanged(ContactDetailsChanged {
             customer_id: uuid_field("contact_details_changed.customer_id", &customer_id, v),
-            emails,
-            phones,
-            address: address_from(address),
+            details: Personal::Clear(ContactDetails {
+                emails,
+                phones,
+                address: address_from(address),
+            }),
         }),
         Kind::InteractionLogged(pb::InteractionLogged {
             customer_id,
@@ -326,8 +495,7 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
                 channel: channel_from(&format!("{f}.channel"), channel, v),
                 direction: direction_from(&format!("{f}.direction"), direction, v),
                 kind: kind_from(&format!("{f}.kind"), kind, v),
-                subject,
-                summary,
+                text: Personal::Clear(InteractionText { subject, summary }),
                 agent,
                 duration_seconds,
             })
@@ -369,10 +537,175 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
                 store_id,
             })
         }
+        Kind::PreferenceSet(pb::PreferenceSet {
+            customer_id,
+            key,
+            value,
+        }) => DomainEvent::PreferenceSet(PreferenceSet {
+            customer_id: uuid_field("preference_set.customer_id", &customer_id, v),
+            key,
+            value,
+        }),
+        Kind::PreferenceCleared(pb::PreferenceCleared { customer_id, key }) => {
+            DomainEvent::PreferenceCleared(PreferenceCleared {
+                customer_id: uuid_field("preference_cleared.customer_id", &customer_id, v),
+                key,
+            })
+        }
+        Kind::ConsentGiven(pb::ConsentGiven {
+            customer_id,
+            purpose,
+            source,
+        }) => DomainEvent::ConsentGiven(ConsentGiven {
+            customer_id: uuid_field("consent_given.customer_id", &customer_id, v),
+            purpose: consent_purpose_from("consent_given.purpose", purpose, v),
+            source,
+        }),
+        Kind::ConsentWithdrawn(pb::ConsentWithdrawn {
+            customer_id,
+            purpose,
+            source,
+        }) => DomainEvent::ConsentWithdrawn(ConsentWithdrawn {
+            customer_id: uuid_field("consent_withdrawn.customer_id", &customer_id, v),
+            purpose: consent_purpose_from("consent_withdrawn.purpose", purpose, v),
+            source,
+        }),
+        Kind::TagAdded(pb::TagAdded { customer_id, tag }) => DomainEvent::TagAdded(TagAdded {
+            customer_id: uuid_field("tag_added.customer_id", &customer_id, v),
+            tag,
+        }),
+        Kind::TagRemoved(pb::TagRemoved { customer_id, tag }) => {
+            DomainEvent::TagRemoved(TagRemoved {
+                customer_id: uuid_field("tag_removed.customer_id", &customer_id, v),
+                tag,
+            })
+        }
+        Kind::CustomFieldSet(pb::CustomFieldSet {
+            customer_id,
+            key,
+            value,
+            personal,
+        }) => {
+            let value = field_value_from("custom_field_set.value", value, v);
+            DomainEvent::CustomFieldSet(CustomFieldSet {
+                customer_id: uuid_field("custom_field_set.customer_id", &customer_id, v),
+                key,
+                value: if personal {
+                    CustomFieldValue::Personal(Personal::Clear(value))
+                } else {
+                    CustomFieldValue::Plain(value)
+                },
+            })
+        }
+        Kind::PurchaseRefunded(pb::PurchaseRefunded {
+            customer_id,
+            order_id,
+            refund_id,
+            lines,
+            amount_minor,
+            currency,
+            reason,
+        }) => DomainEvent::PurchaseRefunded(PurchaseRefunded {
+            customer_id: uuid_field("purchase_refunded.customer_id", &customer_id, v),
+            order_id,
+            refund_id,
+            lines: lines
+                .into_iter()
+                .map(
+                    |pb::RefundLine {
+                         sku,
+                         quantity,
+                         amount_minor,
+                     }| RefundLine {
+                        sku,
+                        quantity,
+                        amount_minor,
+                    },
+                )
+                .collect(),
+            amount_minor,
+            currency,
+            reason,
+        }),
+        Kind::FeedbackGiven(pb::FeedbackGiven {
+            customer_id,
+            metric,
+            score,
+            comment,
+            channel,
+            subject_ref,
+        }) => {
+            let f = "feedback_given";
+            DomainEvent::FeedbackGiven(FeedbackGiven {
+                customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
+                metric: feedback_metric_from(&format!("{f}.metric"), metric, v),
+                score: u8::try_from(score).unwrap_or_else(|_| {
+                    v.add(&format!("{f}.score"), "is out of range");
+                    0
+                }),
+                comment: Personal::Clear(comment),
+                channel: channel_from(&format!("{f}.channel"), channel, v),
+                subject_ref,
+            })
+        }
+        Kind::CustomersMerged(pb::CustomersMerged {
+            survivor_id,
+            duplicate_id,
+        }) => DomainEvent::CustomersMerged(CustomersMerged {
+            survivor_id: uuid_field("customers_merged.survivor_id", &survivor_id, v),
+            duplicate_id: uuid_field("customers_merged.duplicate_id", &duplicate_id, v),
+        }),
+        Kind::CustomerErased(pb::CustomerErased {
+            customer_id,
+            erased_ids,
+            reason,
+            requested_by,
+        }) => DomainEvent::CustomerErased(CustomerErased {
+            customer_id: uuid_field("customer_erased.customer_id", &customer_id, v),
+            erased_ids: uuid_list("customer_erased.erased_ids", erased_ids, v),
+            reason,
+            requested_by,
+        }),
+        Kind::IdentifierClaimed(pb::IdentifierClaimed { customer_id, kind }) => {
+            DomainEvent::IdentifierClaimed(IdentifierClaimed {
+                customer_id: uuid_field("identifier_claimed.customer_id", &customer_id, v),
+                kind: enum_from(
+                    "identifier_claimed.kind",
+                    kind,
+                    IDENTIFIER_KINDS,
+                    "IdentifierKind",
+                    v,
+                )
+                .unwrap_or_default(),
+            })
+        }
+        Kind::IdentifierReleased(pb::IdentifierReleased { customer_id, kind }) => {
+            DomainEvent::IdentifierReleased(IdentifierReleased {
+                customer_id: uuid_field("identifier_released.customer_id", &customer_id, v),
+                kind: enum_from(
+                    "identifier_released.kind",
+                    kind,
+                    IDENTIFIER_KINDS,
+                    "IdentifierKind",
+                    v,
+                )
+                .unwrap_or_default(),
+            })
+        }
     })
 }
 
-/// Converts a domain event into its proto body.
+/// A personal part's clear value, or the default when it is sealed or erased (the
+/// event's `personal_data` marker tells the reader which).
+fn clear_or_default<T: Default>(personal: Personal<T>) -> T {
+    match personal {
+        Personal::Clear(value) => value,
+        Personal::Sealed(_) | Personal::Erased => T::default(),
+    }
+}
+
+/// Converts a domain event into its proto body. Personal parts that are not clear come
+/// out empty.
 pub fn event_to_proto(event: DomainEvent) -> pb::Event {
     use pb::event::Kind;
     let kind = match event {
@@ -382,57 +715,69 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
         }),
         DomainEvent::CustomerRegistered(CustomerRegistered {
             customer_id,
-            given_name,
-            family_name,
-            emails,
-            phones,
-            birth_date,
-            address,
+            identity,
             locale,
-            external_ids,
             acquisition_channel,
-        }) => Kind::CustomerRegistered(pb::CustomerRegistered {
-            customer_id: customer_id.to_string(),
-            given_name,
-            family_name,
-            emails,
-            phones,
-            birth_date: birth_date.map(|d| d.to_string()).unwrap_or_default(),
-            address: address_to(address),
-            locale,
-            external_ids: external_ids.into_iter().collect(),
-            acquisition_channel: channel_to(acquisition_channel),
-        }),
+        }) => {
+            let CustomerIdentity {
+                given_name,
+                family_name,
+                emails,
+                phones,
+                birth_date,
+                address,
+                external_ids,
+            } = clear_or_default(identity);
+            Kind::CustomerRegistered(pb::CustomerRegistered {
+                customer_id: customer_id.to_string(),
+                given_name,
+                family_name,
+                emails,
+                phones,
+                birth_date: birth_date.map(|d| d.to_string()).unwrap_or_default(),
+                address: address_to(address),
+                locale,
+                external_ids: external_ids.into_iter().collect(),
+                acquisition_channel: channel_to(acquisition_channel),
+            })
+        }
         DomainEvent::ContactDetailsChanged(ContactDetailsChanged {
             customer_id,
-            emails,
-            phones,
-            address,
-        }) => Kind::ContactDetailsChanged(pb::ContactDetailsChanged {
-            customer_id: customer_id.to_string(),
-            emails,
-            phones,
-            address: address_to(address),
-        }),
+            details,
+        }) => {
+            let ContactDetails {
+                emails,
+                phones,
+                address,
+            } = clear_or_default(details);
+            Kind::ContactDetailsChanged(pb::ContactDetailsChanged {
+                customer_id: customer_id.to_string(),
+                emails,
+                phones,
+                address: address_to(address),
+            })
+        }
         DomainEvent::InteractionLogged(InteractionLogged {
             customer_id,
             channel,
             direction,
             kind,
-            subject,
-            summary,
+            text,
             agent,
             duration_seconds,
-        }) => Kind::InteractionLogged(pb::InteractionLogged {
-            customer_id: customer_id.to_string(),
-            channel: channel_to(channel),
-            direction: direction_to(direction),
-            kind: kind_to(kind),
-            subject,
-            summary,
-            agent,
-            duration_seconds,
-        }),
+        }) => {
+            let InteractionText { subject, summary } = clear_or_default(text);
+            Kind::InteractionLogged(pb::InteractionLogged {
+                customer_id: customer_id.to_string(),
+                channel: channel_to(channel),
+                direction: direction_to(direction),
+                kind: kind_to(kind),
+                subject,
+                summary,
+                agent,
+                duration_seconds,
+            })
+        }
         DomainEvent::PurchaseCompleted(PurchaseCompleted {
             customer_id,
             order_id,
@@ -467,6 +812,143 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
             channel: channel_to(channel),
             store_id,
         }),
+        DomainEvent::PreferenceSet(PreferenceSet {
+            customer_id,
+            key,
+            value,
+        }) => Kind::PreferenceSet(pb::PreferenceSet {
+            customer_id: customer_id.to_string(),
+            key,
+            value,
+        }),
+        DomainEvent::PreferenceCleared(PreferenceCleared { customer_id, key }) => {
+            Kind::PreferenceCleared(pb::PreferenceCleared {
+                customer_id: customer_id.to_string(),
+                key,
+            })
+        }
+        DomainEvent::ConsentGiven(ConsentGiven {
+            customer_id,
+            purpose,
+            source,
+        }) => Kind::ConsentGiven(pb::ConsentGiven {
+            customer_id: customer_id.to_string(),
+            purpose: consent_purpose_to(purpose),
+            source,
+        }),
+        DomainEvent::ConsentWithdrawn(ConsentWithdrawn {
+            customer_id,
+            purpose,
+            source,
+        }) => Kind::ConsentWithdrawn(pb::ConsentWithdrawn {
+            customer_id: customer_id.to_string(),
+            purpose: consent_purpose_to(purpose),
+            source,
+        }),
+        DomainEvent::TagAdded(TagAdded { customer_id, tag }) => Kind::TagAdded(pb::TagAdded {
+            customer_id: customer_id.to_string(),
+            tag,
+        }),
+        DomainEvent::TagRemoved(TagRemoved { customer_id, tag }) => {
+            Kind::TagRemoved(pb::TagRemoved {
+                customer_id: customer_id.to_string(),
+                tag,
+            })
+        }
+        DomainEvent::CustomFieldSet(CustomFieldSet {
+            customer_id,
+            key,
+            value,
+        }) => {
+            let (value, personal) = match value {
+                CustomFieldValue::Plain(value) => (Some(field_value_to(value)), false),
+                CustomFieldValue::Personal(Personal::Clear(value)) => {
+                    (Some(field_value_to(value)), true)
+                }
+                CustomFieldValue::Personal(_) => (None, true),
+            };
+            Kind::CustomFieldSet(pb::CustomFieldSet {
+                customer_id: customer_id.to_string(),
+                key,
+                value,
+                personal,
+            })
+        }
+        DomainEvent::PurchaseRefunded(PurchaseRefunded {
+            customer_id,
+            order_id,
+            refund_id,
+            lines,
+            amount_minor,
+            currency,
+            reason,
+        }) => Kind::PurchaseRefunded(pb::PurchaseRefunded {
+            customer_id: customer_id.to_string(),
+            order_id,
+            refund_id,
+            lines: lines
+                .into_iter()
+                .map(
+                    |RefundLine {
+                         sku,
+                         quantity,
+                         amount_minor,
+                     }| pb::RefundLine {
+                        sku,
+                        quantity,
+                        amount_minor,
+                    },
+                )
+                .collect(),
+            amount_minor,
+            currency,
+            reason,
+        }),
+        DomainEvent::FeedbackGiven(FeedbackGiven {
+            customer_id,
+            metric,
+            score,
+            comment,
+            channel,
+            subject_ref,
+        }) => Kind::FeedbackGiven(pb::FeedbackGiven {
+            customer_id: customer_id.to_string(),
+            metric: feedback_metric_to(metric),
+            score: u32::from(score),
+            comment: clear_or_default(comment),
+            channel: channel_to(channel),
+            subject_ref,
+        }),
+        DomainEvent::CustomersMerged(CustomersMerged {
+            survivor_id,
+            duplicate_id,
+        }) => Kind::CustomersMerged(pb::CustomersMerged {
+            survivor_id: survivor_id.to_string(),
+            duplicate_id: duplicate_id.to_string(),
+        }),
+        DomainEvent::CustomerErased(CustomerErased {
+            customer_id,
+            erased_ids,
+            reason,
+            requested_by,
+        }) => Kind::CustomerErased(pb::CustomerErased {
+            customer_id: customer_id.to_string(),
+            erased_ids: erased_ids.iter().map(Uuid::to_string).collect(),
+            reason,
+            requested_by,
+        }),
+        DomainEvent::IdentifierClaimed(IdentifierClaimed { customer_id, kind }) => {
+            Kind::IdentifierClaimed(pb::IdentifierClaimed {
+                customer_id: customer_id.to_string(),
+                kind: enum_to(kind, IDENTIFIER_KINDS),
+            })
+        }
+        DomainEvent::IdentifierReleased(IdentifierReleased { customer_id, kind }) => {
+            Kind::IdentifierReleased(pb::IdentifierReleased {
+                customer_id: customer_id.to_string(),
+                kind: enum_to(kind, IDENTIFIER_KINDS),
+            })
+        }
     };
     pb::Event { kind: Some(kind) }
 }
@@ -494,6 +976,7 @@ pub fn recorded_event(logged: LoggedEvent) -> Result<pb::RecordedEvent, tonic::S
         actor: event.actor,
         source_channel: event.source_channel,
         schema_version: u32::from(event.schema_version),
+        personal_data: pb::PersonalData::Unspecified as i32,
     })
 }
 

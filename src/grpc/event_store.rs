@@ -189,7 +189,13 @@ fn proposed_from_proto(
     for violation in converted {
         v.add(&violation.field, violation.description);
     }
-    let payload = domain.encode();
+    let payload = match domain.encode() {
+        Ok(payload) => payload,
+        Err(error) => {
+            v.add(&at("event"), error.to_string());
+            Vec::new()
+        }
+    };
     if payload.len() > limits::PAYLOAD_BYTES_MAX {
         v.add(
             &at("event"),

@@ -4,20 +4,29 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::TypedEvent;
-use crate::domain::common::{PostalAddress, validate_list};
+use super::customer_registered::validate_emails;
+use crate::domain::common::{PostalAddress, validate_id, validate_list};
+use crate::domain::personal::{Personal, PersonalField};
 use crate::domain::violations::Violations;
+
+/// New contact details; personal data, stored sealed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactDetails {
+    /// The new email addresses, the first is primary.
+    pub emails: Vec<String>,
+    /// The new phone numbers, the first is primary.
+    pub phones: Vec<String>,
+    /// The new postal address.
+    pub address: PostalAddress,
+}
 
 /// The customer's contact details were replaced by these.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactDetailsChanged {
     /// The customer's id.
     pub customer_id: Uuid,
-    /// The new email addresses.
-    pub emails: Vec<String>,
-    /// The new phone numbers.
-    pub phones: Vec<String>,
-    /// The new postal address.
-    pub address: PostalAddress,
+    /// The new details, sealed with the customer's key.
+    pub details: Personal<ContactDetails>,
 }
 
 impl TypedEvent for ContactDetailsChanged {
@@ -26,16 +35,19 @@ impl TypedEvent for ContactDetailsChanged {
 
     fn validate(&self, v: &mut Violations) {
         let f = "contact_details_changed";
-        if self.customer_id.is_nil() {
-            v.add(&format!("{f}.customer_id"), "must not be the nil UUID");
+        validate_id(&format!("{f}.customer_id"), &self.customer_id, v);
+        if let Some(details) = self.details.clear() {
+            validate_emails(&format!("{f}.emails"), &details.emails, v);
+            validate_list(&format!("{f}.phones"), &details.phones, v);
+            details.address.validate(&format!("{f}.address"), v);
         }
-        validate_list(&format!("{f}.emails"), &self.emails, v);
-        for (i, email) in self.emails.iter().enumerate() {
-            if !email.contains('@') {
-                v.add(&format!("{f}.emails[{i}]"), "is not an email address");
-            }
-        }
-        validate_list(&format!("{f}.phones"), &self.phones, v);
-        self.address.validate(&format!("{f}.address"), v);
+    }
+
+    fn personal_owner(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+
+    fn personal_fields(&mut self, visit: &mut dyn FnMut(&'static str, &mut dyn PersonalField)) {
+        visit("details", &mut self.details);
     }
 }

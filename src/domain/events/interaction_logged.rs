@@ -4,9 +4,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::TypedEvent;
-use crate::domain::common::{Channel, Direction, InteractionKind};
+use crate::domain::common::{Channel, Direction, InteractionKind, validate_id};
+use crate::domain::personal::{Personal, PersonalField};
 use crate::domain::violations::Violations;
 use crate::limits::{FIELD_BYTES_MAX, TEXT_BYTES_MAX};
+
+/// What was said: free text about or by the person, stored sealed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InteractionText {
+    /// Short subject line.
+    pub subject: String,
+    /// Free-text summary.
+    pub summary: String,
+}
 
 /// The customer and the business interacted on some channel.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,11 +29,9 @@ pub struct InteractionLogged {
     pub direction: Direction,
     /// What it was.
     pub kind: InteractionKind,
-    /// Short subject line.
-    pub subject: String,
-    /// Free-text summary.
-    pub summary: String,
-    /// Who handled it for the business.
+    /// Subject and summary, sealed with the customer's key.
+    pub text: Personal<InteractionText>,
+    /// Who handled it for the business (an employee or system id).
     pub agent: String,
     /// Duration in seconds (0 when not applicable).
     pub duration_seconds: u32,
@@ -35,17 +43,25 @@ impl TypedEvent for InteractionLogged {
 
     fn validate(&self, v: &mut Violations) {
         let f = "interaction_logged";
-        if self.customer_id.is_nil() {
-            v.add(&format!("{f}.customer_id"), "must not be the nil UUID");
-        }
+        validate_id(&format!("{f}.customer_id"), &self.customer_id, v);
         if self.channel == Channel::Unspecified {
             v.add(&format!("{f}.channel"), "is required");
         }
         if self.kind == InteractionKind::Unspecified {
             v.add(&format!("{f}.kind"), "is required");
         }
-        v.max_len(&format!("{f}.subject"), &self.subject, FIELD_BYTES_MAX);
-        v.max_len(&format!("{f}.summary"), &self.summary, TEXT_BYTES_MAX);
+        if let Some(text) = self.text.clear() {
+            v.max_len(&format!("{f}.subject"), &text.subject, FIELD_BYTES_MAX);
+            v.max_len(&format!("{f}.summary"), &text.summary, TEXT_BYTES_MAX);
+        }
         v.max_len(&format!("{f}.agent"), &self.agent, FIELD_BYTES_MAX);
+    }
+
+    fn personal_owner(&self) -> Option<Uuid> {
+        Some(self.customer_id)
+    }
+
+    fn personal_fields(&mut self, visit: &mut dyn FnMut(&'static str, &mut dyn PersonalField)) {
+        visit("text", &mut self.text);
     }
 }

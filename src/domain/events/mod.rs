@@ -6,21 +6,41 @@
 //! Payloads are bincode 2 (standard config) of the struct; golden fixtures under
 //! `tests/fixtures/` pin the bytes of every type and version.
 
+mod consent_given;
 mod contact_details_changed;
 mod custom;
+mod custom_field_set;
+mod customer_erased;
 mod customer_registered;
+mod customers_merged;
+mod feedback_given;
+mod identifier_claimed;
 mod interaction_logged;
+mod preference_set;
 mod purchase_completed;
+mod purchase_refunded;
+mod tag_added;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
-pub use contact_details_changed::ContactDetailsChanged;
+pub use consent_given::{ConsentGiven, ConsentWithdrawn};
+pub use contact_details_changed::{ContactDetails, ContactDetailsChanged};
 pub use custom::{CustomEvent, Value, is_valid_custom_type};
-pub use customer_registered::CustomerRegistered;
-pub use interaction_logged::InteractionLogged;
+pub use custom_field_set::{CustomFieldSet, CustomFieldValue, FieldValue};
+pub use customer_erased::CustomerErased;
+pub use customer_registered::{CustomerIdentity, CustomerRegistered, validate_emails};
+pub use customers_merged::CustomersMerged;
+pub use feedback_given::{FeedbackGiven, FeedbackMetric};
+pub use identifier_claimed::{IdentifierClaimed, IdentifierKind, IdentifierReleased};
+pub use interaction_logged::{InteractionLogged, InteractionText};
+pub use preference_set::{PreferenceCleared, PreferenceSet, validate_key};
 pub use purchase_completed::{PurchaseCompleted, PurchaseLine};
+pub use purchase_refunded::{PurchaseRefunded, RefundLine};
+pub use tag_added::{TagAdded, TagRemoved};
 
+use super::personal::{Opener, PersonalField, Sealer};
 use super::violations::{FieldViolation, Violations};
 
 /// A stored payload could not be turned back into a domain event.
@@ -56,6 +76,16 @@ pub trait TypedEvent: Serialize + DeserializeOwned + Sized {
     /// Checks the event's fields; every problem goes into `v`.
     fn validate(&self, v: &mut Violations);
 
+    /// The customer whose data key seals this event's personal parts; `None` for an
+    /// event without personal data.
+    fn personal_owner(&self) -> Option<Uuid> {
+        None
+    }
+
+    /// Visits every personal part with its field name (the name is bound into the
+    /// sealing, so parts cannot be swapped). Events without personal data visit none.
+    fn personal_fields(&mut self, _visit: &mut dyn FnMut(&'static str, &mut dyn PersonalField)) {}
+
     /// Decodes a payload of schema `version`, upcasting older versions. The default
     /// knows only the current version; a type with history overrides it.
     fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -89,10 +119,34 @@ pub fn decode_exact<T: DeserializeOwned>(
     Ok(value)
 }
 
-/// bincode-encodes a payload.
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+/// bincode-encodes a value that holds no personal part (plain payloads, and the clear
+/// content of a personal part before it is sealed).
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
-        .expect("encoding into a Vec cannot fail")
+        .expect("encoding a value without personal parts into a Vec cannot fail")
+}
+
+/// An event could not be encoded for storage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EncodeError {
+    /// A personal part is still in clear (or erased): it must be sealed first.
+    #[error("{event_type} has personal data that is not sealed: {reason}")]
+    Unsealed {
+        /// Event type.
+        event_type: String,
+        /// Encoder's message.
+        reason: String,
+    },
+}
+
+/// bincode-encodes a typed event; fails if a personal part is not sealed.
+pub fn encode_event<T: TypedEvent>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard()).map_err(|e| {
+        EncodeError::Unsealed {
+            event_type: T::EVENT_TYPE.to_owned(),
+            reason: e.to_string(),
+        }
+    })
 }
 
 macro_rules! domain_events {
@@ -128,12 +182,45 @@ macro_rules! domain_events {
                 }
             }
 
-            /// The payload bytes to store.
-            pub fn encode(&self) -> Vec<u8> {
+            /// The payload bytes to store. Personal parts must be sealed first.
+            pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
                 match self {
-                    Self::Custom(event) => event.encode_payload(),
-                    $(Self::$variant(event) => encode(event),)*
+                    Self::Custom(event) => Ok(event.encode_payload()),
+                    $(Self::$variant(event) => encode_event(event),)*
                 }
+            }
+
+            /// The customer whose key seals the personal parts, if the event has any.
+            pub fn personal_owner(&self) -> Option<Uuid> {
+                match self {
+                    Self::Custom(_) => None,
+                    $(Self::$variant(event) => event.personal_owner(),)*
+                }
+            }
+
+            /// True when the event type can carry personal data.
+            pub fn has_personal_parts(&mut self) -> bool {
+                let mut any = false;
+                self.visit_personal(&mut |_, _| any = true);
+                any
+            }
+
+            fn visit_personal(&mut self, visit: &mut dyn FnMut(&'static str, &mut dyn PersonalField)) {
+                match self {
+                    Self::Custom(_) => {}
+                    $(Self::$variant(event) => event.personal_fields(visit),)*
+                }
+            }
+
+            /// Seals every clear personal part with `sealer`.
+            pub fn seal(&mut self, sealer: &mut Sealer<'_>) {
+                self.visit_personal(&mut |name, field| field.seal(name, sealer));
+            }
+
+            /// Opens every sealed personal part with `opener`; parts it cannot open
+            /// become erased.
+            pub fn open(&mut self, opener: &mut Opener<'_>) {
+                self.visit_personal(&mut |name, field| field.open(name, opener));
             }
 
             /// Decodes a stored payload by type and schema version.
@@ -164,4 +251,17 @@ domain_events! {
     ContactDetailsChanged(ContactDetailsChanged),
     InteractionLogged(InteractionLogged),
     PurchaseCompleted(PurchaseCompleted),
+    PreferenceSet(PreferenceSet),
+    PreferenceCleared(PreferenceCleared),
+    ConsentGiven(ConsentGiven),
+    ConsentWithdrawn(ConsentWithdrawn),
+    TagAdded(TagAdded),
+    TagRemoved(TagRemoved),
+    CustomFieldSet(CustomFieldSet),
+    PurchaseRefunded(PurchaseRefunded),
+    FeedbackGiven(FeedbackGiven),
+    CustomersMerged(CustomersMerged),
+    CustomerErased(CustomerErased),
+    IdentifierClaimed(IdentifierClaimed),
+    IdentifierReleased(IdentifierReleased),
 }
