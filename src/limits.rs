@@ -46,6 +46,14 @@ pub const TEXT_BYTES_MAX: usize = 16 * 1024;
 /// bytes: keys are identifiers, not text, and index entries are built from them.
 pub const KEY_BYTES_MAX: usize = 64;
 
+/// Consent changes kept per purpose in a profile; older ones drop out of the profile
+/// (they stay in the log, where the timeline and as-of queries still see them).
+pub const CONSENT_HISTORY_MAX: usize = 64;
+
+/// Merge hops followed when resolving a merged customer id to its survivor. Merging into
+/// a merged customer is refused, so real chains are short; this bounds a corrupt one.
+pub const MERGE_DEPTH_MAX: usize = 32;
+
 /// Items in a repeated field inside a typed event (emails, phones, order lines, external ids).
 pub const REPEATED_ITEMS_MAX: usize = 256;
 

@@ -6,6 +6,7 @@
 pub mod common;
 pub mod events;
 pub mod personal;
+pub mod profile;
 pub mod violations;
 
 pub use events::{DecodeError, DomainEvent, TypedEvent};
