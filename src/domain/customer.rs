@@ -202,8 +202,9 @@ impl Customer {
                 duplicate_id,
             }) => {
                 if *duplicate_id == stream_customer {
+                    // The duplicate keeps its reservations: they resolve to the survivor,
+                    // and an erasure of the survivor releases them.
                     self.merged_into = Some(*survivor_id);
-                    self.identifiers.clear();
                 } else {
                     self.merged_from.insert(*duplicate_id);
                 }
@@ -649,7 +650,7 @@ mod tests {
         let merged = merge(&ada, ADA, &bob, BOB).unwrap();
         bob.apply(BOB, &DomainEvent::CustomersMerged(merged.clone()));
         assert_eq!(bob.merged_into, Some(ADA));
-        assert!(bob.identifiers.is_empty());
+        assert_eq!(bob.identifiers.len(), 1);
         assert_eq!(
             merge(&bob, BOB, &ada, ADA),
             Err(RuleError::MergeIntoMerged {

@@ -7,7 +7,9 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::FieldViolation;
+use crate::domain::customer::RuleError;
 use crate::log::{AppendError, ExpectedRevision, LogError, ReadError};
+use crate::privacy::PrivacyError;
 
 /// The error domain named in `google.rpc.ErrorInfo` details.
 pub const ERROR_DOMAIN: &str = "rapport.v1";
@@ -120,6 +122,79 @@ impl From<ReadError> for Status {
         match error {
             ReadError::StreamNotFound(_) => Status::not_found(error.to_string()),
             ReadError::Log(log) => log.into(),
+        }
+    }
+}
+
+impl From<RuleError> for Status {
+    fn from(error: RuleError) -> Self {
+        let message = error.to_string();
+        match error {
+            RuleError::NotFound(id) => with_info(
+                Code::NotFound,
+                message,
+                "CUSTOMER_NOT_FOUND",
+                HashMap::from([("customer_id".to_owned(), id.to_string())]),
+            ),
+            RuleError::AlreadyRegistered(id) => with_info(
+                Code::AlreadyExists,
+                message,
+                "CUSTOMER_EXISTS",
+                HashMap::from([("customer_id".to_owned(), id.to_string())]),
+            ),
+            RuleError::IdentifierInUse { kind, holder } => with_info(
+                Code::AlreadyExists,
+                message,
+                "IDENTIFIER_IN_USE",
+                HashMap::from([
+                    ("kind".to_owned(), format!("{kind:?}").to_lowercase()),
+                    ("holder".to_owned(), holder.to_string()),
+                ]),
+            ),
+            RuleError::InvalidIdentifier { field, reason } => invalid_field(&field, reason),
+            RuleError::Erased(_)
+            | RuleError::MergeIntoSelf
+            | RuleError::MergeIntoMerged { .. }
+            | RuleError::DuplicateOrder(_)
+            | RuleError::UnknownOrder(_)
+            | RuleError::UnknownOrderLine { .. }
+            | RuleError::CurrencyMismatch { .. }
+            | RuleError::RefundExceedsOrder { .. }
+            | RuleError::DuplicateRefund { .. } => {
+                let reason = rule_reason(&error);
+                with_info(Code::FailedPrecondition, message, reason, HashMap::new())
+            }
+        }
+    }
+}
+
+fn rule_reason(error: &RuleError) -> &'static str {
+    match error {
+        RuleError::Erased(_) => "CUSTOMER_ERASED",
+        RuleError::MergeIntoSelf => "MERGE_INTO_SELF",
+        RuleError::MergeIntoMerged { .. } => "MERGE_INTO_MERGED",
+        RuleError::DuplicateOrder(_) => "DUPLICATE_ORDER",
+        RuleError::UnknownOrder(_) => "UNKNOWN_ORDER",
+        RuleError::UnknownOrderLine { .. } => "UNKNOWN_ORDER_LINE",
+        RuleError::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
+        RuleError::RefundExceedsOrder { .. } => "REFUND_EXCEEDS_ORDER",
+        RuleError::DuplicateRefund { .. } => "DUPLICATE_REFUND",
+        _ => "RULE_VIOLATED",
+    }
+}
+
+impl From<PrivacyError> for Status {
+    fn from(error: PrivacyError) -> Self {
+        let message = error.to_string();
+        match error {
+            PrivacyError::Erased(id) => with_info(
+                Code::FailedPrecondition,
+                message,
+                "CUSTOMER_ERASED",
+                HashMap::from([("customer_id".to_owned(), id.to_string())]),
+            ),
+            PrivacyError::WrongStream { field, .. } => invalid_field(&field, message),
+            PrivacyError::Keys(_) => Status::internal(message),
         }
     }
 }

@@ -260,6 +260,21 @@ impl Log {
         }
     }
 
+    /// The durable event with `id`, if any (blocking). Services use it to answer a
+    /// re-sent command idempotently before re-deciding it on changed state.
+    pub fn event_by_id(&self, id: Uuid) -> Result<Option<LoggedEvent>, LogError> {
+        let head = self.head().position;
+        self.inner.store.id_position(id.as_bytes(), head)
+    }
+
+    /// The durable event at `position`, if any (blocking).
+    pub fn event_at(&self, position: u64) -> Result<Option<LoggedEvent>, LogError> {
+        if position == 0 || position > self.head().position {
+            return Ok(None);
+        }
+        self.inner.store.event_at(position)
+    }
+
     /// The head of one stream as far as it is durable (blocking).
     pub fn stream_head(&self, stream: &StreamName) -> Result<Option<StreamHead>, LogError> {
         let head = self.head().position;
