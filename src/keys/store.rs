@@ -908,3 +908,448 @@ pub fn rotate_master_key(
     commit_rotation(&store.dir)?;
     finish_rotation(&store.dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A customer id whose key falls in shard `first`.
+    fn customer_in(first: u8) -> Uuid {
+        let mut bytes = *Uuid::new_v4().as_bytes();
+        bytes[0] = first;
+        Uuid::from_bytes(bytes)
+    }
+
+    /// Every file under `dir` (relative path → bytes), to compare before and after.
+    fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut files = BTreeMap::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(at) = todo.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    todo.push(path.clone());
+                    files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), Vec::new());
+                } else {
+                    let bytes = std::fs::read(&path).unwrap();
+                    files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
+                }
+            }
+        }
+        files
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
+    fn shard_path(data: &Path, customer: Uuid) -> PathBuf {
+        data.join(KEYS_DIR).join(shard_name(shard_index(customer)))
+    }
+
+    /// The stored (wrapped) key record bytes of `customer`, read from its shard file.
+    fn wrapped_on_disk(data: &Path, customer: Uuid) -> ([u8; NONCE_BYTES], [u8; WRAPPED_BYTES]) {
+        let path = shard_path(data, customer);
+        let (records, _) = parse_shard(&std::fs::read(&path).unwrap(), &path).unwrap();
+        records
+            .into_iter()
+            .find_map(|record| match record {
+                Record::Key {
+                    customer: c,
+                    nonce,
+                    wrapped,
+                } if c == customer => Some((nonce, wrapped)),
+                _ => None,
+            })
+            .expect("a key record")
+    }
+
+    #[test]
+    fn ensure_creates_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        let (a, b, c) = (customer_in(7), customer_in(7), customer_in(200));
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        assert_eq!(store.data_key(a), None);
+        let keys = store.ensure(&[a, b, a, c]).unwrap();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(
+            keys[0], keys[2],
+            "one key per customer, however often named"
+        );
+        assert_ne!(keys[0], keys[1]);
+        assert_eq!(store.ensure(&[b]).unwrap()[0], keys[1], "not re-created");
+        assert_eq!(store.data_key(c).as_ref(), Some(&keys[3]));
+        assert_eq!(store.counts(), (3, 0));
+        let sealed = keys[0].seal(b"name", b"Ann Lee");
+        assert!(matches!(
+            KeyStore::open(dir.path(), &master),
+            Err(KeyError::Locked(_))
+        ));
+        drop(store);
+
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        assert_eq!(store.counts(), (3, 0));
+        for (customer, key) in [a, b, a, c].iter().zip(&keys) {
+            assert_eq!(store.data_key(*customer).as_ref(), Some(key));
+        }
+        assert_eq!(
+            store.data_key(a).unwrap().open(b"name", &sealed).unwrap(),
+            b"Ann Lee"
+        );
+        // One append (frame) per shard and call: two frames in shard 7 after this.
+        let d = customer_in(7);
+        store.ensure(&[d]).unwrap();
+        let path = shard_path(dir.path(), d);
+        let (records, intact) = parse_shard(&std::fs::read(&path).unwrap(), &path).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(intact as u64, std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn concurrent_ensure_gives_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            std::sync::Arc::new(KeyStore::open(dir.path(), &MasterKey::generate()).unwrap());
+        let customers: Vec<Uuid> = (0..8).map(|i| customer_in(i % 2)).collect();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                let customers = customers.clone();
+                std::thread::spawn(move || store.ensure(&customers).unwrap())
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(results.windows(2).all(|w| w[0] == w[1]));
+        assert_eq!(store.counts(), (8, 0));
+    }
+
+    #[test]
+    fn erase_deletes_the_key_physically_and_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        let gone = customer_in(0x42);
+        let neighbour = customer_in(0x42);
+        let elsewhere = customer_in(0x43);
+        let keys = store.ensure(&[gone, neighbour, elsewhere]).unwrap();
+        let (nonce, wrapped) = wrapped_on_disk(dir.path(), gone);
+        let all_before = snapshot(dir.path());
+        assert!(all_before.values().any(|bytes| contains(bytes, &wrapped)));
+
+        store.erase(&[gone]).unwrap();
+        assert_eq!(store.data_key(gone), None);
+        assert!(store.is_erased(gone));
+        assert!(
+            matches!(store.ensure(&[neighbour, gone]), Err(KeyError::Erased(id)) if id == gone)
+        );
+        assert_eq!(store.counts(), (2, 1));
+        for (path, bytes) in snapshot(dir.path()) {
+            for needle in [&wrapped[..], &nonce[..], &keys[0].bytes[..]] {
+                assert!(
+                    !contains(&bytes, needle),
+                    "{} still holds key bytes",
+                    path.display()
+                );
+            }
+        }
+        // The neighbour in the rewritten shard keeps its key.
+        assert_eq!(store.data_key(neighbour).as_ref(), Some(&keys[1]));
+        store.erase(&[gone]).unwrap();
+        store.erase(&[gone, gone]).unwrap();
+        assert_eq!(store.counts(), (2, 1));
+        // Erasing someone who never had a key still stops a key being made later.
+        let never = customer_in(0x99);
+        store.erase(&[never]).unwrap();
+        assert!(matches!(store.ensure(&[never]), Err(KeyError::Erased(_))));
+        // Appends after a rewrite go to the new file.
+        let later = customer_in(0x42);
+        let later_key = store.ensure(&[later]).unwrap().remove(0);
+        drop(store);
+
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        assert_eq!(store.counts(), (3, 2));
+        assert!(store.is_erased(gone) && store.is_erased(never));
+        assert_eq!(store.data_key(gone), None);
+        assert!(matches!(store.ensure(&[gone]), Err(KeyError::Erased(_))));
+        assert_eq!(store.data_key(later), Some(later_key));
+        assert_eq!(store.data_key(neighbour).as_ref(), Some(&keys[1]));
+        assert_eq!(store.data_key(elsewhere).as_ref(), Some(&keys[2]));
+    }
+
+    #[test]
+    fn wrong_master_key_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        store.ensure(&[customer_in(1), customer_in(2)]).unwrap();
+        store.erase(&[customer_in(3)]).unwrap();
+        drop(store);
+        let before = snapshot(dir.path());
+        let wrong = MasterKey::generate();
+        let error = KeyStore::open(dir.path(), &wrong).unwrap_err();
+        assert!(matches!(error, KeyError::WrongMasterKey { .. }), "{error}");
+        assert!(error.to_string().contains("does not match"), "{error}");
+        assert_eq!(snapshot(dir.path()), before);
+        assert!(matches!(
+            rotate_master_key(dir.path(), &wrong, &MasterKey::generate()),
+            Err(KeyError::WrongMasterKey { .. })
+        ));
+        assert_eq!(snapshot(dir.path()), before);
+        KeyStore::open(dir.path(), &master).unwrap();
+    }
+
+    #[test]
+    fn lookup_tokens_are_keyed_stable_and_kind_separated() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        let token = store.lookup_token(LookupKind::Email, "ann@example.com");
+        assert_eq!(
+            token,
+            store.lookup_token(LookupKind::Email, "ann@example.com")
+        );
+        assert_ne!(
+            token,
+            store.lookup_token(LookupKind::Email, "ann@example.org")
+        );
+        assert_ne!(
+            token,
+            store.lookup_token(LookupKind::ExternalId, "ann@example.com")
+        );
+        let unkeyed = blake3::hash(b"\x01ann@example.com");
+        assert_ne!(token[..], unkeyed.as_bytes()[..16]);
+        drop(store);
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        assert_eq!(
+            token,
+            store.lookup_token(LookupKind::Email, "ann@example.com")
+        );
+        let other = tempfile::tempdir().unwrap();
+        let other = KeyStore::open(other.path(), &master).unwrap();
+        assert_ne!(
+            token,
+            other.lookup_token(LookupKind::Email, "ann@example.com"),
+            "each store has its own random index key"
+        );
+    }
+
+    #[test]
+    fn torn_tail_is_cut_off_and_damage_in_the_middle_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        let first = customer_in(9);
+        let key = KeyStore::open(dir.path(), &master)
+            .unwrap()
+            .ensure(&[first])
+            .unwrap()
+            .remove(0);
+        let path = shard_path(dir.path(), first);
+        let intact = std::fs::read(&path).unwrap();
+        // A second append, torn at every length, or zero-filled by the file system.
+        let mut body = Vec::new();
+        push_key_record(
+            &mut body,
+            customer_in(9),
+            &[1; NONCE_BYTES],
+            &[2; WRAPPED_BYTES],
+        );
+        let frame = encode_frame(&body);
+        let mut tails: Vec<Vec<u8>> = (1..frame.len()).map(|n| frame[..n].to_vec()).collect();
+        tails.push(vec![0; frame.len()]);
+        let mut bad_sum = frame.clone();
+        *bad_sum.last_mut().unwrap() ^= 1;
+        tails.push(bad_sum.clone());
+        for tail in tails {
+            std::fs::write(&path, [&intact[..], &tail[..]].concat()).unwrap();
+            let store = KeyStore::open(dir.path(), &master).unwrap();
+            assert_eq!(store.counts(), (1, 0));
+            assert_eq!(store.data_key(first).as_ref(), Some(&key));
+            assert_eq!(std::fs::read(&path).unwrap(), intact, "tail cut off");
+        }
+        // After a cut, appends continue cleanly.
+        let torn = [&intact[..], &frame[..10]].concat();
+        std::fs::write(&path, &torn).unwrap();
+        let second = customer_in(9);
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        let second_key = store.ensure(&[second]).unwrap().remove(0);
+        drop(store);
+        let store = KeyStore::open(dir.path(), &master).unwrap();
+        assert_eq!(store.data_key(second), Some(second_key));
+        drop(store);
+
+        // A damaged frame with an intact one after it: acknowledged keys would be lost.
+        let whole = std::fs::read(&path).unwrap();
+        let mut damaged = whole.clone();
+        damaged[FRAME_HEADER_BYTES + 3] ^= 1;
+        std::fs::write(&path, &damaged).unwrap();
+        assert!(matches!(
+            KeyStore::open(dir.path(), &master),
+            Err(KeyError::Corrupt(_))
+        ));
+        let mut garbage = whole.clone();
+        garbage.extend_from_slice(&bad_sum);
+        garbage.extend_from_slice(&frame);
+        std::fs::write(&path, &garbage).unwrap();
+        assert!(matches!(
+            KeyStore::open(dir.path(), &master),
+            Err(KeyError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn shards_without_a_header_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = MasterKey::generate();
+        KeyStore::open(dir.path(), &master)
+            .unwrap()
+            .ensure(&[customer_in(5)])
+            .unwrap();
+        std::fs::remove_file(dir.path().join(KEYS_DIR).join(HEADER_FILE)).unwrap();
+        assert!(matches!(
+            KeyStore::open(dir.path(), &master),
+            Err(KeyError::Corrupt(_))
+        ));
+    }
+
+    /// A store with live keys, an erasure, and a sealed value per live key.
+    fn populated(data: &Path, master: &MasterKey) -> Vec<(Uuid, Vec<u8>)> {
+        let store = KeyStore::open(data, master).unwrap();
+        let customers: Vec<Uuid> = (0..20).map(|i| customer_in(i * 13)).collect();
+        let keys = store.ensure(&customers).unwrap();
+        store.erase(&[customers[0]]).unwrap();
+        customers
+            .iter()
+            .zip(keys)
+            .skip(1)
+            .map(|(customer, key)| (*customer, key.seal(customer.as_bytes(), b"Ann Lee")))
+            .collect()
+    }
+
+    fn assert_same_keys(store: &KeyStore, sealed: &[(Uuid, Vec<u8>)], token: [u8; 16]) {
+        assert_eq!(store.counts(), (sealed.len(), 1));
+        for (customer, value) in sealed {
+            let key = store.data_key(*customer).unwrap();
+            assert_eq!(key.open(customer.as_bytes(), value).unwrap(), b"Ann Lee");
+        }
+        assert_eq!(store.lookup_token(LookupKind::Phone, "+15550100"), token);
+    }
+
+    fn token(data: &Path, master: &MasterKey) -> [u8; 16] {
+        KeyStore::open(data, master)
+            .unwrap()
+            .lookup_token(LookupKind::Phone, "+15550100")
+    }
+
+    #[test]
+    fn rotation_rewraps_everything_and_keeps_data_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (MasterKey::generate(), MasterKey::generate());
+        let sealed = populated(dir.path(), &old);
+        let token = token(dir.path(), &old);
+        let before = snapshot(dir.path());
+        rotate_master_key(dir.path(), &old, &new).unwrap();
+        assert!(matches!(
+            KeyStore::open(dir.path(), &old),
+            Err(KeyError::WrongMasterKey { .. })
+        ));
+        let store = KeyStore::open(dir.path(), &new).unwrap();
+        assert_same_keys(&store, &sealed, token);
+        drop(store);
+        let after = snapshot(dir.path());
+        assert_eq!(
+            before.keys().collect::<Vec<_>>(),
+            after.keys().collect::<Vec<_>>(),
+            "no rotation directory left, no file missing"
+        );
+        for (path, bytes) in &after {
+            if path.ends_with(LOCK_FILE) || dir.path().join(path).is_dir() {
+                continue;
+            }
+            // A shard of tombstones only has nothing to re-wrap.
+            let has_keys = parse_shard(&before[path], path).map_or(true, |(records, _)| {
+                records.iter().any(|r| matches!(r, Record::Key { .. }))
+            });
+            if !has_keys {
+                continue;
+            }
+            assert_ne!(&before[path], bytes, "{} re-wrapped", path.display());
+        }
+        // Rotating with the old key again is refused and changes nothing.
+        assert!(matches!(
+            rotate_master_key(dir.path(), &old, &new),
+            Err(KeyError::WrongMasterKey { .. })
+        ));
+        assert_eq!(snapshot(dir.path()), after);
+    }
+
+    #[test]
+    fn rotation_crash_before_commit_keeps_the_old_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (MasterKey::generate(), MasterKey::generate());
+        let sealed = populated(dir.path(), &old);
+        let token = token(dir.path(), &old);
+        let store = KeyStore::open(dir.path(), &old).unwrap();
+        store.stage_rotation(&new).unwrap();
+        // Also a half-written staging file.
+        std::fs::write(
+            dir.path().join(KEYS_DIR).join(STAGING_DIR).join("shard-ff"),
+            b"\xA7\x10",
+        )
+        .unwrap();
+        drop(store);
+        let staged = snapshot(dir.path());
+        assert!(matches!(
+            KeyStore::open(dir.path(), &new),
+            Err(KeyError::WrongMasterKey { .. })
+        ));
+        assert_eq!(snapshot(dir.path()), staged);
+        let store = KeyStore::open(dir.path(), &old).unwrap();
+        assert_same_keys(&store, &sealed, token);
+        assert!(
+            !dir.path().join(KEYS_DIR).join(STAGING_DIR).exists(),
+            "dropped"
+        );
+    }
+
+    #[test]
+    fn rotation_crash_after_commit_is_finished_by_open_with_the_new_key() {
+        for moved_header in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (old, new) = (MasterKey::generate(), MasterKey::generate());
+            let sealed = populated(dir.path(), &old);
+            let token = token(dir.path(), &old);
+            let store = KeyStore::open(dir.path(), &old).unwrap();
+            store.stage_rotation(&new).unwrap();
+            commit_rotation(&store.dir).unwrap();
+            let keys = store.dir.clone();
+            drop(store);
+            // Part of the moves done: one shard, and (second round) the header too.
+            let ready = keys.join(READY_DIR);
+            let shard = std::fs::read_dir(&ready)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .find(|name| name != HEADER_FILE)
+                .unwrap();
+            std::fs::rename(ready.join(&shard), keys.join(&shard)).unwrap();
+            if moved_header {
+                std::fs::rename(ready.join(HEADER_FILE), keys.join(HEADER_FILE)).unwrap();
+            }
+            assert!(KeyStore::exists(dir.path()));
+            let crashed = snapshot(dir.path());
+            assert!(matches!(
+                KeyStore::open(dir.path(), &old),
+                Err(KeyError::WrongMasterKey { .. })
+            ));
+            assert_eq!(snapshot(dir.path()), crashed);
+            let store = KeyStore::open(dir.path(), &new).unwrap();
+            assert_same_keys(&store, &sealed, token);
+            assert!(!ready.exists(), "rotation finished");
+            drop(store);
+            let store = KeyStore::open(dir.path(), &new).unwrap();
+            assert_same_keys(&store, &sealed, token);
+        }
+    }
+}
