@@ -988,6 +988,10 @@ mod tests {
             KeyStore::open(dir.path(), &master),
             Err(KeyError::Locked(_))
         ));
+        assert!(matches!(
+            rotate_master_key(dir.path(), &master, &MasterKey::generate()),
+            Err(KeyError::Locked(_))
+        ));
         drop(store);
 
         let store = KeyStore::open(dir.path(), &master).unwrap();
@@ -1006,6 +1010,13 @@ mod tests {
         let (records, intact) = parse_shard(&std::fs::read(&path).unwrap(), &path).unwrap();
         assert_eq!(records.len(), 3);
         assert_eq!(intact as u64, std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn key_store_is_shareable_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<KeyStore>();
+        shareable::<DataKey>();
     }
 
     #[test]
