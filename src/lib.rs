@@ -6,6 +6,8 @@
 //! - [`clock`]: the injected clock; only the edge and the log's writer read it.
 //! - [`log`]: the event log on sled: group-commit writer, chunked storage, hash chain,
 //!   reads, offline verify. Knows nothing of the CRM.
+//! - [`keys`]: per-customer data keys under a master key, sealing of personal fields,
+//!   lookup tokens, and erasure by deleting the key (crypto-shredding). Not in sled.
 //! - [`domain`]: CRM event types, their rules and versioned encoding. Pure: no I/O, no
 //!   proto, no clock.
 //! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod domain;
 pub mod grpc;
+pub mod keys;
 pub mod limits;
 pub mod loadgen;
 pub mod log;

@@ -127,3 +127,7 @@ pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 3_000;
 /// in milliseconds: sled's background threads let go of a just-closed directory's lock
 /// a few milliseconds late.
 pub const REOPEN_WAIT_MS_MAX: u64 = 2_000;
+
+/// Size of a master key file read at most, in bytes. A key file is 64 hex characters and
+/// a newline; a bigger file is a wrong path, and is not read into memory whole.
+pub const MASTER_KEY_FILE_BYTES_MAX: usize = 1_024;
