@@ -25,3 +25,4 @@ pub mod keys;
 pub mod limits;
 pub mod loadgen;
 pub mod log;
+pub mod privacy;

@@ -36,7 +36,9 @@ pub enum PrivacyError {
     #[error("customer {0} was erased; personal data cannot be recorded for them")]
     Erased(Uuid),
     /// An event with personal data in a stream that is not its owner's.
-    #[error("{field}: personal data of customer {owner} can only be written to stream customer-{owner}")]
+    #[error(
+        "{field}: personal data of customer {owner} can only be written to stream customer-{owner}"
+    )]
     WrongStream {
         /// Field path.
         field: String,
@@ -78,7 +80,10 @@ impl Privacy {
 
     /// Seals every clear personal part of `events`, each bound for `(stream, event id)`.
     /// Missing keys are created durably first, in one key-store write for the batch.
-    pub fn seal_events(&self, events: &mut [(&str, Uuid, &mut DomainEvent)]) -> Result<(), PrivacyError> {
+    pub fn seal_events(
+        &self,
+        events: &mut [(&str, Uuid, &mut DomainEvent)],
+    ) -> Result<(), PrivacyError> {
         let mut owners: Vec<Uuid> = events
             .iter_mut()
             .filter(|(_, _, event)| event.has_personal_parts())
@@ -108,26 +113,40 @@ impl Privacy {
             }
             let index = owners.binary_search(&owner).expect("owner collected above");
             let key = &keys[index];
-            event.seal(&mut |field, plain| key.seal(&associated_data(stream, *event_id, field), plain));
+            event.seal(&mut |field, plain| {
+                key.seal(&associated_data(stream, *event_id, field), plain)
+            });
         }
         Ok(())
     }
 
     /// Opens the personal parts of a decoded event read from `stream` with id `event_id`.
-    pub fn open_event(&self, stream: &str, event_id: Uuid, event: &mut DomainEvent) -> PersonalState {
+    pub fn open_event(
+        &self,
+        stream: &str,
+        event_id: Uuid,
+        event: &mut DomainEvent,
+    ) -> PersonalState {
         if !event.has_personal_parts() {
             return PersonalState::None;
         }
-        let key = event.personal_owner().and_then(|owner| self.keys.data_key(owner));
+        let key = event
+            .personal_owner()
+            .and_then(|owner| self.keys.data_key(owner));
         let mut erased = false;
         event.open(&mut |field, sealed| {
-            let opened = key
-                .as_ref()
-                .and_then(|key| key.open(&associated_data(stream, event_id, field), sealed).ok());
+            let opened = key.as_ref().and_then(|key| {
+                key.open(&associated_data(stream, event_id, field), sealed)
+                    .ok()
+            });
             erased |= opened.is_none();
             opened
         });
-        if erased { PersonalState::Erased } else { PersonalState::Clear }
+        if erased {
+            PersonalState::Erased
+        } else {
+            PersonalState::Clear
+        }
     }
 
     /// Opens a sealed part held by a read model.

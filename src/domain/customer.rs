@@ -339,7 +339,11 @@ pub fn register(
 
 /// A fact about a live customer (preference, consent, tag, custom field, interaction,
 /// feedback, contact change): recorded as given once the customer is live.
-pub fn record(state: &Customer, id: Uuid, event: DomainEvent) -> Result<Vec<DomainEvent>, RuleError> {
+pub fn record(
+    state: &Customer,
+    id: Uuid,
+    event: DomainEvent,
+) -> Result<Vec<DomainEvent>, RuleError> {
     state.ensure_live(id)?;
     if let DomainEvent::ContactDetailsChanged(change) = &event
         && let Personal::Clear(details) = &change.details
@@ -525,7 +529,10 @@ mod tests {
         let DomainEvent::CustomerRegistered(again) = registered(ADA, "x@example.com") else {
             unreachable!()
         };
-        assert_eq!(register(&state, again), Err(RuleError::AlreadyRegistered(ADA)));
+        assert_eq!(
+            register(&state, again),
+            Err(RuleError::AlreadyRegistered(ADA))
+        );
     }
 
     #[test]
@@ -556,7 +563,10 @@ mod tests {
             Ok(())
         );
         let mine = BTreeMap::from([(wanted[0].clone(), ADA)]);
-        assert_eq!(check_identifiers(ADA, &wanted, &mine, &BTreeSet::new()), Ok(()));
+        assert_eq!(
+            check_identifiers(ADA, &wanted, &mine, &BTreeSet::new()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -572,7 +582,10 @@ mod tests {
         );
         let mut erased = given(vec![registered(ADA, "a@b.c")]);
         erased.erased = true;
-        assert_eq!(record(&erased, ADA, tag.clone()), Err(RuleError::Erased(ADA)));
+        assert_eq!(
+            record(&erased, ADA, tag.clone()),
+            Err(RuleError::Erased(ADA))
+        );
         let live = given(vec![registered(ADA, "a@b.c")]);
         assert_eq!(record(&live, ADA, tag.clone()), Ok(vec![tag]));
     }

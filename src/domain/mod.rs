@@ -4,6 +4,7 @@
 //! versioned encoding the log stores.
 
 pub mod common;
+pub mod customer;
 pub mod events;
 pub mod personal;
 pub mod profile;

@@ -21,6 +21,7 @@ use crate::domain::personal::Personal;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits::CUSTOM_DATA_DEPTH_MAX;
 use crate::log::LoggedEvent;
+use crate::privacy::{PersonalState, Privacy};
 
 /// Earliest and latest instants a timestamp may carry (0001-01-01 .. 9999-12-31, as
 /// in `google.protobuf.Timestamp`), in seconds since the Unix epoch.
@@ -953,13 +954,26 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
     pb::Event { kind: Some(kind) }
 }
 
-/// Converts a logged event into the wire `RecordedEvent`, decoding its body.
-pub fn recorded_event(logged: LoggedEvent) -> Result<pb::RecordedEvent, tonic::Status> {
+/// Converts a logged event into the wire `RecordedEvent`, decoding its body and
+/// opening its personal parts with `privacy` (without it, or without the customer's
+/// key, they come out empty and marked erased).
+pub fn recorded_event(
+    logged: LoggedEvent,
+    privacy: Option<&Privacy>,
+) -> Result<pb::RecordedEvent, tonic::Status> {
     let LoggedEvent { event, hash } = logged;
-    let body = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
+    let mut body = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
         .map_err(|e| {
             tonic::Status::internal(format!("event at position {}: {e}", event.position))
         })?;
+    let personal = match privacy {
+        Some(privacy) => privacy.open_event(&event.stream, event.id(), &mut body),
+        None if body.has_personal_parts() => {
+            body.open(&mut |_, _| None);
+            PersonalState::Erased
+        }
+        None => PersonalState::None,
+    };
     Ok(pb::RecordedEvent {
         position: event.position,
         stream: event.stream,
@@ -976,7 +990,11 @@ pub fn recorded_event(logged: LoggedEvent) -> Result<pb::RecordedEvent, tonic::S
         actor: event.actor,
         source_channel: event.source_channel,
         schema_version: u32::from(event.schema_version),
-        personal_data: pb::PersonalData::Unspecified as i32,
+        personal_data: match personal {
+            PersonalState::None => pb::PersonalData::Unspecified,
+            PersonalState::Clear => pb::PersonalData::Clear,
+            PersonalState::Erased => pb::PersonalData::Erased,
+        } as i32,
     })
 }
 

@@ -13,33 +13,108 @@ use uuid::Uuid;
 use super::convert::{event_from_proto, recorded_event, timestamp_to_us};
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
-use crate::domain::Violations;
+use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
     ExpectedRevision, Log, LoggedEvent, Page, ProposedEvent, ReadFilter, StreamAppend, StreamName,
 };
+use crate::privacy::{Privacy, PrivacyError};
 
 /// The EventStore service over one log.
 #[derive(Clone)]
 pub struct EventStoreService {
     log: Log,
+    privacy: Privacy,
     subscriptions: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl EventStoreService {
-    /// A service over `log`; subscriptions end when `shutdown` turns true.
-    pub fn new(log: Log, shutdown: watch::Receiver<bool>) -> Self {
+    /// A service over `log`, sealing and opening personal data with `privacy`;
+    /// subscriptions end when `shutdown` turns true.
+    pub fn new(log: Log, privacy: Privacy, shutdown: watch::Receiver<bool>) -> Self {
         Self {
             log,
+            privacy,
             subscriptions: Arc::new(Semaphore::new(limits::SUBSCRIPTIONS_MAX)),
             shutdown,
         }
     }
 }
 
-/// Validates and converts an `AppendRequest` into a log append.
-pub fn append_from_proto(request: pb::AppendRequest) -> Result<StreamAppend, Status> {
+/// A validated append whose events with personal data still need sealing (their
+/// payloads are empty until [`PendingAppend::seal`]).
+pub struct PendingAppend {
+    append: StreamAppend,
+    personal: Vec<(usize, DomainEvent)>,
+}
+
+impl PendingAppend {
+    /// True when some event carries personal data (sealing may create a key: blocking).
+    pub fn needs_sealing(&self) -> bool {
+        !self.personal.is_empty()
+    }
+
+    /// Seals personal parts with the owner's key, bound to the stream and the event id
+    /// (assigned here when the client gave none), and encodes them.
+    pub fn seal(self, privacy: &Privacy) -> Result<StreamAppend, Status> {
+        let Self {
+            mut append,
+            mut personal,
+        } = self;
+        if personal.is_empty() {
+            return Ok(append);
+        }
+        let stream = append.stream.as_str().to_owned();
+        for (index, _) in &personal {
+            append.events[*index]
+                .event_id
+                .get_or_insert_with(Uuid::now_v7);
+        }
+        {
+            let mut refs: Vec<(&str, Uuid, &mut DomainEvent)> = personal
+                .iter_mut()
+                .map(|(index, event)| {
+                    let id = append.events[*index].event_id.expect("assigned above");
+                    (stream.as_str(), id, event)
+                })
+                .collect();
+            privacy.seal_events(&mut refs).map_err(|error| match error {
+                PrivacyError::WrongStream { owner, .. } => invalid_field(
+                    "stream",
+                    format!(
+                        "events with personal data of customer {owner} belong in stream customer-{owner}"
+                    ),
+                ),
+                other => other.into(),
+            })?;
+        }
+        let mut v = Violations::new("");
+        for (index, event) in personal {
+            let payload = match event.encode() {
+                Ok(payload) => payload,
+                Err(error) => return Err(Status::internal(error.to_string())),
+            };
+            if payload.len() > limits::PAYLOAD_BYTES_MAX {
+                v.add(
+                    &format!("events[{index}].event"),
+                    format!(
+                        "encoded payload is {} bytes; the limit is {}",
+                        payload.len(),
+                        limits::PAYLOAD_BYTES_MAX
+                    ),
+                );
+            }
+            append.events[index].payload = payload;
+        }
+        v.into_result().map_err(invalid_argument)?;
+        Ok(append)
+    }
+}
+
+/// Validates and converts an `AppendRequest` into a log append (personal data not yet
+/// sealed).
+pub fn append_from_proto(request: pb::AppendRequest) -> Result<PendingAppend, Status> {
     let pb::AppendRequest {
         stream,
         expected,
@@ -73,17 +148,24 @@ pub fn append_from_proto(request: pb::AppendRequest) -> Result<StreamAppend, Sta
         Some(pb::append_request::Expected::Exact(revision)) => ExpectedRevision::Exact(revision),
     };
     let mut proposed = Vec::with_capacity(events.len());
+    let mut personal = Vec::new();
     let mut seen_ids = std::collections::HashSet::with_capacity(events.len());
     for (index, event) in events.into_iter().enumerate() {
-        if let Some(p) = proposed_from_proto(index, event, &mut v, &mut seen_ids) {
+        if let Some((p, unsealed)) = proposed_from_proto(index, event, &mut v, &mut seen_ids) {
+            if let Some(event) = unsealed {
+                personal.push((proposed.len(), event));
+            }
             proposed.push(p);
         }
     }
     match (stream, v.is_empty()) {
-        (Some(stream), true) => Ok(StreamAppend {
-            stream,
-            expected,
-            events: proposed,
+        (Some(stream), true) => Ok(PendingAppend {
+            append: StreamAppend {
+                stream,
+                expected,
+                events: proposed,
+            },
+            personal,
         }),
         _ => Err(invalid_argument(v.into_vec())),
     }
@@ -94,7 +176,7 @@ fn proposed_from_proto(
     event: pb::ProposedEvent,
     v: &mut Violations,
     seen_ids: &mut std::collections::HashSet<Uuid>,
-) -> Option<ProposedEvent> {
+) -> Option<(ProposedEvent, Option<DomainEvent>)> {
     let pb::ProposedEvent {
         event_id,
         event,
@@ -189,6 +271,24 @@ fn proposed_from_proto(
     for violation in converted {
         v.add(&violation.field, violation.description);
     }
+    if domain.has_personal_parts() {
+        // Sealed (and size-checked) once the event id is known.
+        return Some((
+            ProposedEvent {
+                event_id,
+                event_type: domain.event_type().to_owned(),
+                schema_version: domain.schema_version(),
+                payload: Vec::new(),
+                occurred_at_us,
+                metadata: metadata.into_iter().collect(),
+                correlation_id,
+                causation_id,
+                actor,
+                source_channel,
+            },
+            Some(domain),
+        ));
+    }
     let payload = match domain.encode() {
         Ok(payload) => payload,
         Err(error) => {
@@ -206,18 +306,21 @@ fn proposed_from_proto(
             ),
         );
     }
-    Some(ProposedEvent {
-        event_id,
-        event_type: domain.event_type().to_owned(),
-        schema_version: domain.schema_version(),
-        payload,
-        occurred_at_us,
-        metadata: metadata.into_iter().collect(),
-        correlation_id,
-        causation_id,
-        actor,
-        source_channel,
-    })
+    Some((
+        ProposedEvent {
+            event_id,
+            event_type: domain.event_type().to_owned(),
+            schema_version: domain.schema_version(),
+            payload,
+            occurred_at_us,
+            metadata: metadata.into_iter().collect(),
+            correlation_id,
+            causation_id,
+            actor,
+            source_channel,
+        },
+        None,
+    ))
 }
 
 /// Validates a filter and converts it.
@@ -251,11 +354,11 @@ pub fn page_size(max_count: u32) -> usize {
     }
 }
 
-fn page_to_proto(page: Page) -> Result<pb::ReadResponse, Status> {
+fn page_to_proto(page: Page, privacy: &Privacy) -> Result<pb::ReadResponse, Status> {
     let events = page
         .events
         .into_iter()
-        .map(recorded_event)
+        .map(|logged| recorded_event(logged, Some(privacy)))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(pb::ReadResponse {
         events,
@@ -280,7 +383,16 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let append = append_from_proto(request.into_inner())?;
+        let pending = append_from_proto(request.into_inner())?;
+        let append = if pending.needs_sealing() {
+            // Sealing may create the customer's key, which is written durably first.
+            let privacy = self.privacy.clone();
+            tokio::task::spawn_blocking(move || pending.seal(&privacy))
+                .await
+                .map_err(|e| Status::internal(format!("sealing task failed: {e}")))??
+        } else {
+            pending.seal(&self.privacy)?
+        };
         let outcome = self.log.append(append).await?;
         Ok(Response::new(pb::AppendResponse {
             first_position: outcome.first_position,
@@ -302,15 +414,14 @@ impl pb::event_store_server::EventStore for EventStoreService {
         let stream =
             StreamName::parse(&stream).map_err(|e| invalid_field("stream", e.to_string()))?;
         let log = self.log.clone();
+        let privacy = self.privacy.clone();
         // Reading and converting a page (up to 1000 events) is blocking CPU work: both run
         // off the async workers.
         let page = blocking(move || {
-            page_to_proto(log.read_stream(
-                &stream,
-                from_revision,
-                backwards,
-                page_size(max_count),
-            )?)
+            page_to_proto(
+                log.read_stream(&stream, from_revision, backwards, page_size(max_count))?,
+                &privacy,
+            )
         })
         .await?;
         Ok(Response::new(page))
@@ -328,8 +439,12 @@ impl pb::event_store_server::EventStore for EventStoreService {
         } = request.into_inner();
         let filter = filter_from_proto(filter)?;
         let log = self.log.clone();
+        let privacy = self.privacy.clone();
         let page = blocking(move || {
-            page_to_proto(log.read_all(from_position, backwards, page_size(max_count), &filter)?)
+            page_to_proto(
+                log.read_all(from_position, backwards, page_size(max_count), &filter)?,
+                &privacy,
+            )
         })
         .await?;
         Ok(Response::new(page))
@@ -358,10 +473,11 @@ impl pb::event_store_server::EventStore for EventStoreService {
             })?;
         let (sender, receiver) = mpsc::channel(limits::SUBSCRIPTION_BUFFER_EVENTS);
         let log = self.log.clone();
+        let privacy = self.privacy.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            follow(log, after_position, filter, sender, shutdown).await;
+            follow(log, privacy, after_position, filter, sender, shutdown).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
@@ -380,6 +496,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
 /// writer to publish a new head. Ends when the subscriber goes away or on shutdown.
 async fn follow(
     log: Log,
+    privacy: Privacy,
     after_position: u64,
     filter: ReadFilter,
     sender: mpsc::Sender<Result<pb::RecordedEvent, Status>>,
@@ -419,7 +536,7 @@ async fn follow(
             };
             cursor = page.next_cursor;
             for logged in page.events {
-                if !send(&sender, logged, &mut shutdown).await {
+                if !send(&sender, logged, &privacy, &mut shutdown).await {
                     return;
                 }
             }
@@ -438,9 +555,10 @@ async fn follow(
 async fn send(
     sender: &mpsc::Sender<Result<pb::RecordedEvent, Status>>,
     logged: LoggedEvent,
+    privacy: &Privacy,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
-    let item = recorded_event(logged);
+    let item = recorded_event(logged, Some(privacy));
     let failed = item.is_err();
     tokio::select! {
         sent = sender.send(item) => sent.is_ok() && !failed,

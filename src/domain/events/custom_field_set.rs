@@ -75,6 +75,10 @@ impl TypedEvent for CustomFieldSet {
         Some(self.customer_id)
     }
 
+    fn has_personal(&self) -> bool {
+        matches!(self.value, CustomFieldValue::Personal(_))
+    }
+
     fn personal_fields(&mut self, visit: &mut dyn FnMut(&'static str, &mut dyn PersonalField)) {
         if let CustomFieldValue::Personal(personal) = &mut self.value {
             visit("value", personal);

@@ -82,6 +82,11 @@ pub trait TypedEvent: Serialize + DeserializeOwned + Sized {
         None
     }
 
+    /// True when this event carries personal parts (by default: when it has an owner).
+    fn has_personal(&self) -> bool {
+        self.personal_owner().is_some()
+    }
+
     /// Visits every personal part with its field name (the name is bound into the
     /// sealing, so parts cannot be swapped). Events without personal data visit none.
     fn personal_fields(&mut self, _visit: &mut dyn FnMut(&'static str, &mut dyn PersonalField)) {}
@@ -198,11 +203,12 @@ macro_rules! domain_events {
                 }
             }
 
-            /// True when the event type can carry personal data.
-            pub fn has_personal_parts(&mut self) -> bool {
-                let mut any = false;
-                self.visit_personal(&mut |_, _| any = true);
-                any
+            /// True when the event carries personal parts.
+            pub fn has_personal_parts(&self) -> bool {
+                match self {
+                    Self::Custom(_) => false,
+                    $(Self::$variant(event) => event.has_personal(),)*
+                }
             }
 
             fn visit_personal(&mut self, visit: &mut dyn FnMut(&'static str, &mut dyn PersonalField)) {
