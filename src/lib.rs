@@ -8,6 +8,9 @@
 //!   reads, offline verify. Knows nothing of the CRM.
 //! - [`domain`]: CRM event types, their rules and versioned encoding. Pure: no I/O, no
 //!   proto, no clock.
+//! - [`projections`]: the projection engine: deterministic folds of the log into their
+//!   own sled trees, checkpointed atomically with their state, followed live, rebuilt
+//!   into a shadow generation without downtime; and the built-in `log_stats`.
 //! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
 //!   one error → status table, server assembly with health and reflection.
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
@@ -22,3 +25,4 @@ pub mod grpc;
 pub mod limits;
 pub mod loadgen;
 pub mod log;
+pub mod projections;
