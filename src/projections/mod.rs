@@ -29,6 +29,8 @@
 pub mod engine;
 pub mod log_stats;
 pub mod runner;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
