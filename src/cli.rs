@@ -21,15 +21,40 @@ pub async fn serve(data_dir: PathBuf, listen: std::net::SocketAddr) -> Result<()
     let dir = data_dir.clone();
     let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(dir))).await??;
     let head = log.head();
+    let started = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::projections::Projections::start(log, crate::projections::builtin())
+        })
+        .await?
+    };
+    let projections = match started {
+        Ok(projections) => projections,
+        Err(error) => {
+            tokio::task::spawn_blocking(move || log.shutdown()).await?;
+            return Err(error.into());
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         data_dir = %data_dir.display(),
         head_position = head.position,
-        "rapport serving (gRPC EventStore, health, reflection)"
+        "rapport serving (gRPC EventStore, Admin, health, reflection)"
     );
-    crate::grpc::serve_log(log.clone(), listener, shutdown_signal()).await?;
-    tokio::task::spawn_blocking(move || log.shutdown()).await?;
+    let served = crate::grpc::serve_log(
+        log.clone(),
+        projections.clone(),
+        listener,
+        shutdown_signal(),
+    )
+    .await;
+    tokio::task::spawn_blocking(move || {
+        projections.shutdown();
+        log.shutdown();
+    })
+    .await?;
+    served?;
     tracing::info!("stopped; the log is flushed");
     Ok(())
 }

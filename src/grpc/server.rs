@@ -1,6 +1,6 @@
-//! Server assembly: the EventStore service, health, reflection, message limits, and
-//! graceful shutdown (subscriptions end, in-flight requests finish, the writer drains
-//! and flushes).
+//! Server assembly: the EventStore and Admin services, health, reflection, message
+//! limits, and graceful shutdown (subscriptions end, in-flight requests finish, the
+//! projection runners stop, the writer drains and flushes).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,10 +12,12 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
 
+use super::admin::AdminService;
 use super::event_store::EventStoreService;
 use super::pb;
 use crate::limits;
 use crate::log::{Log, LogConfig, LogError};
+use crate::projections::{self, ProjectionError, Projections};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,9 @@ pub enum ServeError {
     /// The listen socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The projections could not start.
+    #[error("projections: {0}")]
+    Projections(#[from] ProjectionError),
     /// Reflection could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -59,10 +64,12 @@ fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::R
     response
 }
 
-/// Serves the log on `listener` until `shutdown` completes, then drains: open
-/// subscriptions end, in-flight requests finish, and the caller shuts the log down.
+/// Serves the log and its projections on `listener` until `shutdown` completes, then
+/// drains: open subscriptions and progress streams end, in-flight requests finish, and
+/// the caller shuts the projections and then the log down.
 pub async fn serve_log(
     log: Log,
+    projections: Projections,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -71,10 +78,17 @@ pub async fn serve_log(
         pb::event_store_server::EventStoreServer::new(EventStoreService::new(log.clone(), stop_rx))
             .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    let admin =
+        pb::admin_server::AdminServer::new(AdminService::new(projections, stop_tx.subscribe()))
+            .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::event_store_server::EventStoreServer<EventStoreService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -129,6 +143,7 @@ pub async fn serve_log(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(event_store)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {
         served = server => served?,
@@ -148,6 +163,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The log it serves.
     pub log: Log,
+    /// The projections it runs over the log.
+    pub projections: Projections,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
@@ -158,7 +175,8 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving, waits for the drain, then shuts the log down (writer drained, flushed).
+    /// Stops serving, waits for the drain, stops the projection runners, then shuts the
+    /// log down (writer drained, flushed).
     pub async fn stop(mut self) -> Result<(), ServeError> {
         self.stop_inner().await
     }
@@ -171,6 +189,9 @@ impl RunningServer {
             Some(task) => task.await.unwrap_or(Ok(())),
             None => Ok(()),
         };
+        // Projections first: their runners read the log until they stop.
+        let projections = self.projections.clone();
+        let _ = tokio::task::spawn_blocking(move || projections.shutdown()).await;
         let log = self.log.clone();
         let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
         // Subscription tasks and blocking reads hold handles to the log; they end on the
@@ -213,12 +234,38 @@ pub async fn start_with(
             other => break other?,
         }
     };
-    let listener = TcpListener::bind(listen).await?;
+    let started = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || Projections::start(log, projections::builtin()))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("projection start task failed: {e}")))?
+    };
+    let projections = match started {
+        Ok(projections) => projections,
+        Err(error) => {
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
+            return Err(error.into());
+        }
+    };
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            let (log, running) = (log.clone(), projections.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                running.shutdown();
+                log.shutdown();
+            })
+            .await;
+            return Err(error.into());
+        }
+    };
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = log.clone();
+    let running = projections.clone();
     let task = tokio::spawn(async move {
-        serve_log(served, listener, async move {
+        serve_log(served, running, listener, async move {
             let _ = stop_rx.await;
         })
         .await
@@ -226,6 +273,7 @@ pub async fn start_with(
     Ok(RunningServer {
         addr,
         log,
+        projections,
         stop: Some(stop_tx),
         task: Some(task),
     })
