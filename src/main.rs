@@ -53,6 +53,20 @@ enum Command {
         #[arg(long = "type")]
         event_types: Vec<String>,
     },
+    /// Rebuild projections into a new generation: offline over a stopped server's data
+    /// directory (--data-dir), or online through a running server's Admin service
+    /// (--server), with a progress bar.
+    Rebuild {
+        /// Data directory of a stopped server: rebuild offline.
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        data_dir: Option<PathBuf>,
+        /// URL of a running server: rebuild online, without downtime.
+        #[arg(long)]
+        server: Option<String>,
+        /// Only this projection (default: all).
+        #[arg(long)]
+        projection: Option<String>,
+    },
     /// Benchmarks and load generation (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -162,6 +176,16 @@ fn main() -> ExitCode {
             } => rapport::cli::tail(server, after, follow, stream_prefixes, event_types)
                 .await
                 .map(|()| true),
+            Command::Rebuild {
+                data_dir,
+                server,
+                projection,
+            } => match (data_dir, server) {
+                (Some(data_dir), _) => rapport::cli::rebuild_offline(data_dir, projection).await,
+                (None, Some(server)) => rapport::cli::rebuild_online(server, projection).await,
+                (None, None) => Err("give --data-dir or --server".into()),
+            }
+            .map(|()| true),
             Command::Bench { bench } => match bench {
                 Bench::Append {
                     server,
