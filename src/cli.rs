@@ -15,21 +15,53 @@ use crate::log::{ExpectedRevision, Log, LogConfig, StreamAppend, StreamName, ver
 /// Boxed error for command results.
 pub type CliError = Box<dyn std::error::Error + Send + Sync>;
 
-/// `rapport serve`: opens the log and serves it until SIGINT/SIGTERM, then drains the
-/// writer and flushes.
-pub async fn serve(data_dir: PathBuf, listen: std::net::SocketAddr) -> Result<(), CliError> {
+/// `rapport serve`: opens the key store (refusing a wrong master key before anything is
+/// touched), the log and the projections, and serves them until SIGINT/SIGTERM, then
+/// drains the writer and flushes.
+pub async fn serve(
+    data_dir: PathBuf,
+    listen: std::net::SocketAddr,
+    master_key_file: Option<PathBuf>,
+) -> Result<(), CliError> {
+    let keys = crate::grpc::server::open_keys(data_dir.clone(), master_key_file).await?;
     let dir = data_dir.clone();
     let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(dir))).await??;
     let head = log.head();
+    let started = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::projections::Projections::start(log, crate::projections::builtin())
+        })
+        .await?
+    };
+    let projections = match started {
+        Ok(projections) => projections,
+        Err(error) => {
+            tokio::task::spawn_blocking(move || log.shutdown()).await?;
+            return Err(error.into());
+        }
+    };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(
         addr = %listener.local_addr()?,
         data_dir = %data_dir.display(),
         head_position = head.position,
-        "rapport serving (gRPC EventStore, health, reflection)"
+        "rapport serving (gRPC EventStore, Customers, Admin, health, reflection)"
     );
-    crate::grpc::serve_log(log.clone(), listener, shutdown_signal()).await?;
-    tokio::task::spawn_blocking(move || log.shutdown()).await?;
+    let served = crate::grpc::serve_log(
+        log.clone(),
+        crate::privacy::Privacy::new(keys),
+        projections.clone(),
+        listener,
+        shutdown_signal(),
+    )
+    .await;
+    tokio::task::spawn_blocking(move || {
+        projections.shutdown();
+        log.shutdown();
+    })
+    .await?;
+    served?;
     tracing::info!("stopped; the log is flushed");
     Ok(())
 }
@@ -336,6 +368,143 @@ pub fn bench_sled(data_dir: &Path, events: u64, batch: u64) -> Result<(), CliErr
     println!(
         "raw sled: {events} inserts of 200 B, {batch} per flush+fdatasync: {rate:.0} inserts/s"
     );
+    Ok(())
+}
+
+fn progress_bar(name: &str, head: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(head);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_owned());
+    bar
+}
+
+fn eta_text(eta_seconds: f64) -> String {
+    if eta_seconds.is_finite() {
+        format!("ETA {:.0} s", eta_seconds.ceil())
+    } else {
+        "ETA -".to_owned()
+    }
+}
+
+/// `rapport rebuild --data-dir`: rebuilds projections offline (the server must be
+/// stopped: the directory's lock says so otherwise), one after the other, each into a
+/// new generation that replaces the old one at the end, with a progress bar.
+pub async fn rebuild_offline(
+    data_dir: PathBuf,
+    projection: Option<String>,
+) -> Result<(), CliError> {
+    let chosen = choose_projections(projection)?;
+    tokio::task::spawn_blocking(move || -> Result<(), CliError> {
+        let log = Log::open(LogConfig::new(&data_dir))?;
+        let result = (|| -> Result<(), CliError> {
+            for projection in chosen {
+                let name = projection.name();
+                let head = log.head().position;
+                let bar = progress_bar(name, head);
+                let start = Instant::now();
+                crate::projections::rebuild_offline(&log, projection, &mut |p| {
+                    bar.set_length(p.head);
+                    bar.set_position(p.position);
+                    bar.set_message(format!(
+                        "{:.0} events/s {}",
+                        p.events_per_second,
+                        eta_text(p.eta_seconds)
+                    ));
+                })?;
+                bar.finish_and_clear();
+                let seconds = start.elapsed().as_secs_f64();
+                println!(
+                    "rebuilt {name}: {head} events in {seconds:.2} s ({:.0} events/s)",
+                    head as f64 / seconds.max(1e-9)
+                );
+            }
+            Ok(())
+        })();
+        log.shutdown();
+        result
+    })
+    .await?
+}
+
+fn choose_projections(
+    projection: Option<String>,
+) -> Result<Vec<std::sync::Arc<dyn crate::projections::Projection>>, CliError> {
+    let all = crate::projections::builtin();
+    match projection {
+        None => Ok(all),
+        Some(name) => {
+            let known: Vec<&str> = all.iter().map(|p| p.name()).collect();
+            let chosen: Vec<_> = all.iter().filter(|p| p.name() == name).cloned().collect();
+            if chosen.is_empty() {
+                return Err(
+                    format!("no projection named {name:?} (known: {})", known.join(", ")).into(),
+                );
+            }
+            Ok(chosen)
+        }
+    }
+}
+
+/// `rapport rebuild --server`: asks a running server to rebuild projections (without
+/// downtime: the old generation serves until the new one has caught up) and shows each
+/// one's progress until it is live again.
+pub async fn rebuild_online(server: String, projection: Option<String>) -> Result<(), CliError> {
+    let mut admin = crate::grpc::pb::admin_client::AdminClient::connect(server).await?;
+    let names = match projection {
+        Some(name) => vec![name],
+        None => admin
+            .list_projections(pb::ListProjectionsRequest {})
+            .await?
+            .into_inner()
+            .projections
+            .into_iter()
+            .map(|p| p.name)
+            .collect(),
+    };
+    for name in names {
+        let start = Instant::now();
+        admin
+            .rebuild_projection(pb::RebuildProjectionRequest { name: name.clone() })
+            .await?;
+        let mut watch = admin
+            .watch_projection(pb::WatchProjectionRequest { name: name.clone() })
+            .await?
+            .into_inner();
+        let bar = progress_bar(&name, 0);
+        let mut last = None;
+        while let Some(status) = watch.next().await {
+            let status = status?;
+            if let Some(pb::projection_status::State::Rebuilding(p)) = &status.state {
+                bar.set_length(p.head);
+                bar.set_position(p.position);
+                bar.set_message(format!(
+                    "{:.0} events/s {}",
+                    p.events_per_second,
+                    eta_text(p.eta_seconds.unwrap_or(f64::INFINITY))
+                ));
+            }
+            last = Some(status);
+        }
+        bar.finish_and_clear();
+        match last.and_then(|s| s.state.map(|state| (s.checkpoint, state))) {
+            Some((checkpoint, pb::projection_status::State::Live(_))) => println!(
+                "rebuilt {name}: live at position {checkpoint} after {:.2} s",
+                start.elapsed().as_secs_f64()
+            ),
+            Some((_, pb::projection_status::State::Failed(failed))) => {
+                return Err(format!(
+                    "{name} failed at position {}: {}",
+                    failed.position, failed.error
+                )
+                .into());
+            }
+            _ => return Err(format!("the progress stream of {name} ended early").into()),
+        }
+    }
     Ok(())
 }
 

@@ -10,6 +10,9 @@
 //!   lookup tokens, and erasure by deleting the key (crypto-shredding). Not in sled.
 //! - [`domain`]: CRM event types, their rules and versioned encoding. Pure: no I/O, no
 //!   proto, no clock.
+//! - [`projections`]: the projection engine: deterministic folds of the log into their
+//!   own sled trees, checkpointed atomically with their state, followed live, rebuilt
+//!   into a shadow generation without downtime; and the built-in `log_stats`.
 //! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
 //!   one error → status table, server assembly with health and reflection.
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
@@ -26,3 +29,4 @@ pub mod limits;
 pub mod loadgen;
 pub mod log;
 pub mod privacy;
+pub mod projections;

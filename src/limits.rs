@@ -131,3 +131,70 @@ pub const REOPEN_WAIT_MS_MAX: u64 = 2_000;
 /// Size of a master key file read at most, in bytes. A key file is 64 hex characters and
 /// a newline; a bigger file is a wrong path, and is not read into memory whole.
 pub const MASTER_KEY_FILE_BYTES_MAX: usize = 1_024;
+/// Wanted events one projection batch applies at most. A batch is one sled `apply_batch`
+/// (state and checkpoint together): large enough that the commit cost is spread over
+/// thousands of events, small enough that its pending writes stay a few MiB.
+pub const PROJECTION_BATCH_EVENTS_MAX: usize = 4_096;
+
+/// Encoded bytes of events (payload, names, metadata) one projection batch holds, about:
+/// bounds a batch's memory when events are large.
+pub const PROJECTION_BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Positions one projection batch examines at most. A projection whose filter matches
+/// few events still commits its checkpoint every this many positions, so a restart never
+/// rescans far and a batch never turns into a full scan of the log.
+pub const PROJECTION_BATCH_SCAN_MAX: u64 = 65_536;
+
+/// Events per log read inside a projection batch (several reads make one batch).
+pub const PROJECTION_READ_PAGE_EVENTS: usize = 1_024;
+
+/// How long a read-your-writes query waits for a projection to apply its `min_position`,
+/// in milliseconds, whatever the caller asks: a request must not hold a server task for
+/// longer than a client would reasonably wait.
+pub const PROJECTION_WAIT_MS_MAX: u64 = 10_000;
+
+/// How long a shutdown waits for the projection runners to finish their batch, in
+/// milliseconds. A batch is bounded, so this is only reached by a stuck fold.
+pub const PROJECTION_SHUTDOWN_MS_MAX: u64 = 5_000;
+
+/// Interval between two progress messages of `WatchProjection`, in milliseconds: often
+/// enough for a progress bar, rare enough to cost nothing.
+pub const PROJECTION_WATCH_INTERVAL_MS: u64 = 200;
+
+/// Progress messages buffered for one `WatchProjection` stream; a client that stops
+/// reading blocks only its own stream.
+pub const PROJECTION_WATCH_BUFFER: usize = 4;
+
+/// Rows of each table `GetLogStats` returns at most (event types, stream categories),
+/// so one reply stays far below the message limit.
+pub const LOG_STATS_ROWS_MAX: usize = 1_000;
+
+/// Events of one customer stream a command or a timeline reads to fold the customer's
+/// state. A customer with more is refused (`RESOURCE_EXHAUSTED`) rather than folded
+/// without bound; real customers have thousands at most.
+pub const CUSTOMER_STREAM_EVENTS_MAX: usize = 1_000_000;
+
+/// Times a customer command is decided again after a concurrent write to one of its
+/// streams, before `ABORTED` asks the client to retry.
+pub const WRITE_RETRIES_MAX: usize = 8;
+
+/// Longest a read waits for its `min_position` when the request carries no deadline,
+/// in milliseconds (a deadline shorter than this bounds the wait instead).
+pub const READ_WAIT_MS_MAX: u64 = 5_000;
+
+/// Categories listed in a profile's purchase summary (most units first).
+pub const TOP_CATEGORIES_MAX: usize = 10;
+
+/// Streams (a survivor and its merged duplicates) folded together for one customer.
+pub const MERGED_STREAMS_MAX: usize = 256;
+
+/// Default page size of customer lists and timelines.
+pub const LIST_PAGE_DEFAULT: usize = 50;
+
+/// Largest page size of customer lists and timelines; larger requests are capped.
+pub const LIST_PAGE_MAX: usize = 500;
+
+/// Profiles one `ListCustomers` call examines before it returns what it has with a page
+/// token: a selective filter pages through the customers instead of scanning them all in
+/// one request.
+pub const LIST_SCAN_MAX: usize = 20_000;

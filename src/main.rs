@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the log over gRPC (EventStore, health, reflection) until SIGINT/SIGTERM.
+    /// Serve the log over gRPC (EventStore, Customers, Admin, health, reflection) until
+    /// SIGINT/SIGTERM.
     Serve {
         /// Data directory (created if missing).
         #[arg(long, env = "RAPPORT_DATA_DIR", default_value = "./rapport-data")]
@@ -28,6 +29,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "RAPPORT_LISTEN", default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Master key file (64 hex characters). Default: `<data dir>.master-key` beside the
+        /// data directory, created on the first start.
+        #[arg(long, env = "RAPPORT_MASTER_KEY_FILE")]
+        master_key_file: Option<PathBuf>,
     },
     /// Offline audit: recompute the hash chain and check every index; exits 1 on a fault.
     Verify {
@@ -52,6 +57,20 @@ enum Command {
         /// Only this event type (repeatable; OR-ed).
         #[arg(long = "type")]
         event_types: Vec<String>,
+    },
+    /// Rebuild projections into a new generation: offline over a stopped server's data
+    /// directory (--data-dir), or online through a running server's Admin service
+    /// (--server), with a progress bar.
+    Rebuild {
+        /// Data directory of a stopped server: rebuild offline.
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        data_dir: Option<PathBuf>,
+        /// URL of a running server: rebuild online, without downtime.
+        #[arg(long)]
+        server: Option<String>,
+        /// Only this projection (default: all).
+        #[arg(long)]
+        projection: Option<String>,
     },
     /// Benchmarks and load generation (see BENCHMARKS.md).
     Bench {
@@ -149,9 +168,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { data_dir, listen } => {
-                rapport::cli::serve(data_dir, listen).await.map(|()| true)
-            }
+            Command::Serve {
+                data_dir,
+                listen,
+                master_key_file,
+            } => rapport::cli::serve(data_dir, listen, master_key_file)
+                .await
+                .map(|()| true),
             Command::Verify { data_dir } => rapport::cli::verify(&data_dir),
             Command::Tail {
                 server,
@@ -162,6 +185,16 @@ fn main() -> ExitCode {
             } => rapport::cli::tail(server, after, follow, stream_prefixes, event_types)
                 .await
                 .map(|()| true),
+            Command::Rebuild {
+                data_dir,
+                server,
+                projection,
+            } => match (data_dir, server) {
+                (Some(data_dir), _) => rapport::cli::rebuild_offline(data_dir, projection).await,
+                (None, Some(server)) => rapport::cli::rebuild_online(server, projection).await,
+                (None, None) => Err("give --data-dir or --server".into()),
+            }
+            .map(|()| true),
             Command::Bench { bench } => match bench {
                 Bench::Append {
                     server,

@@ -19,10 +19,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use super::convert::{
-    address_from, address_to, channel_from, channel_to, consent_purpose_from,
-    consent_purpose_to, direction_from, direction_to, feedback_metric_from, field_value_from,
-    field_value_to, kind_from, kind_to, recorded_event, timestamp_from_us, timestamp_to_us,
-    uuid_field,
+    address_from, address_to, channel_from, channel_to, consent_purpose_from, consent_purpose_to,
+    direction_from, direction_to, feedback_metric_from, field_value_from, field_value_to,
+    kind_from, kind_to, recorded_event, timestamp_from_us, timestamp_to_us, uuid_field,
 };
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
@@ -37,7 +36,7 @@ use crate::domain::events::{
 };
 use crate::domain::personal::Personal;
 use crate::domain::profile::{
-    self, ContactLike, Envelope, Profile, ProfileStatus, StoredField, customer_stream,
+    self, Envelope, Profile, ProfileStatus, StoredField, customer_stream,
 };
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
@@ -45,8 +44,8 @@ use crate::log::{
     AppendError, ExpectedRevision, Log, LoggedEvent, ProposedEvent, StreamAppend, StreamName,
 };
 use crate::privacy::{PersonalState, Privacy};
+use crate::projections::Projections;
 use crate::projections::customers as read_model;
-use crate::projections::{ProjectionError, Projections};
 
 /// The Customers service.
 #[derive(Clone)]
@@ -301,8 +300,7 @@ fn context_from(context: Option<pb::WriteContext>, v: &mut Violations) -> Contex
     } else {
         Some(uuid_field("context.event_id", &event_id, v)).filter(|id| !id.is_nil())
     };
-    let occurred_at_us =
-        occurred_at.and_then(|ts| timestamp_to_us("context.occurred_at", &ts, v));
+    let occurred_at_us = occurred_at.and_then(|ts| timestamp_to_us("context.occurred_at", &ts, v));
     for (name, value) in [
         ("context.actor", &actor),
         ("context.correlation_id", &correlation_id),
@@ -351,7 +349,11 @@ fn request_violations(event: &DomainEvent, v: &mut Violations) {
 impl CustomersService {
     /// Runs a command: idempotency by event id, decide (in a blocking task), seal,
     /// append; re-decides on a concurrency conflict.
-    async fn execute<F>(&self, context: Context, decide: F) -> Result<Response<pb::WriteResponse>, Status>
+    async fn execute<F>(
+        &self,
+        context: Context,
+        decide: F,
+    ) -> Result<Response<pb::WriteResponse>, Status>
     where
         F: Fn(&Inner) -> Result<Plan, Status> + Send + Sync + 'static,
     {
@@ -360,23 +362,21 @@ impl CustomersService {
         for _ in 0..limits::WRITE_RETRIES_MAX {
             let inner = self.inner.clone();
             if context.event_id.is_some() {
-                let found = blocking(move || {
-                    inner.log.event_by_id(base_id).map_err(Status::from)
-                })
-                .await?;
+                let found =
+                    blocking(move || inner.log.event_by_id(base_id).map_err(Status::from)).await?;
                 if let Some(found) = found {
                     return Ok(Response::new(written(&found)));
                 }
             }
             let inner = self.inner.clone();
             let decide = decide.clone();
+            let fields = context_ref(&context);
             let (plan, appends) = blocking(move || {
                 let plan = decide(&inner)?;
-                let appends = seal_and_encode(&inner.privacy, &plan, base_id, &context_ref(&context))?;
+                let appends = seal_and_encode(&inner.privacy, &plan, base_id, &fields)?;
                 Ok((plan, appends))
             })
-            .await
-            .map_err(|s| s)?;
+            .await?;
             match self.inner.log.append_multi(appends).await {
                 Ok(outcomes) => {
                     let first = outcomes.first().expect("one outcome per append");
@@ -551,14 +551,12 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-impl From<ProjectionError> for Status {
-    fn from(error: ProjectionError) -> Self {
-        super::status::projection_status(error)
-    }
-}
-
 impl CustomersService {
-    async fn view(&self, min_position: u64, wait: Duration) -> Result<crate::projections::ProjectionView, Status> {
+    async fn view(
+        &self,
+        min_position: u64,
+        wait: Duration,
+    ) -> Result<crate::projections::ProjectionView, Status> {
         self.inner
             .projections
             .wait_for(read_model::NAME, min_position, wait)
@@ -608,7 +606,10 @@ fn customer_to_proto(privacy: &Privacy, profile: &Profile, as_of_position: u64) 
                 out.family_name = identity.family_name;
                 out.emails = identity.emails;
                 out.phones = identity.phones;
-                out.birth_date = identity.birth_date.map(|d| d.to_string()).unwrap_or_default();
+                out.birth_date = identity
+                    .birth_date
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
                 out.address = address_to(identity.address);
                 out.external_ids = identity.external_ids.into_iter().collect();
             }
@@ -753,7 +754,11 @@ fn customer_to_proto(privacy: &Privacy, profile: &Profile, as_of_position: u64) 
         profile.feedback.get(&metric).map(|s| pb::ScoreSummary {
             count: s.count,
             sum: s.sum,
-            average_milli: if s.count == 0 { 0 } else { s.sum * 1000 / s.count },
+            average_milli: if s.count == 0 {
+                0
+            } else {
+                s.sum * 1000 / s.count
+            },
             latest: s.latest.map_or(0, |(score, _, _)| u32::from(score)),
             latest_at: s.latest.map(|(_, at, _)| timestamp_from_us(at)),
         })
@@ -885,7 +890,9 @@ impl pb::customers_server::Customers for CustomersService {
         let context = context_from(context, &mut v);
         let id = if customer_id.is_empty() {
             // A re-sent registration with an event id must land on the same customer.
-            context.event_id.map_or_else(Uuid::now_v7, |e| derived_id(e, usize::MAX))
+            context
+                .event_id
+                .map_or_else(Uuid::now_v7, |e| derived_id(e, usize::MAX))
         } else {
             customer_id_field("customer_id", &customer_id, &mut v)
         };
@@ -971,10 +978,16 @@ impl pb::customers_server::Customers for CustomersService {
                 .filter(|i| i.kind != crate::domain::events::IdentifierKind::ExternalId)
                 .cloned()
                 .collect();
-            let claim: Vec<Identifier> =
-                wanted.iter().filter(|i| !held.contains(i)).cloned().collect();
-            let release: Vec<Identifier> =
-                held.iter().filter(|i| !wanted.contains(i)).cloned().collect();
+            let claim: Vec<Identifier> = wanted
+                .iter()
+                .filter(|i| !held.contains(i))
+                .cloned()
+                .collect();
+            let release: Vec<Identifier> = held
+                .iter()
+                .filter(|i| !wanted.contains(i))
+                .cloned()
+                .collect();
             let mut plan = Plan::one(&loaded, events);
             plan.appends
                 .extend(inner.plan_identifiers(&loaded, &claim, &release)?);
@@ -1353,11 +1366,15 @@ impl pb::customers_server::Customers for CustomersService {
         self.execute(context, move |inner| {
             let survivor = inner.load(survivor_id)?;
             let duplicate = inner.load(duplicate_id)?;
-            let merged = customer::merge(&survivor.state, survivor_id, &duplicate.state, duplicate_id)?;
+            let merged =
+                customer::merge(&survivor.state, survivor_id, &duplicate.state, duplicate_id)?;
             // The duplicate's stream first: when the fold reaches the survivor's copy,
             // the duplicate's history is complete.
             let event = DomainEvent::CustomersMerged(merged);
-            let expected = |l: &Loaded| l.revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+            let expected = |l: &Loaded| {
+                l.revision
+                    .map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact)
+            };
             Ok(Plan {
                 customer: survivor_id,
                 appends: vec![
@@ -1504,7 +1521,9 @@ impl pb::customers_server::Customers for CustomersService {
                 return Err(RuleError::NotFound(id).into());
             }
             let customer = customer_to_proto(&inner.privacy, &profile, head);
-            let history = history_up_to(&inner.log, profile.customer_id, &|e| e.event.position <= head)?;
+            let history = history_up_to(&inner.log, profile.customer_id, &|e| {
+                e.event.position <= head
+            })?;
             let mut events = Vec::with_capacity(history.len());
             for (logged, _) in history {
                 let recorded = recorded_event(logged, Some(&inner.privacy))?;
@@ -1524,7 +1543,10 @@ impl pb::customers_server::Customers for CustomersService {
             ))
         })
         .await?;
-        Ok(Response::new(pb::ExportCustomerDataResponse { json, position }))
+        Ok(Response::new(pb::ExportCustomerDataResponse {
+            json,
+            position,
+        }))
     }
 
     async fn get_customer(
@@ -1628,11 +1650,15 @@ impl pb::customers_server::Customers for CustomersService {
         };
         let consent = consent_purpose_from("consent", consent, &mut v);
         let channel = channel_from("channel", channel, &mut v);
-        let after_us = last_activity_after.and_then(|t| timestamp_to_us("last_activity_after", &t, &mut v));
+        let after_us =
+            last_activity_after.and_then(|t| timestamp_to_us("last_activity_after", &t, &mut v));
         let before_us =
             last_activity_before.and_then(|t| timestamp_to_us("last_activity_before", &t, &mut v));
         if (spent_min_minor.is_some() || spent_max_minor.is_some()) && spent_currency.is_empty() {
-            v.add("spent_currency", "is required with spent_min_minor or spent_max_minor");
+            v.add(
+                "spent_currency",
+                "is required with spent_min_minor or spent_max_minor",
+            );
         }
         if !spent_currency.is_empty() {
             crate::domain::common::validate_currency("spent_currency", &spent_currency, &mut v);
@@ -1761,10 +1787,8 @@ impl pb::customers_server::Customers for CustomersService {
                     continue;
                 }
                 if events.len() == page_size {
-                    next = (events
-                        .last()
-                        .map_or(0, |e: &pb::RecordedEvent| e.position))
-                    .to_string();
+                    next =
+                        (events.last().map_or(0, |e: &pb::RecordedEvent| e.position)).to_string();
                     break;
                 }
                 events.push(recorded_event(logged, Some(&inner.privacy))?);
@@ -1786,6 +1810,7 @@ impl pb::customers_server::Customers for CustomersService {
         let mut v = Violations::new("");
         let id = customer_id_field("customer_id", &customer_id, &mut v);
         use pb::get_customer_as_of_request::AsOf;
+        #[derive(Clone, Copy)]
         enum Bound {
             Position(u64),
             RecordedAt(i64),
@@ -1892,6 +1917,3 @@ fn customer_json(c: &pb::Customer) -> serde_json::Value {
         "interactions": c.interactions.as_ref().map(|i| i.total),
     })
 }
-
-#[allow(dead_code)]
-fn _unused(_: ContactLike) {}

@@ -1,11 +1,14 @@
 //! The tonic edge: proto ⇄ domain conversion ([`convert`]), the `EventStore` service
-//! ([`event_store`]), the one error → status table ([`status`]) and server assembly with
+//! ([`event_store`]), the `Admin` service over the projections ([`admin`]), the one
+//! error → status table ([`status`]) and server assembly with
 //! health, reflection and limits ([`server`]). Proto types never leave this module.
 
+pub mod admin;
 pub mod convert;
+pub mod customers;
 pub mod event_store;
 pub mod pb;
 pub mod server;
 pub mod status;
 
-pub use server::{RunningServer, ServeError, serve_log, start, start_with};
+pub use server::{RunningServer, ServeError, ServerConfig, serve_log, start, start_with};

@@ -1,6 +1,6 @@
-//! Server assembly: the EventStore service, health, reflection, message limits, and
-//! graceful shutdown (subscriptions end, in-flight requests finish, the writer drains
-//! and flushes).
+//! Server assembly: the EventStore and Admin services, health, reflection, message
+//! limits, and graceful shutdown (subscriptions end, in-flight requests finish, the
+//! projection runners stop, the writer drains and flushes).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,10 +12,75 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
 
+use std::sync::Arc;
+
+use super::admin::AdminService;
+use super::customers::CustomersService;
 use super::event_store::EventStoreService;
 use super::pb;
+use crate::keys::{KeyError, KeyStore, MasterKey};
 use crate::limits;
 use crate::log::{Log, LogConfig, LogError};
+use crate::privacy::Privacy;
+use crate::projections::{self, ProjectionError, Projections};
+
+/// How a server is started: the log and where the master key is.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The log (data directory, clock, queue bounds).
+    pub log: LogConfig,
+    /// The master key file; `None` uses (or on first start creates) the default file
+    /// beside the data directory ([`MasterKey::default_path`]).
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl From<LogConfig> for ServerConfig {
+    fn from(log: LogConfig) -> Self {
+        Self {
+            log,
+            master_key_file: None,
+        }
+    }
+}
+
+/// Resolves the master key and opens the key store, before anything else is touched:
+/// a wrong master key refuses the start and changes nothing. A key store this process
+/// just closed may still be locked for a moment (a handle held by a finishing task):
+/// retried briefly, like sled's lock.
+pub async fn open_keys(
+    data_dir: PathBuf,
+    master_key_file: Option<PathBuf>,
+) -> Result<Arc<KeyStore>, ServeError> {
+    let (master, path, created) = {
+        let (dir, file) = (data_dir.clone(), master_key_file.clone());
+        tokio::task::spawn_blocking(move || MasterKey::resolve(&dir, file.as_deref()))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("key task failed: {e}")))??
+    };
+    if created {
+        tracing::warn!(
+            path = %path.display(),
+            "created a new master key beside the data directory; it unlocks all personal \
+             data: production keeps it elsewhere (a secret store) and passes --master-key-file"
+        );
+    } else {
+        tracing::info!(path = %path.display(), "master key loaded");
+    }
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(limits::REOPEN_WAIT_MS_MAX);
+    loop {
+        let (dir, key) = (data_dir.clone(), master.clone());
+        let opened = tokio::task::spawn_blocking(move || KeyStore::open(&dir, &key))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("key task failed: {e}")))?;
+        match opened {
+            Err(KeyError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            other => return Ok(Arc::new(other?)),
+        }
+    }
+}
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +88,18 @@ pub enum ServeError {
     /// The log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The master key or the key store could not be used.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
     /// Binding or serving failed.
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     /// The listen socket failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The projections could not start.
+    #[error("projections: {0}")]
+    Projections(#[from] ProjectionError),
     /// Reflection could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -59,22 +130,45 @@ fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::R
     response
 }
 
-/// Serves the log on `listener` until `shutdown` completes, then drains: open
-/// subscriptions end, in-flight requests finish, and the caller shuts the log down.
+/// Serves the log and its projections on `listener` until `shutdown` completes, then
+/// drains: open subscriptions and progress streams end, in-flight requests finish, and
+/// the caller shuts the projections and then the log down.
 pub async fn serve_log(
     log: Log,
+    privacy: Privacy,
+    projections: Projections,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let event_store =
-        pb::event_store_server::EventStoreServer::new(EventStoreService::new(log.clone(), stop_rx))
+    let event_store = pb::event_store_server::EventStoreServer::new(EventStoreService::new(
+        log.clone(),
+        privacy.clone(),
+        stop_rx,
+    ))
+    .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    let customers = pb::customers_server::CustomersServer::new(CustomersService::new(
+        log.clone(),
+        privacy,
+        projections.clone(),
+    ))
+    .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    let admin =
+        pb::admin_server::AdminServer::new(AdminService::new(projections, stop_tx.subscribe()))
             .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::event_store_server::EventStoreServer<EventStoreService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::customers_server::CustomersServer<CustomersService>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -129,6 +223,8 @@ pub async fn serve_log(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(event_store)
+        .add_service(customers)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {
         served = server => served?,
@@ -148,6 +244,10 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// The log it serves.
     pub log: Log,
+    /// The projections it runs over the log.
+    pub projections: Projections,
+    /// The key store of personal data keys.
+    pub keys: Arc<KeyStore>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
 }
@@ -158,7 +258,8 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops serving, waits for the drain, then shuts the log down (writer drained, flushed).
+    /// Stops serving, waits for the drain, stops the projection runners, then shuts the
+    /// log down (writer drained, flushed).
     pub async fn stop(mut self) -> Result<(), ServeError> {
         self.stop_inner().await
     }
@@ -171,6 +272,9 @@ impl RunningServer {
             Some(task) => task.await.unwrap_or(Ok(())),
             None => Ok(()),
         };
+        // Projections first: their runners read the log until they stop.
+        let projections = self.projections.clone();
+        let _ = tokio::task::spawn_blocking(move || projections.shutdown()).await;
         let log = self.log.clone();
         let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
         // Subscription tasks and blocking reads hold handles to the log; they end on the
@@ -190,11 +294,16 @@ pub async fn start(data_dir: PathBuf, listen: SocketAddr) -> Result<RunningServe
     start_with(LogConfig::new(data_dir), listen).await
 }
 
-/// Like [`start`], with a full log configuration (an injected clock, for example).
+/// Like [`start`], with a full configuration (an injected clock, a master key file).
 pub async fn start_with(
-    config: LogConfig,
+    config: impl Into<ServerConfig>,
     listen: SocketAddr,
 ) -> Result<RunningServer, ServeError> {
+    let ServerConfig {
+        log: config,
+        master_key_file,
+    } = config.into();
+    let keys = open_keys(config.dir.clone(), master_key_file).await?;
     // sled releases its file lock only when its last internal handle is gone, and some
     // belong to its background I/O threads: a directory this process just closed can
     // read as locked for a few milliseconds. Retry that case briefly; another process
@@ -213,12 +322,39 @@ pub async fn start_with(
             other => break other?,
         }
     };
-    let listener = TcpListener::bind(listen).await?;
+    let started = {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || Projections::start(log, projections::builtin()))
+            .await
+            .map_err(|e| LogError::Unavailable(format!("projection start task failed: {e}")))?
+    };
+    let projections = match started {
+        Ok(projections) => projections,
+        Err(error) => {
+            let log = log.clone();
+            let _ = tokio::task::spawn_blocking(move || log.shutdown()).await;
+            return Err(error.into());
+        }
+    };
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            let (log, running) = (log.clone(), projections.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                running.shutdown();
+                log.shutdown();
+            })
+            .await;
+            return Err(error.into());
+        }
+    };
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = log.clone();
+    let running = projections.clone();
+    let privacy = Privacy::new(keys.clone());
     let task = tokio::spawn(async move {
-        serve_log(served, listener, async move {
+        serve_log(served, privacy, running, listener, async move {
             let _ = stop_rx.await;
         })
         .await
@@ -226,6 +362,8 @@ pub async fn start_with(
     Ok(RunningServer {
         addr,
         log,
+        projections,
+        keys,
         stop: Some(stop_tx),
         task: Some(task),
     })

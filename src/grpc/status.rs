@@ -10,6 +10,7 @@ use crate::domain::FieldViolation;
 use crate::domain::customer::RuleError;
 use crate::log::{AppendError, ExpectedRevision, LogError, ReadError};
 use crate::privacy::PrivacyError;
+use crate::projections::ProjectionError;
 
 /// The error domain named in `google.rpc.ErrorInfo` details.
 pub const ERROR_DOMAIN: &str = "rapport.v1";
@@ -195,6 +196,55 @@ impl From<PrivacyError> for Status {
             ),
             PrivacyError::WrongStream { field, .. } => invalid_field(&field, message),
             PrivacyError::Keys(_) => Status::internal(message),
+        }
+    }
+}
+
+impl From<ProjectionError> for Status {
+    fn from(error: ProjectionError) -> Self {
+        let message = error.to_string();
+        match error {
+            ProjectionError::NotFound(name) => with_info(
+                Code::NotFound,
+                message,
+                "PROJECTION_NOT_FOUND",
+                HashMap::from([("projection".to_owned(), name)]),
+            ),
+            // The read-your-writes wait ran out: the caller may retry with the same
+            // min_position (or a longer deadline).
+            ProjectionError::NotYet {
+                name,
+                applied,
+                wanted,
+            } => with_info(
+                Code::DeadlineExceeded,
+                message,
+                "PROJECTION_NOT_YET",
+                HashMap::from([
+                    ("projection".to_owned(), name),
+                    ("applied_position".to_owned(), applied.to_string()),
+                    ("min_position".to_owned(), wanted.to_string()),
+                ]),
+            ),
+            // A failed projection serves nothing newer until an operator rebuilds it.
+            ProjectionError::Failed {
+                name,
+                position,
+                error,
+            } => with_info(
+                Code::Unavailable,
+                message,
+                "PROJECTION_FAILED",
+                HashMap::from([
+                    ("projection".to_owned(), name),
+                    ("position".to_owned(), position.to_string()),
+                    ("error".to_owned(), error),
+                ]),
+            ),
+            ProjectionError::ShuttingDown => Status::unavailable(message),
+            ProjectionError::Corrupt(_) => Status::data_loss(message),
+            ProjectionError::Log(log) => log.into(),
+            ProjectionError::Invalid(_) | ProjectionError::Sled(_) => Status::internal(message),
         }
     }
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{ApplyError, Projection, StateBatch};
 use crate::domain::DomainEvent;
-use crate::domain::profile::{self, Envelope, Profile, Profiles, ProfileStatus};
+use crate::domain::profile::{self, Envelope, Profile, ProfileStatus, Profiles};
 use crate::limits::MERGE_DEPTH_MAX;
 use crate::log::{LoggedEvent, ReadFilter};
 
@@ -104,7 +104,11 @@ impl Profiles for BatchProfiles<'_, '_> {
         if let Some(profile) = self.cache.get(&id) {
             return Ok(Some(profile.clone()));
         }
-        match self.state.get(&profile_key(id)).map_err(|e| e.to_string())? {
+        match self
+            .state
+            .get(&profile_key(id))
+            .map_err(|e| e.to_string())?
+        {
             Some(bytes) => {
                 let profile = decode(&bytes)?;
                 self.cache.insert(id, profile.clone());

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use rapport::grpc::pb;
+use rapport::grpc::pb::admin_client::AdminClient;
 use rapport::grpc::pb::event_store_client::EventStoreClient;
 use rapport::grpc::{RunningServer, start};
 use tonic::transport::Channel;
@@ -36,6 +37,12 @@ impl TestServer {
         EventStoreClient::connect(self.server.url())
             .await
             .expect("client connects")
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::connect(self.server.url())
+            .await
+            .expect("admin client connects")
     }
 
     pub async fn channel(&self) -> Channel {

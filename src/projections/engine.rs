@@ -1,0 +1,441 @@
+//! The storage side of the engine: the meta record of each projection, its generation
+//! trees, one batch step (read → apply → commit state and checkpoint together), the
+//! switch from an old generation to a rebuilt one, and the offline rebuild.
+//!
+//! Meta record (`projections` tree, key = projection name), 32 bytes, big-endian:
+//! `active generation u64 | active version u32 | shadow generation u64 | shadow version
+//! u32 | next generation u64`; generation 0 means "none".
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{ApplyError, CHECKPOINT_KEY, Projection, ProjectionError, StateBatch, valid_name};
+use crate::limits;
+use crate::log::{Log, LoggedEvent, ReadFilter};
+
+/// Name of the meta tree.
+pub const META_TREE: &str = "projections";
+
+/// One generation of a projection and the code version that builds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// Generation number (from 1), part of the tree name.
+    pub generation: u64,
+    /// [`Projection::version`] of the code that builds it.
+    pub version: u32,
+}
+
+/// What the meta tree records about one projection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaRecord {
+    /// The generation serving reads.
+    pub active: Option<Generation>,
+    /// The generation being rebuilt in the background, if any.
+    pub shadow: Option<Generation>,
+    /// The next unused generation number.
+    pub next_generation: u64,
+}
+
+impl MetaRecord {
+    fn encode(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let (ag, av) = self.active.map_or((0, 0), |g| (g.generation, g.version));
+        let (sg, sv) = self.shadow.map_or((0, 0), |g| (g.generation, g.version));
+        out[..8].copy_from_slice(&ag.to_be_bytes());
+        out[8..12].copy_from_slice(&av.to_be_bytes());
+        out[12..20].copy_from_slice(&sg.to_be_bytes());
+        out[20..24].copy_from_slice(&sv.to_be_bytes());
+        out[24..].copy_from_slice(&self.next_generation.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, ProjectionError> {
+        if bytes.len() != 32 {
+            return Err(ProjectionError::Corrupt(format!(
+                "meta record of {} bytes, expected 32",
+                bytes.len()
+            )));
+        }
+        let u64_at = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        let generation = |generation: u64, version: u32| {
+            (generation != 0).then_some(Generation {
+                generation,
+                version,
+            })
+        };
+        Ok(Self {
+            active: generation(u64_at(0), u32_at(8)),
+            shadow: generation(u64_at(12), u32_at(20)),
+            next_generation: u64_at(24),
+        })
+    }
+}
+
+/// The tree name of one generation: `proj/<name>/<generation>`.
+pub fn tree_name(name: &str, generation: u64) -> String {
+    format!("proj/{name}/{generation}")
+}
+
+/// The meta tree and the database the generation trees live in.
+#[derive(Clone)]
+pub struct Catalog {
+    db: sled::Db,
+    meta: sled::Tree,
+}
+
+impl Catalog {
+    /// Opens (or creates) the meta tree in `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, ProjectionError> {
+        Ok(Self {
+            db: db.clone(),
+            meta: db.open_tree(META_TREE)?,
+        })
+    }
+
+    /// The record of `name` (default when it never ran).
+    pub fn load(&self, name: &str) -> Result<MetaRecord, ProjectionError> {
+        match self.meta.get(name)? {
+            Some(bytes) => MetaRecord::decode(&bytes),
+            None => Ok(MetaRecord::default()),
+        }
+    }
+
+    /// Stores the record of `name` (one insert: atomic).
+    pub fn save(&self, name: &str, record: &MetaRecord) -> Result<(), ProjectionError> {
+        self.meta.insert(name, &record.encode())?;
+        Ok(())
+    }
+
+    /// Opens the tree of one generation.
+    pub fn open_generation(
+        &self,
+        name: &str,
+        generation: u64,
+    ) -> Result<sled::Tree, ProjectionError> {
+        Ok(self.db.open_tree(tree_name(name, generation))?)
+    }
+
+    /// Drops the tree of one generation.
+    pub fn drop_generation(&self, name: &str, generation: u64) -> Result<(), ProjectionError> {
+        self.db.drop_tree(tree_name(name, generation))?;
+        Ok(())
+    }
+
+    /// Allocates a new, empty generation at `version` and records it in `record` and on
+    /// disk as `slot` (active or shadow, chosen by the caller through `as_shadow`).
+    pub fn new_generation(
+        &self,
+        name: &str,
+        version: u32,
+        record: &mut MetaRecord,
+        as_shadow: bool,
+    ) -> Result<(Generation, sled::Tree), ProjectionError> {
+        let generation = Generation {
+            generation: record.next_generation.max(1),
+            version,
+        };
+        // A crash between creating a tree and recording it can leave one behind under
+        // this number: start from empty, never from its leftovers.
+        self.drop_generation(name, generation.generation)?;
+        record.next_generation = generation.generation + 1;
+        if as_shadow {
+            record.shadow = Some(generation);
+        } else {
+            record.active = Some(generation);
+        }
+        let tree = self.open_generation(name, generation.generation)?;
+        self.save(name, record)?;
+        Ok((generation, tree))
+    }
+
+    /// Drops trees of `name` that the record no longer names (left by a crash between a
+    /// switch and the drop of the old generation).
+    pub fn drop_orphans(&self, name: &str, record: &MetaRecord) -> Result<(), ProjectionError> {
+        let prefix = format!("proj/{name}/");
+        let keep: Vec<String> = [record.active, record.shadow]
+            .into_iter()
+            .flatten()
+            .map(|g| tree_name(name, g.generation))
+            .collect();
+        for tree in self.db.tree_names() {
+            let Ok(tree) = std::str::from_utf8(&tree) else {
+                continue;
+            };
+            if tree.starts_with(&prefix) && !keep.iter().any(|k| k == tree) {
+                self.db.drop_tree(tree)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the shadow the active generation (one meta insert), then drops the old tree.
+    pub fn switch(&self, name: &str, record: &mut MetaRecord) -> Result<(), ProjectionError> {
+        let Some(shadow) = record.shadow.take() else {
+            return Ok(());
+        };
+        let old = record.active.replace(shadow);
+        self.save(name, record)?;
+        if let Some(old) = old {
+            self.drop_generation(name, old.generation)?;
+        }
+        Ok(())
+    }
+}
+
+/// The last position applied to a generation tree (0 when it has applied nothing).
+pub fn checkpoint(tree: &sled::Tree) -> Result<u64, ProjectionError> {
+    match tree.get(CHECKPOINT_KEY)? {
+        None => Ok(0),
+        Some(bytes) => bytes
+            .as_ref()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| ProjectionError::Corrupt("checkpoint is not 8 bytes".into())),
+    }
+}
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// The checkpoint after the step.
+    pub checkpoint: u64,
+    /// Events handed to the projection.
+    pub events: usize,
+}
+
+/// Why a step stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The projection could not apply an event; the events before it are committed.
+    #[error(transparent)]
+    Apply(ApplyError),
+    /// The engine itself failed (log or sled); nothing of the batch is committed.
+    #[error(transparent)]
+    Engine(#[from] ProjectionError),
+}
+
+fn event_bytes(event: &LoggedEvent) -> usize {
+    let e = &event.event;
+    e.payload.len()
+        + e.stream.len()
+        + e.event_type.len()
+        + e.metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + 128
+}
+
+fn apply_guarded(
+    projection: &dyn Projection,
+    batch: &mut StateBatch<'_>,
+    events: &[LoggedEvent],
+) -> Result<(), ApplyError> {
+    // A panicking fold must stop its projection, not kill the runner thread; it is
+    // reported at the batch's first event, so nothing of the batch is kept or skipped.
+    match catch_unwind(AssertUnwindSafe(|| projection.apply(batch, events))) {
+        Ok(result) => result,
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(ApplyError::new(
+                events.first().map_or(0, |e| e.event.position),
+                format!("the fold panicked: {text}"),
+            ))
+        }
+    }
+}
+
+/// One batch: reads the events after the tree's checkpoint (at most
+/// [`limits::PROJECTION_BATCH_EVENTS_MAX`] wanted events, about
+/// [`limits::PROJECTION_BATCH_BYTES_MAX`] bytes, and a span of
+/// [`limits::PROJECTION_BATCH_SCAN_MAX`] positions), applies them, and commits the state
+/// writes with the new checkpoint in one `apply_batch`, so a crash never applies an
+/// event twice or skips one. Reads never go past the log's durable head.
+pub fn step(
+    log: &Log,
+    projection: &dyn Projection,
+    filter: &ReadFilter,
+    tree: &sled::Tree,
+) -> Result<StepOutcome, StepError> {
+    let from = checkpoint(tree)? + 1;
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    let mut cursor = from;
+    loop {
+        let page = log
+            .read_all(cursor, false, limits::PROJECTION_READ_PAGE_EVENTS, filter)
+            .map_err(ProjectionError::from)?;
+        for event in page.events {
+            bytes += event_bytes(&event);
+            events.push(event);
+        }
+        cursor = page.next_cursor.max(cursor);
+        if page.end_reached
+            || events.len() >= limits::PROJECTION_BATCH_EVENTS_MAX
+            || bytes >= limits::PROJECTION_BATCH_BYTES_MAX
+            || cursor - from >= limits::PROJECTION_BATCH_SCAN_MAX
+        {
+            break;
+        }
+    }
+    // Every position below `cursor` has been examined: the wanted ones are in `events`,
+    // the others are past for this projection.
+    let reached = cursor - 1;
+    if reached < from {
+        return Ok(StepOutcome {
+            checkpoint: reached,
+            events: 0,
+        });
+    }
+    let mut batch = StateBatch::new(tree);
+    match apply_guarded(projection, &mut batch, &events) {
+        Ok(()) => {
+            tree.apply_batch(batch.into_sled_batch(reached))
+                .map_err(ProjectionError::from)?;
+            Ok(StepOutcome {
+                checkpoint: reached,
+                events: events.len(),
+            })
+        }
+        Err(error) => {
+            // The failing position must be one of this batch's positions; anything else
+            // is read as the batch's first event, so nothing is ever skipped.
+            let first = events.first().map_or(from, |e| e.event.position);
+            let position = if (first..=reached).contains(&error.position) {
+                error.position
+            } else {
+                first
+            };
+            let error = ApplyError::new(position, error.message);
+            drop(batch);
+            let prefix_len = events.partition_point(|e| e.event.position < position);
+            let mut batch = StateBatch::new(tree);
+            if prefix_len > 0 {
+                if let Err(again) = apply_guarded(projection, &mut batch, &events[..prefix_len]) {
+                    // The fold is not deterministic (it failed earlier this time): keep
+                    // nothing of the batch and report the earlier failure.
+                    return Err(StepError::Apply(again));
+                }
+            }
+            tree.apply_batch(batch.into_sled_batch(position - 1))
+                .map_err(ProjectionError::from)?;
+            Err(StepError::Apply(error))
+        }
+    }
+}
+
+/// How far a rebuild has come.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// Last position applied by the generation being built.
+    pub position: u64,
+    /// The log's head when measured.
+    pub head: u64,
+    /// Positions applied per second since the rebuild (re)started.
+    pub events_per_second: f64,
+    /// Seconds left at that rate (0 when done, infinite before any progress).
+    pub eta_seconds: f64,
+}
+
+/// Measures a rebuild's rate. The only clock the engine reads, and only for this metric:
+/// folds never see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Meter {
+    started: Instant,
+    start_position: u64,
+}
+
+impl Meter {
+    /// Starts measuring at `position`.
+    pub fn new(position: u64) -> Self {
+        Self {
+            started: Instant::now(),
+            start_position: position,
+        }
+    }
+
+    /// Progress at `position` towards `head`.
+    pub fn progress(&self, position: u64, head: u64) -> Progress {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let done = position.saturating_sub(self.start_position) as f64;
+        let events_per_second = if seconds > 0.0 { done / seconds } else { 0.0 };
+        let left = head.saturating_sub(position) as f64;
+        let eta_seconds = if left == 0.0 {
+            0.0
+        } else if events_per_second > 0.0 {
+            left / events_per_second
+        } else {
+            f64::INFINITY
+        };
+        Progress {
+            position,
+            head,
+            events_per_second,
+            eta_seconds,
+        }
+    }
+}
+
+/// Offline rebuild for the CLI: builds a fresh generation of `projection` from position 1
+/// over an opened log (resuming an interrupted rebuild of the same code version), reports
+/// progress through the callback after every batch, then switches to it and drops the
+/// old generation. Nothing else may use the projection meanwhile (the data directory's
+/// lock guarantees that for a separate process).
+pub fn rebuild_offline(
+    log: &Log,
+    projection: Arc<dyn Projection>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(), ProjectionError> {
+    let name = projection.name();
+    if !valid_name(name) {
+        return Err(ProjectionError::Invalid(format!(
+            "projection name {name:?} is not [a-z0-9_]+"
+        )));
+    }
+    let catalog = Catalog::open(log.db())?;
+    let mut record = catalog.load(name)?;
+    let tree = match record.shadow {
+        Some(shadow) if shadow.version == projection.version() => {
+            catalog.open_generation(name, shadow.generation)?
+        }
+        other => {
+            if let Some(stale) = other {
+                catalog.drop_generation(name, stale.generation)?;
+                record.shadow = None;
+            }
+            catalog
+                .new_generation(name, projection.version(), &mut record, true)?
+                .1
+        }
+    };
+    let filter = projection.filter();
+    let head = log.head().position;
+    let meter = Meter::new(checkpoint(&tree)?);
+    loop {
+        let outcome = match step(log, projection.as_ref(), &filter, &tree) {
+            Ok(outcome) => outcome,
+            Err(StepError::Apply(error)) => {
+                return Err(ProjectionError::Failed {
+                    name: name.to_owned(),
+                    position: error.position,
+                    error: error.message,
+                });
+            }
+            Err(StepError::Engine(error)) => return Err(error),
+        };
+        progress(&meter.progress(outcome.checkpoint, head));
+        if outcome.checkpoint >= head {
+            break;
+        }
+    }
+    catalog.switch(name, &mut record)?;
+    catalog.drop_orphans(name, &record)?;
+    log.db().flush()?;
+    Ok(())
+}

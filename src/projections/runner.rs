@@ -1,0 +1,553 @@
+//! The live side of the engine: [`Projections`] runs one thread per projection. Each
+//! catches up from its checkpoint in bounded batches, then sleeps until the log's durable
+//! head moves (no polling), builds a shadow generation when its code version changed or a
+//! rebuild was asked for, and switches to it once it has caught up.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::engine::{self, Catalog, Generation, MetaRecord, Meter, StepError};
+use super::{Projection, ProjectionError, valid_name};
+use crate::limits;
+use crate::log::{Head, Log, ReadFilter};
+
+/// The tree serving reads for a projection and the position it has applied.
+#[derive(Clone, Debug)]
+pub struct ProjectionView {
+    /// The active generation's tree (read it; only the engine writes it).
+    pub tree: sled::Tree,
+    /// Last position applied to it.
+    pub applied: u64,
+}
+
+/// What a projection is doing.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProjectionState {
+    /// Caught up and following the log.
+    Live,
+    /// A generation is being built (the first one, or a shadow replacing the active one).
+    Rebuilding {
+        /// Code version of the generation being built.
+        target_version: u32,
+        /// Last position it has applied.
+        position: u64,
+        /// The log's head.
+        head: u64,
+        /// Build rate since it (re)started.
+        events_per_second: f64,
+        /// Seconds left at that rate (infinite before any progress).
+        eta_seconds: f64,
+    },
+    /// Stopped at an event it could not apply; the events before it are applied.
+    Failed {
+        /// Position of the event that failed.
+        position: u64,
+        /// The projection's message.
+        error: String,
+    },
+}
+
+/// One projection as [`Projections::status`] reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProjectionStatus {
+    /// Projection name.
+    pub name: String,
+    /// Code version of the generation serving reads.
+    pub version: u32,
+    /// Last position applied by the generation serving reads.
+    pub checkpoint: u64,
+    /// The log's durable head.
+    pub head: u64,
+    /// `head - checkpoint`.
+    pub lag: u64,
+    /// What it is doing.
+    pub state: ProjectionState,
+}
+
+struct SlotInner {
+    record: MetaRecord,
+    active: (Generation, sled::Tree),
+    shadow: Option<(Generation, sled::Tree)>,
+    /// False while the active generation is frozen: built by older code (its shadow
+    /// replaces it), or failed and being rebuilt.
+    active_follows: bool,
+    /// A fresh projection's first generation is still catching up.
+    first_build: bool,
+    active_checkpoint: u64,
+    shadow_checkpoint: u64,
+    meter: Meter,
+    failed: Option<(u64, String)>,
+}
+
+struct Slot {
+    projection: Arc<dyn Projection>,
+    filter: ReadFilter,
+    inner: Mutex<SlotInner>,
+    /// The position applied by the active generation (read your writes).
+    applied: watch::Sender<u64>,
+    /// Wakes the runner: a rebuild request or shutdown.
+    wake: Notify,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotInner> {
+        self.inner.lock().expect("projection slot lock poisoned")
+    }
+
+    fn publish(&self, position: u64) {
+        self.applied.send_if_modified(|applied| {
+            if position > *applied {
+                *applied = position;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn fail(&self, position: u64, error: String) {
+        tracing::error!(projection = self.projection.name(), position, %error, "projection failed");
+        self.lock().failed = Some((position, error));
+        // Waiters re-check the state on any notification.
+        self.applied.send_modify(|_| {});
+    }
+}
+
+struct Shared {
+    catalog: Catalog,
+    head: watch::Receiver<Head>,
+    slots: BTreeMap<&'static str, Arc<Slot>>,
+    stop: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The running projections of one log. Cheap to clone.
+#[derive(Clone)]
+pub struct Projections {
+    shared: Arc<Shared>,
+}
+
+fn open_slot(catalog: &Catalog, projection: Arc<dyn Projection>) -> Result<Slot, ProjectionError> {
+    let name = projection.name();
+    let version = projection.version();
+    let mut record = catalog.load(name)?;
+    let mut first_build = false;
+    let active = match record.active {
+        Some(active) => (active, catalog.open_generation(name, active.generation)?),
+        None => {
+            first_build = true;
+            catalog.new_generation(name, version, &mut record, false)?
+        }
+    };
+    let mut shadow = match record.shadow {
+        Some(shadow) if shadow.version == version => {
+            Some((shadow, catalog.open_generation(name, shadow.generation)?))
+        }
+        Some(stale) => {
+            // A rebuild by other code was under way: start over with this code.
+            catalog.drop_generation(name, stale.generation)?;
+            record.shadow = None;
+            catalog.save(name, &record)?;
+            None
+        }
+        None => None,
+    };
+    if shadow.is_none() && active.0.version != version {
+        shadow = Some(catalog.new_generation(name, version, &mut record, true)?);
+        tracing::info!(
+            projection = name,
+            from = active.0.version,
+            to = version,
+            "projection code version changed; rebuilding in the background"
+        );
+    }
+    catalog.drop_orphans(name, &record)?;
+    let active_checkpoint = engine::checkpoint(&active.1)?;
+    let shadow_checkpoint = match &shadow {
+        Some((_, tree)) => engine::checkpoint(tree)?,
+        None => 0,
+    };
+    let meter = Meter::new(if shadow.is_some() {
+        shadow_checkpoint
+    } else {
+        active_checkpoint
+    });
+    let (applied, _) = watch::channel(active_checkpoint);
+    Ok(Slot {
+        filter: projection.filter(),
+        inner: Mutex::new(SlotInner {
+            record,
+            active_follows: active.0.version == version,
+            active,
+            shadow,
+            first_build,
+            active_checkpoint,
+            shadow_checkpoint,
+            meter,
+            failed: None,
+        }),
+        projection,
+        applied,
+        wake: Notify::new(),
+    })
+}
+
+/// One unit of work: a batch of the shadow (and the switch once it caught up), a batch of
+/// the active generation. Returns whether anything moved.
+fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, ProjectionError> {
+    let name = slot.projection.name();
+    let (active_tree, shadow, follows, active_checkpoint, shadow_checkpoint) = {
+        let inner = slot.lock();
+        if inner.failed.is_some() {
+            return Ok(false);
+        }
+        (
+            inner.active.1.clone(),
+            inner.shadow.clone(),
+            inner.active_follows,
+            inner.active_checkpoint,
+            inner.shadow_checkpoint,
+        )
+    };
+    let head = log.head().position;
+    let mut moved = false;
+    if let Some((generation, tree)) = shadow {
+        let mut checkpoint = shadow_checkpoint;
+        if checkpoint < head {
+            match engine::step(log, slot.projection.as_ref(), &slot.filter, &tree) {
+                Ok(outcome) => {
+                    checkpoint = outcome.checkpoint;
+                    slot.lock().shadow_checkpoint = checkpoint;
+                    moved = true;
+                }
+                Err(StepError::Apply(error)) => {
+                    slot.lock().shadow_checkpoint = error.position - 1;
+                    slot.fail(error.position, error.message);
+                    return Ok(false);
+                }
+                Err(StepError::Engine(error)) => return Err(error),
+            }
+        }
+        if checkpoint >= log.head().position {
+            let mut inner = slot.lock();
+            if inner.shadow.as_ref().map(|s| s.0) == Some(generation) {
+                catalog.switch(name, &mut inner.record)?;
+                inner.active = inner.shadow.take().expect("checked above");
+                inner.active_checkpoint = checkpoint;
+                inner.active_follows = true;
+                inner.first_build = false;
+                drop(inner);
+                slot.publish(checkpoint);
+                tracing::info!(
+                    projection = name,
+                    generation = generation.generation,
+                    version = generation.version,
+                    position = checkpoint,
+                    "rebuilt projection is live"
+                );
+                return Ok(true);
+            }
+        }
+    }
+    if follows && active_checkpoint < head {
+        match engine::step(log, slot.projection.as_ref(), &slot.filter, &active_tree) {
+            Ok(outcome) => {
+                let mut inner = slot.lock();
+                inner.active_checkpoint = outcome.checkpoint;
+                if inner.first_build && outcome.checkpoint >= head {
+                    inner.first_build = false;
+                }
+                drop(inner);
+                slot.publish(outcome.checkpoint);
+                moved = true;
+            }
+            Err(StepError::Apply(error)) => {
+                slot.lock().active_checkpoint = error.position - 1;
+                slot.publish(error.position - 1);
+                slot.fail(error.position, error.message);
+                return Ok(false);
+            }
+            Err(StepError::Engine(error)) => return Err(error),
+        }
+    }
+    Ok(moved)
+}
+
+fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            slot.fail(0, format!("cannot start the runner: {error}"));
+            return;
+        }
+    };
+    let mut head = log.watch_head();
+    let mut head_open = true;
+    while !shared.stop.load(Ordering::Acquire) {
+        // Marks the current head as seen before looking at it: a move after this point
+        // wakes the wait below, so no append is ever missed.
+        head.borrow_and_update();
+        let moved = match work_once(&log, &shared.catalog, &slot) {
+            Ok(moved) => moved,
+            Err(error) => {
+                if shared.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                let position = {
+                    let inner = slot.lock();
+                    if inner.shadow.is_some() {
+                        inner.shadow_checkpoint + 1
+                    } else {
+                        inner.active_checkpoint + 1
+                    }
+                };
+                slot.fail(position, error.to_string());
+                false
+            }
+        };
+        if moved || shared.stop.load(Ordering::Acquire) {
+            continue;
+        }
+        head_open = runtime.block_on(async {
+            tokio::select! {
+                changed = head.changed(), if head_open => changed.is_ok(),
+                () = slot.wake.notified() => head_open,
+            }
+        });
+    }
+}
+
+impl Projections {
+    /// Opens every projection's generations in the log's database (building a first
+    /// generation for a new one and a shadow for one whose code version changed) and
+    /// starts one runner thread each.
+    pub fn start(log: Log, projections: Vec<Arc<dyn Projection>>) -> Result<Self, ProjectionError> {
+        let catalog = Catalog::open(log.db())?;
+        let mut slots = BTreeMap::new();
+        for projection in projections {
+            let name = projection.name();
+            if !valid_name(name) {
+                return Err(ProjectionError::Invalid(format!(
+                    "projection name {name:?} is not [a-z0-9_]+ (at most 64 bytes)"
+                )));
+            }
+            if slots.contains_key(name) {
+                return Err(ProjectionError::Invalid(format!(
+                    "two projections are named {name:?}"
+                )));
+            }
+            slots.insert(name, Arc::new(open_slot(&catalog, projection)?));
+        }
+        let shared = Arc::new(Shared {
+            catalog,
+            head: log.watch_head(),
+            slots,
+            stop: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+        });
+        let mut threads = Vec::new();
+        for (name, slot) in &shared.slots {
+            let (log, shared_ref, slot) = (log.clone(), shared.clone(), slot.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("rapport-proj-{name}"))
+                .spawn(move || run(log, shared_ref, slot))
+                .map_err(|e| ProjectionError::Log(e.into()))?;
+            threads.push(thread);
+        }
+        *shared.threads.lock().expect("threads lock poisoned") = threads;
+        Ok(Self { shared })
+    }
+
+    fn slot(&self, name: &str) -> Result<&Arc<Slot>, ProjectionError> {
+        self.shared
+            .slots
+            .get(name)
+            .ok_or_else(|| ProjectionError::NotFound(name.to_owned()))
+    }
+
+    /// Names of the projections, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.shared.slots.keys().copied().collect()
+    }
+
+    /// The tree currently serving reads for `name` plus the position it has applied.
+    pub fn reader(&self, name: &str) -> Result<ProjectionView, ProjectionError> {
+        let inner = self.slot(name)?.lock();
+        Ok(ProjectionView {
+            tree: inner.active.1.clone(),
+            applied: inner.active_checkpoint,
+        })
+    }
+
+    /// Read your writes: waits until `name` has applied `min_position` (0 = no wait), at
+    /// most `timeout` (capped at [`limits::PROJECTION_WAIT_MS_MAX`]). A position beyond
+    /// the log's head waits too (it may be appended meanwhile). `NotYet` when the time is
+    /// up, `Failed` when the projection stopped before reaching it.
+    pub async fn wait_for(
+        &self,
+        name: &str,
+        min_position: u64,
+        timeout: Duration,
+    ) -> Result<ProjectionView, ProjectionError> {
+        let slot = self.slot(name)?;
+        let timeout = timeout.min(Duration::from_millis(limits::PROJECTION_WAIT_MS_MAX));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut applied = slot.applied.subscribe();
+        loop {
+            let reached = *applied.borrow_and_update();
+            if reached >= min_position {
+                return self.reader(name);
+            }
+            if let Some((position, error)) = slot.lock().failed.clone() {
+                return Err(ProjectionError::Failed {
+                    name: name.to_owned(),
+                    position,
+                    error,
+                });
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                return Err(ProjectionError::ShuttingDown);
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ProjectionError::ShuttingDown),
+                Err(_) => {
+                    return Err(ProjectionError::NotYet {
+                        name: name.to_owned(),
+                        applied: reached,
+                        wanted: min_position,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every projection's status, sorted by name.
+    pub fn status(&self) -> Vec<ProjectionStatus> {
+        let head = self.shared.head.borrow().position;
+        self.shared
+            .slots
+            .iter()
+            .map(|(name, slot)| {
+                let inner = slot.lock();
+                let state = if let Some((position, error)) = &inner.failed {
+                    ProjectionState::Failed {
+                        position: *position,
+                        error: error.clone(),
+                    }
+                } else if let Some((generation, _)) = &inner.shadow {
+                    rebuilding(
+                        &inner.meter,
+                        generation.version,
+                        inner.shadow_checkpoint,
+                        head,
+                    )
+                } else if inner.first_build {
+                    rebuilding(
+                        &inner.meter,
+                        inner.active.0.version,
+                        inner.active_checkpoint,
+                        head,
+                    )
+                } else {
+                    ProjectionState::Live
+                };
+                ProjectionStatus {
+                    name: (*name).to_owned(),
+                    version: inner.active.0.version,
+                    checkpoint: inner.active_checkpoint,
+                    head,
+                    lag: head.saturating_sub(inner.active_checkpoint),
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    /// The status of one projection.
+    pub fn status_of(&self, name: &str) -> Result<ProjectionStatus, ProjectionError> {
+        self.slot(name)?;
+        Ok(self
+            .status()
+            .into_iter()
+            .find(|s| s.name == name)
+            .expect("the slot exists"))
+    }
+
+    /// Starts a rebuild of `name`: a new generation built from position 1 while the
+    /// current one keeps serving (and following the log). A rebuild already running (a
+    /// shadow, or a first build) is not restarted: the call succeeds and changes nothing,
+    /// so retrying is safe. A failed projection is always rebuilt: its failed generation
+    /// keeps serving what it applied, frozen, until the new one switches in.
+    pub fn rebuild(&self, name: &str) -> Result<(), ProjectionError> {
+        let slot = self.slot(name)?;
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Err(ProjectionError::ShuttingDown);
+        }
+        let catalog = &self.shared.catalog;
+        let mut inner = slot.lock();
+        if inner.failed.is_none() && (inner.shadow.is_some() || inner.first_build) {
+            return Ok(());
+        }
+        if let Some((stale, _)) = inner.shadow.take() {
+            inner.record.shadow = None;
+            catalog.drop_generation(name, stale.generation)?;
+        }
+        if inner.failed.is_some() {
+            inner.active_follows = false;
+        }
+        let version = slot.projection.version();
+        let mut record = inner.record;
+        let shadow = catalog.new_generation(name, version, &mut record, true)?;
+        inner.record = record;
+        inner.shadow = Some(shadow);
+        inner.shadow_checkpoint = 0;
+        inner.first_build = false;
+        inner.meter = Meter::new(0);
+        inner.failed = None;
+        drop(inner);
+        tracing::info!(projection = name, version, "projection rebuild requested");
+        slot.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stops the runners (each finishes its current batch) and waits for them, at most
+    /// [`limits::PROJECTION_SHUTDOWN_MS_MAX`]. Idempotent. Waiters get `ShuttingDown`.
+    pub fn shutdown(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        for slot in self.shared.slots.values() {
+            slot.wake.notify_one();
+            slot.applied.send_modify(|_| {});
+        }
+        let threads =
+            std::mem::take(&mut *self.shared.threads.lock().expect("threads lock poisoned"));
+        let deadline =
+            std::time::Instant::now() + Duration::from_millis(limits::PROJECTION_SHUTDOWN_MS_MAX);
+        for thread in threads {
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::warn!("a projection runner did not stop in time");
+            }
+        }
+    }
+}
+
+fn rebuilding(meter: &Meter, target_version: u32, position: u64, head: u64) -> ProjectionState {
+    let progress = meter.progress(position, head);
+    ProjectionState::Rebuilding {
+        target_version,
+        position,
+        head,
+        events_per_second: progress.events_per_second,
+        eta_seconds: progress.eta_seconds,
+    }
+}
