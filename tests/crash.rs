@@ -369,7 +369,7 @@ async fn crash_loop(iterations: u64) {
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("temp dir");
     let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
-    let mut server = Server::start(dir.path());
+    let mut server = Server::start(&dir.path().join("data"));
     // Appends in flight at a kill that had landed / had not (both must happen to be sure
     // the kills hit mid-write).
     let (mut landed, mut lost) = (0u64, 0u64);
@@ -412,7 +412,7 @@ async fn crash_loop(iterations: u64) {
         }
 
         if iteration % 2 == 1 {
-            let (code, text) = offline_verify(dir.path());
+            let (code, text) = offline_verify(&dir.path().join("data"));
             assert_eq!(
                 code,
                 Some(0),
@@ -420,7 +420,7 @@ async fn crash_loop(iterations: u64) {
             );
         }
 
-        server = Server::start(dir.path());
+        server = Server::start(&dir.path().join("data"));
         let mut client = connect(&server.url()).await;
         let acked_so_far = acks.lock().expect("acks").clone();
         let positions = check_log(&mut client, &acked_so_far).await;
@@ -479,7 +479,7 @@ async fn crash_loop(iterations: u64) {
         .expect("GetHead")
         .into_inner();
     server.kill();
-    let (code, text) = offline_verify(dir.path());
+    let (code, text) = offline_verify(&dir.path().join("data"));
     assert_eq!(code, Some(0), "final rapport verify (seed {seed}):\n{text}");
     eprintln!(
         "crash test: {acked} acknowledged appends, head {} after {iterations} kills; \

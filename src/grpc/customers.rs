@@ -254,8 +254,8 @@ struct Planned {
     events: Vec<DomainEvent>,
 }
 
-/// What a command decided: the customer written to and the appends, the customer's
-/// stream first (its last event's position is the answer).
+/// What a command decided: the customer written to and the appends (the answer is the
+/// last position written and the customer stream's revision).
 struct Plan {
     customer: Uuid,
     appends: Vec<Planned>,
@@ -379,11 +379,18 @@ impl CustomersService {
             .await?;
             match self.inner.log.append_multi(appends).await {
                 Ok(outcomes) => {
-                    let first = outcomes.first().expect("one outcome per append");
+                    let own = customer_stream(plan.customer);
+                    let revision = plan
+                        .appends
+                        .iter()
+                        .zip(&outcomes)
+                        .find(|(planned, _)| planned.stream == own)
+                        .map_or(0, |(_, outcome)| outcome.last_revision);
+                    let position = outcomes.iter().map(|o| o.last_position).max().unwrap_or(0);
                     return Ok(Response::new(pb::WriteResponse {
-                        position: first.last_position,
+                        position,
                         customer_id: plan.customer.to_string(),
-                        revision: first.last_revision,
+                        revision,
                     }));
                 }
                 Err(AppendError::WrongExpectedRevision { .. }) => continue,
@@ -526,7 +533,8 @@ fn finish(v: Violations) -> Result<(), Status> {
 // ---------------------------------------------------------------------------------------
 
 /// How long a read may wait for its `min_position`: the request's deadline when it has
-/// one (less a margin to answer in), else the default bound.
+/// one, less a margin to answer in before the client gives up (a tenth, at least 20 ms),
+/// else the default bound.
 fn wait_bound<T>(request: &Request<T>) -> Duration {
     let header = request
         .metadata()
@@ -534,7 +542,10 @@ fn wait_bound<T>(request: &Request<T>) -> Duration {
         .and_then(|v| v.to_str().ok())
         .and_then(parse_grpc_timeout);
     let cap = Duration::from_millis(limits::READ_WAIT_MS_MAX);
-    header.map_or(cap, |d| d.saturating_sub(Duration::from_millis(5)).min(cap))
+    header.map_or(cap, |d| {
+        let margin = (d / 10).max(Duration::from_millis(20));
+        d.saturating_sub(margin).min(cap)
+    })
 }
 
 fn parse_grpc_timeout(value: &str) -> Option<Duration> {
@@ -789,12 +800,16 @@ fn customer_to_proto(privacy: &Privacy, profile: &Profile, as_of_position: u64) 
     out
 }
 
-/// Gathers every event of `id`'s profile up to a bound: its own stream, and the streams
-/// of duplicates merged into it (recursively), merged by position.
+/// Gathers the events of `id`'s profile that `include` keeps: its own stream, and the
+/// streams of duplicates merged into it (recursively), merged by position. Merges are
+/// discovered among the kept events only, unless `every_merge` (a timeline shows a
+/// duplicate's history whatever page it is on; an as-of answer counts only merges that
+/// had happened by then).
 fn history_up_to(
     log: &Log,
     id: Uuid,
     include: &dyn Fn(&LoggedEvent) -> bool,
+    every_merge: bool,
 ) -> Result<Vec<(LoggedEvent, DomainEvent)>, Status> {
     let mut seen = BTreeSet::new();
     let mut queue = vec![id];
@@ -804,7 +819,8 @@ fn history_up_to(
             continue;
         }
         for logged in read_stream_all(log, &customer_stream(current))? {
-            if !include(&logged) {
+            let included = include(&logged);
+            if !included && !every_merge {
                 continue;
             }
             let event = decode(&logged)?;
@@ -813,7 +829,9 @@ fn history_up_to(
             {
                 queue.push(m.duplicate_id);
             }
-            all.push((logged, event));
+            if included {
+                all.push((logged, event));
+            }
         }
     }
     all.sort_by_key(|(logged, _)| logged.event.position);
@@ -846,7 +864,7 @@ fn fold_as_of(
             None => break,
         }
     }
-    let history = history_up_to(log, target, include)?;
+    let history = history_up_to(log, target, include, false)?;
     let mut profiles: BTreeMap<Uuid, Profile> = BTreeMap::new();
     let mut last = 0;
     for (logged, event) in &history {
@@ -1379,13 +1397,13 @@ impl pb::customers_server::Customers for CustomersService {
                 customer: survivor_id,
                 appends: vec![
                     Planned {
-                        stream: customer_stream(survivor_id),
-                        expected: expected(&survivor),
+                        stream: customer_stream(duplicate_id),
+                        expected: expected(&duplicate),
                         events: vec![event.clone()],
                     },
                     Planned {
-                        stream: customer_stream(duplicate_id),
-                        expected: expected(&duplicate),
+                        stream: customer_stream(survivor_id),
+                        expected: expected(&survivor),
                         events: vec![event],
                     },
                 ],
@@ -1521,9 +1539,7 @@ impl pb::customers_server::Customers for CustomersService {
                 return Err(RuleError::NotFound(id).into());
             }
             let customer = customer_to_proto(&inner.privacy, &profile, head);
-            let history = history_up_to(&inner.log, profile.customer_id, &|e| {
-                e.event.position <= head
-            })?;
+            let history = history_up_to(&inner.log, profile.customer_id, &|e| e.event.position <= head, true)?;
             let mut events = Vec::with_capacity(history.len());
             for (logged, _) in history {
                 let recorded = recorded_event(logged, Some(&inner.privacy))?;
@@ -1776,7 +1792,8 @@ impl pb::customers_server::Customers for CustomersService {
                 return Err(RuleError::NotFound(id).into());
             }
             let bound = before.unwrap_or(head + 1);
-            let history = history_up_to(&inner.log, resolved.id, &|e| e.event.position < bound)?;
+            let history =
+                history_up_to(&inner.log, resolved.id, &|e| e.event.position < bound, true)?;
             let mut events = Vec::new();
             let mut next = String::new();
             for (logged, event) in history.into_iter().rev() {

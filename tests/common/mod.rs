@@ -4,6 +4,7 @@
 
 use rapport::grpc::pb;
 use rapport::grpc::pb::admin_client::AdminClient;
+use rapport::grpc::pb::customers_client::CustomersClient;
 use rapport::grpc::pb::event_store_client::EventStoreClient;
 use rapport::grpc::{RunningServer, start};
 use tonic::transport::Channel;
@@ -15,9 +16,15 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The data directory: inside the temp dir, so the master key created beside it
+    /// (`data.master-key`) is cleaned up with it.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = start(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())
+        let server = start(dir.path().join("data"), "127.0.0.1:0".parse().unwrap())
             .await
             .expect("server starts");
         Self { server, dir }
@@ -27,7 +34,7 @@ impl TestServer {
     pub async fn restart(self) -> Self {
         let Self { server, dir } = self;
         server.stop().await.expect("clean stop");
-        let server = start(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap())
+        let server = start(dir.path().join("data"), "127.0.0.1:0".parse().unwrap())
             .await
             .expect("server restarts");
         Self { server, dir }
@@ -43,6 +50,12 @@ impl TestServer {
         AdminClient::connect(self.server.url())
             .await
             .expect("admin client connects")
+    }
+
+    pub async fn customers(&self) -> CustomersClient<Channel> {
+        CustomersClient::connect(self.server.url())
+            .await
+            .expect("customers client connects")
     }
 
     pub async fn channel(&self) -> Channel {
