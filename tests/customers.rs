@@ -27,7 +27,9 @@ fn at(seconds: i64) -> Option<pb::WriteContext> {
 
 /// A phone number derived from a name, so registrations in one test do not collide.
 fn phone_of(name: &str) -> String {
-    let digits: u64 = name.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let digits: u64 = name
+        .bytes()
+        .fold(7, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
     format!("+44 20 {:07}", digits % 10_000_000)
 }
 
@@ -221,7 +223,9 @@ async fn an_email_belongs_to_one_live_customer() {
     assert_eq!(found.emails, ["ada@newmail.example"]);
     let gone = c
         .find_customer(pb::FindCustomerRequest {
-            by: Some(pb::find_customer_request::By::Email("ada@example.com".into())),
+            by: Some(pb::find_customer_request::By::Email(
+                "ada@example.com".into(),
+            )),
             min_position: 0,
         })
         .await
@@ -432,7 +436,10 @@ async fn the_profile_sums_up_every_kind_of_fact() {
     assert_eq!(p.preferences["size"], "M");
     let consent = &p.consents[0];
     assert_eq!(consent.purpose, pb::ConsentPurpose::MarketingEmail as i32);
-    assert!(!consent.granted, "the change latest in business time (withdrawn at +200) wins");
+    assert!(
+        !consent.granted,
+        "the change latest in business time (withdrawn at +200) wins"
+    );
     assert_eq!(consent.history.len(), 3);
     assert_eq!(p.tags, ["vip"]);
     assert_eq!(
@@ -459,7 +466,12 @@ async fn the_profile_sums_up_every_kind_of_fact() {
     assert_eq!(purchases.refunds, 1);
     let eur = totals(&p, "EUR");
     assert_eq!(
-        (eur.spent_minor, eur.refunded_minor, eur.net_minor, eur.average_order_minor),
+        (
+            eur.spent_minor,
+            eur.refunded_minor,
+            eur.net_minor,
+            eur.average_order_minor
+        ),
         (6000, 1000, 5000, 3000)
     );
     assert_eq!(purchases.top_categories[0].category, "kitchen");
@@ -533,7 +545,11 @@ async fn rules_answer_with_the_right_status() {
         .await
         .unwrap_err();
     assert_eq!(bad_tag.code(), Code::InvalidArgument);
-    assert!(bad_tag.message().starts_with("tag:"), "{}", bad_tag.message());
+    assert!(
+        bad_tag.message().starts_with("tag:"),
+        "{}",
+        bad_tag.message()
+    );
     let bad_score = c
         .record_feedback(pb::RecordFeedbackRequest {
             customer_id: id.clone(),
@@ -609,7 +625,9 @@ async fn a_merged_duplicate_resolves_to_its_survivor() {
     // The duplicate's email finds the survivor.
     let found = c
         .find_customer(pb::FindCustomerRequest {
-            by: Some(pb::find_customer_request::By::Email("ada.l@example.com".into())),
+            by: Some(pb::find_customer_request::By::Email(
+                "ada.l@example.com".into(),
+            )),
             min_position: written,
         })
         .await
@@ -635,7 +653,11 @@ async fn a_merged_duplicate_resolves_to_its_survivor() {
         })
         .await
         .unwrap_err();
-    assert_eq!(into_merged.code(), Code::FailedPrecondition, "{into_merged:?}");
+    assert_eq!(
+        into_merged.code(),
+        Code::FailedPrecondition,
+        "{into_merged:?}"
+    );
     // The timeline holds both customers' events, newest first.
     let timeline = c
         .get_timeline(pb::GetTimelineRequest {
@@ -666,7 +688,12 @@ async fn a_merged_duplicate_resolves_to_its_survivor() {
         token = page.next_page_token;
     }
     // Registrations (2), purchases (2), a tag, and the merge in both streams.
-    assert_eq!(all.len(), 7, "{:?}", all.iter().map(|e| &e.event_type).collect::<Vec<_>>());
+    assert_eq!(
+        all.len(),
+        7,
+        "{:?}",
+        all.iter().map(|e| &e.event_type).collect::<Vec<_>>()
+    );
     let purchases = c
         .get_timeline(pb::GetTimelineRequest {
             customer_id: ada.clone(),
@@ -711,7 +738,12 @@ async fn as_of_a_position_and_a_time_uses_the_projection_fold() {
     let mut live = get(&mut c, &id, second).await;
     live.as_of_position = now.as_of_position;
     assert_eq!(now, live);
-    let event = t.server.log.event_at(before_second.position).unwrap().unwrap();
+    let event = t
+        .server
+        .log
+        .event_at(before_second.position)
+        .unwrap()
+        .unwrap();
     let by_time = c
         .get_customer_as_of(pb::GetCustomerAsOfRequest {
             customer_id: id.clone(),
@@ -907,7 +939,11 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
     let wrapped = shard_bytes[at_id + 16..at_id + 16 + 72].to_vec();
     assert_eq!(files_containing(t.dir.path(), &wrapped).len(), 1);
 
-    let stats_before = t.admin().await.get_log_stats(pb::GetLogStatsRequest::default()).await;
+    let stats_before = t
+        .admin()
+        .await
+        .get_log_stats(pb::GetLogStatsRequest::default())
+        .await;
     let erased = c
         .erase_customer(pb::EraseCustomerRequest {
             customer_id: id.clone(),
@@ -941,7 +977,11 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
     assert_eq!(after.status, pb::CustomerStatus::Erased as i32);
     assert_eq!(after.personal_data, pb::PersonalData::Erased as i32);
     assert!(after.given_name.is_empty() && after.emails.is_empty());
-    assert_eq!(totals(&after, "EUR"), totals(&before, "EUR"), "amounts unchanged");
+    assert_eq!(
+        totals(&after, "EUR"),
+        totals(&before, "EUR"),
+        "amounts unchanged"
+    );
     assert_eq!(after.nps, before.nps, "scores unchanged");
     let lookup = c
         .find_customer(pb::FindCustomerRequest {
@@ -969,7 +1009,9 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
     let as_of = c
         .get_customer_as_of(pb::GetCustomerAsOfRequest {
             customer_id: id.clone(),
-            as_of: Some(pb::get_customer_as_of_request::AsOf::Position(written.position)),
+            as_of: Some(pb::get_customer_as_of_request::AsOf::Position(
+                written.position,
+            )),
         })
         .await
         .unwrap()
@@ -984,7 +1026,11 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
         .unwrap()
         .into_inner();
     assert!(!export.json.contains(name) && !export.json.contains(comment));
-    assert!(export.json.contains("\"personal_data\": \"erased\""), "{}", export.json);
+    assert!(
+        export.json.contains("\"personal_data\": \"erased\""),
+        "{}",
+        export.json
+    );
     // No new personal data is accepted for an erased customer.
     let refused = c
         .log_interaction(pb::LogInteractionRequest {
@@ -996,7 +1042,11 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition);
-    let stats_after = t.admin().await.get_log_stats(pb::GetLogStatsRequest::default()).await;
+    let stats_after = t
+        .admin()
+        .await
+        .get_log_stats(pb::GetLogStatsRequest::default())
+        .await;
     assert!(stats_before.is_ok() && stats_after.is_ok());
 
     // Stop, then scan again and verify the chain offline.
@@ -1079,7 +1129,9 @@ async fn a_wrong_master_key_refuses_to_start_and_changes_nothing() {
         master_key_file: Some(wrong),
     };
     let refused = rapport::grpc::start_with(config, "127.0.0.1:0".parse().unwrap()).await;
-    let error = refused.err().expect("a wrong master key must refuse the start");
+    let error = refused
+        .err()
+        .expect("a wrong master key must refuse the start");
     assert!(
         error.to_string().to_lowercase().contains("master key"),
         "{error}"

@@ -11,7 +11,7 @@
 //! Reads: profiles come from the `customers` projection (waiting for `min_position`),
 //! timelines and as-of answers from the log itself, folded with the projection's code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +35,7 @@ use crate::domain::events::{
     RefundLine, TagAdded, TagRemoved,
 };
 use crate::domain::personal::Personal;
-use crate::domain::profile::{
-    self, Envelope, Profile, ProfileStatus, StoredField, customer_stream,
-};
+use crate::domain::profile::{self, Profile, ProfileStatus, StoredField, customer_stream};
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
@@ -45,7 +43,7 @@ use crate::log::{
 };
 use crate::privacy::{PersonalState, Privacy};
 use crate::projections::Projections;
-use crate::projections::customers as read_model;
+use crate::projections::customers::{self as read_model, HistoryError};
 
 /// The Customers service.
 #[derive(Clone)]
@@ -88,36 +86,37 @@ async fn blocking<T: Send + 'static>(
 // Loading state from the log
 // ---------------------------------------------------------------------------------------
 
-/// Reads a whole stream (bounded), oldest first.
 fn read_stream_all(log: &Log, stream: &str) -> Result<Vec<LoggedEvent>, Status> {
-    let name = StreamName::parse(stream).map_err(|e| internal(e.to_string()))?;
-    let mut out = Vec::new();
-    let mut from = 0;
-    loop {
-        let page = match log.read_stream(&name, from, false, limits::READ_PAGE_MAX as usize) {
-            Ok(page) => page,
-            Err(crate::log::ReadError::StreamNotFound(_)) => return Ok(out),
-            Err(error) => return Err(error.into()),
-        };
-        let done = page.end_reached || page.events.is_empty();
-        out.extend(page.events);
-        if out.len() > limits::CUSTOMER_STREAM_EVENTS_MAX {
-            return Err(Status::resource_exhausted(format!(
-                "stream {stream} has more than {} events",
-                limits::CUSTOMER_STREAM_EVENTS_MAX
-            )));
-        }
-        if done {
-            return Ok(out);
-        }
-        from = page.next_cursor;
-    }
+    read_model::read_stream_all(log, stream).map_err(history_status)
 }
 
 fn decode(logged: &LoggedEvent) -> Result<DomainEvent, Status> {
-    let e = &logged.event;
-    DomainEvent::decode(&e.event_type, e.schema_version, &e.payload)
-        .map_err(|error| internal(format!("event at position {}: {error}", e.position)))
+    read_model::decode_event(logged).map_err(history_status)
+}
+
+fn history_up_to(
+    log: &Log,
+    id: Uuid,
+    include: &dyn Fn(&LoggedEvent) -> bool,
+    every_merge: bool,
+) -> Result<Vec<(LoggedEvent, DomainEvent)>, Status> {
+    read_model::history(log, id, include, every_merge).map_err(history_status)
+}
+
+fn fold_as_of(
+    log: &Log,
+    id: Uuid,
+    include: &dyn Fn(&LoggedEvent) -> bool,
+) -> Result<Option<(Profile, u64)>, Status> {
+    read_model::fold_as_of(log, id, include).map_err(history_status)
+}
+
+fn history_status(error: HistoryError) -> Status {
+    match error {
+        HistoryError::Read(error) => error.into(),
+        HistoryError::TooLong(message) => Status::resource_exhausted(message),
+        HistoryError::Decode(message) => internal(message),
+    }
 }
 
 /// A customer's decision state with the revision it was read at.
@@ -800,87 +799,6 @@ fn customer_to_proto(privacy: &Privacy, profile: &Profile, as_of_position: u64) 
     out
 }
 
-/// Gathers the events of `id`'s profile that `include` keeps: its own stream, and the
-/// streams of duplicates merged into it (recursively), merged by position. Merges are
-/// discovered among the kept events only, unless `every_merge` (a timeline shows a
-/// duplicate's history whatever page it is on; an as-of answer counts only merges that
-/// had happened by then).
-fn history_up_to(
-    log: &Log,
-    id: Uuid,
-    include: &dyn Fn(&LoggedEvent) -> bool,
-    every_merge: bool,
-) -> Result<Vec<(LoggedEvent, DomainEvent)>, Status> {
-    let mut seen = BTreeSet::new();
-    let mut queue = vec![id];
-    let mut all = Vec::new();
-    while let Some(current) = queue.pop() {
-        if !seen.insert(current) || seen.len() > limits::MERGED_STREAMS_MAX {
-            continue;
-        }
-        for logged in read_stream_all(log, &customer_stream(current))? {
-            let included = include(&logged);
-            if !included && !every_merge {
-                continue;
-            }
-            let event = decode(&logged)?;
-            if let DomainEvent::CustomersMerged(m) = &event
-                && m.survivor_id == current
-            {
-                queue.push(m.duplicate_id);
-            }
-            if included {
-                all.push((logged, event));
-            }
-        }
-    }
-    all.sort_by_key(|(logged, _)| logged.event.position);
-    all.dedup_by_key(|(logged, _)| logged.event.position);
-    Ok(all)
-}
-
-/// The as-of fold: the projection's own code over the customer's streams up to a bound.
-fn fold_as_of(
-    log: &Log,
-    id: Uuid,
-    include: &dyn Fn(&LoggedEvent) -> bool,
-) -> Result<Option<(Profile, u64)>, Status> {
-    // Resolve merges as they stood at the bound.
-    let mut target = id;
-    for _ in 0..limits::MERGE_DEPTH_MAX {
-        let mut merged_into = None;
-        for logged in read_stream_all(log, &customer_stream(target))? {
-            if !include(&logged) {
-                continue;
-            }
-            if let DomainEvent::CustomersMerged(m) = decode(&logged)?
-                && m.duplicate_id == target
-            {
-                merged_into = Some(m.survivor_id);
-            }
-        }
-        match merged_into {
-            Some(next) => target = next,
-            None => break,
-        }
-    }
-    let history = history_up_to(log, target, include, false)?;
-    let mut profiles: BTreeMap<Uuid, Profile> = BTreeMap::new();
-    let mut last = 0;
-    for (logged, event) in &history {
-        let e = &logged.event;
-        let envelope = Envelope {
-            position: e.position,
-            stream: &e.stream,
-            event_id: e.id(),
-            occurred_at_us: e.occurred_at_us,
-        };
-        let Ok(()) = profile::apply(&mut profiles, &envelope, event);
-        last = last.max(e.position);
-    }
-    Ok(profiles.remove(&target).map(|p| (p, last)))
-}
-
 // ---------------------------------------------------------------------------------------
 // The service
 // ---------------------------------------------------------------------------------------
@@ -1539,7 +1457,12 @@ impl pb::customers_server::Customers for CustomersService {
                 return Err(RuleError::NotFound(id).into());
             }
             let customer = customer_to_proto(&inner.privacy, &profile, head);
-            let history = history_up_to(&inner.log, profile.customer_id, &|e| e.event.position <= head, true)?;
+            let history = history_up_to(
+                &inner.log,
+                profile.customer_id,
+                &|e| e.event.position <= head,
+                true,
+            )?;
             let mut events = Vec::with_capacity(history.len());
             for (logged, _) in history {
                 let recorded = recorded_event(logged, Some(&inner.privacy))?;

@@ -5,15 +5,29 @@
 //! Keys: `p ‖ customer uuid (16 bytes)` → bincode of [`Profile`]. Personal parts inside
 //! profiles stay sealed; the edge opens them at query time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
 use super::{ApplyError, Projection, StateBatch};
 use crate::domain::DomainEvent;
-use crate::domain::profile::{self, Envelope, Profile, ProfileStatus, Profiles};
-use crate::limits::MERGE_DEPTH_MAX;
-use crate::log::{LoggedEvent, ReadFilter};
+use crate::domain::profile::{self, Envelope, Profile, ProfileStatus, Profiles, customer_stream};
+use crate::limits::{self, MERGE_DEPTH_MAX};
+use crate::log::{Log, LoggedEvent, ReadError, ReadFilter, StreamName};
+
+/// Reading a customer's history from the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The log could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A stream is longer than the bound of one customer's history.
+    #[error("{0}")]
+    TooLong(String),
+    /// A stored event does not decode.
+    #[error("{0}")]
+    Decode(String),
+}
 
 /// The projection's name.
 pub const NAME: &str = "customers";
@@ -196,4 +210,121 @@ pub fn digest_of(profiles: &BTreeMap<Uuid, Profile>) -> blake3::Hash {
         hasher.update(&value);
     }
     hasher.finalize()
+}
+
+/// Reads a whole stream (bounded), oldest first.
+pub fn read_stream_all(log: &Log, stream: &str) -> Result<Vec<LoggedEvent>, HistoryError> {
+    let name = StreamName::parse(stream).map_err(|e| HistoryError::Decode(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = match log.read_stream(&name, from, false, limits::READ_PAGE_MAX as usize) {
+            Ok(page) => page,
+            Err(crate::log::ReadError::StreamNotFound(_)) => return Ok(out),
+            Err(error) => return Err(HistoryError::Read(error)),
+        };
+        let done = page.end_reached || page.events.is_empty();
+        out.extend(page.events);
+        if out.len() > limits::CUSTOMER_STREAM_EVENTS_MAX {
+            return Err(HistoryError::TooLong(format!(
+                "stream {stream} has more than {} events",
+                limits::CUSTOMER_STREAM_EVENTS_MAX
+            )));
+        }
+        if done {
+            return Ok(out);
+        }
+        from = page.next_cursor;
+    }
+}
+
+/// Decodes a logged event's body (personal parts stay sealed).
+pub fn decode_event(logged: &LoggedEvent) -> Result<DomainEvent, HistoryError> {
+    let e = &logged.event;
+    DomainEvent::decode(&e.event_type, e.schema_version, &e.payload)
+        .map_err(|error| HistoryError::Decode(format!("event at position {}: {error}", e.position)))
+}
+
+/// Gathers the events of `id`'s profile that `include` keeps: its own stream, and the
+/// streams of duplicates merged into it (recursively), merged by position. Merges are
+/// discovered among the kept events only, unless `every_merge` (a timeline shows a
+/// duplicate's history whatever page it is on; an as-of answer counts only merges that
+/// had happened by then).
+pub fn history(
+    log: &Log,
+    id: Uuid,
+    include: &dyn Fn(&LoggedEvent) -> bool,
+    every_merge: bool,
+) -> Result<Vec<(LoggedEvent, DomainEvent)>, HistoryError> {
+    let mut seen = BTreeSet::new();
+    let mut queue = vec![id];
+    let mut all = Vec::new();
+    while let Some(current) = queue.pop() {
+        if !seen.insert(current) || seen.len() > limits::MERGED_STREAMS_MAX {
+            continue;
+        }
+        for logged in read_stream_all(log, &customer_stream(current))? {
+            let included = include(&logged);
+            if !included && !every_merge {
+                continue;
+            }
+            let event = decode_event(&logged)?;
+            if let DomainEvent::CustomersMerged(m) = &event
+                && m.survivor_id == current
+            {
+                queue.push(m.duplicate_id);
+            }
+            if included {
+                all.push((logged, event));
+            }
+        }
+    }
+    all.sort_by_key(|(logged, _)| logged.event.position);
+    all.dedup_by_key(|(logged, _)| logged.event.position);
+    Ok(all)
+}
+
+/// The as-of fold: the projection's own code ([`profile::apply`]) over the customer's
+/// streams, keeping the events `include` keeps (up to a position or a recorded time).
+/// Merges are resolved as they stood then. Returns the profile and the last position
+/// folded into it.
+pub fn fold_as_of(
+    log: &Log,
+    id: Uuid,
+    include: &dyn Fn(&LoggedEvent) -> bool,
+) -> Result<Option<(Profile, u64)>, HistoryError> {
+    // Resolve merges as they stood at the bound.
+    let mut target = id;
+    for _ in 0..limits::MERGE_DEPTH_MAX {
+        let mut merged_into = None;
+        for logged in read_stream_all(log, &customer_stream(target))? {
+            if !include(&logged) {
+                continue;
+            }
+            if let DomainEvent::CustomersMerged(m) = decode_event(&logged)?
+                && m.duplicate_id == target
+            {
+                merged_into = Some(m.survivor_id);
+            }
+        }
+        match merged_into {
+            Some(next) => target = next,
+            None => break,
+        }
+    }
+    let history = history(log, target, include, false)?;
+    let mut profiles: BTreeMap<Uuid, Profile> = BTreeMap::new();
+    let mut last = 0;
+    for (logged, event) in &history {
+        let e = &logged.event;
+        let envelope = Envelope {
+            position: e.position,
+            stream: &e.stream,
+            event_id: e.id(),
+            occurred_at_us: e.occurred_at_us,
+        };
+        let Ok(()) = profile::apply(&mut profiles, &envelope, event);
+        last = last.max(e.position);
+    }
+    Ok(profiles.remove(&target).map(|p| (p, last)))
 }
