@@ -312,16 +312,19 @@ pub async fn bench_append(
     events_per_request: usize,
     duration: Duration,
     requests_per_client: Option<u64>,
+    personal: bool,
 ) -> Result<(), CliError> {
-    let report = crate::loadgen::run_append(
+    let report = crate::loadgen::run_append_with(
         &server,
         clients,
         events_per_request,
         duration,
         requests_per_client,
+        personal,
     )
     .await?;
-    println!("append clients={clients} events/request={events_per_request}: {report}");
+    let kind = if personal { " personal" } else { "" };
+    println!("append{kind} clients={clients} events/request={events_per_request}: {report}");
     Ok(())
 }
 

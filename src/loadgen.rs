@@ -94,6 +94,47 @@ pub fn sample_event(serial: u64) -> pb::Event {
     }
 }
 
+/// A customer event of the same size as [`sample_event`] whose body is personal data
+/// (an `InteractionLogged` with a ~200-byte subject and summary): what the encryption
+/// cost is measured with. Deterministic in `serial`.
+pub fn sample_personal_event(customer_id: Uuid, serial: u64) -> pb::Event {
+    let Some(pb::event::Kind::Custom(custom)) = sample_event(serial).kind else {
+        unreachable!("sample_event is a custom event")
+    };
+    let pad = custom
+        .data
+        .and_then(|d| d.fields.get("new").cloned())
+        .and_then(|v| match v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) => Some(s),
+            _ => None,
+        })
+        .unwrap_or_default();
+    pb::Event {
+        kind: Some(pb::event::Kind::InteractionLogged(pb::InteractionLogged {
+            customer_id: customer_id.to_string(),
+            channel: pb::Channel::Email as i32,
+            direction: pb::Direction::Inbound as i32,
+            kind: pb::InteractionKind::Email as i32,
+            subject: "Change of email address".into(),
+            summary: pad,
+            agent: "agent-7".into(),
+            duration_seconds: 0,
+        })),
+    }
+}
+
+/// The customer a personal-data load client owns in `slot`: the same across runs, so a
+/// warm-up run creates the keys and the measured run pays only for encryption.
+pub fn bench_customer(client_index: usize, slot: usize) -> Uuid {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"rapport bench customer");
+    hasher.update(&(client_index as u64).to_be_bytes());
+    hasher.update(&(slot as u64).to_be_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 /// [`sample_event`] as the log stores it, with a fresh client-style event id: what the
 /// in-process benches and `bench fill` append.
 pub fn sample_proposed(serial: u64) -> crate::log::ProposedEvent {
@@ -151,6 +192,28 @@ pub async fn run_append(
     duration: Duration,
     requests_per_client: Option<u64>,
 ) -> Result<LoadReport, tonic::transport::Error> {
+    run_append_with(
+        server,
+        clients,
+        events_per_request,
+        duration,
+        requests_per_client,
+        false,
+    )
+    .await
+}
+
+/// [`run_append`], optionally with personal-data events ([`sample_personal_event`]) on
+/// the callers' fixed customer streams (`customer-<id>`, expected revision `any`,
+/// since the streams outlive one run), so the server seals every event.
+pub async fn run_append_with(
+    server: &str,
+    clients: usize,
+    events_per_request: usize,
+    duration: Duration,
+    requests_per_client: Option<u64>,
+    personal: bool,
+) -> Result<LoadReport, tonic::transport::Error> {
     let calls_max = requests_per_client.unwrap_or(u64::MAX);
     let channels = connect(server, clients.clamp(1, 8)).await?;
     let run_id = Uuid::new_v4().simple().to_string();
@@ -167,8 +230,17 @@ pub async fn run_append(
             .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
         // Like the peer's known-revision client: each caller owns STREAMS_PER_CLIENT
         // fresh streams and cycles over them, knowing each one's revision.
+        let customers: Vec<Uuid> = (0..STREAMS_PER_CLIENT)
+            .map(|k| bench_customer(client_index, k))
+            .collect();
         let streams: Vec<String> = (0..STREAMS_PER_CLIENT)
-            .map(|k| format!("bench-{run_id}-{client_index}-{k}"))
+            .map(|k| {
+                if personal {
+                    format!("customer-{}", customers[k])
+                } else {
+                    format!("bench-{run_id}-{client_index}-{k}")
+                }
+            })
             .collect();
         let serial = serial.clone();
         tasks.push(tokio::spawn(async move {
@@ -177,20 +249,26 @@ pub async fn run_append(
             let mut revisions: Vec<Option<u64>> = vec![None; STREAMS_PER_CLIENT];
             let mut call = 0usize;
             while Instant::now() < deadline && requests + errors < calls_max {
-                let batch: Vec<pb::ProposedEvent> = (0..events_per_request)
-                    .map(|_| pb::ProposedEvent {
-                        event_id: Uuid::new_v4().to_string(),
-                        event: Some(sample_event(
-                            serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                        )),
-                        ..Default::default()
-                    })
-                    .collect();
                 let slot = call % STREAMS_PER_CLIENT;
                 call += 1;
-                let expected = Some(match revisions[slot] {
-                    None => pb::append_request::Expected::NoStream(()),
-                    Some(r) => pb::append_request::Expected::Exact(r),
+                let batch: Vec<pb::ProposedEvent> = (0..events_per_request)
+                    .map(|_| {
+                        let n = serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        pb::ProposedEvent {
+                            event_id: Uuid::new_v4().to_string(),
+                            event: Some(if personal {
+                                sample_personal_event(customers[slot], n)
+                            } else {
+                                sample_event(n)
+                            }),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                let expected = Some(match (personal, revisions[slot]) {
+                    (true, _) => pb::append_request::Expected::Any(()),
+                    (false, None) => pb::append_request::Expected::NoStream(()),
+                    (false, Some(r)) => pb::append_request::Expected::Exact(r),
                 });
                 let call_start = Instant::now();
                 let result = client
@@ -370,4 +448,138 @@ mod tests {
         assert_eq!(sample_event(7), sample_event(7));
         assert_ne!(sample_event(7), sample_event(8));
     }
+}
+
+/// What a fixed-rate read run measured.
+#[derive(Clone, Debug)]
+pub struct RateReport {
+    /// Calls answered OK.
+    pub calls: u64,
+    /// Calls that failed.
+    pub errors: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Median latency from the call's scheduled start, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile, microseconds.
+    pub p99_us: u64,
+    /// 99.9th percentile, microseconds.
+    pub p999_us: u64,
+    /// Worst, microseconds.
+    pub max_us: u64,
+}
+
+impl std::fmt::Display for RateReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "calls/s {:.0}  p50 {:.3} ms  p99 {:.3} ms  p99.9 {:.3} ms  max {:.2} ms  calls {}  errors {}  over {:.1} s",
+            self.calls as f64 / self.elapsed.as_secs_f64(),
+            self.p50_us as f64 / 1000.0,
+            self.p99_us as f64 / 1000.0,
+            self.p999_us as f64 / 1000.0,
+            self.max_us as f64 / 1000.0,
+            self.calls,
+            self.errors,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// `GetCustomer` at a fixed rate (open loop): calls are scheduled every `1/rate` and
+/// spread over `clients` callers; latency is measured from the scheduled start, so a
+/// stalled server shows in the tail instead of slowing the load down (no coordinated
+/// omission). Customer ids are sampled from the first `ids_max` of `ListCustomers`.
+pub async fn run_get_customer(
+    server: &str,
+    clients: usize,
+    rate_per_second: u64,
+    duration: Duration,
+    ids_max: usize,
+) -> Result<RateReport, Box<dyn std::error::Error + Send + Sync>> {
+    use crate::grpc::pb::customers_client::CustomersClient;
+    let channels = connect(server, clients.clamp(1, 8)).await?;
+    let mut lister = CustomersClient::new(channels[0].clone());
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    while ids.len() < ids_max {
+        let page = lister
+            .list_customers(pb::ListCustomersRequest {
+                page_size: crate::limits::LIST_PAGE_MAX as u32,
+                page_token: token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        ids.extend(page.customers.into_iter().map(|c| c.customer_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if ids.is_empty() {
+        return Err("no customers to read: seed the server first (rapport seed)".into());
+    }
+    let ids = Arc::new(ids);
+    let clients = clients.max(1);
+    let interval = Duration::from_secs_f64(clients as f64 / rate_per_second.max(1) as f64);
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for client_index in 0..clients {
+        let mut client = CustomersClient::new(channels[client_index % channels.len()].clone());
+        let ids = ids.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
+            let (mut calls, mut errors) = (0u64, 0u64);
+            // Callers are staggered so the calls are evenly spaced overall.
+            let offset = interval.mul_f64(client_index as f64 / clients as f64);
+            let mut n = 0u64;
+            loop {
+                let scheduled = start + offset + interval.mul_f64(n as f64);
+                if scheduled.duration_since(start) >= duration {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                let index = (n as usize * 7919 + client_index * 104_729) % ids.len();
+                n += 1;
+                let result = client
+                    .get_customer(pb::GetCustomerRequest {
+                        customer_id: ids[index].clone(),
+                        min_position: 0,
+                    })
+                    .await;
+                let micros = scheduled.elapsed().as_micros() as u64;
+                match result {
+                    Ok(_) => {
+                        calls += 1;
+                        let _ = histogram.record(micros.max(1));
+                    }
+                    Err(status) => {
+                        errors += 1;
+                        if errors <= 3 {
+                            eprintln!("get customer failed: {status}");
+                        }
+                    }
+                }
+            }
+            (histogram, calls, errors)
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
+    let (mut calls, mut errors) = (0, 0);
+    for task in tasks {
+        let (h, c, e) = task.await.expect("client task panicked");
+        histogram.add(h).expect("same precision");
+        calls += c;
+        errors += e;
+    }
+    Ok(RateReport {
+        calls,
+        errors,
+        elapsed: start.elapsed(),
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+        max_us: histogram.max(),
+    })
 }

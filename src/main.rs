@@ -95,6 +95,25 @@ enum Bench {
         /// Stop each client after this many calls (fixed work instead of fixed time).
         #[arg(long)]
         requests_per_client: Option<u64>,
+        /// Append personal-data customer events (sealed by the server) instead of custom
+        /// events of the same size, to the clients' fixed customer streams.
+        #[arg(long)]
+        personal: bool,
+    },
+    /// GetCustomer at a fixed rate (open loop) over seeded customers; prints p50/p99/p99.9.
+    GetCustomer {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Calls per second, spread evenly over the clients.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Customers sampled (read from ListCustomers first).
+        #[arg(long, default_value_t = 20_000)]
+        customers: usize,
     },
     /// The bare gRPC call rate: concurrent GetHead calls (no log work); prints calls/s.
     Head {
@@ -202,15 +221,31 @@ fn main() -> ExitCode {
                     events_per_request,
                     duration,
                     requests_per_client,
+                    personal,
                 } => rapport::cli::bench_append(
                     server,
                     clients,
                     events_per_request,
                     duration,
                     requests_per_client,
+                    personal,
                 )
                 .await
                 .map(|()| true),
+                Bench::GetCustomer {
+                    server,
+                    clients,
+                    rate,
+                    duration,
+                    customers,
+                } => {
+                    rapport::loadgen::run_get_customer(&server, clients, rate, duration, customers)
+                        .await
+                        .map(|report| {
+                            println!("get-customer clients={clients} rate={rate}/s: {report}");
+                            true
+                        })
+                }
                 Bench::Head {
                     server,
                     clients,
