@@ -1530,6 +1530,7 @@ fn type_name(event: &pb::Event) -> String {
         pb::event::Kind::ContactDetailsChanged(_) => "ContactDetailsChanged".into(),
         pb::event::Kind::InteractionLogged(_) => "InteractionLogged".into(),
         pb::event::Kind::PurchaseCompleted(_) => "PurchaseCompleted".into(),
+        other => panic!("mixed_log does not use {other:?}"),
     }
 }
 
