@@ -55,7 +55,11 @@ async fn an_unknown_format_version_refuses_to_open_and_changes_nothing() {
     {
         let db = sled::open(dir.path().join("sled")).unwrap();
         let meta = db.open_tree("meta").unwrap();
-        meta.insert("format_version", &1u32.to_be_bytes()).unwrap();
+        meta.insert(
+            "format_version",
+            &rapport::log::store::FORMAT_VERSION.to_be_bytes(),
+        )
+        .unwrap();
         db.flush().unwrap();
     }
     let log = Log::open(LogConfig::new(dir.path())).unwrap();

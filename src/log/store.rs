@@ -23,8 +23,10 @@ use super::error::{LogError, ReadError};
 use super::record::{Hash, LoggedEvent, ZERO_HASH, parse_chunk};
 use super::wal::{ChunkEntry, Wal};
 
-/// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes and reads. 2: customer events carry their
+/// personal data sealed (1 had it in clear; the envelope and chunk layout are unchanged,
+/// but a version-1 directory's customer payloads would not decode as today's types).
+pub const FORMAT_VERSION: u32 = 2;
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through";
