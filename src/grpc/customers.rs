@@ -436,6 +436,9 @@ fn written(found: &LoggedEvent) -> pb::WriteResponse {
     }
 }
 
+/// One stream's events with their ids, before sealing.
+type Staged = (String, ExpectedRevision, Vec<(Uuid, DomainEvent)>);
+
 fn seal_and_encode(
     privacy: &Privacy,
     plan: &Plan,
@@ -443,7 +446,7 @@ fn seal_and_encode(
     context: &ContextFields,
 ) -> Result<Vec<StreamAppend>, Status> {
     let mut index = 0usize;
-    let mut staged: Vec<(String, ExpectedRevision, Vec<(Uuid, DomainEvent)>)> = Vec::new();
+    let mut staged: Vec<Staged> = Vec::new();
     for planned in &plan.appends {
         let mut events = Vec::new();
         for event in &planned.events {
@@ -764,11 +767,7 @@ fn customer_to_proto(privacy: &Privacy, profile: &Profile, as_of_position: u64) 
         profile.feedback.get(&metric).map(|s| pb::ScoreSummary {
             count: s.count,
             sum: s.sum,
-            average_milli: if s.count == 0 {
-                0
-            } else {
-                s.sum * 1000 / s.count
-            },
+            average_milli: (s.sum * 1000).checked_div(s.count).unwrap_or(0),
             latest: s.latest.map_or(0, |(score, _, _)| u32::from(score)),
             latest_at: s.latest.map(|(_, at, _)| timestamp_from_us(at)),
         })
@@ -1648,16 +1647,14 @@ impl pb::customers_server::Customers for CustomersService {
                 true
             };
             let mut customers = Vec::new();
-            let mut scanned = 0usize;
             let mut last_seen = None;
             let mut more = false;
-            for profile in read_model::scan(&view.tree, after) {
+            for (scanned, profile) in read_model::scan(&view.tree, after).enumerate() {
                 let profile = profile.map_err(internal)?;
                 if customers.len() == page_size || scanned == limits::LIST_SCAN_MAX {
                     more = true;
                     break;
                 }
-                scanned += 1;
                 last_seen = Some(profile.customer_id);
                 if matches(&profile) {
                     customers.push(customer_to_proto(&privacy, &profile, view.applied));
