@@ -78,8 +78,17 @@ impl<T: Serialize + DeserializeOwned> PersonalField for Personal<T> {
     }
 }
 
-impl<T> Serialize for Personal<T> {
+/// Stored (binary) encodings see only the sealed bytes. Human-readable output (JSON for
+/// `tail`, `replay` and exports) shows a clear value as itself and a sealed or erased
+/// one as `null` — the event's `personal_data` marker says which.
+impl<T: Serialize> Serialize for Personal<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            return match self {
+                Self::Clear(value) => value.serialize(serializer),
+                Self::Sealed(_) | Self::Erased => serializer.serialize_none(),
+            };
+        }
         match self {
             Self::Sealed(bytes) => serializer.serialize_bytes(bytes),
             Self::Clear(_) => Err(serde::ser::Error::custom(
@@ -102,6 +111,16 @@ impl<'de, T> Deserialize<'de> for Personal<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_shows_clear_values_and_null_for_the_rest() {
+        let clear: Personal<String> = Personal::Clear("Ada".into());
+        assert_eq!(serde_json::to_string(&clear).unwrap(), "\"Ada\"");
+        let erased: Personal<String> = Personal::Erased;
+        assert_eq!(serde_json::to_string(&erased).unwrap(), "null");
+        let sealed: Personal<String> = Personal::Sealed(vec![1, 2]);
+        assert_eq!(serde_json::to_string(&sealed).unwrap(), "null");
+    }
 
     #[test]
     fn only_the_sealed_form_serialises() {
