@@ -905,6 +905,29 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
         b"raw-subject-line-9931",
     ];
     let t = t.restart().await;
+    // And after a rebuild of the customer projection (a new generation of its trees).
+    let mut admin = t.admin().await;
+    admin
+        .rebuild_projection(pb::RebuildProjectionRequest {
+            name: "customers".into(),
+        })
+        .await
+        .unwrap();
+    let mut watch = admin
+        .watch_projection(pb::WatchProjectionRequest {
+            name: "customers".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(status) = watch.message().await.unwrap() {
+        last = Some(status);
+    }
+    assert!(matches!(
+        last.and_then(|s| s.state),
+        Some(pb::projection_status::State::Live(_))
+    ));
     for secret in secrets {
         assert_eq!(
             files_containing(&data_dir, secret),
