@@ -896,6 +896,26 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
         })
         .await
         .unwrap();
+    // The customer model's own events cannot be forged through the raw API.
+    let forged = store
+        .append(pb::AppendRequest {
+            stream: format!("customer-{id}"),
+            expected: None,
+            events: vec![pb::ProposedEvent {
+                event: Some(pb::Event {
+                    kind: Some(pb::event::Kind::CustomerErased(pb::CustomerErased {
+                        customer_id: id.clone(),
+                        erased_ids: vec![id.clone()],
+                        reason: String::new(),
+                        requested_by: String::new(),
+                    })),
+                }),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::InvalidArgument);
     let before = get(&mut c, &id, written.position).await;
     assert_eq!(before.given_name, name);
     let secrets: [&[u8]; 4] = [

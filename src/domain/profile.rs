@@ -362,26 +362,27 @@ fn trim_history(changes: &mut Vec<ConsentChange>) {
     }
 }
 
-/// Where the fold keeps profiles: the projection's write-back batch, or a map.
+/// Where the fold keeps profiles: the projection's write-back batch, or a map. The fold
+/// works on profiles in place ([`Profiles::entry`]): a batch decodes each profile once
+/// and encodes it once, however many of its events the batch holds.
 pub trait Profiles {
     /// Storage error.
     type Error;
-    /// The stored profile of `id`, if any.
-    fn get(&mut self, id: Uuid) -> Result<Option<Profile>, Self::Error>;
-    /// Stores a profile.
-    fn put(&mut self, profile: Profile) -> Result<(), Self::Error>;
+    /// The status of `id`'s profile, if it has one.
+    fn status(&mut self, id: Uuid) -> Result<Option<ProfileStatus>, Self::Error>;
+    /// `id`'s profile, created empty if it has none.
+    fn entry(&mut self, id: Uuid) -> Result<&mut Profile, Self::Error>;
 }
 
 impl Profiles for BTreeMap<Uuid, Profile> {
     type Error = std::convert::Infallible;
 
-    fn get(&mut self, id: Uuid) -> Result<Option<Profile>, Self::Error> {
-        Ok(BTreeMap::get(self, &id).cloned())
+    fn status(&mut self, id: Uuid) -> Result<Option<ProfileStatus>, Self::Error> {
+        Ok(self.get(&id).map(|p| p.status))
     }
 
-    fn put(&mut self, profile: Profile) -> Result<(), Self::Error> {
-        self.insert(profile.customer_id, profile);
-        Ok(())
+    fn entry(&mut self, id: Uuid) -> Result<&mut Profile, Self::Error> {
+        Ok(BTreeMap::entry(self, id).or_insert_with(|| Profile::new(id)))
     }
 }
 
@@ -389,11 +390,8 @@ impl Profiles for BTreeMap<Uuid, Profile> {
 pub fn resolve<S: Profiles>(store: &mut S, id: Uuid) -> Result<Uuid, S::Error> {
     let mut current = id;
     for _ in 0..MERGE_DEPTH_MAX {
-        match store.get(current)? {
-            Some(Profile {
-                status: ProfileStatus::Merged { into },
-                ..
-            }) => current = into,
+        match store.status(current)? {
+            Some(ProfileStatus::Merged { into }) => current = into,
             _ => return Ok(current),
         }
     }
@@ -420,32 +418,46 @@ pub fn apply<S: Profiles>(
     let Some(owner) = customer_of_stream(env.stream) else {
         return Ok(());
     };
-    // A merge is folded at its copy in the survivor's stream, when the duplicate's own
-    // history up to the merge is complete; the copy in the duplicate's stream only counts.
+    // A merge is written to the duplicate's stream, then to the survivor's, in one atomic
+    // append. The duplicate's copy redirects its id from then on; the survivor's copy
+    // folds the duplicate's history in. Each copy is folded from its own stream, so a
+    // fold over some streams only (as-of) and one over the whole log agree.
     if let DomainEvent::CustomersMerged(merged) = event {
-        if owner == merged.survivor_id {
+        let dup_id = merged.duplicate_id;
+        if owner == dup_id && owner != merged.survivor_id {
+            if !matches!(store.status(dup_id)?, Some(ProfileStatus::Merged { .. })) {
+                let dup = store.entry(dup_id)?;
+                dup.status = ProfileStatus::Merged {
+                    into: merged.survivor_id,
+                };
+                dup.last_position = env.position;
+            }
+        } else if owner == merged.survivor_id {
             let survivor_id = resolve(store, merged.survivor_id)?;
-            let mut dup = store
-                .get(merged.duplicate_id)?
-                .unwrap_or_else(|| Profile::new(merged.duplicate_id));
-            if matches!(dup.status, ProfileStatus::Merged { .. }) || survivor_id == dup.customer_id
+            // A duplicate merged elsewhere before is not merged again (the service
+            // refuses that; a raw log might hold it).
+            if let Some(ProfileStatus::Merged { into }) = store.status(dup_id)?
+                && into != merged.survivor_id
             {
                 return Ok(());
             }
-            let mut survivor = store
-                .get(survivor_id)?
-                .unwrap_or_else(|| Profile::new(survivor_id));
+            if survivor_id == dup_id || store.entry(survivor_id)?.merged_ids.contains(&dup_id) {
+                return Ok(());
+            }
+            // Merges are rare: copying the duplicate keeps the borrows simple.
+            let dup = store.entry(dup_id)?.clone();
+            let survivor = store.entry(survivor_id)?;
             survivor.absorb(&dup);
             survivor.touch(env);
+            let dup = store.entry(dup_id)?;
             dup.status = ProfileStatus::Merged { into: survivor_id };
             dup.last_position = env.position;
-            store.put(dup)?;
-            store.put(survivor)?;
         }
         return Ok(());
     }
     let target = resolve(store, owner)?;
-    let mut profile = store.get(target)?.unwrap_or_else(|| Profile::new(target));
+    let mut also_erased: &[Uuid] = &[];
+    let profile = store.entry(target)?;
     profile.touch(env);
     let at = env.occurred_at_us;
     match event {
@@ -482,10 +494,8 @@ pub fn apply<S: Profiles>(
         DomainEvent::PreferenceCleared(e) => {
             profile.preferences.remove(&e.key);
         }
-        DomainEvent::ConsentGiven(e) => push_consent(&mut profile, e.purpose, true, &e.source, env),
-        DomainEvent::ConsentWithdrawn(e) => {
-            push_consent(&mut profile, e.purpose, false, &e.source, env)
-        }
+        DomainEvent::ConsentGiven(e) => push_consent(profile, e.purpose, true, &e.source, env),
+        DomainEvent::ConsentWithdrawn(e) => push_consent(profile, e.purpose, false, &e.source, env),
         DomainEvent::TagAdded(e) => {
             profile.tags.insert(e.tag.clone());
         }
@@ -568,21 +578,20 @@ pub fn apply<S: Profiles>(
             profile.status = ProfileStatus::Erased;
             profile.erased_at_position = Some(env.position);
             profile.drop_personal();
-            for id in &e.erased_ids {
-                if *id != target
-                    && let Some(mut other) = store.get(*id)?
-                {
-                    other.drop_personal();
-                    store.put(other)?;
-                }
-            }
+            also_erased = &e.erased_ids;
         }
         DomainEvent::Custom(_)
         | DomainEvent::CustomersMerged(_)
         | DomainEvent::IdentifierClaimed(_)
         | DomainEvent::IdentifierReleased(_) => {}
     }
-    store.put(profile)
+    // Duplicates merged into an erased customer lose their sealed parts too.
+    for id in also_erased {
+        if *id != target && store.status(*id)?.is_some() {
+            store.entry(*id)?.drop_personal();
+        }
+    }
+    Ok(())
 }
 
 fn push_consent(

@@ -258,6 +258,26 @@ fn proposed_from_proto(
         }
         return None;
     };
+    // These carry the customer model's own invariants (one merge per duplicate, no
+    // cycles; an erasure with its deleted keys; the uniqueness reservations): only the
+    // Customers service writes them, after checking its rules.
+    let service_only = match &domain {
+        DomainEvent::CustomersMerged(_) => Some("MergeCustomers"),
+        DomainEvent::CustomerErased(_) => Some("EraseCustomer"),
+        DomainEvent::IdentifierClaimed(_) | DomainEvent::IdentifierReleased(_) => {
+            Some("RegisterCustomer / UpdateContactDetails")
+        }
+        _ => None,
+    };
+    if let Some(rpc) = service_only {
+        v.add(
+            &at("event"),
+            format!(
+                "{} is written by the Customers service only ({rpc}), which checks its rules",
+                domain.event_type()
+            ),
+        );
+    }
     let converted = body_violations.into_vec();
     if let Err(found) = domain.validate(&at("event")) {
         // A field that did not convert (a malformed UUID becomes nil) is reported once,

@@ -114,27 +114,35 @@ impl BatchProfiles<'_, '_> {
 impl Profiles for BatchProfiles<'_, '_> {
     type Error = String;
 
-    fn get(&mut self, id: Uuid) -> Result<Option<Profile>, String> {
-        if let Some(profile) = self.cache.get(&id) {
-            return Ok(Some(profile.clone()));
-        }
-        match self
-            .state
-            .get(&profile_key(id))
-            .map_err(|e| e.to_string())?
-        {
-            Some(bytes) => {
-                let profile = decode(&bytes)?;
-                self.cache.insert(id, profile.clone());
-                Ok(Some(profile))
+    fn status(&mut self, id: Uuid) -> Result<Option<ProfileStatus>, String> {
+        if !self.cache.contains_key(&id) {
+            match self
+                .state
+                .get(&profile_key(id))
+                .map_err(|e| e.to_string())?
+            {
+                Some(bytes) => {
+                    self.cache.insert(id, decode(&bytes)?);
+                }
+                None => return Ok(None),
             }
-            None => Ok(None),
         }
+        Ok(self.cache.get(&id).map(|p| p.status))
     }
 
-    fn put(&mut self, profile: Profile) -> Result<(), String> {
-        self.cache.insert(profile.customer_id, profile);
-        Ok(())
+    fn entry(&mut self, id: Uuid) -> Result<&mut Profile, String> {
+        if !self.cache.contains_key(&id) {
+            let profile = match self
+                .state
+                .get(&profile_key(id))
+                .map_err(|e| e.to_string())?
+            {
+                Some(bytes) => decode(&bytes)?,
+                None => Profile::new(id),
+            };
+            self.cache.insert(id, profile);
+        }
+        Ok(self.cache.get_mut(&id).expect("inserted above"))
     }
 }
 
@@ -301,8 +309,12 @@ pub fn fold_as_of(
             if !include(&logged) {
                 continue;
             }
+            // The first merge of a duplicate is the one in force: the fold ignores a
+            // later one (the service refuses it; a raw log might hold it).
             if let DomainEvent::CustomersMerged(m) = decode_event(&logged)?
                 && m.duplicate_id == target
+                && m.survivor_id != target
+                && merged_into.is_none()
             {
                 merged_into = Some(m.survivor_id);
             }
