@@ -316,12 +316,12 @@ pub fn step(
             drop(batch);
             let prefix_len = events.partition_point(|e| e.event.position < position);
             let mut batch = StateBatch::new(tree);
-            if prefix_len > 0 {
-                if let Err(again) = apply_guarded(projection, &mut batch, &events[..prefix_len]) {
-                    // The fold is not deterministic (it failed earlier this time): keep
-                    // nothing of the batch and report the earlier failure.
-                    return Err(StepError::Apply(again));
-                }
+            // The fold is not deterministic if it fails earlier this time: keep nothing
+            // of the batch and report the earlier failure.
+            if prefix_len > 0
+                && let Err(again) = apply_guarded(projection, &mut batch, &events[..prefix_len])
+            {
+                return Err(StepError::Apply(again));
             }
             tree.apply_batch(batch.into_sled_batch(position - 1))
                 .map_err(ProjectionError::from)?;

@@ -16,7 +16,9 @@ use super::{Projection, ProjectionError, valid_name};
 use crate::limits;
 use crate::log::{Head, Log, ReadFilter};
 
-/// The tree serving reads for a projection and the position it has applied.
+/// The tree serving reads for a projection and the position it has applied. Hold it for
+/// one query only: when a rebuilt generation switches in, the old tree is dropped and a
+/// view still holding it reads an empty tree.
 #[derive(Clone, Debug)]
 pub struct ProjectionView {
     /// The active generation's tree (read it; only the engine writes it).
