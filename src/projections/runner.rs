@@ -2,6 +2,12 @@
 //! catches up from its checkpoint in bounded batches, then sleeps until the log's durable
 //! head moves (no polling), builds a shadow generation when its code version changed or a
 //! rebuild was asked for, and switches to it once it has caught up.
+//!
+//! While a shadow is being built, the thread alternates one batch of the shadow and one
+//! batch of the active generation (when that one follows the log), so the generation
+//! serving reads lags the log by at most one shadow batch
+//! ([`limits::PROJECTION_BATCH_EVENTS_MAX`] events), and only one thread ever writes a
+//! projection's trees.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -261,6 +267,7 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
             Ok(outcome) => {
                 let mut inner = slot.lock();
                 inner.active_checkpoint = outcome.checkpoint;
+                // Before publishing: whoever sees the position also sees the build over.
                 if inner.first_build && outcome.checkpoint >= head {
                     inner.first_build = false;
                 }
@@ -276,6 +283,11 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
             }
             Err(StepError::Engine(error)) => return Err(error),
         }
+    }
+    // A first build is over once it has reached the head (at once for an empty log).
+    let mut inner = slot.lock();
+    if inner.first_build && inner.active_checkpoint >= head {
+        inner.first_build = false;
     }
     Ok(moved)
 }
