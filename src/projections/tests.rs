@@ -19,6 +19,8 @@ struct Toy {
     version: u32,
     /// Fails on the event at this position (0 = never).
     fail_at: AtomicU64,
+    /// Which events it wants.
+    filter: ReadFilter,
     /// When set, a batch that starts at position 1 (a generation built from scratch)
     /// waits until the gate is open; a generation that only follows the log does not.
     gate: Option<Arc<(Mutex<bool>, Condvar)>>,
@@ -30,6 +32,7 @@ impl Toy {
             name,
             version,
             fail_at: AtomicU64::new(0),
+            filter: ReadFilter::default(),
             gate: None,
         }
     }
@@ -42,6 +45,10 @@ impl Projection for Toy {
 
     fn version(&self) -> u32 {
         self.version
+    }
+
+    fn filter(&self) -> ReadFilter {
+        self.filter.clone()
     }
 
     fn apply(&self, state: &mut StateBatch<'_>, events: &[LoggedEvent]) -> Result<(), ApplyError> {
@@ -406,6 +413,31 @@ async fn wait_for_semantics() {
         projections.wait_for("toy", 11, WAIT).await,
         Err(ProjectionError::ShuttingDown)
     ));
+    log.shutdown();
+}
+
+#[tokio::test]
+async fn a_filtered_projection_sees_only_its_events_and_checkpoints_past_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    append(&log, "toy-a", 0, 10).await;
+    append(&log, "other-a", 10, 10).await;
+    append(&log, "toy-b", 20, 3).await;
+    append(&log, "other-b", 23, 4).await;
+    let mut toy = Toy::new("toy", 1);
+    toy.filter = ReadFilter {
+        stream_prefixes: vec!["toy-".into()],
+        event_types: vec![],
+    };
+    let projections = Projections::start(log.clone(), vec![Arc::new(toy)]).unwrap();
+    let view = projections.wait_for("toy", 27, WAIT).await.unwrap();
+    assert_eq!(view.applied, 27);
+    assert_eq!(toy_count(&view.tree, "toy-a"), 10);
+    assert_eq!(toy_count(&view.tree, "toy-b"), 3);
+    assert_eq!(toy_count(&view.tree, "other-a"), 0);
+    let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
+    assert_eq!((status.checkpoint, status.lag), (27, 0));
+    projections.shutdown();
     log.shutdown();
 }
 
