@@ -170,17 +170,24 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes the shadow the active generation (one meta insert), then drops the old tree.
-    pub fn switch(&self, name: &str, record: &mut MetaRecord) -> Result<(), ProjectionError> {
+    /// Makes the shadow the active generation (one meta insert: atomic). Returns the old
+    /// generation; the caller drops its tree once nobody reads it.
+    pub fn switch(
+        &self,
+        name: &str,
+        record: &mut MetaRecord,
+    ) -> Result<Option<Generation>, ProjectionError> {
         let Some(shadow) = record.shadow.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let old = record.active.replace(shadow);
         self.save(name, record)?;
-        if let Some(old) = old {
-            self.drop_generation(name, old.generation)?;
-        }
-        Ok(())
+        Ok(old)
+    }
+
+    /// The database the trees live in.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 }
 
@@ -434,7 +441,10 @@ pub fn rebuild_offline(
             break;
         }
     }
-    catalog.switch(name, &mut record)?;
+    // Offline, nobody reads the old generation: drop it at once.
+    if let Some(old) = catalog.switch(name, &mut record)? {
+        catalog.drop_generation(name, old.generation)?;
+    }
     catalog.drop_orphans(name, &record)?;
     log.db().flush()?;
     Ok(())

@@ -22,15 +22,55 @@ use super::{Projection, ProjectionError, valid_name};
 use crate::limits;
 use crate::log::{Head, Log, ReadFilter};
 
-/// The tree serving reads for a projection and the position it has applied. Hold it for
-/// one query only: when a rebuilt generation switches in, the old tree is dropped and a
-/// view still holding it reads an empty tree.
+/// The tree serving reads for a projection and the position it has applied. While a
+/// view exists its generation's tree is kept, even when a rebuilt generation switches in
+/// meanwhile: a query reads one consistent generation. Hold it for one query (a clone of
+/// `tree` kept past the view is not covered).
 #[derive(Clone, Debug)]
 pub struct ProjectionView {
     /// The active generation's tree (read it; only the engine writes it).
     pub tree: sled::Tree,
     /// Last position applied to it.
     pub applied: u64,
+    _lease: Arc<Lease>,
+}
+
+/// Keeps a generation's tree while anyone reads it: a switch marks the old generation
+/// retired, and its tree is dropped when the last holder (the runner or a view) lets go.
+/// A crash before that leaves an orphan tree, which the next start drops.
+struct Lease {
+    db: sled::Db,
+    tree_name: String,
+    retired: AtomicBool,
+}
+
+impl Lease {
+    fn new(db: &sled::Db, name: &str, generation: u64) -> Arc<Self> {
+        Arc::new(Self {
+            db: db.clone(),
+            tree_name: engine::tree_name(name, generation),
+            retired: AtomicBool::new(false),
+        })
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("tree", &self.tree_name)
+            .field("retired", &self.retired.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            if let Err(error) = self.db.drop_tree(&self.tree_name) {
+                tracing::warn!(tree = %self.tree_name, %error, "cannot drop a retired generation");
+            }
+        }
+    }
 }
 
 /// What a projection is doing.
@@ -79,7 +119,7 @@ pub struct ProjectionStatus {
 
 struct SlotInner {
     record: MetaRecord,
-    active: (Generation, sled::Tree),
+    active: (Generation, sled::Tree, Arc<Lease>),
     shadow: Option<(Generation, sled::Tree)>,
     /// False while the active generation is frozen: built by older code (its shadow
     /// replaces it), or failed and being rebuilt.
@@ -152,6 +192,11 @@ fn open_slot(catalog: &Catalog, projection: Arc<dyn Projection>) -> Result<Slot,
             catalog.new_generation(name, version, &mut record, false)?
         }
     };
+    let active = (
+        active.0,
+        active.1,
+        Lease::new(catalog.db(), name, active.0.generation),
+    );
     let mut shadow = match record.shadow {
         Some(shadow) if shadow.version == version => {
             Some((shadow, catalog.open_generation(name, shadow.generation)?))
@@ -245,7 +290,12 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
             let mut inner = slot.lock();
             if inner.shadow.as_ref().map(|s| s.0) == Some(generation) {
                 catalog.switch(name, &mut inner.record)?;
-                inner.active = inner.shadow.take().expect("checked above");
+                let (generation, tree) = inner.shadow.take().expect("checked above");
+                let lease = Lease::new(catalog.db(), name, generation.generation);
+                let old = std::mem::replace(&mut inner.active, (generation, tree, lease));
+                // Dropped now, or when the last view of it is done.
+                old.2.retired.store(true, Ordering::Release);
+                drop(old);
                 inner.active_checkpoint = checkpoint;
                 inner.active_follows = true;
                 inner.first_build = false;
@@ -395,6 +445,7 @@ impl Projections {
         Ok(ProjectionView {
             tree: inner.active.1.clone(),
             applied: inner.active_checkpoint,
+            _lease: inner.active.2.clone(),
         })
     }
 

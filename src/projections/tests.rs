@@ -307,10 +307,20 @@ async fn a_version_change_rebuilds_in_a_shadow_and_switches_after_catching_up() 
 
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
-    let view = projections.wait_for("toy", 60, WAIT).await.unwrap();
-    assert_eq!(toy_count(&view.tree, "toy-a"), 60);
+    let new_view = projections.wait_for("toy", 60, WAIT).await.unwrap();
+    assert_eq!(toy_count(&new_view.tree, "toy-a"), 60);
     let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
     assert_eq!((status.version, status.checkpoint), (2, 60));
+    // A view taken before the switch still reads its whole generation ...
+    assert_eq!((view.applied, toy_count(&view.tree, "toy-a")), (50, 50));
+    assert!(
+        log.db()
+            .tree_names()
+            .iter()
+            .any(|n| n == old_tree.as_bytes())
+    );
+    // ... and the old tree goes with the last view of it.
+    drop(view);
     assert!(
         !log.db()
             .tree_names()
