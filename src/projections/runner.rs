@@ -65,10 +65,10 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.retired.load(Ordering::Acquire) {
-            if let Err(error) = self.db.drop_tree(&self.tree_name) {
-                tracing::warn!(tree = %self.tree_name, %error, "cannot drop a retired generation");
-            }
+        if self.retired.load(Ordering::Acquire)
+            && let Err(error) = self.db.drop_tree(&self.tree_name)
+        {
+            tracing::warn!(tree = %self.tree_name, %error, "cannot drop a retired generation");
         }
     }
 }
