@@ -279,7 +279,9 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
                     moved = true;
                 }
                 Err(StepError::Apply(error)) => {
-                    slot.lock().shadow_checkpoint = error.position - 1;
+                    // What the step kept (the events before the failure, or nothing when
+                    // the fold failed differently the second time) is in the tree.
+                    slot.lock().shadow_checkpoint = engine::checkpoint(&tree)?;
                     slot.fail(error.position, error.message);
                     return Ok(false);
                 }
@@ -326,8 +328,9 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
                 moved = true;
             }
             Err(StepError::Apply(error)) => {
-                slot.lock().active_checkpoint = error.position - 1;
-                slot.publish(error.position - 1);
+                let kept = engine::checkpoint(&active_tree)?;
+                slot.lock().active_checkpoint = kept;
+                slot.publish(kept);
                 slot.fail(error.position, error.message);
                 return Ok(false);
             }
