@@ -3,11 +3,11 @@
 //! head moves (no polling), builds a shadow generation when its code version changed or a
 //! rebuild was asked for, and switches to it once it has caught up.
 //!
-//! While a shadow is being built, the thread alternates one batch of the shadow and one
-//! batch of the active generation (when that one follows the log), so the generation
-//! serving reads lags the log by at most one shadow batch
-//! ([`limits::PROJECTION_BATCH_EVENTS_MAX`] events), and only one thread ever writes a
-//! projection's trees.
+//! While a shadow is far behind, a builder thread of its own builds it, so the active
+//! generation (when it follows the log) keeps applying new events at full speed. Once the
+//! shadow is within one batch of the head, the runner finishes it between its own
+//! batches and switches; only the runner switches, and each tree has one writer at a
+//! time.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,8 +138,13 @@ struct Slot {
     inner: Mutex<SlotInner>,
     /// The position applied by the active generation (read your writes).
     applied: watch::Sender<u64>,
-    /// Wakes the runner: a rebuild request or shutdown.
+    /// Wakes the runner: a rebuild request, a builder done, or shutdown.
     wake: Notify,
+    /// The thread building the shadow while it is far behind (see [`build`]).
+    builder: Mutex<Option<JoinHandle<()>>>,
+    /// True from a builder's start until it is done (set before it wakes the runner, so
+    /// the runner never takes a finishing builder for a busy one and sleeps on).
+    building: AtomicBool,
 }
 
 impl Slot {
@@ -174,7 +179,9 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// The running projections of one log. Cheap to clone.
+/// The running projections of one log. Cheap to clone. The runner threads stop only on
+/// [`Projections::shutdown`]: call it before letting go of the last handle (the server
+/// does, before it shuts the log down).
 #[derive(Clone)]
 pub struct Projections {
     shared: Arc<Shared>,
@@ -247,12 +254,102 @@ fn open_slot(catalog: &Catalog, projection: Arc<dyn Projection>) -> Result<Slot,
         projection,
         applied,
         wake: Notify::new(),
+        builder: Mutex::new(None),
+        building: AtomicBool::new(false),
     })
 }
 
-/// One unit of work: a batch of the shadow (and the switch once it caught up), a batch of
-/// the active generation. Returns whether anything moved.
-fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, ProjectionError> {
+/// How far behind the head (in positions) a shadow is handed to a builder thread of its
+/// own; closer than this, the runner finishes it between batches of the active generation.
+const HANDOVER_POSITIONS: u64 = limits::PROJECTION_BATCH_EVENTS_MAX as u64;
+
+/// Builds a shadow generation on its own thread while it is far behind, so the active
+/// generation keeps following the log at full speed meanwhile. Stops once the shadow is
+/// within [`HANDOVER_POSITIONS`] of the head (the runner finishes it and switches: only the
+/// runner ever switches), on a failure, on shutdown, or when its shadow was replaced.
+fn build(log: Log, shared: Arc<Shared>, slot: Arc<Slot>, generation: Generation, tree: sled::Tree) {
+    let current = |inner: &SlotInner| {
+        inner.failed.is_none() && inner.shadow.as_ref().map(|s| s.0) == Some(generation)
+    };
+    while !shared.stop.load(Ordering::Acquire) && current(&slot.lock()) {
+        match engine::step(&log, slot.projection.as_ref(), &slot.filter, &tree) {
+            Ok(outcome) => {
+                let mut inner = slot.lock();
+                if !current(&inner) {
+                    break;
+                }
+                inner.shadow_checkpoint = outcome.checkpoint;
+                drop(inner);
+                if outcome.checkpoint.saturating_add(HANDOVER_POSITIONS) >= log.head().position {
+                    break;
+                }
+            }
+            Err(StepError::Apply(error)) => {
+                if let Ok(kept) = engine::checkpoint(&tree) {
+                    slot.lock().shadow_checkpoint = kept;
+                }
+                slot.fail(error.position, error.message);
+                break;
+            }
+            Err(StepError::Engine(error)) => {
+                if !shared.stop.load(Ordering::Acquire) {
+                    let position = slot.lock().shadow_checkpoint + 1;
+                    slot.fail(position, error.to_string());
+                }
+                break;
+            }
+        }
+    }
+    slot.building.store(false, Ordering::Release);
+    slot.wake.notify_one();
+}
+
+/// True while a builder thread owns the shadow; starts one when the shadow is far behind.
+fn shadow_with_builder(
+    log: &Log,
+    shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
+    shadow: &(Generation, sled::Tree),
+    shadow_checkpoint: u64,
+    head: u64,
+) -> bool {
+    let mut builder = slot.builder.lock().expect("builder lock poisoned");
+    if slot.building.load(Ordering::Acquire) {
+        return true;
+    }
+    if let Some(done) = builder.take() {
+        // It is past its last write: joining waits only for its return.
+        let _ = done.join();
+    }
+    if shadow_checkpoint.saturating_add(HANDOVER_POSITIONS) >= head
+        || shared.stop.load(Ordering::Acquire)
+    {
+        return false;
+    }
+    slot.building.store(true, Ordering::Release);
+    let (log, shared, slot_ref) = (log.clone(), shared.clone(), slot.clone());
+    let (generation, tree) = shadow.clone();
+    match std::thread::Builder::new()
+        .name(format!("rapport-build-{}", slot.projection.name()))
+        .spawn(move || build(log, shared, slot_ref, generation, tree))
+    {
+        Ok(handle) => {
+            *builder = Some(handle);
+            true
+        }
+        // No thread to spare: the runner builds it itself, between its own batches.
+        Err(_) => {
+            slot.building.store(false, Ordering::Release);
+            false
+        }
+    }
+}
+
+/// One unit of work: a batch of the shadow (and the switch once it caught up) unless a
+/// builder thread owns it, then a batch of the active generation. Returns whether
+/// anything moved.
+fn work_once(log: &Log, shared: &Arc<Shared>, slot: &Arc<Slot>) -> Result<bool, ProjectionError> {
+    let catalog = &shared.catalog;
     let name = slot.projection.name();
     let (active_tree, shadow, follows, active_checkpoint, shadow_checkpoint) = {
         let inner = slot.lock();
@@ -269,6 +366,8 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
     };
     let head = log.head().position;
     let mut moved = false;
+    let shadow = shadow
+        .filter(|shadow| !shadow_with_builder(log, shared, slot, shadow, shadow_checkpoint, head));
     if let Some((generation, tree)) = shadow {
         let mut checkpoint = shadow_checkpoint;
         if checkpoint < head {
@@ -359,7 +458,7 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
         // Marks the current head as seen before looking at it: a move after this point
         // wakes the wait below, so no append is ever missed.
         head.borrow_and_update();
-        let moved = match work_once(&log, &shared.catalog, &slot) {
+        let moved = match work_once(&log, &shared, &slot) {
             Ok(moved) => moved,
             Err(error) => {
                 if shared.stop.load(Ordering::Acquire) {
@@ -584,7 +683,8 @@ impl Projections {
         Ok(())
     }
 
-    /// Stops the runners (each finishes its current batch) and waits for them, at most
+    /// Stops the runners and builders (each finishes its current batch) and waits for
+    /// them, at most
     /// [`limits::PROJECTION_SHUTDOWN_MS_MAX`]. Idempotent. Waiters get `ShuttingDown`.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Release);
@@ -596,7 +696,12 @@ impl Projections {
             std::mem::take(&mut *self.shared.threads.lock().expect("threads lock poisoned"));
         let deadline =
             std::time::Instant::now() + Duration::from_millis(limits::PROJECTION_SHUTDOWN_MS_MAX);
-        for thread in threads {
+        let builders = self
+            .shared
+            .slots
+            .values()
+            .filter_map(|slot| slot.builder.lock().expect("builder lock poisoned").take());
+        for thread in threads.into_iter().chain(builders.collect::<Vec<_>>()) {
             while !thread.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }

@@ -341,12 +341,16 @@ async fn a_version_change_rebuilds_in_a_shadow_and_switches_after_catching_up() 
 async fn a_requested_rebuild_keeps_the_old_generation_live_until_the_switch() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path());
-    append(&log, "toy-a", 0, 20).await;
+    // More than one batch, so a builder thread takes the new generation.
+    const N: u64 = crate::limits::PROJECTION_BATCH_EVENTS_MAX as u64 * 2;
+    for n in (0..N).step_by(1000) {
+        append(&log, "toy-a", n, 1000.min(N - n)).await;
+    }
     let gate = Arc::new((Mutex::new(true), Condvar::new()));
     let mut toy = Toy::new("toy", 1);
     toy.gate = Some(gate.clone());
     let projections = Projections::start(log.clone(), vec![Arc::new(toy)]).unwrap();
-    projections.wait_for("toy", 20, WAIT).await.unwrap();
+    projections.wait_for("toy", N, WAIT).await.unwrap();
     let before = digest(&projections.reader("toy").unwrap().tree);
 
     // Hold the new generation at the gate, ask for a rebuild: asking twice changes nothing.
@@ -361,17 +365,27 @@ async fn a_requested_rebuild_keeps_the_old_generation_live_until_the_switch() {
         }
     ));
     assert_eq!(digest(&projections.reader("toy").unwrap().tree), before);
+    // Meanwhile the old generation keeps following the log and serving it.
+    append(&log, "toy-b", N, 5).await;
+    let view = projections.wait_for("toy", N + 5, WAIT).await.unwrap();
+    assert_eq!(toy_count(&view.tree, "toy-b"), 5);
+    drop(view);
+    let status = projections.status_of("toy").unwrap();
+    assert!(
+        matches!(
+            status.state,
+            ProjectionState::Rebuilding { position: 0, .. }
+        ),
+        "{status:?}"
+    );
+    assert_eq!((status.checkpoint, status.lag), (N + 5, 0));
     let record = Catalog::open(log.db()).unwrap().load("toy").unwrap();
     assert_eq!(record.active.map(|g| g.generation), Some(1));
-    // The runner alternates batches of the two generations, so while the new one is held
-    // the old one waits too; what matters is that both end with every event exactly once.
-    append(&log, "toy-a", 20, 5).await;
+
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
-    let view = projections.wait_for("toy", 25, WAIT).await.unwrap();
-    assert_eq!(toy_count(&view.tree, "toy-a"), 25);
     let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
-    assert_eq!(status.checkpoint, 25);
+    assert_eq!(status.checkpoint, N + 5);
     let record = Catalog::open(log.db()).unwrap().load("toy").unwrap();
     assert_eq!(record.active.map(|g| g.generation), Some(2));
     assert_eq!(
