@@ -205,8 +205,9 @@ impl<'a> StateBatch<'a> {
             .collect())
     }
 
-    /// Bytes of keys and values written so far in this batch (an upper bound on what the
-    /// commit will write; the engine bounds batches with it).
+    /// Bytes of keys and values written so far in this batch, overwrites included (an
+    /// upper bound on what the commit will write). The engine bounds a batch by its
+    /// events; this tells a projection how much it wrote for them.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }
