@@ -338,6 +338,56 @@ async fn a_version_change_rebuilds_in_a_shadow_and_switches_after_catching_up() 
 }
 
 #[tokio::test]
+async fn a_restart_resumes_a_rebuild_from_the_shadow_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    append(&log, "toy-a", 0, 50).await;
+    let projections = Projections::start(log.clone(), vec![Arc::new(Toy::new("toy", 1))]).unwrap();
+    projections.wait_for("toy", 50, WAIT).await.unwrap();
+    projections.shutdown();
+    drop(projections);
+
+    // Version 2 stops its shadow at position 30: positions 1..=29 are kept in generation 2.
+    let v2 = Arc::new(Toy::new("toy", 2));
+    v2.fail_at.store(30, Ordering::SeqCst);
+    let projections = Projections::start(log.clone(), vec![v2.clone()]).unwrap();
+    let status = wait_state(&projections, "toy", |s| {
+        matches!(s.state, ProjectionState::Failed { .. })
+    })
+    .await;
+    assert!(matches!(
+        status.state,
+        ProjectionState::Failed { position: 30, .. }
+    ));
+    // The old generation still serves.
+    assert_eq!((status.version, status.checkpoint), (1, 50));
+    projections.shutdown();
+    drop(projections);
+    let catalog = Catalog::open(log.db()).unwrap();
+    let record = catalog.load("toy").unwrap();
+    let shadow = record.shadow.unwrap();
+    assert_eq!((shadow.generation, shadow.version), (2, 2));
+    assert_eq!(
+        engine::checkpoint(&catalog.open_generation("toy", 2).unwrap()).unwrap(),
+        29
+    );
+
+    // Fixed and restarted: the same shadow generation continues and switches in.
+    v2.fail_at.store(0, Ordering::SeqCst);
+    let projections = Projections::start(log.clone(), vec![v2]).unwrap();
+    let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
+    assert_eq!((status.version, status.checkpoint), (2, 50));
+    let record = catalog.load("toy").unwrap();
+    assert_eq!(record.active.map(|g| g.generation), Some(2));
+    assert_eq!(record.next_generation, 3);
+    let view = projections.reader("toy").unwrap();
+    assert_eq!(digest(&view.tree), rebuilt_digest(&log, "toy_fresh"));
+    drop(view);
+    projections.shutdown();
+    log.shutdown();
+}
+
+#[tokio::test]
 async fn a_requested_rebuild_keeps_the_old_generation_live_until_the_switch() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path());
