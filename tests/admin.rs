@@ -56,7 +56,10 @@ async fn wait_live(
     }
 }
 
-fn counts(stats: &pb::LogStats) -> (Vec<(String, u64, u64, u64)>, Vec<(String, u64, u64, u64)>) {
+/// (key, count, first position, last position) per row.
+type Rows = Vec<(String, u64, u64, u64)>;
+
+fn counts(stats: &pb::LogStats) -> (Rows, Rows) {
     let rows = |table: &[pb::LogStat]| {
         table
             .iter()

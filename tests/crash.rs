@@ -343,6 +343,44 @@ async fn check_log(client: &mut EventStoreClient<Channel>, acks: &[Ack]) -> Hash
     positions
 }
 
+/// Checks the `log_stats` projection of the restarted server against the log itself:
+/// after a kill it must neither have applied an event twice nor skipped one (its state and
+/// checkpoint are committed together).
+async fn check_log_stats(url: &str, client: &mut EventStoreClient<Channel>) {
+    let events = read_everything(client).await;
+    let head = events.len() as u64;
+    let mut expected: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for event in &events {
+        let category = event
+            .stream
+            .split_once('-')
+            .map_or(event.stream.as_str(), |c| c.0);
+        let row = expected
+            .entry(category.to_owned())
+            .or_insert((0, event.position, 0));
+        row.0 += 1;
+        row.2 = event.position;
+    }
+    let mut admin = pb::admin_client::AdminClient::connect(url.to_owned())
+        .await
+        .expect("admin connects");
+    let stats = admin
+        .get_log_stats(pb::GetLogStatsRequest { min_position: head })
+        .await
+        .expect("GetLogStats reaches the head")
+        .into_inner();
+    let found: BTreeMap<String, (u64, u64, u64)> = stats
+        .by_category
+        .into_iter()
+        .map(|s| (s.key, (s.count, s.first_position, s.last_position)))
+        .collect();
+    assert!(stats.applied_position >= head);
+    assert_eq!(
+        found, expected,
+        "log_stats after a kill equals a fold of the log"
+    );
+}
+
 /// Runs the offline `rapport verify`; returns (exit code, stdout + stderr).
 fn offline_verify(dir: &Path) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_rapport"))
@@ -424,6 +462,7 @@ async fn crash_loop(iterations: u64) {
         let mut client = connect(&server.url()).await;
         let acked_so_far = acks.lock().expect("acks").clone();
         let positions = check_log(&mut client, &acked_so_far).await;
+        check_log_stats(&server.url(), &mut client).await;
 
         // Re-send what was in flight: all of it landed, or none of it did.
         let head_before = client

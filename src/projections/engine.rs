@@ -170,17 +170,24 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes the shadow the active generation (one meta insert), then drops the old tree.
-    pub fn switch(&self, name: &str, record: &mut MetaRecord) -> Result<(), ProjectionError> {
+    /// Makes the shadow the active generation (one meta insert: atomic). Returns the old
+    /// generation; the caller drops its tree once nobody reads it.
+    pub fn switch(
+        &self,
+        name: &str,
+        record: &mut MetaRecord,
+    ) -> Result<Option<Generation>, ProjectionError> {
         let Some(shadow) = record.shadow.take() else {
-            return Ok(());
+            return Ok(None);
         };
         let old = record.active.replace(shadow);
         self.save(name, record)?;
-        if let Some(old) = old {
-            self.drop_generation(name, old.generation)?;
-        }
-        Ok(())
+        Ok(old)
+    }
+
+    /// The database the trees live in.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 }
 
@@ -316,12 +323,12 @@ pub fn step(
             drop(batch);
             let prefix_len = events.partition_point(|e| e.event.position < position);
             let mut batch = StateBatch::new(tree);
-            if prefix_len > 0 {
-                if let Err(again) = apply_guarded(projection, &mut batch, &events[..prefix_len]) {
-                    // The fold is not deterministic (it failed earlier this time): keep
-                    // nothing of the batch and report the earlier failure.
-                    return Err(StepError::Apply(again));
-                }
+            // The fold is not deterministic if it fails earlier this time: keep nothing
+            // of the batch and report the earlier failure.
+            if prefix_len > 0
+                && let Err(again) = apply_guarded(projection, &mut batch, &events[..prefix_len])
+            {
+                return Err(StepError::Apply(again));
             }
             tree.apply_batch(batch.into_sled_batch(position - 1))
                 .map_err(ProjectionError::from)?;
@@ -434,7 +441,10 @@ pub fn rebuild_offline(
             break;
         }
     }
-    catalog.switch(name, &mut record)?;
+    // Offline, nobody reads the old generation: drop it at once.
+    if let Some(old) = catalog.switch(name, &mut record)? {
+        catalog.drop_generation(name, old.generation)?;
+    }
     catalog.drop_orphans(name, &record)?;
     log.db().flush()?;
     Ok(())

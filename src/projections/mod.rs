@@ -129,6 +129,9 @@ pub enum ProjectionError {
     Sled(#[from] sled::Error),
 }
 
+/// Key/value pairs in key order, as [`StateBatch::scan_prefix`] returns them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Write-back view of one projection tree during a batch: reads see the batch's pending
 /// inserts and removes first, then the tree. Nothing reaches the tree until the engine
 /// commits the batch together with its checkpoint.
@@ -182,7 +185,7 @@ impl<'a> StateBatch<'a> {
 
     /// Every key starting with `prefix` and its current value, in key order, pending
     /// writes merged over the tree. Reserved keys are never returned.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, sled::Error> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, sled::Error> {
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for entry in self.tree.scan_prefix(prefix) {
             let (key, value) = entry?;
@@ -203,8 +206,9 @@ impl<'a> StateBatch<'a> {
             .collect())
     }
 
-    /// Bytes of keys and values written so far in this batch (an upper bound on what the
-    /// commit will write; the engine bounds batches with it).
+    /// Bytes of keys and values written so far in this batch, overwrites included (an
+    /// upper bound on what the commit will write). The engine bounds a batch by its
+    /// events; this tells a projection how much it wrote for them.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
     }

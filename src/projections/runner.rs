@@ -2,6 +2,12 @@
 //! catches up from its checkpoint in bounded batches, then sleeps until the log's durable
 //! head moves (no polling), builds a shadow generation when its code version changed or a
 //! rebuild was asked for, and switches to it once it has caught up.
+//!
+//! While a shadow is far behind, a builder thread of its own builds it, so the active
+//! generation (when it follows the log) keeps applying new events at full speed. Once the
+//! shadow is within one batch of the head, the runner finishes it between its own
+//! batches and switches; only the runner switches, and each tree has one writer at a
+//! time.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,13 +22,55 @@ use super::{Projection, ProjectionError, valid_name};
 use crate::limits;
 use crate::log::{Head, Log, ReadFilter};
 
-/// The tree serving reads for a projection and the position it has applied.
+/// The tree serving reads for a projection and the position it has applied. While a
+/// view exists its generation's tree is kept, even when a rebuilt generation switches in
+/// meanwhile: a query reads one consistent generation. Hold it for one query (a clone of
+/// `tree` kept past the view is not covered).
 #[derive(Clone, Debug)]
 pub struct ProjectionView {
     /// The active generation's tree (read it; only the engine writes it).
     pub tree: sled::Tree,
     /// Last position applied to it.
     pub applied: u64,
+    _lease: Arc<Lease>,
+}
+
+/// Keeps a generation's tree while anyone reads it: a switch marks the old generation
+/// retired, and its tree is dropped when the last holder (the runner or a view) lets go.
+/// A crash before that leaves an orphan tree, which the next start drops.
+struct Lease {
+    db: sled::Db,
+    tree_name: String,
+    retired: AtomicBool,
+}
+
+impl Lease {
+    fn new(db: &sled::Db, name: &str, generation: u64) -> Arc<Self> {
+        Arc::new(Self {
+            db: db.clone(),
+            tree_name: engine::tree_name(name, generation),
+            retired: AtomicBool::new(false),
+        })
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("tree", &self.tree_name)
+            .field("retired", &self.retired.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire)
+            && let Err(error) = self.db.drop_tree(&self.tree_name)
+        {
+            tracing::warn!(tree = %self.tree_name, %error, "cannot drop a retired generation");
+        }
+    }
 }
 
 /// What a projection is doing.
@@ -71,7 +119,7 @@ pub struct ProjectionStatus {
 
 struct SlotInner {
     record: MetaRecord,
-    active: (Generation, sled::Tree),
+    active: (Generation, sled::Tree, Arc<Lease>),
     shadow: Option<(Generation, sled::Tree)>,
     /// False while the active generation is frozen: built by older code (its shadow
     /// replaces it), or failed and being rebuilt.
@@ -90,8 +138,13 @@ struct Slot {
     inner: Mutex<SlotInner>,
     /// The position applied by the active generation (read your writes).
     applied: watch::Sender<u64>,
-    /// Wakes the runner: a rebuild request or shutdown.
+    /// Wakes the runner: a rebuild request, a builder done, or shutdown.
     wake: Notify,
+    /// The thread building the shadow while it is far behind (see [`build`]).
+    builder: Mutex<Option<JoinHandle<()>>>,
+    /// True from a builder's start until it is done (set before it wakes the runner, so
+    /// the runner never takes a finishing builder for a busy one and sleeps on).
+    building: AtomicBool,
 }
 
 impl Slot {
@@ -126,7 +179,9 @@ struct Shared {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// The running projections of one log. Cheap to clone.
+/// The running projections of one log. Cheap to clone. The runner threads stop only on
+/// [`Projections::shutdown`]: call it before letting go of the last handle (the server
+/// does, before it shuts the log down).
 #[derive(Clone)]
 pub struct Projections {
     shared: Arc<Shared>,
@@ -144,6 +199,11 @@ fn open_slot(catalog: &Catalog, projection: Arc<dyn Projection>) -> Result<Slot,
             catalog.new_generation(name, version, &mut record, false)?
         }
     };
+    let active = (
+        active.0,
+        active.1,
+        Lease::new(catalog.db(), name, active.0.generation),
+    );
     let mut shadow = match record.shadow {
         Some(shadow) if shadow.version == version => {
             Some((shadow, catalog.open_generation(name, shadow.generation)?))
@@ -194,12 +254,102 @@ fn open_slot(catalog: &Catalog, projection: Arc<dyn Projection>) -> Result<Slot,
         projection,
         applied,
         wake: Notify::new(),
+        builder: Mutex::new(None),
+        building: AtomicBool::new(false),
     })
 }
 
-/// One unit of work: a batch of the shadow (and the switch once it caught up), a batch of
-/// the active generation. Returns whether anything moved.
-fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, ProjectionError> {
+/// How far behind the head (in positions) a shadow is handed to a builder thread of its
+/// own; closer than this, the runner finishes it between batches of the active generation.
+const HANDOVER_POSITIONS: u64 = limits::PROJECTION_BATCH_EVENTS_MAX as u64;
+
+/// Builds a shadow generation on its own thread while it is far behind, so the active
+/// generation keeps following the log at full speed meanwhile. Stops once the shadow is
+/// within [`HANDOVER_POSITIONS`] of the head (the runner finishes it and switches: only the
+/// runner ever switches), on a failure, on shutdown, or when its shadow was replaced.
+fn build(log: Log, shared: Arc<Shared>, slot: Arc<Slot>, generation: Generation, tree: sled::Tree) {
+    let current = |inner: &SlotInner| {
+        inner.failed.is_none() && inner.shadow.as_ref().map(|s| s.0) == Some(generation)
+    };
+    while !shared.stop.load(Ordering::Acquire) && current(&slot.lock()) {
+        match engine::step(&log, slot.projection.as_ref(), &slot.filter, &tree) {
+            Ok(outcome) => {
+                let mut inner = slot.lock();
+                if !current(&inner) {
+                    break;
+                }
+                inner.shadow_checkpoint = outcome.checkpoint;
+                drop(inner);
+                if outcome.checkpoint.saturating_add(HANDOVER_POSITIONS) >= log.head().position {
+                    break;
+                }
+            }
+            Err(StepError::Apply(error)) => {
+                if let Ok(kept) = engine::checkpoint(&tree) {
+                    slot.lock().shadow_checkpoint = kept;
+                }
+                slot.fail(error.position, error.message);
+                break;
+            }
+            Err(StepError::Engine(error)) => {
+                if !shared.stop.load(Ordering::Acquire) {
+                    let position = slot.lock().shadow_checkpoint + 1;
+                    slot.fail(position, error.to_string());
+                }
+                break;
+            }
+        }
+    }
+    slot.building.store(false, Ordering::Release);
+    slot.wake.notify_one();
+}
+
+/// True while a builder thread owns the shadow; starts one when the shadow is far behind.
+fn shadow_with_builder(
+    log: &Log,
+    shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
+    shadow: &(Generation, sled::Tree),
+    shadow_checkpoint: u64,
+    head: u64,
+) -> bool {
+    let mut builder = slot.builder.lock().expect("builder lock poisoned");
+    if slot.building.load(Ordering::Acquire) {
+        return true;
+    }
+    if let Some(done) = builder.take() {
+        // It is past its last write: joining waits only for its return.
+        let _ = done.join();
+    }
+    if shadow_checkpoint.saturating_add(HANDOVER_POSITIONS) >= head
+        || shared.stop.load(Ordering::Acquire)
+    {
+        return false;
+    }
+    slot.building.store(true, Ordering::Release);
+    let (log, shared, slot_ref) = (log.clone(), shared.clone(), slot.clone());
+    let (generation, tree) = shadow.clone();
+    match std::thread::Builder::new()
+        .name(format!("rapport-build-{}", slot.projection.name()))
+        .spawn(move || build(log, shared, slot_ref, generation, tree))
+    {
+        Ok(handle) => {
+            *builder = Some(handle);
+            true
+        }
+        // No thread to spare: the runner builds it itself, between its own batches.
+        Err(_) => {
+            slot.building.store(false, Ordering::Release);
+            false
+        }
+    }
+}
+
+/// One unit of work: a batch of the shadow (and the switch once it caught up) unless a
+/// builder thread owns it, then a batch of the active generation. Returns whether
+/// anything moved.
+fn work_once(log: &Log, shared: &Arc<Shared>, slot: &Arc<Slot>) -> Result<bool, ProjectionError> {
+    let catalog = &shared.catalog;
     let name = slot.projection.name();
     let (active_tree, shadow, follows, active_checkpoint, shadow_checkpoint) = {
         let inner = slot.lock();
@@ -216,6 +366,8 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
     };
     let head = log.head().position;
     let mut moved = false;
+    let shadow = shadow
+        .filter(|shadow| !shadow_with_builder(log, shared, slot, shadow, shadow_checkpoint, head));
     if let Some((generation, tree)) = shadow {
         let mut checkpoint = shadow_checkpoint;
         if checkpoint < head {
@@ -226,7 +378,9 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
                     moved = true;
                 }
                 Err(StepError::Apply(error)) => {
-                    slot.lock().shadow_checkpoint = error.position - 1;
+                    // What the step kept (the events before the failure, or nothing when
+                    // the fold failed differently the second time) is in the tree.
+                    slot.lock().shadow_checkpoint = engine::checkpoint(&tree)?;
                     slot.fail(error.position, error.message);
                     return Ok(false);
                 }
@@ -237,7 +391,12 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
             let mut inner = slot.lock();
             if inner.shadow.as_ref().map(|s| s.0) == Some(generation) {
                 catalog.switch(name, &mut inner.record)?;
-                inner.active = inner.shadow.take().expect("checked above");
+                let (generation, tree) = inner.shadow.take().expect("checked above");
+                let lease = Lease::new(catalog.db(), name, generation.generation);
+                let old = std::mem::replace(&mut inner.active, (generation, tree, lease));
+                // Dropped now, or when the last view of it is done.
+                old.2.retired.store(true, Ordering::Release);
+                drop(old);
                 inner.active_checkpoint = checkpoint;
                 inner.active_follows = true;
                 inner.first_build = false;
@@ -259,6 +418,7 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
             Ok(outcome) => {
                 let mut inner = slot.lock();
                 inner.active_checkpoint = outcome.checkpoint;
+                // Before publishing: whoever sees the position also sees the build over.
                 if inner.first_build && outcome.checkpoint >= head {
                     inner.first_build = false;
                 }
@@ -267,13 +427,19 @@ fn work_once(log: &Log, catalog: &Catalog, slot: &Slot) -> Result<bool, Projecti
                 moved = true;
             }
             Err(StepError::Apply(error)) => {
-                slot.lock().active_checkpoint = error.position - 1;
-                slot.publish(error.position - 1);
+                let kept = engine::checkpoint(&active_tree)?;
+                slot.lock().active_checkpoint = kept;
+                slot.publish(kept);
                 slot.fail(error.position, error.message);
                 return Ok(false);
             }
             Err(StepError::Engine(error)) => return Err(error),
         }
+    }
+    // A first build is over once it has reached the head (at once for an empty log).
+    let mut inner = slot.lock();
+    if inner.first_build && inner.active_checkpoint >= head {
+        inner.first_build = false;
     }
     Ok(moved)
 }
@@ -292,7 +458,7 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
         // Marks the current head as seen before looking at it: a move after this point
         // wakes the wait below, so no append is ever missed.
         head.borrow_and_update();
-        let moved = match work_once(&log, &shared.catalog, &slot) {
+        let moved = match work_once(&log, &shared, &slot) {
             Ok(moved) => moved,
             Err(error) => {
                 if shared.stop.load(Ordering::Acquire) {
@@ -381,6 +547,7 @@ impl Projections {
         Ok(ProjectionView {
             tree: inner.active.1.clone(),
             applied: inner.active_checkpoint,
+            _lease: inner.active.2.clone(),
         })
     }
 
@@ -516,7 +683,8 @@ impl Projections {
         Ok(())
     }
 
-    /// Stops the runners (each finishes its current batch) and waits for them, at most
+    /// Stops the runners and builders (each finishes its current batch) and waits for
+    /// them, at most
     /// [`limits::PROJECTION_SHUTDOWN_MS_MAX`]. Idempotent. Waiters get `ShuttingDown`.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Release);
@@ -528,7 +696,12 @@ impl Projections {
             std::mem::take(&mut *self.shared.threads.lock().expect("threads lock poisoned"));
         let deadline =
             std::time::Instant::now() + Duration::from_millis(limits::PROJECTION_SHUTDOWN_MS_MAX);
-        for thread in threads {
+        let builders = self
+            .shared
+            .slots
+            .values()
+            .filter_map(|slot| slot.builder.lock().expect("builder lock poisoned").take());
+        for thread in threads.into_iter().chain(builders.collect::<Vec<_>>()) {
             while !thread.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }

@@ -19,7 +19,10 @@ struct Toy {
     version: u32,
     /// Fails on the event at this position (0 = never).
     fail_at: AtomicU64,
-    /// When set, `apply` waits until the gate is open.
+    /// Which events it wants.
+    filter: ReadFilter,
+    /// When set, a batch that starts at position 1 (a generation built from scratch)
+    /// waits until the gate is open; a generation that only follows the log does not.
     gate: Option<Arc<(Mutex<bool>, Condvar)>>,
 }
 
@@ -29,6 +32,7 @@ impl Toy {
             name,
             version,
             fail_at: AtomicU64::new(0),
+            filter: ReadFilter::default(),
             gate: None,
         }
     }
@@ -43,8 +47,13 @@ impl Projection for Toy {
         self.version
     }
 
+    fn filter(&self) -> ReadFilter {
+        self.filter.clone()
+    }
+
     fn apply(&self, state: &mut StateBatch<'_>, events: &[LoggedEvent]) -> Result<(), ApplyError> {
-        if let Some(gate) = &self.gate {
+        let from_scratch = events.first().is_some_and(|e| e.event.position == 1);
+        if let Some(gate) = self.gate.as_ref().filter(|_| from_scratch) {
             let (open, changed) = &**gate;
             let mut open = open.lock().unwrap();
             while !*open {
@@ -298,10 +307,20 @@ async fn a_version_change_rebuilds_in_a_shadow_and_switches_after_catching_up() 
 
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
-    let view = projections.wait_for("toy", 60, WAIT).await.unwrap();
-    assert_eq!(toy_count(&view.tree, "toy-a"), 60);
+    let new_view = projections.wait_for("toy", 60, WAIT).await.unwrap();
+    assert_eq!(toy_count(&new_view.tree, "toy-a"), 60);
     let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
     assert_eq!((status.version, status.checkpoint), (2, 60));
+    // A view taken before the switch still reads its whole generation ...
+    assert_eq!((view.applied, toy_count(&view.tree, "toy-a")), (50, 50));
+    assert!(
+        log.db()
+            .tree_names()
+            .iter()
+            .any(|n| n == old_tree.as_bytes())
+    );
+    // ... and the old tree goes with the last view of it.
+    drop(view);
     assert!(
         !log.db()
             .tree_names()
@@ -319,18 +338,72 @@ async fn a_version_change_rebuilds_in_a_shadow_and_switches_after_catching_up() 
 }
 
 #[tokio::test]
+async fn a_restart_resumes_a_rebuild_from_the_shadow_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    append(&log, "toy-a", 0, 50).await;
+    let projections = Projections::start(log.clone(), vec![Arc::new(Toy::new("toy", 1))]).unwrap();
+    projections.wait_for("toy", 50, WAIT).await.unwrap();
+    projections.shutdown();
+    drop(projections);
+
+    // Version 2 stops its shadow at position 30: positions 1..=29 are kept in generation 2.
+    let v2 = Arc::new(Toy::new("toy", 2));
+    v2.fail_at.store(30, Ordering::SeqCst);
+    let projections = Projections::start(log.clone(), vec![v2.clone()]).unwrap();
+    let status = wait_state(&projections, "toy", |s| {
+        matches!(s.state, ProjectionState::Failed { .. })
+    })
+    .await;
+    assert!(matches!(
+        status.state,
+        ProjectionState::Failed { position: 30, .. }
+    ));
+    // The old generation still serves.
+    assert_eq!((status.version, status.checkpoint), (1, 50));
+    projections.shutdown();
+    drop(projections);
+    let catalog = Catalog::open(log.db()).unwrap();
+    let record = catalog.load("toy").unwrap();
+    let shadow = record.shadow.unwrap();
+    assert_eq!((shadow.generation, shadow.version), (2, 2));
+    assert_eq!(
+        engine::checkpoint(&catalog.open_generation("toy", 2).unwrap()).unwrap(),
+        29
+    );
+
+    // Fixed and restarted: the same shadow generation continues and switches in.
+    v2.fail_at.store(0, Ordering::SeqCst);
+    let projections = Projections::start(log.clone(), vec![v2]).unwrap();
+    let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
+    assert_eq!((status.version, status.checkpoint), (2, 50));
+    let record = catalog.load("toy").unwrap();
+    assert_eq!(record.active.map(|g| g.generation), Some(2));
+    assert_eq!(record.next_generation, 3);
+    let view = projections.reader("toy").unwrap();
+    assert_eq!(digest(&view.tree), rebuilt_digest(&log, "toy_fresh"));
+    drop(view);
+    projections.shutdown();
+    log.shutdown();
+}
+
+#[tokio::test]
 async fn a_requested_rebuild_keeps_the_old_generation_live_until_the_switch() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path());
-    append(&log, "toy-a", 0, 20).await;
+    // More than one batch, so a builder thread takes the new generation.
+    const N: u64 = crate::limits::PROJECTION_BATCH_EVENTS_MAX as u64 * 2;
+    for n in (0..N).step_by(1000) {
+        append(&log, "toy-a", n, 1000.min(N - n)).await;
+    }
     let gate = Arc::new((Mutex::new(true), Condvar::new()));
     let mut toy = Toy::new("toy", 1);
     toy.gate = Some(gate.clone());
     let projections = Projections::start(log.clone(), vec![Arc::new(toy)]).unwrap();
-    projections.wait_for("toy", 20, WAIT).await.unwrap();
+    projections.wait_for("toy", N, WAIT).await.unwrap();
     let before = digest(&projections.reader("toy").unwrap().tree);
 
-    // Hold both generations at the gate, ask for a rebuild: asking twice changes nothing.
+    // Hold the new generation at the gate, ask for a rebuild: asking twice changes nothing.
     *gate.0.lock().unwrap() = false;
     projections.rebuild("toy").unwrap();
     projections.rebuild("toy").unwrap();
@@ -342,13 +415,27 @@ async fn a_requested_rebuild_keeps_the_old_generation_live_until_the_switch() {
         }
     ));
     assert_eq!(digest(&projections.reader("toy").unwrap().tree), before);
-    append(&log, "toy-a", 20, 5).await;
+    // Meanwhile the old generation keeps following the log and serving it.
+    append(&log, "toy-b", N, 5).await;
+    let view = projections.wait_for("toy", N + 5, WAIT).await.unwrap();
+    assert_eq!(toy_count(&view.tree, "toy-b"), 5);
+    drop(view);
+    let status = projections.status_of("toy").unwrap();
+    assert!(
+        matches!(
+            status.state,
+            ProjectionState::Rebuilding { position: 0, .. }
+        ),
+        "{status:?}"
+    );
+    assert_eq!((status.checkpoint, status.lag), (N + 5, 0));
+    let record = Catalog::open(log.db()).unwrap().load("toy").unwrap();
+    assert_eq!(record.active.map(|g| g.generation), Some(1));
+
     *gate.0.lock().unwrap() = true;
     gate.1.notify_all();
-    let view = projections.wait_for("toy", 25, WAIT).await.unwrap();
-    assert_eq!(toy_count(&view.tree, "toy-a"), 25);
     let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
-    assert_eq!(status.checkpoint, 25);
+    assert_eq!(status.checkpoint, N + 5);
     let record = Catalog::open(log.db()).unwrap().load("toy").unwrap();
     assert_eq!(record.active.map(|g| g.generation), Some(2));
     assert_eq!(
@@ -400,6 +487,45 @@ async fn wait_for_semantics() {
         projections.wait_for("toy", 11, WAIT).await,
         Err(ProjectionError::ShuttingDown)
     ));
+    log.shutdown();
+}
+
+#[tokio::test]
+async fn a_filtered_projection_sees_only_its_events_and_checkpoints_past_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    append(&log, "toy-a", 0, 10).await;
+    append(&log, "other-a", 10, 10).await;
+    append(&log, "toy-b", 20, 3).await;
+    append(&log, "other-b", 23, 4).await;
+    let mut toy = Toy::new("toy", 1);
+    toy.filter = ReadFilter {
+        stream_prefixes: vec!["toy-".into()],
+        event_types: vec![],
+    };
+    let projections = Projections::start(log.clone(), vec![Arc::new(toy)]).unwrap();
+    let view = projections.wait_for("toy", 27, WAIT).await.unwrap();
+    assert_eq!(view.applied, 27);
+    assert_eq!(toy_count(&view.tree, "toy-a"), 10);
+    assert_eq!(toy_count(&view.tree, "toy-b"), 3);
+    assert_eq!(toy_count(&view.tree, "other-a"), 0);
+    let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
+    assert_eq!((status.checkpoint, status.lag), (27, 0));
+    projections.shutdown();
+    log.shutdown();
+}
+
+#[tokio::test]
+async fn an_empty_log_is_live_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    let projections = Projections::start(log.clone(), vec![Arc::new(Toy::new("toy", 1))]).unwrap();
+    let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
+    assert_eq!((status.checkpoint, status.head, status.lag), (0, 0, 0));
+    append(&log, "toy-a", 0, 1).await;
+    let view = projections.wait_for("toy", 1, WAIT).await.unwrap();
+    assert_eq!(toy_count(&view.tree, "toy-a"), 1);
+    projections.shutdown();
     log.shutdown();
 }
 
