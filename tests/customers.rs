@@ -618,7 +618,7 @@ async fn a_merged_duplicate_resolves_to_its_survivor() {
     let written = purchase(&mut c, &dup, "d-2", 200, 1_700_000_200).await;
     let via_dup = get(&mut c, &dup, written).await;
     assert_eq!(via_dup.customer_id, ada);
-    assert_eq!(via_dup.merged_ids, [dup.clone()]);
+    assert_eq!(via_dup.merged_ids, std::slice::from_ref(&dup));
     assert_eq!(via_dup.purchases.as_ref().unwrap().orders, 2);
     assert_eq!(totals(&via_dup, "EUR").spent_minor, 1000);
     assert_eq!(via_dup.tags, ["newsletter"]);
@@ -997,7 +997,7 @@ async fn personal_data_never_reaches_the_disk_and_erasure_shreds_it() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(erased.erased_ids, [id.clone()]);
+    assert_eq!(erased.erased_ids, std::slice::from_ref(&id));
     assert!(!erased.already_erased);
     let again = c
         .erase_customer(pb::EraseCustomerRequest {
