@@ -17,6 +17,8 @@
 //!   one error → status table, server assembly with health and reflection.
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
 //! - [`loadgen`]: the load generator behind `rapport bench`.
+//! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos.
+//! - [`replay`]: `rapport replay`, the log as JSON lines, offline or through a server.
 
 #![warn(missing_docs)]
 
@@ -30,3 +32,5 @@ pub mod loadgen;
 pub mod log;
 pub mod privacy;
 pub mod projections;
+pub mod replay;
+pub mod seed;

@@ -198,3 +198,7 @@ pub const LIST_PAGE_MAX: usize = 500;
 /// token: a selective filter pages through the customers instead of scanning them all in
 /// one request.
 pub const LIST_SCAN_MAX: usize = 20_000;
+
+/// Customers one `rapport seed` writes at most: 10 million customers is ~300 million
+/// events, far past any test or bench; a bigger number is a typo, not a wish.
+pub const SEED_CUSTOMERS_MAX: u64 = 10_000_000;

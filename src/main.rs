@@ -72,10 +72,90 @@ enum Command {
         #[arg(long)]
         projection: Option<String>,
     },
+    /// Write a deterministic retail history (customers, consents, visits, purchases,
+    /// refunds, feedback, merged duplicates): the same --customers and --seed always give
+    /// the same events, and seeding again appends nothing new.
+    Seed {
+        /// Data directory of a stopped server: seed offline (fastest).
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        data_dir: Option<PathBuf>,
+        /// URL of a running server: seed through its Customers RPCs.
+        #[arg(long)]
+        server: Option<String>,
+        /// Number of customers (about 30 events each).
+        #[arg(long)]
+        customers: u64,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Master key file (offline only). Default: `<data dir>.master-key`, created for a
+        /// new data directory.
+        #[arg(long, env = "RAPPORT_MASTER_KEY_FILE", conflicts_with = "server")]
+        master_key_file: Option<PathBuf>,
+    },
+    /// Print events as JSON lines (one per line, with position, chain hash and the body,
+    /// personal fields decrypted when the key exists or marked erased), offline or through
+    /// a server.
+    Replay {
+        /// Data directory of a stopped server: replay offline.
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        data_dir: Option<PathBuf>,
+        /// URL of a running server: replay through EventStore.ReadAll.
+        #[arg(long)]
+        server: Option<String>,
+        /// First position (inclusive).
+        #[arg(long, default_value_t = 1)]
+        from_position: u64,
+        /// Last position (inclusive; default: the head when the replay starts).
+        #[arg(long)]
+        to_position: Option<u64>,
+        /// Only events recorded at or after this RFC 3339 time (on recorded_at, the log's
+        /// clock, not the business time occurred_at).
+        #[arg(long, value_parser = rapport::replay::parse_rfc3339)]
+        from_time: Option<i64>,
+        /// Only events recorded at or before this RFC 3339 time (on recorded_at).
+        #[arg(long, value_parser = rapport::replay::parse_rfc3339)]
+        to_time: Option<i64>,
+        /// Only streams starting with this prefix (repeatable; OR-ed).
+        #[arg(long = "stream-prefix")]
+        stream_prefixes: Vec<String>,
+        /// Only this event type (repeatable; OR-ed).
+        #[arg(long = "type")]
+        event_types: Vec<String>,
+        /// Master key file (offline only). Default: `<data dir>.master-key`.
+        #[arg(long, env = "RAPPORT_MASTER_KEY_FILE", conflicts_with = "server")]
+        master_key_file: Option<PathBuf>,
+    },
+    /// Key management of a stopped server's data directory.
+    Keys {
+        #[command(subcommand)]
+        keys: Keys,
+    },
     /// Benchmarks and load generation (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
         bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Keys {
+    /// Re-wrap every data key and the index key under a new master key (offline: the
+    /// server must be stopped). No event changes; afterwards only the new key opens the
+    /// store.
+    Rotate {
+        /// Data directory of a stopped server.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The current master key file.
+        #[arg(long)]
+        master_key_file: PathBuf,
+        /// The new master key file (must exist, unless --create-new).
+        #[arg(long)]
+        new_master_key_file: PathBuf,
+        /// Create the new master key file (refused if it exists).
+        #[arg(long)]
+        create_new: bool,
     },
 }
 
@@ -213,6 +293,68 @@ fn main() -> ExitCode {
                 (None, Some(server)) => rapport::cli::rebuild_online(server, projection).await,
                 (None, None) => Err("give --data-dir or --server".into()),
             }
+            .map(|()| true),
+            Command::Seed {
+                data_dir,
+                server,
+                customers,
+                seed,
+                master_key_file,
+            } => {
+                let target = match (data_dir, server) {
+                    (Some(dir), _) => rapport::seed::SeedTarget::DataDir {
+                        dir,
+                        master_key_file,
+                    },
+                    (None, Some(url)) => rapport::seed::SeedTarget::Server(url),
+                    (None, None) => return Err("give --data-dir or --server".into()),
+                };
+                rapport::seed::run(target, customers, seed)
+                    .await
+                    .map(|_| true)
+            }
+            Command::Replay {
+                data_dir,
+                server,
+                from_position,
+                to_position,
+                from_time,
+                to_time,
+                stream_prefixes,
+                event_types,
+                master_key_file,
+            } => {
+                let options = rapport::replay::ReplayOptions {
+                    from_position,
+                    to_position,
+                    from_time_us: from_time,
+                    to_time_us: to_time,
+                    stream_prefixes,
+                    event_types,
+                };
+                match (data_dir, server) {
+                    (Some(dir), _) => {
+                        rapport::replay::replay_data_dir(dir, master_key_file, options).await
+                    }
+                    (None, Some(url)) => rapport::replay::replay_server(url, options).await,
+                    (None, None) => Err("give --data-dir or --server".into()),
+                }
+                .map(|_| true)
+            }
+            Command::Keys {
+                keys:
+                    Keys::Rotate {
+                        data_dir,
+                        master_key_file,
+                        new_master_key_file,
+                        create_new,
+                    },
+            } => rapport::cli::keys_rotate(
+                &data_dir,
+                &master_key_file,
+                &new_master_key_file,
+                create_new,
+            )
             .map(|()| true),
             Command::Bench { bench } => match bench {
                 Bench::Append {
