@@ -258,19 +258,21 @@ fn apply_guarded(
     }
 }
 
-/// One batch: reads the events after the tree's checkpoint (at most
-/// [`limits::PROJECTION_BATCH_EVENTS_MAX`] wanted events, about
-/// [`limits::PROJECTION_BATCH_BYTES_MAX`] bytes, and a span of
-/// [`limits::PROJECTION_BATCH_SCAN_MAX`] positions), applies them, and commits the state
-/// writes with the new checkpoint in one `apply_batch`, so a crash never applies an
-/// event twice or skips one. Reads never go past the log's durable head.
-pub fn step(
-    log: &Log,
-    projection: &dyn Projection,
-    filter: &ReadFilter,
-    tree: &sled::Tree,
-) -> Result<StepOutcome, StepError> {
-    let from = checkpoint(tree)? + 1;
+/// The events of one batch as read from the log: the wanted events in positions
+/// `from..=reached` (every other position in that span is not wanted).
+pub struct ReadBatch {
+    /// First position examined.
+    pub from: u64,
+    /// Last position examined (`from - 1` when nothing was there yet).
+    pub reached: u64,
+    /// The wanted events, ascending.
+    pub events: Vec<LoggedEvent>,
+}
+
+/// Reads one batch from `from` on: at most [`limits::PROJECTION_BATCH_EVENTS_MAX`] wanted
+/// events, about [`limits::PROJECTION_BATCH_BYTES_MAX`] bytes, and a span of
+/// [`limits::PROJECTION_BATCH_SCAN_MAX`] positions. Never past the log's durable head.
+pub fn read_batch(log: &Log, filter: &ReadFilter, from: u64) -> Result<ReadBatch, ProjectionError> {
     let mut events = Vec::new();
     let mut bytes = 0usize;
     let mut cursor = from;
@@ -293,7 +295,104 @@ pub fn step(
     }
     // Every position below `cursor` has been examined: the wanted ones are in `events`,
     // the others are past for this projection.
-    let reached = cursor - 1;
+    Ok(ReadBatch {
+        from,
+        reached: cursor - 1,
+        events,
+    })
+}
+
+/// Reads batches ahead on a thread of its own while the caller applies the previous
+/// one: on a catch-up or a rebuild, reading (chunk decompression, re-hashing the chain,
+/// decoding envelopes) and folding then use both cores. Reads at most
+/// [`PREFETCH_BATCHES`] batches ahead, up to `until` (inclusive); dropping it stops it.
+pub struct Prefetcher {
+    batches: Option<std::sync::mpsc::Receiver<Result<ReadBatch, ProjectionError>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Batches a [`Prefetcher`] reads ahead: enough to overlap, bounded in memory.
+pub const PREFETCH_BATCHES: usize = 2;
+
+impl Prefetcher {
+    /// Starts reading at `from`, through `until`.
+    pub fn start(log: Log, filter: ReadFilter, from: u64, until: u64) -> Self {
+        let (sender, batches) = std::sync::mpsc::sync_channel(PREFETCH_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("rapport-prefetch".into())
+            .spawn(move || {
+                let mut from = from;
+                while from <= until {
+                    let read = read_batch(&log, &filter, from);
+                    let next = read.as_ref().map(|b| b.reached + 1).ok();
+                    // The receiver is gone: the consumer stopped.
+                    if sender.send(read).is_err() {
+                        return;
+                    }
+                    match next {
+                        Some(next) if next > from => from = next,
+                        _ => return,
+                    }
+                }
+            })
+            .ok();
+        Self {
+            batches: Some(batches),
+            thread,
+        }
+    }
+
+    /// The next batch if it starts at `from`; `None` when the reader is done or was
+    /// started elsewhere (the caller then reads for itself).
+    pub fn next(&mut self, from: u64) -> Option<Result<ReadBatch, ProjectionError>> {
+        let batch = self.batches.as_ref()?.recv().ok()?;
+        match &batch {
+            Ok(read) if read.from != from => None,
+            _ => Some(batch),
+        }
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        // Closing the channel makes a blocked or next send fail, which ends the thread.
+        self.batches.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One batch: reads the events after the tree's checkpoint ([`read_batch`]), applies
+/// them, and commits the state writes with the new checkpoint in one `apply_batch`, so a
+/// crash never applies an event twice or skips one.
+pub fn step(
+    log: &Log,
+    projection: &dyn Projection,
+    filter: &ReadFilter,
+    tree: &sled::Tree,
+) -> Result<StepOutcome, StepError> {
+    step_prefetched(log, projection, filter, tree, None)
+}
+
+/// [`step`], taking the batch from `prefetcher` when it has the right one.
+pub fn step_prefetched(
+    log: &Log,
+    projection: &dyn Projection,
+    filter: &ReadFilter,
+    tree: &sled::Tree,
+    prefetcher: Option<&mut Prefetcher>,
+) -> Result<StepOutcome, StepError> {
+    let from = checkpoint(tree)? + 1;
+    let read = match prefetcher.and_then(|p| p.next(from)) {
+        Some(read) => read?,
+        None => read_batch(log, filter, from)?,
+    };
+    let ReadBatch {
+        from,
+        reached,
+        events,
+    } = read;
     if reached < from {
         return Ok(StepOutcome {
             checkpoint: reached,
@@ -424,8 +523,16 @@ pub fn rebuild_offline(
     let filter = projection.filter();
     let head = log.head().position;
     let meter = Meter::new(checkpoint(&tree)?);
+    let mut prefetcher =
+        Prefetcher::start(log.clone(), filter.clone(), checkpoint(&tree)? + 1, head);
     loop {
-        let outcome = match step(log, projection.as_ref(), &filter, &tree) {
+        let outcome = match step_prefetched(
+            log,
+            projection.as_ref(),
+            &filter,
+            &tree,
+            Some(&mut prefetcher),
+        ) {
             Ok(outcome) => outcome,
             Err(StepError::Apply(error)) => {
                 return Err(ProjectionError::Failed {

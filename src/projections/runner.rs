@@ -271,8 +271,18 @@ fn build(log: Log, shared: Arc<Shared>, slot: Arc<Slot>, generation: Generation,
     let current = |inner: &SlotInner| {
         inner.failed.is_none() && inner.shadow.as_ref().map(|s| s.0) == Some(generation)
     };
+    // Reading ahead on a second thread keeps both cores busy on a long rebuild.
+    let start = engine::checkpoint(&tree).unwrap_or(0) + 1;
+    let mut prefetcher =
+        engine::Prefetcher::start(log.clone(), slot.filter.clone(), start, log.head().position);
     while !shared.stop.load(Ordering::Acquire) && current(&slot.lock()) {
-        match engine::step(&log, slot.projection.as_ref(), &slot.filter, &tree) {
+        match engine::step_prefetched(
+            &log,
+            slot.projection.as_ref(),
+            &slot.filter,
+            &tree,
+            Some(&mut prefetcher),
+        ) {
             Ok(outcome) => {
                 let mut inner = slot.lock();
                 if !current(&inner) {
