@@ -1500,16 +1500,18 @@ impl pb::customers_server::Customers for CustomersService {
         let id = customer_id_field("customer_id", &customer_id, &mut v);
         finish(v)?;
         let view = self.view(min_position, wait).await?;
-        let privacy = self.inner.privacy.clone();
-        let customer = blocking(move || {
-            let profile = read_model::read_resolved(&view.tree, id)
-                .map_err(internal)?
-                .filter(|p| p.registered.is_some())
-                .ok_or(RuleError::NotFound(id))?;
-            Ok(customer_to_proto(&privacy, &profile, view.applied))
-        })
-        .await?;
-        Ok(Response::new(customer))
+        // A point read (one sled get, one profile decoded, its sealed parts opened: some
+        // microseconds) runs on the async worker: handing it to the blocking pool cost
+        // more in thread switches than the read itself (measured at 5k calls/s).
+        let profile = read_model::read_resolved(&view.tree, id)
+            .map_err(internal)?
+            .filter(|p| p.registered.is_some())
+            .ok_or(RuleError::NotFound(id))?;
+        Ok(Response::new(customer_to_proto(
+            &self.inner.privacy,
+            &profile,
+            view.applied,
+        )))
     }
 
     async fn find_customer(
