@@ -324,7 +324,7 @@ pub async fn bench_append(
     events_per_request: usize,
     duration: Duration,
     requests_per_client: Option<u64>,
-    personal: bool,
+    kind: crate::loadgen::AppendKind,
 ) -> Result<(), CliError> {
     let report = crate::loadgen::run_append_with(
         &server,
@@ -332,10 +332,14 @@ pub async fn bench_append(
         events_per_request,
         duration,
         requests_per_client,
-        personal,
+        kind,
     )
     .await?;
-    let kind = if personal { " personal" } else { "" };
+    let kind = match kind {
+        crate::loadgen::AppendKind::Custom => "",
+        crate::loadgen::AppendKind::CustomOnCustomerStreams => " (customer streams)",
+        crate::loadgen::AppendKind::Personal => " personal",
+    };
     println!("append{kind} clients={clients} events/request={events_per_request}: {report}");
     Ok(())
 }

@@ -198,22 +198,37 @@ pub async fn run_append(
         events_per_request,
         duration,
         requests_per_client,
-        false,
+        AppendKind::Custom,
     )
     .await
 }
 
-/// [`run_append`], optionally with personal-data events ([`sample_personal_event`]) on
-/// the callers' fixed customer streams (`customer-<id>`, expected revision `any`,
-/// since the streams outlive one run), so the server seals every event.
+/// What an append load run appends, and where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendKind {
+    /// Custom events to fresh `bench-*` streams, exact expected revisions.
+    Custom,
+    /// Custom events of the same size to the callers' fixed customer streams
+    /// (`customer-<id>`, expected `any`): the baseline of [`AppendKind::Personal`].
+    CustomOnCustomerStreams,
+    /// Personal-data events ([`sample_personal_event`], sealed by the server) to the
+    /// same customer streams.
+    Personal,
+}
+
+/// [`run_append`] with a choice of events and streams ([`AppendKind`]). The customer
+/// streams outlive one run (the same ids every time, so a warm-up run creates the keys),
+/// hence expected revision `any` on them.
 pub async fn run_append_with(
     server: &str,
     clients: usize,
     events_per_request: usize,
     duration: Duration,
     requests_per_client: Option<u64>,
-    personal: bool,
+    kind: AppendKind,
 ) -> Result<LoadReport, tonic::transport::Error> {
+    let personal = kind == AppendKind::Personal;
+    let customer_streams = kind != AppendKind::Custom;
     let calls_max = requests_per_client.unwrap_or(u64::MAX);
     let channels = connect(server, clients.clamp(1, 8)).await?;
     let run_id = Uuid::new_v4().simple().to_string();
@@ -235,7 +250,7 @@ pub async fn run_append_with(
             .collect();
         let streams: Vec<String> = (0..STREAMS_PER_CLIENT)
             .map(|k| {
-                if personal {
+                if customer_streams {
                     format!("customer-{}", customers[k])
                 } else {
                     format!("bench-{run_id}-{client_index}-{k}")
@@ -265,7 +280,7 @@ pub async fn run_append_with(
                         }
                     })
                     .collect();
-                let expected = Some(match (personal, revisions[slot]) {
+                let expected = Some(match (customer_streams, revisions[slot]) {
                     (true, _) => pb::append_request::Expected::Any(()),
                     (false, None) => pb::append_request::Expected::NoStream(()),
                     (false, Some(r)) => pb::append_request::Expected::Exact(r),

@@ -184,6 +184,10 @@ enum Bench {
         /// events of the same size, to the clients' fixed customer streams.
         #[arg(long)]
         personal: bool,
+        /// Custom events, but to the same fixed customer streams as --personal: the
+        /// baseline that isolates the cost of sealing.
+        #[arg(long, conflicts_with = "personal")]
+        customer_streams: bool,
     },
     /// GetCustomer at a fixed rate (open loop) over seeded customers; prints p50/p99/p99.9.
     GetCustomer {
@@ -369,13 +373,18 @@ fn main() -> ExitCode {
                     duration,
                     requests_per_client,
                     personal,
+                    customer_streams,
                 } => rapport::cli::bench_append(
                     server,
                     clients,
                     events_per_request,
                     duration,
                     requests_per_client,
-                    personal,
+                    match (personal, customer_streams) {
+                        (true, _) => rapport::loadgen::AppendKind::Personal,
+                        (false, true) => rapport::loadgen::AppendKind::CustomOnCustomerStreams,
+                        (false, false) => rapport::loadgen::AppendKind::Custom,
+                    },
                 )
                 .await
                 .map(|()| true),

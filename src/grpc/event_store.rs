@@ -50,9 +50,14 @@ pub struct PendingAppend {
 }
 
 impl PendingAppend {
-    /// True when some event carries personal data (sealing may create a key: blocking).
-    pub fn needs_sealing(&self) -> bool {
-        !self.personal.is_empty()
+    /// True when sealing must create a customer's key first (a durable write to the key
+    /// store: blocking). Sealing with existing keys is some microseconds of CPU.
+    pub fn creates_keys(&self, privacy: &Privacy) -> bool {
+        self.personal.iter().any(|(_, event)| {
+            event
+                .personal_owner()
+                .is_some_and(|owner| privacy.keys().data_key(owner).is_none())
+        })
     }
 
     /// Seals personal parts with the owner's key, bound to the stream and the event id
@@ -404,8 +409,8 @@ impl pb::event_store_server::EventStore for EventStoreService {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let pending = append_from_proto(request.into_inner())?;
-        let append = if pending.needs_sealing() {
-            // Sealing may create the customer's key, which is written durably first.
+        let append = if pending.creates_keys(&self.privacy) {
+            // A new customer's key is written durably first: off the async workers.
             let privacy = self.privacy.clone();
             tokio::task::spawn_blocking(move || pending.seal(&privacy))
                 .await
