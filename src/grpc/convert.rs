@@ -421,6 +421,46 @@ fn uuid_list(field: &str, ids: Vec<String>, v: &mut Violations) -> Vec<Uuid> {
         .collect()
 }
 
+/// Proto order lines → domain.
+pub fn purchase_lines_from(lines: Vec<pb::PurchaseLine>) -> Vec<PurchaseLine> {
+    lines
+        .into_iter()
+        .map(
+            |pb::PurchaseLine {
+                 sku,
+                 name,
+                 category,
+                 quantity,
+                 unit_price_minor,
+             }| PurchaseLine {
+                sku,
+                name,
+                category,
+                quantity,
+                unit_price_minor,
+            },
+        )
+        .collect()
+}
+
+/// Proto refund lines → domain.
+pub fn refund_lines_from(lines: Vec<pb::RefundLine>) -> Vec<RefundLine> {
+    lines
+        .into_iter()
+        .map(
+            |pb::RefundLine {
+                 sku,
+                 quantity,
+                 amount_minor,
+             }| RefundLine {
+                sku,
+                quantity,
+                amount_minor,
+            },
+        )
+        .collect()
+}
+
 /// Converts a proto event body into a domain event, recording every problem in `v`
 /// (under `v`'s prefix, e.g. `events[3].event`). Returns `None` when the body is unusable.
 /// Personal parts come out clear; the caller seals them before appending.
@@ -514,24 +554,7 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
             DomainEvent::PurchaseCompleted(PurchaseCompleted {
                 customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
                 order_id,
-                lines: lines
-                    .into_iter()
-                    .map(
-                        |pb::PurchaseLine {
-                             sku,
-                             name,
-                             category,
-                             quantity,
-                             unit_price_minor,
-                         }| PurchaseLine {
-                            sku,
-                            name,
-                            category,
-                            quantity,
-                            unit_price_minor,
-                        },
-                    )
-                    .collect(),
+                lines: purchase_lines_from(lines),
                 total_minor,
                 currency,
                 channel: channel_from(&format!("{f}.channel"), channel, v),
@@ -610,20 +633,7 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
             customer_id: uuid_field("purchase_refunded.customer_id", &customer_id, v),
             order_id,
             refund_id,
-            lines: lines
-                .into_iter()
-                .map(
-                    |pb::RefundLine {
-                         sku,
-                         quantity,
-                         amount_minor,
-                     }| RefundLine {
-                        sku,
-                        quantity,
-                        amount_minor,
-                    },
-                )
-                .collect(),
+            lines: refund_lines_from(lines),
             amount_minor,
             currency,
             reason,

@@ -21,7 +21,8 @@ use uuid::Uuid;
 use super::convert::{
     address_from, address_to, channel_from, channel_to, consent_purpose_from, consent_purpose_to,
     direction_from, direction_to, feedback_metric_from, field_value_from, field_value_to,
-    kind_from, kind_to, recorded_event, timestamp_from_us, timestamp_to_us, uuid_field,
+    kind_from, kind_to, purchase_lines_from, recorded_event, refund_lines_from, timestamp_from_us,
+    timestamp_to_us, uuid_field,
 };
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
@@ -31,8 +32,7 @@ use crate::domain::events::{
     ConsentGiven, ConsentWithdrawn, ContactDetails, ContactDetailsChanged, CustomFieldSet,
     CustomFieldValue, CustomerErased, CustomerIdentity, CustomerRegistered, FeedbackGiven,
     FeedbackMetric, IdentifierClaimed, IdentifierReleased, InteractionLogged, InteractionText,
-    PreferenceCleared, PreferenceSet, PurchaseCompleted, PurchaseLine, PurchaseRefunded,
-    RefundLine, TagAdded, TagRemoved,
+    PreferenceCleared, PreferenceSet, PurchaseCompleted, PurchaseRefunded, TagAdded, TagRemoved,
 };
 use crate::domain::personal::Personal;
 use crate::domain::profile::{self, Profile, ProfileStatus, StoredField, customer_stream};
@@ -166,25 +166,31 @@ impl Inner {
     /// The live customer holding a reservation stream's identifier, and the stream's
     /// revision. Erased holders hold nothing; merged ones resolve to their survivor.
     fn holder(&self, stream: &str) -> Result<(Option<Uuid>, Option<u64>), Status> {
+        self.holder_at(stream)
+            .map(|(holder, revision, _)| (holder, revision))
+    }
+
+    /// [`Inner::holder`], with the log position of the stream's last event.
+    fn holder_at(&self, stream: &str) -> Result<(Option<Uuid>, Option<u64>, u64), Status> {
         let name = StreamName::parse(stream).map_err(|e| internal(e.to_string()))?;
         let page = match self.log.read_stream(&name, 0, true, 1) {
             Ok(page) => page,
-            Err(crate::log::ReadError::StreamNotFound(_)) => return Ok((None, None)),
+            Err(crate::log::ReadError::StreamNotFound(_)) => return Ok((None, None, 0)),
             Err(error) => return Err(error.into()),
         };
         let Some(last) = page.events.first() else {
-            return Ok((None, None));
+            return Ok((None, None, 0));
         };
-        let revision = Some(last.event.revision);
+        let (revision, position) = (Some(last.event.revision), last.event.position);
         let DomainEvent::IdentifierClaimed(IdentifierClaimed { customer_id, .. }) = decode(last)?
         else {
-            return Ok((None, revision));
+            return Ok((None, revision, position));
         };
         let holder = self.load_resolved(customer_id)?;
         if holder.state.erased || self.privacy.keys().is_erased(holder.id) {
-            return Ok((None, revision));
+            return Ok((None, revision, position));
         }
-        Ok((Some(holder.id), revision))
+        Ok((Some(holder.id), revision, position))
     }
 
     /// Plans the reservation appends for `me` claiming `claim` and releasing `release`,
@@ -346,6 +352,28 @@ fn request_violations(event: &DomainEvent, v: &mut Violations) {
 }
 
 impl CustomersService {
+    /// A fact about an existing customer (preference, consent, tag, custom field,
+    /// interaction, feedback): `convert` turns the request's own fields into the event
+    /// builder, reporting problems into the violations; the event is then validated and
+    /// recorded on the customer the id resolves to.
+    async fn record_fact<B>(
+        &self,
+        customer_id: &str,
+        context: Option<pb::WriteContext>,
+        convert: impl FnOnce(&mut Violations) -> B,
+    ) -> Result<Response<pb::WriteResponse>, Status>
+    where
+        B: Fn(Uuid) -> DomainEvent + Send + Sync + 'static,
+    {
+        let mut v = Violations::new("");
+        let context = context_from(context, &mut v);
+        let id = customer_id_field("customer_id", customer_id, &mut v);
+        let build = convert(&mut v);
+        request_violations(&build(id), &mut v);
+        finish(v)?;
+        self.execute(context, fact(id, build)).await
+    }
+
     /// Runs a command: idempotency by event id, decide (in a blocking task), seal,
     /// append; re-decides on a concurrency conflict.
     async fn execute<F>(
@@ -941,19 +969,16 @@ impl pb::customers_server::Customers for CustomersService {
             value,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let build = move |id| {
-            DomainEvent::PreferenceSet(PreferenceSet {
-                customer_id: id,
-                key: key.clone(),
-                value: value.clone(),
-            })
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        self.record_fact(&customer_id, context, |_| {
+            move |id| {
+                DomainEvent::PreferenceSet(PreferenceSet {
+                    customer_id: id,
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+            }
+        })
+        .await
     }
 
     async fn clear_preference(
@@ -965,18 +990,15 @@ impl pb::customers_server::Customers for CustomersService {
             key,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let build = move |id| {
-            DomainEvent::PreferenceCleared(PreferenceCleared {
-                customer_id: id,
-                key: key.clone(),
-            })
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        self.record_fact(&customer_id, context, |_| {
+            move |id| {
+                DomainEvent::PreferenceCleared(PreferenceCleared {
+                    customer_id: id,
+                    key: key.clone(),
+                })
+            }
+        })
+        .await
     }
 
     async fn record_consent(
@@ -990,28 +1012,25 @@ impl pb::customers_server::Customers for CustomersService {
             source,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let purpose = consent_purpose_from("purpose", purpose, &mut v);
-        let build = move |id| {
-            if granted {
-                DomainEvent::ConsentGiven(ConsentGiven {
-                    customer_id: id,
-                    purpose,
-                    source: source.clone(),
-                })
-            } else {
-                DomainEvent::ConsentWithdrawn(ConsentWithdrawn {
-                    customer_id: id,
-                    purpose,
-                    source: source.clone(),
-                })
+        self.record_fact(&customer_id, context, |v| {
+            let purpose = consent_purpose_from("purpose", purpose, v);
+            move |id| {
+                if granted {
+                    DomainEvent::ConsentGiven(ConsentGiven {
+                        customer_id: id,
+                        purpose,
+                        source: source.clone(),
+                    })
+                } else {
+                    DomainEvent::ConsentWithdrawn(ConsentWithdrawn {
+                        customer_id: id,
+                        purpose,
+                        source: source.clone(),
+                    })
+                }
             }
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        })
+        .await
     }
 
     async fn add_tag(
@@ -1023,18 +1042,15 @@ impl pb::customers_server::Customers for CustomersService {
             tag,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let build = move |id| {
-            DomainEvent::TagAdded(TagAdded {
-                customer_id: id,
-                tag: tag.clone(),
-            })
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        self.record_fact(&customer_id, context, |_| {
+            move |id| {
+                DomainEvent::TagAdded(TagAdded {
+                    customer_id: id,
+                    tag: tag.clone(),
+                })
+            }
+        })
+        .await
     }
 
     async fn remove_tag(
@@ -1046,18 +1062,15 @@ impl pb::customers_server::Customers for CustomersService {
             tag,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let build = move |id| {
-            DomainEvent::TagRemoved(TagRemoved {
-                customer_id: id,
-                tag: tag.clone(),
-            })
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        self.record_fact(&customer_id, context, |_| {
+            move |id| {
+                DomainEvent::TagRemoved(TagRemoved {
+                    customer_id: id,
+                    tag: tag.clone(),
+                })
+            }
+        })
+        .await
     }
 
     async fn set_custom_field(
@@ -1071,24 +1084,21 @@ impl pb::customers_server::Customers for CustomersService {
             personal,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let value = field_value_from("value", value, &mut v);
-        let build = move |id| {
-            DomainEvent::CustomFieldSet(CustomFieldSet {
-                customer_id: id,
-                key: key.clone(),
-                value: if personal {
-                    CustomFieldValue::Personal(Personal::Clear(value.clone()))
-                } else {
-                    CustomFieldValue::Plain(value.clone())
-                },
-            })
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        self.record_fact(&customer_id, context, |v| {
+            let value = field_value_from("value", value, v);
+            move |id| {
+                DomainEvent::CustomFieldSet(CustomFieldSet {
+                    customer_id: id,
+                    key: key.clone(),
+                    value: if personal {
+                        CustomFieldValue::Personal(Personal::Clear(value.clone()))
+                    } else {
+                        CustomFieldValue::Plain(value.clone())
+                    },
+                })
+            }
+        })
+        .await
     }
 
     async fn log_interaction(
@@ -1106,29 +1116,26 @@ impl pb::customers_server::Customers for CustomersService {
             duration_seconds,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let channel = channel_from("channel", channel, &mut v);
-        let direction = direction_from("direction", direction, &mut v);
-        let kind = kind_from("kind", kind, &mut v);
-        let build = move |id| {
-            DomainEvent::InteractionLogged(InteractionLogged {
-                customer_id: id,
-                channel,
-                direction,
-                kind,
-                text: Personal::Clear(InteractionText {
-                    subject: subject.clone(),
-                    summary: summary.clone(),
-                }),
-                agent: agent.clone(),
-                duration_seconds,
-            })
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        self.record_fact(&customer_id, context, |v| {
+            let channel = channel_from("channel", channel, v);
+            let direction = direction_from("direction", direction, v);
+            let kind = kind_from("kind", kind, v);
+            move |id| {
+                DomainEvent::InteractionLogged(InteractionLogged {
+                    customer_id: id,
+                    channel,
+                    direction,
+                    kind,
+                    text: Personal::Clear(InteractionText {
+                        subject: subject.clone(),
+                        summary: summary.clone(),
+                    }),
+                    agent: agent.clone(),
+                    duration_seconds,
+                })
+            }
+        })
+        .await
     }
 
     async fn record_purchase(
@@ -1152,24 +1159,7 @@ impl pb::customers_server::Customers for CustomersService {
         let purchase = PurchaseCompleted {
             customer_id: id,
             order_id,
-            lines: lines
-                .into_iter()
-                .map(
-                    |pb::PurchaseLine {
-                         sku,
-                         name,
-                         category,
-                         quantity,
-                         unit_price_minor,
-                     }| PurchaseLine {
-                        sku,
-                        name,
-                        category,
-                        quantity,
-                        unit_price_minor,
-                    },
-                )
-                .collect(),
+            lines: purchase_lines_from(lines),
             total_minor,
             currency,
             channel,
@@ -1208,20 +1198,7 @@ impl pb::customers_server::Customers for CustomersService {
             customer_id: id,
             order_id,
             refund_id,
-            lines: lines
-                .into_iter()
-                .map(
-                    |pb::RefundLine {
-                         sku,
-                         quantity,
-                         amount_minor,
-                     }| RefundLine {
-                        sku,
-                        quantity,
-                        amount_minor,
-                    },
-                )
-                .collect(),
+            lines: refund_lines_from(lines),
             amount_minor,
             currency,
             reason,
@@ -1260,25 +1237,22 @@ impl pb::customers_server::Customers for CustomersService {
             subject_ref,
             context,
         } = request.into_inner();
-        let mut v = Violations::new("");
-        let context = context_from(context, &mut v);
-        let id = customer_id_field("customer_id", &customer_id, &mut v);
-        let metric = feedback_metric_from("metric", metric, &mut v);
-        let channel = channel_from("channel", channel, &mut v);
-        let score = u8::try_from(score).unwrap_or(u8::MAX);
-        let build = move |id| {
-            DomainEvent::FeedbackGiven(FeedbackGiven {
-                customer_id: id,
-                metric,
-                score,
-                comment: Personal::Clear(comment.clone()),
-                channel,
-                subject_ref: subject_ref.clone(),
-            })
-        };
-        request_violations(&build(id), &mut v);
-        finish(v)?;
-        self.execute(context, fact(id, build)).await
+        self.record_fact(&customer_id, context, |v| {
+            let metric = feedback_metric_from("metric", metric, v);
+            let channel = channel_from("channel", channel, v);
+            let score = u8::try_from(score).unwrap_or(u8::MAX);
+            move |id| {
+                DomainEvent::FeedbackGiven(FeedbackGiven {
+                    customer_id: id,
+                    metric,
+                    score,
+                    comment: Personal::Clear(comment.clone()),
+                    channel,
+                    subject_ref: subject_ref.clone(),
+                })
+            }
+        })
+        .await
     }
 
     async fn merge_customers(
@@ -1542,21 +1516,28 @@ impl pb::customers_server::Customers for CustomersService {
                 .ok_or_else(|| invalid_field("external_id", "must be system:value"))?,
             None => return Err(invalid_field("by", "set one of email, phone, external_id")),
         };
-        let view = self.view(min_position, wait).await?;
+        // The reservation is read from the log (always current); the profile then comes
+        // from the projection once it has applied at least the reservation, so a
+        // customer that can be found can also be shown.
         let inner = self.inner.clone();
-        let customer = blocking(move || {
+        let (holder, claimed_at) = blocking(move || {
             let stream = inner.privacy.identity_stream(&identifier);
-            let (holder, _) = inner.holder(&stream)?;
-            let holder =
-                holder.ok_or_else(|| Status::not_found("no live customer has this identifier"))?;
-            let profile = read_model::read_resolved(&view.tree, holder)
-                .map_err(internal)?
-                .filter(|p| p.registered.is_some() && p.status != ProfileStatus::Erased)
-                .ok_or_else(|| Status::not_found("no live customer has this identifier"))?;
-            Ok(customer_to_proto(&inner.privacy, &profile, view.applied))
+            let (holder, _, position) = inner.holder_at(&stream)?;
+            Ok((holder, position))
         })
         .await?;
-        Ok(Response::new(customer))
+        let not_found = || Status::not_found("no live customer has this identifier");
+        let holder = holder.ok_or_else(not_found)?;
+        let view = self.view(min_position.max(claimed_at), wait).await?;
+        let profile = read_model::read_resolved(&view.tree, holder)
+            .map_err(internal)?
+            .filter(|p| p.registered.is_some() && p.status != ProfileStatus::Erased)
+            .ok_or_else(not_found)?;
+        Ok(Response::new(customer_to_proto(
+            &self.inner.privacy,
+            &profile,
+            view.applied,
+        )))
     }
 
     async fn list_customers(
