@@ -38,12 +38,13 @@ async fn an_unknown_format_version_refuses_to_open_and_changes_nothing() {
         Err(
             error @ LogError::UnsupportedFormat {
                 found: 99,
-                supported: 1,
+                supported,
             },
         ) => {
+            assert_eq!(supported, rapport::log::store::FORMAT_VERSION);
             let message = error.to_string();
             assert!(
-                message.contains("99") && message.contains("version 1"),
+                message.contains("99") && message.contains(&format!("version {supported}")),
                 "{message}"
             );
         }
