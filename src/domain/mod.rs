@@ -8,6 +8,7 @@ pub mod customer;
 pub mod events;
 pub mod personal;
 pub mod profile;
+pub mod rfm;
 pub mod violations;
 
 pub use events::{DecodeError, DomainEvent, TypedEvent};

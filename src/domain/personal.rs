@@ -101,8 +101,17 @@ impl<T: Serialize> Serialize for Personal<T> {
     }
 }
 
-impl<'de, T> Deserialize<'de> for Personal<T> {
+/// Stored (binary) encodings hold only the sealed bytes, read back as [`Personal::Sealed`]
+/// exactly as written. Human-readable input (JSON lines of `rapport import events`) is
+/// what a person or an export wrote: the clear value itself, which the importer seals
+/// with the owner's key before anything is stored; `null` (how an export shows a sealed
+/// or erased part) reads as [`Personal::Erased`], which cannot be stored, so such an
+/// event is refused instead of silently losing the part.
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Personal<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            return Ok(Option::<T>::deserialize(deserializer)?.map_or(Self::Erased, Self::Clear));
+        }
         let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
         Ok(Self::Sealed(bytes.into_vec()))
     }
@@ -120,6 +129,14 @@ mod tests {
         assert_eq!(serde_json::to_string(&erased).unwrap(), "null");
         let sealed: Personal<String> = Personal::Sealed(vec![1, 2]);
         assert_eq!(serde_json::to_string(&sealed).unwrap(), "null");
+    }
+
+    #[test]
+    fn json_reads_clear_values_and_null_as_erased() {
+        let clear: Personal<String> = serde_json::from_str("\"Ada\"").unwrap();
+        assert_eq!(clear, Personal::Clear("Ada".into()));
+        let gone: Personal<String> = serde_json::from_str("null").unwrap();
+        assert!(gone.is_erased());
     }
 
     #[test]

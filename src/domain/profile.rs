@@ -133,6 +133,23 @@ pub struct PurchaseSummary {
     pub category_units: BTreeMap<String, u64>,
     /// Refund events.
     pub refunds: u64,
+    /// Every order and refund with its business time, amount and currency, in log order:
+    /// what analytics as of a past date fold (RFM, value). Orders are positive, refunds
+    /// negative.
+    pub money: Vec<MoneyFact>,
+}
+
+/// One order (positive) or refund (negative) amount at its business time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoneyFact {
+    /// occurred_at, UTC microseconds.
+    pub at_us: i64,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Order total (> 0 is an order) or minus a refund.
+    pub amount_minor: i64,
+    /// True for an order, false for a refund.
+    pub order: bool,
 }
 
 /// The last interaction.
@@ -293,6 +310,7 @@ impl Profile {
         for (category, units) in &d.category_units {
             *p.category_units.entry(category.clone()).or_default() += units;
         }
+        p.money.extend(d.money.iter().cloned());
         let i = &mut self.interactions;
         i.total += dup.interactions.total;
         for (channel, n) in &dup.interactions.by_channel {
@@ -554,6 +572,12 @@ pub fn apply<S: Profiles>(
             }
             p.first_at_us = min_opt(p.first_at_us, Some(at));
             p.last_at_us = max_opt(p.last_at_us, Some(at));
+            p.money.push(MoneyFact {
+                at_us: at,
+                currency: e.currency.clone(),
+                amount_minor: e.total_minor,
+                order: true,
+            });
             if e.channel != Channel::Unspecified {
                 profile.channels.insert(e.channel);
             }
@@ -565,6 +589,12 @@ pub fn apply<S: Profiles>(
                 .entry(e.currency.clone())
                 .or_default()
                 .refunded_minor += e.amount_minor;
+            p.money.push(MoneyFact {
+                at_us: at,
+                currency: e.currency.clone(),
+                amount_minor: -e.amount_minor,
+                order: false,
+            });
         }
         DomainEvent::FeedbackGiven(e) => {
             let s = profile.feedback.entry(e.metric).or_default();

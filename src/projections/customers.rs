@@ -44,7 +44,8 @@ impl Projection for CustomersProjection {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: profiles keep every order and refund with its business time (analytics).
+        2
     }
 
     fn filter(&self) -> ReadFilter {
