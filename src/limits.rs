@@ -202,3 +202,43 @@ pub const LIST_SCAN_MAX: usize = 20_000;
 /// Customers one `rapport seed` writes at most: 10 million customers is ~300 million
 /// events, far past any test or bench; a bigger number is a typo, not a wish.
 pub const SEED_CUSTOMERS_MAX: u64 = 10_000_000;
+
+/// Default page size of `ListCustomerRfm`.
+pub const RFM_PAGE_DEFAULT: usize = 100;
+
+/// Largest page size of `ListCustomerRfm`; larger requests are capped.
+pub const RFM_PAGE_MAX: usize = 1_000;
+
+/// Orders per batch of `rapport import purchases` offline: a batch's new customers get
+/// their data keys in one key-store call (one write per key shard), so larger batches
+/// mean fewer writes per customer; the reader stays at most two batches ahead, so
+/// memory stays bounded (~a few MB per batch).
+pub const IMPORT_BATCH_ORDERS: usize = 16_384;
+
+/// Rows per batch of the other import kinds (customers, events).
+pub const IMPORT_BATCH_ROWS: usize = 4_096;
+
+/// Stream appends per multi-stream append of an offline import: large enough that the
+/// log's writer commits big groups, small enough that a refused pack is cheap to redo
+/// unit by unit.
+pub const IMPORT_APPENDS_PER_WRITE: usize = 512;
+
+/// Multi-stream appends of an offline import in flight at once (below the log's queue
+/// depth, so the queue never refuses them).
+pub const IMPORT_WRITES_IN_FLIGHT: usize = 16;
+
+/// How often an import waits out a full append queue before giving up.
+pub const IMPORT_OVERLOAD_RETRIES: u32 = 200;
+
+/// Reservations an import remembers (external ids, emails, phones → holder); past it
+/// the cache is cleared, once the log has every write so far.
+pub const IMPORT_CACHE_MAX: usize = 500_000;
+
+/// Bad rows whose reasons an import reports (the rest are counted).
+pub const IMPORT_REASONS_MAX: usize = 20;
+
+/// Longest line of an events file (JSON of one event and its envelope).
+pub const IMPORT_LINE_BYTES_MAX: usize = 1 << 20;
+
+/// Orders (purchases) or customers imported concurrently through a server.
+pub const IMPORT_SERVER_IN_FLIGHT: usize = 32;

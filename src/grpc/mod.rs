@@ -4,6 +4,7 @@
 //! health, reflection and limits ([`server`]). Proto types never leave this module.
 
 pub mod admin;
+pub mod analytics;
 pub mod convert;
 pub mod customers;
 pub mod event_store;

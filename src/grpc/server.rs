@@ -15,6 +15,7 @@ use tonic::codegen::http;
 use std::sync::Arc;
 
 use super::admin::AdminService;
+use super::analytics::AnalyticsService;
 use super::customers::CustomersService;
 use super::event_store::EventStoreService;
 use super::pb;
@@ -150,8 +151,16 @@ pub async fn serve_log(
     .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
     let customers = pb::customers_server::CustomersServer::new(CustomersService::new(
         log.clone(),
-        privacy,
+        privacy.clone(),
         projections.clone(),
+    ))
+    .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    // The default `as_of` of an analytics request is the server's now.
+    let analytics = pb::analytics_server::AnalyticsServer::new(AnalyticsService::new(
+        projections.clone(),
+        privacy,
+        Arc::new(crate::clock::SystemClock),
     ))
     .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
     .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
@@ -169,6 +178,9 @@ pub async fn serve_log(
         .await;
     health_reporter
         .set_serving::<pb::customers_server::CustomersServer<CustomersService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::analytics_server::AnalyticsServer<AnalyticsService>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -224,6 +236,7 @@ pub async fn serve_log(
         .add_service(reflection_v1alpha)
         .add_service(event_store)
         .add_service(customers)
+        .add_service(analytics)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::select! {

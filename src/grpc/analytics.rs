@@ -1,0 +1,168 @@
+//! The `rapport.v1.Analytics` service: RFM over the customer read model, as of a business
+//! date. The computation is pure ([`crate::domain::rfm`]); this edge picks the profiles,
+//! the currency and the page.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use super::convert::{timestamp_from_us, timestamp_to_us, uuid_field};
+use super::pb;
+use super::status::invalid_argument;
+use crate::clock::Clock;
+use crate::domain::Violations;
+use crate::domain::events::CustomerIdentity;
+use crate::domain::profile::{Profile, ProfileStatus};
+use crate::domain::rfm::{self, SegmentGrid};
+use crate::limits;
+use crate::privacy::Privacy;
+use crate::projections::Projections;
+use crate::projections::customers as read_model;
+
+/// The Analytics service.
+#[derive(Clone)]
+pub struct AnalyticsService {
+    projections: Projections,
+    privacy: Privacy,
+    clock: Arc<dyn Clock>,
+    grid: Arc<SegmentGrid>,
+}
+
+impl AnalyticsService {
+    /// Over the running projections; `clock` gives the default `as_of` (the edge may read
+    /// the clock, the computation never does).
+    pub fn new(projections: Projections, privacy: Privacy, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            projections,
+            privacy,
+            clock,
+            grid: Arc::new(SegmentGrid::default()),
+        }
+    }
+}
+
+/// The currency with the most orders by `as_of_us`; ties go to the alphabetically first.
+fn busiest_currency(profiles: &[Profile], as_of_us: i64) -> Option<String> {
+    let mut orders: BTreeMap<&str, u64> = BTreeMap::new();
+    for fact in profiles.iter().flat_map(|p| &p.purchases.money) {
+        if fact.order && fact.at_us <= as_of_us {
+            *orders.entry(fact.currency.as_str()).or_default() += 1;
+        }
+    }
+    orders
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+        .map(|(currency, _)| currency.to_owned())
+}
+
+#[tonic::async_trait]
+impl pb::analytics_server::Analytics for AnalyticsService {
+    async fn list_customer_rfm(
+        &self,
+        request: Request<pb::ListCustomerRfmRequest>,
+    ) -> Result<Response<pb::ListCustomerRfmResponse>, Status> {
+        let pb::ListCustomerRfmRequest {
+            as_of,
+            page_size,
+            page_token,
+            currency,
+            min_position,
+        } = request.into_inner();
+        let mut v = Violations::new("");
+        let as_of_us = match as_of {
+            Some(ts) => timestamp_to_us("as_of", &ts, &mut v),
+            None => Some(self.clock.now_us()),
+        };
+        if !currency.is_empty() {
+            crate::domain::common::validate_currency("currency", &currency, &mut v);
+        }
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(uuid_field("page_token", &page_token, &mut v))
+        };
+        v.into_result().map_err(invalid_argument)?;
+        let as_of_us = as_of_us.expect("checked above");
+        let page_size = match page_size {
+            0 => limits::RFM_PAGE_DEFAULT,
+            n => (n as usize).min(limits::RFM_PAGE_MAX),
+        };
+        let view = self
+            .projections
+            .wait_for(
+                read_model::NAME,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        let privacy = self.privacy.clone();
+        let grid = self.grid.clone();
+        let response = tokio::task::spawn_blocking(move || {
+            // Every profile is read: ranks are over all customers. Merged duplicates and
+            // unregistered ids have no row (their history is their survivor's).
+            let mut profiles = Vec::new();
+            for profile in read_model::scan(&view.tree, None) {
+                let profile = profile.map_err(Status::internal)?;
+                if profile.registered.is_some()
+                    && !matches!(profile.status, ProfileStatus::Merged { .. })
+                {
+                    profiles.push(profile);
+                }
+            }
+            let currency = if currency.is_empty() {
+                busiest_currency(&profiles, as_of_us).unwrap_or_else(|| "EUR".to_owned())
+            } else {
+                currency
+            };
+            let rows = rfm::rfm(&profiles, &currency, as_of_us, &grid);
+            let by_id: BTreeMap<Uuid, &Profile> =
+                profiles.iter().map(|p| (p.customer_id, p)).collect();
+            let start = after.map_or(0, |after| rows.partition_point(|r| r.customer_id <= after));
+            let page: Vec<pb::RfmRow> = rows[start..]
+                .iter()
+                .take(page_size)
+                .map(|row| {
+                    let external_ids = by_id
+                        .get(&row.customer_id)
+                        .and_then(|p| p.identity.as_ref())
+                        .and_then(|sealed| privacy.open_ref::<CustomerIdentity>(sealed))
+                        .map(|identity| identity.external_ids.into_iter().collect())
+                        .unwrap_or_default();
+                    pb::RfmRow {
+                        customer_id: row.customer_id.to_string(),
+                        external_ids,
+                        recency_days: row.recency_days,
+                        frequency: row.frequency,
+                        monetary_minor: row.monetary_minor,
+                        currency: currency.clone(),
+                        r: u32::from(row.r),
+                        f: u32::from(row.f),
+                        m: u32::from(row.m),
+                        segment: row.segment.clone(),
+                    }
+                })
+                .collect();
+            let next_page_token = if start + page.len() < rows.len() {
+                page.last()
+                    .map(|r| r.customer_id.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok::<_, Status>(pb::ListCustomerRfmResponse {
+                rows: page,
+                next_page_token,
+                total_rows: rows.len() as u64,
+                as_of: Some(timestamp_from_us(as_of_us)),
+                currency,
+                as_of_position: view.applied,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("rfm task failed: {e}")))??;
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,207 @@
+//! The Analytics service over real gRPC: RFM rows of customers recorded through the
+//! Customers service, hand-computed, as of two business dates, paged, per currency.
+
+mod common;
+
+use common::TestServer;
+use rapport::grpc::pb;
+use rapport::grpc::pb::analytics_client::AnalyticsClient;
+use tonic::Code;
+
+const DAY: i64 = 86_400;
+const T0: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
+
+fn at(seconds: i64) -> Option<pb::WriteContext> {
+    Some(pb::WriteContext {
+        occurred_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn rfm_rows_as_of_a_date_hand_computed() {
+    let t = TestServer::start().await;
+    let mut c = t.customers().await;
+    let mut analytics = AnalyticsClient::connect(t.server.url()).await.unwrap();
+    // (orders as (day, total)), refunds (day, amount) — the domain unit test's five customers.
+    let plan: [(&[(i64, i64)], &[(i64, i64)]); 5] = [
+        (&[(99, 500)], &[]),
+        (&[(10, 1000), (30, 1000), (50, 1000)], &[(60, 1000)]),
+        (&[(80, 5000), (90, 5000)], &[]),
+        (&[(0, 20), (0, 20), (1, 20), (1, 20), (1, 20)], &[]),
+        (&[(70, 700), (120, 9999)], &[]),
+    ];
+    let mut ids = Vec::new();
+    let mut last = 0;
+    for (n, (orders, refunds)) in plan.iter().enumerate() {
+        let id = c
+            .register_customer(pb::RegisterCustomerRequest {
+                given_name: format!("C{n}"),
+                external_ids: [("pos_card".to_owned(), format!("card-{n}"))].into(),
+                context: at(T0 - DAY),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .customer_id;
+        for (k, (day, total)) in orders.iter().enumerate() {
+            last = c
+                .record_purchase(pb::RecordPurchaseRequest {
+                    customer_id: id.clone(),
+                    order_id: format!("o-{k}"),
+                    total_minor: *total,
+                    currency: "EUR".into(),
+                    context: at(T0 + day * DAY),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .position;
+        }
+        for (day, amount) in refunds.iter() {
+            last = c
+                .record_refund(pb::RecordRefundRequest {
+                    customer_id: id.clone(),
+                    order_id: "o-0".into(),
+                    amount_minor: *amount,
+                    currency: "EUR".into(),
+                    context: at(T0 + day * DAY),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .position;
+        }
+        ids.push(id);
+    }
+    // One USD customer: not in the EUR rows; EUR is the busiest currency.
+    let usd = c
+        .register_customer(pb::RegisterCustomerRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_id;
+    c.record_purchase(pb::RecordPurchaseRequest {
+        customer_id: usd,
+        order_id: "u-1".into(),
+        total_minor: 100,
+        currency: "USD".into(),
+        context: at(T0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let as_of = Some(prost_types::Timestamp {
+        seconds: T0 + 100 * DAY,
+        nanos: 0,
+    });
+    let all = analytics
+        .list_customer_rfm(pb::ListCustomerRfmRequest {
+            as_of,
+            min_position: last,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.currency, "EUR");
+    assert_eq!(all.total_rows, 5);
+    // Customers 0 and 4 both have one order: the tie is broken by customer id, the
+    // smaller ranking lower. Server-made ids are UUIDv7, so customer 0's is smaller.
+    assert!(ids[0] < ids[4]);
+    let mut expected: Vec<(String, i64, u64, i64, u32, u32, u32, &str)> = vec![
+        (ids[0].clone(), 1, 1, 500, 5, 1, 2, "New"),
+        (ids[1].clone(), 50, 3, 2000, 2, 4, 4, "At risk"),
+        (
+            ids[2].clone(),
+            10,
+            2,
+            10_000,
+            4,
+            3,
+            5,
+            "Potential loyalists",
+        ),
+        (ids[3].clone(), 99, 5, 100, 1, 5, 1, "Can't lose"),
+        (ids[4].clone(), 30, 1, 700, 3, 2, 3, "About to sleep"),
+    ];
+    expected.sort();
+    let got: Vec<(String, i64, u64, i64, u32, u32, u32, &str)> = all
+        .rows
+        .iter()
+        .map(|r| {
+            (
+                r.customer_id.clone(),
+                r.recency_days,
+                r.frequency,
+                r.monetary_minor,
+                r.r,
+                r.f,
+                r.m,
+                r.segment.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert!(
+        all.rows
+            .iter()
+            .all(|r| r.external_ids.contains_key("pos_card"))
+    );
+
+    // Paging gives the same rows.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = analytics
+            .list_customer_rfm(pb::ListCustomerRfmRequest {
+                as_of,
+                page_size: 2,
+                page_token: token,
+                currency: "EUR".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.rows);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, all.rows);
+
+    // As of day 40: only the orders by then count (customer 1 had two; 3 and 4 none).
+    let early = analytics
+        .list_customer_rfm(pb::ListCustomerRfmRequest {
+            as_of: Some(prost_types::Timestamp {
+                seconds: T0 + 40 * DAY,
+                nanos: 0,
+            }),
+            currency: "EUR".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(early.total_rows, 2);
+    let second = early.rows.iter().find(|r| r.customer_id == ids[1]).unwrap();
+    assert_eq!(
+        (second.recency_days, second.frequency, second.monetary_minor),
+        (10, 2, 2000)
+    );
+
+    let bad = analytics
+        .list_customer_rfm(pb::ListCustomerRfmRequest {
+            currency: "euro".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
