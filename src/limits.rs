@@ -242,3 +242,9 @@ pub const IMPORT_LINE_BYTES_MAX: usize = 1 << 20;
 
 /// Orders (purchases) or customers imported concurrently through a server.
 pub const IMPORT_SERVER_IN_FLIGHT: usize = 32;
+
+/// Default number of first-purchase cohorts `GetKpis` returns (the latest ones).
+pub const KPI_COHORTS_DEFAULT: usize = 24;
+
+/// Most cohorts `GetKpis` returns: ten years of months.
+pub const KPI_COHORTS_MAX: usize = 120;

@@ -196,6 +196,41 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
         (10, 2, 2000)
     );
 
+    // KPIs of days 40..100: active = customers 0, 1 (refund only: no), 2, 4 → orders by
+    // 0 (day 99), 1 (day 50), 2 (days 80, 90), 4 (day 70) → 4 active; the previous period
+    // (days −20..40): customers 1 (days 10, 30), 3 (days 0, 1) and the USD customer (day
+    // 0) → 3; first orders in the period: 0, 2, 4 → retention (4 − 3) / 3 = 33.33 %.
+    let kpis = analytics
+        .get_kpis(pb::GetKpisRequest {
+            as_of,
+            period_start: Some(prost_types::Timestamp {
+                seconds: T0 + 40 * DAY,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The USD customer registered "now" (no occurred_at): after the period.
+    assert_eq!(kpis.customers_total, 5);
+    assert_eq!(kpis.active_customers, 4);
+    assert_eq!(kpis.active_previous_period, 3);
+    assert_eq!(kpis.first_time_customers, 3);
+    assert_eq!(kpis.retention_bp, Some(3_333));
+    let eur = kpis
+        .by_currency
+        .iter()
+        .find(|c| c.currency == "EUR")
+        .unwrap();
+    // Orders: 500 + 1000 (day 50) + 5000 + 5000 + 700 = 12 200 over 5; the refund of
+    // day 60 (1000) nets the revenue.
+    assert_eq!(
+        (eur.orders, eur.revenue_minor, eur.average_order_minor),
+        (5, 11_200, 2_440)
+    );
+    assert!(!kpis.cohorts.is_empty());
+
     let bad = analytics
         .list_customer_rfm(pb::ListCustomerRfmRequest {
             currency: "euro".into(),

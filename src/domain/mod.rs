@@ -6,6 +6,7 @@
 pub mod common;
 pub mod customer;
 pub mod events;
+pub mod kpis;
 pub mod personal;
 pub mod profile;
 pub mod rfm;

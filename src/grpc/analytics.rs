@@ -1,5 +1,5 @@
-//! The `rapport.v1.Analytics` service: RFM over the customer read model, as of a business
-//! date. The computation is pure ([`crate::domain::rfm`]); this edge picks the profiles,
+//! The `rapport.v1.Analytics` service: RFM and KPIs over the customer read model, as of a
+//! business date. The computation is pure ([`crate::domain::rfm`]); this edge picks the profiles,
 //! the currency and the page.
 
 use std::collections::BTreeMap;
@@ -15,6 +15,7 @@ use super::status::invalid_argument;
 use crate::clock::Clock;
 use crate::domain::Violations;
 use crate::domain::events::CustomerIdentity;
+use crate::domain::kpis;
 use crate::domain::profile::{Profile, ProfileStatus};
 use crate::domain::rfm::{self, SegmentGrid};
 use crate::limits;
@@ -58,8 +59,112 @@ fn busiest_currency(profiles: &[Profile], as_of_us: i64) -> Option<String> {
         .map(|(currency, _)| currency.to_owned())
 }
 
+/// Every registered, non-merged profile of the customer read model.
+fn live_profiles(tree: &sled::Tree) -> Result<Vec<Profile>, Status> {
+    let mut profiles = Vec::new();
+    for profile in read_model::scan(tree, None) {
+        let profile = profile.map_err(Status::internal)?;
+        if profile.registered.is_some() && !matches!(profile.status, ProfileStatus::Merged { .. }) {
+            profiles.push(profile);
+        }
+    }
+    Ok(profiles)
+}
+
 #[tonic::async_trait]
 impl pb::analytics_server::Analytics for AnalyticsService {
+    async fn get_kpis(
+        &self,
+        request: Request<pb::GetKpisRequest>,
+    ) -> Result<Response<pb::Kpis>, Status> {
+        let pb::GetKpisRequest {
+            period,
+            as_of,
+            period_start,
+            min_position,
+            cohorts_max,
+        } = request.into_inner();
+        let mut v = Violations::new("");
+        let end_us = match as_of {
+            Some(ts) => timestamp_to_us("as_of", &ts, &mut v),
+            None => Some(self.clock.now_us()),
+        };
+        let start_us = period_start.and_then(|ts| timestamp_to_us("period_start", &ts, &mut v));
+        let days = match pb::Period::try_from(period) {
+            Ok(pb::Period::Day) => 1,
+            Ok(pb::Period::Week) => 7,
+            Ok(pb::Period::Quarter) => 91,
+            Ok(pb::Period::Year) => 365,
+            Ok(pb::Period::Month | pb::Period::Unspecified) => 30,
+            Err(_) => {
+                v.add("period", format!("{period} is not a Period"));
+                30
+            }
+        };
+        if let (Some(start), Some(end)) = (start_us, end_us)
+            && start >= end
+        {
+            v.add("period_start", "must be before as_of");
+        }
+        v.into_result().map_err(invalid_argument)?;
+        let end_us = end_us.expect("checked above");
+        let start_us = start_us.unwrap_or(end_us - days * 86_400_000_000);
+        let cohorts_max = match cohorts_max {
+            0 => limits::KPI_COHORTS_DEFAULT,
+            n => (n as usize).min(limits::KPI_COHORTS_MAX),
+        };
+        let view = self
+            .projections
+            .wait_for(
+                read_model::NAME,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        let kpis = tokio::task::spawn_blocking(move || {
+            let profiles = live_profiles(&view.tree)?;
+            let k = kpis::kpis(&profiles, start_us, end_us, cohorts_max);
+            Ok::<_, Status>(pb::Kpis {
+                period_start: Some(timestamp_from_us(start_us)),
+                period_end: Some(timestamp_from_us(end_us)),
+                customers_total: k.customers_total,
+                new_customers: k.new_customers,
+                active_customers: k.active_customers,
+                active_previous_period: k.active_previous,
+                first_time_customers: k.first_time_customers,
+                retention_bp: k.retention_bp,
+                churn_bp: k.churn_bp,
+                repeat_purchase_bp: k.repeat_purchase_bp,
+                purchase_frequency_centi: k.purchase_frequency_centi,
+                by_currency: k
+                    .by_currency
+                    .into_iter()
+                    .map(|(currency, c)| pb::CurrencyKpis {
+                        currency,
+                        orders: c.orders,
+                        revenue_minor: c.revenue_minor,
+                        average_order_minor: c.average_order_minor,
+                    })
+                    .collect(),
+                nps: k.nps.map(|(nps, _)| nps),
+                nps_responses: k.nps.map_or(0, |(_, n)| n),
+                cohorts: k
+                    .cohorts
+                    .into_iter()
+                    .map(|c| pb::CohortRow {
+                        month: c.month,
+                        customers: c.customers,
+                        retained: c.retained,
+                    })
+                    .collect(),
+                as_of_position: view.applied,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("kpi task failed: {e}")))??;
+        Ok(Response::new(kpis))
+    }
+
     async fn list_customer_rfm(
         &self,
         request: Request<pb::ListCustomerRfmRequest>,
@@ -103,15 +208,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         let response = tokio::task::spawn_blocking(move || {
             // Every profile is read: ranks are over all customers. Merged duplicates and
             // unregistered ids have no row (their history is their survivor's).
-            let mut profiles = Vec::new();
-            for profile in read_model::scan(&view.tree, None) {
-                let profile = profile.map_err(Status::internal)?;
-                if profile.registered.is_some()
-                    && !matches!(profile.status, ProfileStatus::Merged { .. })
-                {
-                    profiles.push(profile);
-                }
-            }
+            let profiles = live_profiles(&view.tree)?;
             let currency = if currency.is_empty() {
                 busiest_currency(&profiles, as_of_us).unwrap_or_else(|| "EUR".to_owned())
             } else {
