@@ -248,3 +248,12 @@ pub const KPI_COHORTS_DEFAULT: usize = 24;
 
 /// Most cohorts `GetKpis` returns: ten years of months.
 pub const KPI_COHORTS_MAX: usize = 120;
+
+/// Length of a segment rule, in bytes.
+pub const SEGMENT_RULE_BYTES_MAX: usize = 4_096;
+
+/// Nesting of a segment rule (parentheses and `not`): bounds the parser's recursion.
+pub const SEGMENT_RULE_DEPTH_MAX: usize = 32;
+
+/// Customer ids a `PreviewSegment` returns as a sample.
+pub const SEGMENT_SAMPLE_MAX: usize = 100;

@@ -231,6 +231,44 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
     );
     assert!(!kpis.cohorts.is_empty());
 
+    // Segment previews as of day 100.
+    let preview = |rule: &str| pb::PreviewSegmentRequest {
+        rule: rule.into(),
+        as_of,
+        ..Default::default()
+    };
+    let big = analytics
+        .preview_segment(preview("spent EUR >= 2000 and orders EUR >= 2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        big.count, 2,
+        "customers 1 (2000 net, 3 orders) and 2 (10 000, 2)"
+    );
+    assert_eq!(big.customers, 6);
+    let mut both = vec![ids[1].clone(), ids[2].clone()];
+    both.sort();
+    assert_eq!(big.sample, both);
+    let recent = analytics
+        .preview_segment(preview("last_purchase within 30d and not rfm \"New\""))
+        .await
+        .unwrap()
+        .into_inner();
+    // Orders within 30 days of day 100: customers 0 (day 99; RFM "New"), 2 (day 90), 4
+    // (day 70; its day-120 order is after as_of).
+    assert_eq!(recent.count, 2);
+    let bad_rule = analytics
+        .preview_segment(preview("spent EUR >= lots"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_rule.code(), Code::InvalidArgument);
+    assert!(
+        bad_rule.message().contains("column 14"),
+        "{}",
+        bad_rule.message()
+    );
+
     let bad = analytics
         .list_customer_rfm(pb::ListCustomerRfmRequest {
             currency: "euro".into(),

@@ -10,6 +10,7 @@ pub mod kpis;
 pub mod personal;
 pub mod profile;
 pub mod rfm;
+pub mod segment;
 pub mod violations;
 
 pub use events::{DecodeError, DomainEvent, TypedEvent};

@@ -18,6 +18,7 @@ use crate::domain::events::CustomerIdentity;
 use crate::domain::kpis;
 use crate::domain::profile::{Profile, ProfileStatus};
 use crate::domain::rfm::{self, SegmentGrid};
+use crate::domain::segment::{EvalContext, Rule};
 use crate::limits;
 use crate::privacy::Privacy;
 use crate::projections::Projections;
@@ -73,6 +74,82 @@ fn live_profiles(tree: &sled::Tree) -> Result<Vec<Profile>, Status> {
 
 #[tonic::async_trait]
 impl pb::analytics_server::Analytics for AnalyticsService {
+    async fn preview_segment(
+        &self,
+        request: Request<pb::PreviewSegmentRequest>,
+    ) -> Result<Response<pb::PreviewSegmentResponse>, Status> {
+        let pb::PreviewSegmentRequest {
+            rule,
+            as_of,
+            sample_size,
+            min_position,
+        } = request.into_inner();
+        let mut v = Violations::new("");
+        let as_of_us = match as_of {
+            Some(ts) => timestamp_to_us("as_of", &ts, &mut v),
+            None => Some(self.clock.now_us()),
+        };
+        let parsed = match Rule::parse(&rule) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                v.add("rule", error.to_string());
+                None
+            }
+        };
+        v.into_result().map_err(invalid_argument)?;
+        let (as_of_us, rule) = (as_of_us.expect("checked"), parsed.expect("checked"));
+        let sample_size = match sample_size {
+            0 => 20,
+            n => (n as usize).min(limits::SEGMENT_SAMPLE_MAX),
+        };
+        let view = self
+            .projections
+            .wait_for(
+                read_model::NAME,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        let grid = self.grid.clone();
+        let response = tokio::task::spawn_blocking(move || {
+            let profiles = live_profiles(&view.tree)?;
+            // RFM segments are ranks over all customers: computed only when asked for, in
+            // the currency with the most orders.
+            let rfm_segments: Option<BTreeMap<Uuid, String>> = rule.uses_rfm().then(|| {
+                let currency =
+                    busiest_currency(&profiles, as_of_us).unwrap_or_else(|| "EUR".to_owned());
+                rfm::rfm(&profiles, &currency, as_of_us, &grid)
+                    .into_iter()
+                    .map(|row| (row.customer_id, row.segment))
+                    .collect()
+            });
+            let cx = EvalContext {
+                as_of_us,
+                rfm: rfm_segments.as_ref(),
+            };
+            let mut count = 0u64;
+            let mut sample = Vec::new();
+            for profile in &profiles {
+                if rule.matches(profile, &cx) {
+                    count += 1;
+                    if sample.len() < sample_size {
+                        sample.push(profile.customer_id.to_string());
+                    }
+                }
+            }
+            Ok::<_, Status>(pb::PreviewSegmentResponse {
+                count,
+                customers: profiles.len() as u64,
+                sample,
+                as_of: Some(timestamp_from_us(as_of_us)),
+                as_of_position: view.applied,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("segment task failed: {e}")))??;
+        Ok(Response::new(response))
+    }
+
     async fn get_kpis(
         &self,
         request: Request<pb::GetKpisRequest>,
