@@ -52,6 +52,7 @@ pub async fn serve(
         log.clone(),
         crate::privacy::Privacy::new(keys),
         projections.clone(),
+        std::sync::Arc::new(crate::clock::SystemClock),
         listener,
         shutdown_signal(),
     )

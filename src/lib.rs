@@ -13,12 +13,16 @@
 //! - [`projections`]: the projection engine: deterministic folds of the log into their
 //!   own sled trees, checkpointed atomically with their state, followed live, rebuilt
 //!   into a shadow generation without downtime; and the built-in `log_stats`.
+//! - [`segment_job`]: keeps segment membership current as events and time arrive, by
+//!   appending entered / left events (the time is in the events, never read by a fold).
 //! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
 //!   one error → status table, server assembly with health and reflection.
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
 //! - [`loadgen`]: the load generator behind `rapport bench`.
 //! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos.
 //! - [`replay`]: `rapport replay`, the log as JSON lines, offline or through a server.
+//! - [`import`]: `rapport import`, bulk import of purchases, customers and typed events
+//!   from CSV / JSON lines, offline or through a server; idempotent.
 
 #![warn(missing_docs)]
 
@@ -26,6 +30,7 @@ pub mod cli;
 pub mod clock;
 pub mod domain;
 pub mod grpc;
+pub mod import;
 pub mod keys;
 pub mod limits;
 pub mod loadgen;
@@ -34,3 +39,4 @@ pub mod privacy;
 pub mod projections;
 pub mod replay;
 pub mod seed;
+pub mod segment_job;

@@ -213,7 +213,7 @@ pub const RFM_PAGE_MAX: usize = 1_000;
 /// their data keys in one key-store call (one write per key shard), so larger batches
 /// mean fewer writes per customer; the reader stays at most two batches ahead, so
 /// memory stays bounded (~a few MB per batch).
-pub const IMPORT_BATCH_ORDERS: usize = 16_384;
+pub const IMPORT_BATCH_ORDERS: usize = 65_536;
 
 /// Rows per batch of the other import kinds (customers, events).
 pub const IMPORT_BATCH_ROWS: usize = 4_096;
@@ -257,3 +257,11 @@ pub const SEGMENT_RULE_DEPTH_MAX: usize = 32;
 
 /// Customer ids a `PreviewSegment` returns as a sample.
 pub const SEGMENT_SAMPLE_MAX: usize = 100;
+
+/// Shortest pause between two evaluations of the segment job, in milliseconds: a busy
+/// log moves its head constantly, and one evaluation reads every profile.
+pub const SEGMENT_EVALUATION_MIN_MS: u64 = 200;
+
+/// Longest pause between two evaluations of the segment job, in milliseconds: recency
+/// rules change their answer as time passes, with no event to wake the job.
+pub const SEGMENT_TICK_MS: u64 = 1_000;

@@ -44,6 +44,9 @@ use rapport::domain::events::{
     PreferenceCleared, PreferenceSet, PurchaseCompleted, PurchaseLine, PurchaseRefunded,
     RefundLine, TagAdded, TagRemoved, Value,
 };
+use rapport::domain::events::{
+    CustomerEnteredSegment, CustomerLeftSegment, SegmentArchived, SegmentChanged, SegmentDefined,
+};
 use rapport::domain::personal::Personal;
 use rapport::keys::DataKey;
 use rapport::log::record::{ChunkBuilder, chain_hash, compress_chunk, decode_chunk, parse_chunk};
@@ -427,6 +430,40 @@ fn identifier_released() -> IdentifierReleased {
     }
 }
 
+const SEGMENT_ID: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_5e61);
+
+fn segment_defined() -> SegmentDefined {
+    SegmentDefined {
+        segment_id: SEGMENT_ID,
+        name: "Big spenders".into(),
+        rule: "spent EUR >= 50000 and last_purchase within 90d".into(),
+    }
+}
+
+fn segment_changed() -> SegmentChanged {
+    SegmentChanged {
+        segment_id: SEGMENT_ID,
+        name: "Big spenders (EU)".into(),
+        rule: "spent EUR >= 60000 or spent SEK >= 600000".into(),
+    }
+}
+
+fn customer_entered_segment() -> CustomerEnteredSegment {
+    CustomerEnteredSegment {
+        segment_id: SEGMENT_ID,
+        customer_id: CUSTOMER_ID,
+        as_of_us: 1_709_290_800_000_000,
+    }
+}
+
+fn customer_left_segment() -> CustomerLeftSegment {
+    CustomerLeftSegment {
+        segment_id: SEGMENT_ID,
+        customer_id: CUSTOMER_ID,
+        as_of_us: -1,
+    }
+}
+
 /// One clear value per event type (and payload shape), at its current schema version.
 /// A new built-in type must be added here (the `every_built_in_type_has_a_golden_fixture`
 /// test says so).
@@ -451,6 +488,13 @@ fn clear_events() -> Vec<DomainEvent> {
         DomainEvent::CustomerErased(customer_erased()),
         DomainEvent::IdentifierClaimed(identifier_claimed()),
         DomainEvent::IdentifierReleased(identifier_released()),
+        DomainEvent::SegmentDefined(segment_defined()),
+        DomainEvent::SegmentChanged(segment_changed()),
+        DomainEvent::SegmentArchived(SegmentArchived {
+            segment_id: SEGMENT_ID,
+        }),
+        DomainEvent::CustomerEnteredSegment(customer_entered_segment()),
+        DomainEvent::CustomerLeftSegment(customer_left_segment()),
     ]
 }
 

@@ -3,6 +3,7 @@
 //! [`events`] holds every typed event (one file each), their validation rules and the
 //! versioned encoding the log stores.
 
+pub mod clv;
 pub mod common;
 pub mod customer;
 pub mod events;

@@ -613,7 +613,12 @@ pub fn apply<S: Profiles>(
         DomainEvent::Custom(_)
         | DomainEvent::CustomersMerged(_)
         | DomainEvent::IdentifierClaimed(_)
-        | DomainEvent::IdentifierReleased(_) => {}
+        | DomainEvent::IdentifierReleased(_)
+        | DomainEvent::SegmentDefined(_)
+        | DomainEvent::SegmentChanged(_)
+        | DomainEvent::SegmentArchived(_)
+        | DomainEvent::CustomerEnteredSegment(_)
+        | DomainEvent::CustomerLeftSegment(_) => {}
     }
     // Duplicates merged into an erased customer lose their sealed parts too.
     for id in also_erased {

@@ -13,20 +13,25 @@ use super::convert::{timestamp_from_us, timestamp_to_us, uuid_field};
 use super::pb;
 use super::status::invalid_argument;
 use crate::clock::Clock;
+use crate::domain::DomainEvent;
 use crate::domain::Violations;
 use crate::domain::events::CustomerIdentity;
+use crate::domain::events::{SegmentArchived, SegmentChanged, SegmentDefined};
 use crate::domain::kpis;
 use crate::domain::profile::{Profile, ProfileStatus};
 use crate::domain::rfm::{self, SegmentGrid};
 use crate::domain::segment::{EvalContext, Rule};
 use crate::limits;
+use crate::log::{AppendError, ExpectedRevision, Log, ProposedEvent, StreamAppend, StreamName};
 use crate::privacy::Privacy;
 use crate::projections::Projections;
 use crate::projections::customers as read_model;
+use crate::projections::segments;
 
 /// The Analytics service.
 #[derive(Clone)]
 pub struct AnalyticsService {
+    log: Log,
     projections: Projections,
     privacy: Privacy,
     clock: Arc<dyn Clock>,
@@ -36,8 +41,14 @@ pub struct AnalyticsService {
 impl AnalyticsService {
     /// Over the running projections; `clock` gives the default `as_of` (the edge may read
     /// the clock, the computation never does).
-    pub fn new(projections: Projections, privacy: Privacy, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        log: Log,
+        projections: Projections,
+        privacy: Privacy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
+            log,
             projections,
             privacy,
             clock,
@@ -72,8 +83,280 @@ fn live_profiles(tree: &sled::Tree) -> Result<Vec<Profile>, Status> {
     Ok(profiles)
 }
 
+fn segment_to_proto(d: segments::SegmentDef) -> pb::Segment {
+    pb::Segment {
+        segment_id: d.segment_id.to_string(),
+        name: d.name,
+        rule: d.rule,
+        archived: d.archived,
+    }
+}
+
+impl AnalyticsService {
+    /// Appends one definition event to `segment-<id>` with `expected`.
+    async fn write_segment(
+        &self,
+        segment: Uuid,
+        expected: ExpectedRevision,
+        event: DomainEvent,
+    ) -> Result<Response<pb::SegmentWriteResponse>, Status> {
+        let mut v = Violations::new("");
+        if let Err(found) = event.validate("") {
+            for f in found {
+                let field = f
+                    .field
+                    .split_once('.')
+                    .map_or(f.field.as_str(), |(_, r)| r)
+                    .to_owned();
+                v.add(&field, f.description);
+            }
+        }
+        v.into_result().map_err(invalid_argument)?;
+        let stream = StreamName::parse(&format!("segment-{segment}"))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let append = StreamAppend {
+            stream,
+            expected,
+            events: vec![ProposedEvent {
+                event_id: Some(Uuid::now_v7()),
+                event_type: event.event_type().to_owned(),
+                schema_version: event.schema_version(),
+                payload: event
+                    .encode()
+                    .map_err(|e| Status::internal(e.to_string()))?,
+                ..Default::default()
+            }],
+        };
+        match self.log.append(append).await {
+            Ok(outcome) => Ok(Response::new(pb::SegmentWriteResponse {
+                segment_id: segment.to_string(),
+                position: outcome.last_position,
+            })),
+            Err(AppendError::WrongExpectedRevision { actual: None, .. }) => Err(Status::not_found(
+                format!("segment {segment} does not exist"),
+            )),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// A live segment's definition and its stream revision, or the right status.
+    async fn live_segment(&self, text: &str) -> Result<(Uuid, u64), Status> {
+        let mut v = Violations::new("");
+        let segment = uuid_field("segment_id", text, &mut v);
+        v.into_result().map_err(invalid_argument)?;
+        let head = self.log.head().position;
+        let view = self
+            .projections
+            .wait_for(
+                segments::NAME,
+                head,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        let def = segments::definition(&view.tree, segment)
+            .map_err(Status::internal)?
+            .ok_or_else(|| Status::not_found(format!("segment {segment} does not exist")))?;
+        if def.archived {
+            return Err(Status::failed_precondition(format!(
+                "segment {segment} is archived"
+            )));
+        }
+        let log = self.log.clone();
+        let revision = tokio::task::spawn_blocking(move || {
+            let stream = StreamName::parse(&format!("segment-{segment}")).expect("valid name");
+            log.stream_head(&stream)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)?
+        .map_or(0, |h| h.revision);
+        Ok((segment, revision))
+    }
+}
+
+fn parse_rule(rule: &str, v: &mut Violations) {
+    if let Err(error) = Rule::parse(rule) {
+        v.add("rule", error.to_string());
+    }
+}
+
 #[tonic::async_trait]
 impl pb::analytics_server::Analytics for AnalyticsService {
+    async fn define_segment(
+        &self,
+        request: Request<pb::DefineSegmentRequest>,
+    ) -> Result<Response<pb::SegmentWriteResponse>, Status> {
+        let pb::DefineSegmentRequest { name, rule } = request.into_inner();
+        let mut v = Violations::new("");
+        parse_rule(&rule, &mut v);
+        v.into_result().map_err(invalid_argument)?;
+        let segment = Uuid::now_v7();
+        self.write_segment(
+            segment,
+            ExpectedRevision::NoStream,
+            DomainEvent::SegmentDefined(SegmentDefined {
+                segment_id: segment,
+                name,
+                rule,
+            }),
+        )
+        .await
+    }
+
+    async fn change_segment(
+        &self,
+        request: Request<pb::ChangeSegmentRequest>,
+    ) -> Result<Response<pb::SegmentWriteResponse>, Status> {
+        let pb::ChangeSegmentRequest {
+            segment_id,
+            name,
+            rule,
+        } = request.into_inner();
+        let mut v = Violations::new("");
+        parse_rule(&rule, &mut v);
+        v.into_result().map_err(invalid_argument)?;
+        let (segment, revision) = self.live_segment(&segment_id).await?;
+        self.write_segment(
+            segment,
+            ExpectedRevision::Exact(revision),
+            DomainEvent::SegmentChanged(SegmentChanged {
+                segment_id: segment,
+                name,
+                rule,
+            }),
+        )
+        .await
+    }
+
+    async fn archive_segment(
+        &self,
+        request: Request<pb::ArchiveSegmentRequest>,
+    ) -> Result<Response<pb::SegmentWriteResponse>, Status> {
+        let pb::ArchiveSegmentRequest { segment_id } = request.into_inner();
+        let (segment, revision) = self.live_segment(&segment_id).await?;
+        self.write_segment(
+            segment,
+            ExpectedRevision::Exact(revision),
+            DomainEvent::SegmentArchived(SegmentArchived {
+                segment_id: segment,
+            }),
+        )
+        .await
+    }
+
+    async fn list_segments(
+        &self,
+        request: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let pb::ListSegmentsRequest {
+            min_position,
+            include_archived,
+        } = request.into_inner();
+        let view = self
+            .projections
+            .wait_for(
+                segments::NAME,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        let segments = segments::definitions(&view.tree)
+            .map_err(Status::internal)?
+            .into_iter()
+            .filter(|d| include_archived || !d.archived)
+            .map(segment_to_proto)
+            .collect();
+        Ok(Response::new(pb::ListSegmentsResponse { segments }))
+    }
+
+    async fn list_segment_members(
+        &self,
+        request: Request<pb::ListSegmentMembersRequest>,
+    ) -> Result<Response<pb::ListSegmentMembersResponse>, Status> {
+        let pb::ListSegmentMembersRequest {
+            segment_id,
+            page_size,
+            page_token,
+            min_position,
+        } = request.into_inner();
+        let mut v = Violations::new("");
+        let segment = uuid_field("segment_id", &segment_id, &mut v);
+        let after = (!page_token.is_empty()).then(|| uuid_field("page_token", &page_token, &mut v));
+        v.into_result().map_err(invalid_argument)?;
+        let page_size = match page_size {
+            0 => limits::RFM_PAGE_DEFAULT,
+            n => (n as usize).min(limits::RFM_PAGE_MAX),
+        };
+        let view = self
+            .projections
+            .wait_for(
+                segments::NAME,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        if segments::definition(&view.tree, segment)
+            .map_err(Status::internal)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "segment {segment} does not exist"
+            )));
+        }
+        let mut page = segments::members(&view.tree, segment, after, page_size + 1)
+            .map_err(Status::internal)?;
+        let more = page.len() > page_size;
+        page.truncate(page_size);
+        let next_page_token = if more {
+            page.last().map(|(c, _)| c.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListSegmentMembersResponse {
+            members: page
+                .into_iter()
+                .map(|(customer, m)| pb::SegmentMember {
+                    customer_id: customer.to_string(),
+                    entered_as_of: Some(timestamp_from_us(m.entered_as_of_us)),
+                    position: m.position,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_customer_segments(
+        &self,
+        request: Request<pb::GetCustomerSegmentsRequest>,
+    ) -> Result<Response<pb::GetCustomerSegmentsResponse>, Status> {
+        let pb::GetCustomerSegmentsRequest {
+            customer_id,
+            min_position,
+        } = request.into_inner();
+        let mut v = Violations::new("");
+        let customer = uuid_field("customer_id", &customer_id, &mut v);
+        v.into_result().map_err(invalid_argument)?;
+        let view = self
+            .projections
+            .wait_for(
+                segments::NAME,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        let mut out = Vec::new();
+        for (segment, _) in segments::of_customer(&view.tree, customer).map_err(Status::internal)? {
+            if let Some(def) =
+                segments::definition(&view.tree, segment).map_err(Status::internal)?
+            {
+                out.push(segment_to_proto(def));
+            }
+        }
+        Ok(Response::new(pb::GetCustomerSegmentsResponse {
+            segments: out,
+        }))
+    }
+
     async fn preview_segment(
         &self,
         request: Request<pb::PreviewSegmentRequest>,

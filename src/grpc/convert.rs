@@ -17,6 +17,9 @@ use crate::domain::events::{
     IdentifierReleased, InteractionLogged, InteractionText, PreferenceCleared, PreferenceSet,
     PurchaseCompleted, PurchaseLine, PurchaseRefunded, RefundLine, TagAdded, TagRemoved, Value,
 };
+use crate::domain::events::{
+    CustomerEnteredSegment, CustomerLeftSegment, SegmentArchived, SegmentChanged, SegmentDefined,
+};
 use crate::domain::personal::Personal;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits::CUSTOM_DATA_DEPTH_MAX;
@@ -703,6 +706,57 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
                 .unwrap_or_default(),
             })
         }
+        Kind::SegmentDefined(pb::SegmentDefined {
+            segment_id,
+            name,
+            rule,
+        }) => DomainEvent::SegmentDefined(SegmentDefined {
+            segment_id: uuid_field("segment_defined.segment_id", &segment_id, v),
+            name,
+            rule,
+        }),
+        Kind::SegmentChanged(pb::SegmentChanged {
+            segment_id,
+            name,
+            rule,
+        }) => DomainEvent::SegmentChanged(SegmentChanged {
+            segment_id: uuid_field("segment_changed.segment_id", &segment_id, v),
+            name,
+            rule,
+        }),
+        Kind::SegmentArchived(pb::SegmentArchived { segment_id }) => {
+            DomainEvent::SegmentArchived(SegmentArchived {
+                segment_id: uuid_field("segment_archived.segment_id", &segment_id, v),
+            })
+        }
+        Kind::CustomerEnteredSegment(pb::CustomerEnteredSegment {
+            segment_id,
+            customer_id,
+            as_of,
+        }) => {
+            let f = "customer_entered_segment";
+            DomainEvent::CustomerEnteredSegment(CustomerEnteredSegment {
+                segment_id: uuid_field(&format!("{f}.segment_id"), &segment_id, v),
+                customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
+                as_of_us: as_of
+                    .and_then(|ts| timestamp_to_us(&format!("{f}.as_of"), &ts, v))
+                    .unwrap_or(0),
+            })
+        }
+        Kind::CustomerLeftSegment(pb::CustomerLeftSegment {
+            segment_id,
+            customer_id,
+            as_of,
+        }) => {
+            let f = "customer_left_segment";
+            DomainEvent::CustomerLeftSegment(CustomerLeftSegment {
+                segment_id: uuid_field(&format!("{f}.segment_id"), &segment_id, v),
+                customer_id: uuid_field(&format!("{f}.customer_id"), &customer_id, v),
+                as_of_us: as_of
+                    .and_then(|ts| timestamp_to_us(&format!("{f}.as_of"), &ts, v))
+                    .unwrap_or(0),
+            })
+        }
     })
 }
 
@@ -960,6 +1014,47 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
                 kind: enum_to(kind, IDENTIFIER_KINDS),
             })
         }
+        DomainEvent::SegmentDefined(SegmentDefined {
+            segment_id,
+            name,
+            rule,
+        }) => Kind::SegmentDefined(pb::SegmentDefined {
+            segment_id: segment_id.to_string(),
+            name,
+            rule,
+        }),
+        DomainEvent::SegmentChanged(SegmentChanged {
+            segment_id,
+            name,
+            rule,
+        }) => Kind::SegmentChanged(pb::SegmentChanged {
+            segment_id: segment_id.to_string(),
+            name,
+            rule,
+        }),
+        DomainEvent::SegmentArchived(SegmentArchived { segment_id }) => {
+            Kind::SegmentArchived(pb::SegmentArchived {
+                segment_id: segment_id.to_string(),
+            })
+        }
+        DomainEvent::CustomerEnteredSegment(CustomerEnteredSegment {
+            segment_id,
+            customer_id,
+            as_of_us,
+        }) => Kind::CustomerEnteredSegment(pb::CustomerEnteredSegment {
+            segment_id: segment_id.to_string(),
+            customer_id: customer_id.to_string(),
+            as_of: Some(timestamp_from_us(as_of_us)),
+        }),
+        DomainEvent::CustomerLeftSegment(CustomerLeftSegment {
+            segment_id,
+            customer_id,
+            as_of_us,
+        }) => Kind::CustomerLeftSegment(pb::CustomerLeftSegment {
+            segment_id: segment_id.to_string(),
+            customer_id: customer_id.to_string(),
+            as_of: Some(timestamp_from_us(as_of_us)),
+        }),
     };
     pb::Event { kind: Some(kind) }
 }

@@ -267,18 +267,28 @@ fn proposed_from_proto(
     // cycles; an erasure with its deleted keys; the uniqueness reservations): only the
     // Customers service writes them, after checking its rules.
     let service_only = match &domain {
-        DomainEvent::CustomersMerged(_) => Some("MergeCustomers"),
-        DomainEvent::CustomerErased(_) => Some("EraseCustomer"),
-        DomainEvent::IdentifierClaimed(_) | DomainEvent::IdentifierReleased(_) => {
-            Some("RegisterCustomer / UpdateContactDetails")
+        DomainEvent::CustomersMerged(_) => Some(("the Customers service", "MergeCustomers")),
+        DomainEvent::CustomerErased(_) => Some(("the Customers service", "EraseCustomer")),
+        DomainEvent::IdentifierClaimed(_) | DomainEvent::IdentifierReleased(_) => Some((
+            "the Customers service",
+            "RegisterCustomer / UpdateContactDetails",
+        )),
+        DomainEvent::SegmentDefined(_)
+        | DomainEvent::SegmentChanged(_)
+        | DomainEvent::SegmentArchived(_) => Some((
+            "the Analytics service",
+            "DefineSegment / ChangeSegment / ArchiveSegment",
+        )),
+        DomainEvent::CustomerEnteredSegment(_) | DomainEvent::CustomerLeftSegment(_) => {
+            Some(("the segment job", "it evaluates the segment rules"))
         }
         _ => None,
     };
-    if let Some(rpc) = service_only {
+    if let Some((who, how)) = service_only {
         v.add(
             &at("event"),
             format!(
-                "{} is written by the Customers service only ({rpc}), which checks its rules",
+                "{} is written by {who} only ({how}), which checks its rules",
                 domain.event_type()
             ),
         );

@@ -138,10 +138,18 @@ pub async fn serve_log(
     log: Log,
     privacy: Privacy,
     projections: Projections,
+    clock: Arc<dyn crate::clock::Clock>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Segment membership follows events and the passing of time (the clock given here).
+    let segment_job = tokio::spawn(crate::segment_job::run(
+        log.clone(),
+        projections.clone(),
+        clock.clone(),
+        stop_tx.subscribe(),
+    ));
     let event_store = pb::event_store_server::EventStoreServer::new(EventStoreService::new(
         log.clone(),
         privacy.clone(),
@@ -156,11 +164,12 @@ pub async fn serve_log(
     ))
     .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
     .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
-    // The default `as_of` of an analytics request is the server's now.
+    // The default `as_of` of an analytics request is the server's now (`clock`).
     let analytics = pb::analytics_server::AnalyticsServer::new(AnalyticsService::new(
+        log.clone(),
         projections.clone(),
         privacy,
-        Arc::new(crate::clock::SystemClock),
+        clock.clone(),
     ))
     .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
     .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
@@ -239,16 +248,20 @@ pub async fn serve_log(
         .add_service(analytics)
         .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
-    tokio::select! {
-        served = server => served?,
+    let result = tokio::select! {
+        served = server => served.map_err(ServeError::from),
         () = drain_deadline => {
             tracing::warn!(
                 drain_ms = limits::SHUTDOWN_DRAIN_MS_MAX,
                 "drain took too long (a client stopped reading); closing its connection"
             );
+            Ok(())
         }
-    }
-    Ok(())
+    };
+    // The job ends on the stop signal; after a transport error there was none: abort it.
+    segment_job.abort();
+    let _ = segment_job.await;
+    result
 }
 
 /// A server running in this process (tests, embedding): its address and a handle to stop it.
@@ -366,8 +379,9 @@ pub async fn start_with(
     let served = log.clone();
     let running = projections.clone();
     let privacy = Privacy::new(keys.clone());
+    let clock = config.clock.clone();
     let task = tokio::spawn(async move {
-        serve_log(served, privacy, running, listener, async move {
+        serve_log(served, privacy, running, clock, listener, async move {
             let _ = stop_rx.await;
         })
         .await

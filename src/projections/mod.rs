@@ -30,6 +30,7 @@ pub mod customers;
 pub mod engine;
 pub mod log_stats;
 pub mod runner;
+pub mod segments;
 #[cfg(test)]
 mod tests;
 
@@ -241,5 +242,6 @@ pub fn builtin() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(customers::CustomersProjection),
         Arc::new(log_stats::LogStatsProjection),
+        Arc::new(segments::SegmentsProjection),
     ]
 }

@@ -19,6 +19,7 @@ mod interaction_logged;
 mod preference_set;
 mod purchase_completed;
 mod purchase_refunded;
+mod segment_defined;
 mod tag_added;
 
 use serde::Serialize;
@@ -38,6 +39,9 @@ pub use interaction_logged::{InteractionLogged, InteractionText};
 pub use preference_set::{PreferenceCleared, PreferenceSet, validate_key};
 pub use purchase_completed::{PurchaseCompleted, PurchaseLine};
 pub use purchase_refunded::{PurchaseRefunded, RefundLine};
+pub use segment_defined::{
+    CustomerEnteredSegment, CustomerLeftSegment, SegmentArchived, SegmentChanged, SegmentDefined,
+};
 pub use tag_added::{TagAdded, TagRemoved};
 
 use super::personal::{Opener, PersonalField, Sealer};
@@ -270,4 +274,9 @@ domain_events! {
     CustomerErased(CustomerErased),
     IdentifierClaimed(IdentifierClaimed),
     IdentifierReleased(IdentifierReleased),
+    SegmentDefined(SegmentDefined),
+    SegmentChanged(SegmentChanged),
+    SegmentArchived(SegmentArchived),
+    CustomerEnteredSegment(CustomerEnteredSegment),
+    CustomerLeftSegment(CustomerLeftSegment),
 }
