@@ -14,10 +14,12 @@
 //! the Gauss hypergeometric series ₂F₁) are written here, so the module has no numeric
 //! dependency.
 //!
-//! Functions that return a bare `f64` cannot return an error; they return NaN exactly
-//! when their input fails validation ([`CustomerSummary::validate`], [`BgNbd::validate`],
-//! [`GammaGamma::validate`]) and a finite number otherwise. The fitting functions return
-//! [`ClvError`] instead.
+//! Functions that return a bare `f64` cannot return an error: they return NaN when their
+//! input fails validation ([`CustomerSummary::validate`], [`BgNbd::validate`],
+//! [`GammaGamma::validate`], or a bad horizon or discount rate), and otherwise a finite
+//! number (the one exception, a horizon beyond ₂F₁'s reach, is documented on
+//! [`BgNbd::expected_purchases`]). The fitting functions return [`ClvError`] instead.
+//! Nothing here panics.
 
 use std::f64::consts::PI;
 
@@ -38,8 +40,8 @@ const LOG_BOUND: f64 = 30.0;
 /// A fitted log parameter this close to [`LOG_BOUND`] means the maximum is at the
 /// boundary: the fit is reported as [`ClvError::NoConvergence`].
 const LOG_BOUND_MARGIN: f64 = 1.0;
-/// Largest repeat-purchase count accepted; far above any real customer, it keeps the
-/// per-count tables and the ₂F₁ parameters in range.
+/// Largest repeat-purchase count accepted; far above any real customer, it keeps counts
+/// exact in an f64 and the ln Γ and ₂F₁ arguments in their accurate range.
 const MAX_FREQUENCY: f64 = 1e7;
 /// Repeat counts below this use precomputed ln Γ-difference tables in the likelihood
 /// (one `ln` per count per evaluation instead of three ln Γ per customer).
@@ -323,10 +325,10 @@ impl BgData {
         Self { rows, table_len }
     }
 
-    /// Σ of FHL 2005 eq. 6 over the customers, for valid parameters: `ln Γ(r+x) − ln Γ(r)
-    /// + r ln α + ln B(a, b+x) − ln B(a, b) + ln[(α+T)^{−(r+x)} + δ_{x>0} · a/(b+x−1) ·
-    /// (α+t_x)^{−(r+x)}]`, the last term by log-sum-exp (both powers underflow for large x
-    /// or T).
+    /// Σ of FHL 2005 eq. 6 over the customers, for valid parameters:
+    /// `ln Γ(r+x) − ln Γ(r) + r ln α + ln B(a, b+x) − ln B(a, b) + ln[(α+T)^{−(r+x)} +
+    /// δ_{x>0} · a/(b+x−1) · (α+t_x)^{−(r+x)}]`, the last term by log-sum-exp (both
+    /// powers underflow for large x or T).
     fn log_likelihood(&self, p: &BgNbd) -> f64 {
         let BgNbd { r, alpha, a, b } = *p;
         // ln Γ(r+x) − ln Γ(r) = Σ_{k<x} ln(r+k) and ln B(a,b+x) − ln B(a,b) =
@@ -604,9 +606,9 @@ pub fn fit_gamma_gamma(customers: &[CustomerSummary]) -> Result<GammaGammaFit, C
 ///
 /// Discounting: `annual_discount` (e.g. 0.1 for 10 % a year) is turned into a continuous
 /// daily rate δ = ln(1 + annual_discount) / 365. The horizon is cut into equal steps of
-/// about a week (at most 2 000 steps); the purchases expected in each step, E[Y(t_k)] −
-/// E[Y(t_{k−1})], are discounted by e^{−δ·t} at the step's midpoint. With
-/// `annual_discount` = 0 the result is exactly E[Y(horizon)] × E[M]. The value per
+/// about a week (at most 2 000 steps); the purchases expected in each step,
+/// `E[Y(t_k)] − E[Y(t_{k−1})]`, are discounted by e^{−δ·t} at the step's midpoint. With
+/// `annual_discount` = 0 the result is exactly `E[Y(horizon)] × E[M]`. The value per
 /// purchase is not discounted further (Gamma-Gamma's expected value does not change
 /// with time).
 ///
@@ -1055,7 +1057,7 @@ mod tests {
         for z in [1e-6, 0.1, 0.5, 0.9, 0.99, 0.999] {
             // ₂F₁(1,1;2;z) = −ln(1−z)/z.
             let got = hyp2f1(1.0, 1.0, 2.0, z).unwrap();
-            let want = -(-z as f64).ln_1p() / z;
+            let want = -(-z).ln_1p() / z;
             assert!(close(got, want, 1e-12), "z = {z}: {got} vs {want}");
             // ₂F₁(a,b;b;z) = (1−z)^{−a}.
             let got = hyp2f1(0.7, 2.5, 2.5, z).unwrap();
@@ -1308,6 +1310,20 @@ mod tests {
             fit_gamma_gamma(&bad[..3]),
             Err(ClvError::InvalidSummary { index: 0, .. })
         ));
+        // A spend so heavy-tailed that its mean is infinite (true q = 0.8): refused.
+        let heavy = simulate_gamma_gamma(
+            &GammaGamma {
+                p: 6.0,
+                q: 0.8,
+                v: 15.0,
+            },
+            2_000,
+            5,
+        );
+        assert!(matches!(
+            fit_gamma_gamma(&heavy),
+            Err(ClvError::UndefinedMean { .. })
+        ));
         // Everyone spending exactly the same: the likelihood has no finite maximum.
         let same = vec![
             CustomerSummary {
@@ -1427,7 +1443,7 @@ mod tests {
         for (c, t, want) in [
             (summary(2.0, 30.43, 38.86), 39.0, 1.226_028_174_767_140_5),
             (summary(0.0, 0.0, 10.0), 52.0, 0.626_437_505_157_744_7),
-            (summary(15.0, 35.0, 39.0), 100.0, 17.752_053_961_248_157),
+            (summary(15.0, 35.0, 39.0), 100.0, 17.752_053_961_248_16),
         ] {
             let got = CDNOW.expected_purchases(&c, t);
             assert!(close(got, want, 1e-11), "{c:?} t={t}: {got} vs {want}");
