@@ -231,6 +231,38 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
     );
     assert!(!kpis.cohorts.is_empty());
 
+    // Customer value: historical from the orders, predictive from the fitted models.
+    let value = analytics
+        .list_customer_value(pb::ListCustomerValueRequest {
+            as_of,
+            currency: "EUR".into(),
+            horizon_days: 90,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let model = value.model.unwrap();
+    assert_eq!(model.customers, 5);
+    assert!(
+        model.error.is_empty() && model.r > 0.0 && model.q > 0.0 || !model.error.is_empty(),
+        "{model:?}"
+    );
+    assert_eq!(value.customers.len(), 5);
+    let second = value
+        .customers
+        .iter()
+        .find(|c| c.customer_id == ids[1])
+        .unwrap();
+    assert_eq!((second.orders, second.historical_minor), (3, 2000));
+    for c in &value.customers {
+        assert!((0.0..=1.0).contains(&c.probability_alive), "{c:?}");
+        assert!(
+            c.expected_purchases >= 0.0 && c.predicted_clv_minor >= 0.0,
+            "{c:?}"
+        );
+    }
+
     // Segment previews as of day 100.
     let preview = |rule: &str| pb::PreviewSegmentRequest {
         rule: rule.into(),

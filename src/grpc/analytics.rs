@@ -15,6 +15,7 @@ use super::status::invalid_argument;
 use crate::clock::Clock;
 use crate::domain::DomainEvent;
 use crate::domain::Violations;
+use crate::domain::clv;
 use crate::domain::events::CustomerIdentity;
 use crate::domain::events::{SegmentArchived, SegmentChanged, SegmentDefined};
 use crate::domain::kpis;
@@ -28,9 +29,21 @@ use crate::projections::Projections;
 use crate::projections::customers as read_model;
 use crate::projections::segments;
 
+/// A fitted value model, cached per (as_of, currency, read-model position): fitting reads
+/// every customer and iterates, the pages after the first reuse it.
+type ValueCache = Arc<std::sync::Mutex<Option<((i64, String, u64), Arc<FittedValue>)>>>;
+
+/// Customer summaries and the fits over them.
+struct FittedValue {
+    summaries: BTreeMap<Uuid, (clv::CustomerSummary, u64, i64)>,
+    bg: Result<clv::BgNbdFit, String>,
+    gg: Result<clv::GammaGammaFit, String>,
+}
+
 /// The Analytics service.
 #[derive(Clone)]
 pub struct AnalyticsService {
+    values: ValueCache,
     log: Log,
     projections: Projections,
     privacy: Privacy,
@@ -48,6 +61,7 @@ impl AnalyticsService {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
+            values: ValueCache::default(),
             log,
             projections,
             privacy,
@@ -180,8 +194,190 @@ fn parse_rule(rule: &str, v: &mut Violations) {
     }
 }
 
+const DAY_US_F: f64 = 86_400_000_000.0;
+
+fn fit_values(profiles: &[Profile], currency: &str, as_of_us: i64) -> FittedValue {
+    let as_of_day = as_of_us as f64 / DAY_US_F;
+    let mut summaries = BTreeMap::new();
+    for p in profiles {
+        let orders: Vec<(f64, f64)> = p
+            .purchases
+            .money
+            .iter()
+            .filter(|f| f.order && f.currency == currency && f.at_us <= as_of_us)
+            .map(|f| (f.at_us as f64 / DAY_US_F, f.amount_minor as f64))
+            .collect();
+        let net: i64 = p
+            .purchases
+            .money
+            .iter()
+            .filter(|f| f.currency == currency && f.at_us <= as_of_us)
+            .map(|f| f.amount_minor)
+            .sum();
+        if let Some(summary) = clv::summarize(&orders, as_of_day) {
+            summaries.insert(p.customer_id, (summary, orders.len() as u64, net));
+        }
+    }
+    let all: Vec<clv::CustomerSummary> = summaries.values().map(|(s, _, _)| *s).collect();
+    FittedValue {
+        bg: clv::fit_bg_nbd(&all).map_err(|e| e.to_string()),
+        gg: clv::fit_gamma_gamma(&all).map_err(|e| e.to_string()),
+        summaries,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::analytics_server::Analytics for AnalyticsService {
+    async fn list_customer_value(
+        &self,
+        request: Request<pb::ListCustomerValueRequest>,
+    ) -> Result<Response<pb::ListCustomerValueResponse>, Status> {
+        let pb::ListCustomerValueRequest {
+            as_of,
+            currency,
+            horizon_days,
+            annual_discount_bp,
+            page_size,
+            page_token,
+            min_position,
+        } = request.into_inner();
+        let mut v = Violations::new("");
+        let as_of_us = match as_of {
+            Some(ts) => timestamp_to_us("as_of", &ts, &mut v),
+            None => Some(self.clock.now_us()),
+        };
+        if !currency.is_empty() {
+            crate::domain::common::validate_currency("currency", &currency, &mut v);
+        }
+        let after = (!page_token.is_empty()).then(|| uuid_field("page_token", &page_token, &mut v));
+        if horizon_days > limits::CLV_HORIZON_DAYS_MAX {
+            v.add(
+                "horizon_days",
+                format!("at most {} days", limits::CLV_HORIZON_DAYS_MAX),
+            );
+        }
+        v.into_result().map_err(invalid_argument)?;
+        let as_of_us = as_of_us.expect("checked above");
+        let horizon = f64::from(if horizon_days == 0 { 365 } else { horizon_days });
+        let discount = f64::from(annual_discount_bp) / 10_000.0;
+        let page_size = match page_size {
+            0 => limits::RFM_PAGE_DEFAULT,
+            n => (n as usize).min(limits::RFM_PAGE_MAX),
+        };
+        let view = self
+            .projections
+            .wait_for(
+                read_model::NAME,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
+        let cache = self.values.clone();
+        let response = tokio::task::spawn_blocking(move || {
+            let profiles = live_profiles(&view.tree)?;
+            let currency = if currency.is_empty() {
+                busiest_currency(&profiles, as_of_us).unwrap_or_else(|| "EUR".to_owned())
+            } else {
+                currency
+            };
+            let key = (as_of_us, currency.clone(), view.applied);
+            let cached = cache
+                .lock()
+                .expect("value cache lock")
+                .as_ref()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, fit)| fit.clone());
+            let fitted = match cached {
+                Some(fit) => fit,
+                None => {
+                    let fit = Arc::new(fit_values(&profiles, &currency, as_of_us));
+                    *cache.lock().expect("value cache lock") = Some((key, fit.clone()));
+                    fit
+                }
+            };
+            let mut model = pb::ValueModel {
+                customers: fitted.summaries.len() as u64,
+                ..Default::default()
+            };
+            let mut errors = Vec::new();
+            match &fitted.bg {
+                Ok(fit) => {
+                    model.r = fit.params.r;
+                    model.alpha = fit.params.alpha;
+                    model.a = fit.params.a;
+                    model.b = fit.params.b;
+                    model.bg_nbd_log_likelihood = fit.log_likelihood;
+                    model.bg_nbd_converged = fit.converged;
+                }
+                Err(e) => errors.push(format!("BG/NBD: {e}")),
+            }
+            match &fitted.gg {
+                Ok(fit) => {
+                    model.p = fit.params.p;
+                    model.q = fit.params.q;
+                    model.v = fit.params.v;
+                    model.gamma_gamma_log_likelihood = fit.log_likelihood;
+                    model.gamma_gamma_converged = fit.converged;
+                }
+                Err(e) => errors.push(format!("Gamma-Gamma: {e}")),
+            }
+            model.error = errors.join("; ");
+            let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
+            let rows: Vec<pb::CustomerValue> = fitted
+                .summaries
+                .iter()
+                .filter(|(id, _)| after.is_none_or(|after| **id > after))
+                .take(page_size + 1)
+                .map(|(id, (summary, orders, net))| {
+                    let (alive, purchases) = match &fitted.bg {
+                        Ok(fit) => (
+                            fit.params.probability_alive(summary),
+                            fit.params.expected_purchases(summary, horizon),
+                        ),
+                        Err(_) => (0.0, 0.0),
+                    };
+                    let (average, clv_value) = match (&fitted.bg, &fitted.gg) {
+                        (Ok(bg), Ok(gg)) => (
+                            gg.params.expected_average_value(summary),
+                            clv::predicted_clv(&bg.params, &gg.params, summary, horizon, discount),
+                        ),
+                        _ => (0.0, 0.0),
+                    };
+                    pb::CustomerValue {
+                        customer_id: id.to_string(),
+                        orders: *orders,
+                        historical_minor: *net,
+                        probability_alive: finite(alive),
+                        expected_purchases: finite(purchases),
+                        expected_average_order_minor: finite(average),
+                        predicted_clv_minor: finite(clv_value),
+                    }
+                })
+                .collect();
+            let more = rows.len() > page_size;
+            let mut rows = rows;
+            rows.truncate(page_size);
+            let next_page_token = if more {
+                rows.last()
+                    .map(|r| r.customer_id.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok::<_, Status>(pb::ListCustomerValueResponse {
+                model: Some(model),
+                customers: rows,
+                next_page_token,
+                currency,
+                as_of: Some(timestamp_from_us(as_of_us)),
+                as_of_position: view.applied,
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("value task failed: {e}")))??;
+        Ok(Response::new(response))
+    }
+
     async fn define_segment(
         &self,
         request: Request<pb::DefineSegmentRequest>,
