@@ -9,6 +9,12 @@ use rapport::grpc::pb::analytics_client::AnalyticsClient;
 use tonic::Code;
 
 const DAY: i64 = 86_400;
+
+/// (day, amount) pairs: a customer's orders or refunds.
+type Days = &'static [(i64, i64)];
+
+/// An RFM row as compared: id, recency, frequency, monetary, r, f, m, segment.
+type Row<'a> = (String, i64, u64, i64, u32, u32, u32, &'a str);
 const T0: i64 = 1_700_000_000; // 2023-11-14T22:13:20Z
 
 fn at(seconds: i64) -> Option<pb::WriteContext> {
@@ -24,7 +30,7 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
     let mut c = t.customers().await;
     let mut analytics = AnalyticsClient::connect(t.server.url()).await.unwrap();
     // (orders as (day, total)), refunds (day, amount) — the domain unit test's five customers.
-    let plan: [(&[(i64, i64)], &[(i64, i64)]); 5] = [
+    let plan: [(Days, Days); 5] = [
         (&[(99, 500)], &[]),
         (&[(10, 1000), (30, 1000), (50, 1000)], &[(60, 1000)]),
         (&[(80, 5000), (90, 5000)], &[]),
@@ -113,7 +119,7 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
     // Customers 0 and 4 both have one order: the tie is broken by customer id, the
     // smaller ranking lower. Server-made ids are UUIDv7, so customer 0's is smaller.
     assert!(ids[0] < ids[4]);
-    let mut expected: Vec<(String, i64, u64, i64, u32, u32, u32, &str)> = vec![
+    let mut expected: Vec<Row> = vec![
         (ids[0].clone(), 1, 1, 500, 5, 1, 2, "New"),
         (ids[1].clone(), 50, 3, 2000, 2, 4, 4, "At risk"),
         (
@@ -130,7 +136,7 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
         (ids[4].clone(), 30, 1, 700, 3, 2, 3, "About to sleep"),
     ];
     expected.sort();
-    let got: Vec<(String, i64, u64, i64, u32, u32, u32, &str)> = all
+    let got: Vec<Row> = all
         .rows
         .iter()
         .map(|r| {

@@ -471,3 +471,28 @@ fn write_bench_sample() {
         rapport::import::write_sample_purchases(Path::new(&path), rows, customers, 1).unwrap();
     println!("{rows} rows, {orders} orders, {customers} customers → {path}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_split_across_the_file_is_a_bad_row_and_the_rest_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = write(
+        dir.path(),
+        "split.csv",
+        "customer_external_id,order_id,occurred_at,total_minor,currency,sku\n\
+         pos_card:1,o-1,2024-03-01,100,EUR,A\n\
+         pos_card:1,o-2,2024-03-02,100,EUR,A\n\
+         pos_card:1,o-1,2024-03-01,100,EUR,B\n\
+         pos_card:1,o-3,2024-03-03,100,EUR,A\n",
+    );
+    let report = import(ImportKind::Purchases, &file, offline(&data)).await;
+    assert_eq!(report.orders, 3, "{:?}", report.bad_rows);
+    assert_eq!(report.rows_skipped, 1);
+    let bad = report.bad_rows[0].to_string();
+    assert!(
+        bad.starts_with("line 4: order \"o-1\" is already in the log with other content"),
+        "{bad}"
+    );
+    // Registration, reservation, o-1, o-2, o-3.
+    assert_eq!(report.events_appended, 5);
+}

@@ -292,7 +292,7 @@ impl BgNbd {
         };
         // C·S: first term C · A·z/C = A·z, then the ordinary ₂F₁ term ratio.
         let Some(cs) = hypergeometric_tail(big_a * z, big_a, big_b, big_c, z) else {
-            return f64::NAN;
+            return self.without_dropout(c, horizon);
         };
         let value =
             (big_c * first_part - (big_b * ln_1mz).exp() * cs) * self.alive(x, c.recency, t_big);
@@ -300,8 +300,21 @@ impl BgNbd {
         if value.is_finite() {
             value.max(0.0)
         } else {
-            f64::NAN
+            self.without_dropout(c, horizon)
         }
+    }
+
+    /// The limit of [`BgNbd::expected_purchases`] when dropout is negligible (mean dropout
+    /// probability a/(a+b) below 10⁻³): a live customer's purchases follow the
+    /// Gamma-Poisson posterior, E = P(alive) · (r+x)/(α+T) · t. Used when the series of
+    /// the exact form does not converge within its bound, which happens for the very large
+    /// a and b a population that barely churns fits to; NaN otherwise.
+    fn without_dropout(&self, c: &CustomerSummary, horizon: f64) -> f64 {
+        if self.a / (self.a + self.b) >= 1e-3 {
+            return f64::NAN;
+        }
+        let alive = self.alive(c.frequency, c.recency, c.age);
+        alive * (self.r + c.frequency) / (self.alpha + c.age) * horizon
     }
 }
 
