@@ -270,3 +270,6 @@ pub const SEGMENT_TICK_MS: u64 = 1_000;
 /// Longest prediction horizon of `ListCustomerValue`, in days: the conditional
 /// expectation's series is only evaluated within its validated range.
 pub const CLV_HORIZON_DAYS_MAX: u32 = 3_650;
+
+/// Rules of a custom RFM segment grid in one request.
+pub const RFM_GRID_RULES_MAX: usize = 64;

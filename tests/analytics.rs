@@ -237,6 +237,54 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
     );
     assert!(!kpis.cohorts.is_empty());
 
+    // A grid of one's own: two segments by recency alone.
+    let custom = analytics
+        .list_customer_rfm(pb::ListCustomerRfmRequest {
+            as_of,
+            currency: "EUR".into(),
+            grid: vec![
+                pb::RfmGridRule {
+                    name: "Recent".into(),
+                    r_min: 4,
+                    r_max: 5,
+                    f_min: 1,
+                    f_max: 5,
+                },
+                pb::RfmGridRule {
+                    name: "Old".into(),
+                    r_min: 1,
+                    r_max: 3,
+                    f_min: 1,
+                    f_max: 5,
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let recent: Vec<&str> = custom
+        .rows
+        .iter()
+        .filter(|r| r.segment == "Recent")
+        .map(|r| r.customer_id.as_str())
+        .collect();
+    assert_eq!(recent.len(), 2, "r 5 (customer 0) and r 4 (customer 2)");
+    let bad_grid = analytics
+        .list_customer_rfm(pb::ListCustomerRfmRequest {
+            grid: vec![pb::RfmGridRule {
+                name: "x".into(),
+                r_min: 0,
+                r_max: 9,
+                f_min: 1,
+                f_max: 5,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_grid.code(), Code::InvalidArgument);
+
     // Customer value: historical from the orders, predictive from the fitted models.
     let value = analytics
         .list_customer_value(pb::ListCustomerValueRequest {

@@ -731,8 +731,37 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             page_token,
             currency,
             min_position,
+            grid,
         } = request.into_inner();
         let mut v = Violations::new("");
+        v.max_items("grid", grid.len(), limits::RFM_GRID_RULES_MAX);
+        let custom_grid = (!grid.is_empty()).then(|| SegmentGrid {
+            rules: grid
+                .into_iter()
+                .enumerate()
+                .map(|(i, rule)| {
+                    let pb::RfmGridRule {
+                        name,
+                        r_min,
+                        r_max,
+                        f_min,
+                        f_max,
+                    } = rule;
+                    v.required(&format!("grid[{i}].name"), &name, limits::FIELD_BYTES_MAX);
+                    let mut score = |field: &str, value: u32| {
+                        if !(1..=5).contains(&value) {
+                            v.add(&format!("grid[{i}].{field}"), "must be a score from 1 to 5");
+                        }
+                        value.clamp(1, 5) as u8
+                    };
+                    rfm::GridRule {
+                        r: (score("r_min", r_min), score("r_max", r_max)),
+                        f: (score("f_min", f_min), score("f_max", f_max)),
+                        name,
+                    }
+                })
+                .collect(),
+        });
         let as_of_us = match as_of {
             Some(ts) => timestamp_to_us("as_of", &ts, &mut v),
             None => Some(self.clock.now_us()),
@@ -760,7 +789,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             )
             .await?;
         let privacy = self.privacy.clone();
-        let grid = self.grid.clone();
+        let grid = custom_grid.map_or_else(|| self.grid.clone(), Arc::new);
         let response = tokio::task::spawn_blocking(move || {
             // Every profile is read: ranks are over all customers. Merged duplicates and
             // unregistered ids have no row (their history is their survivor's).
