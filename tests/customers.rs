@@ -1181,3 +1181,71 @@ async fn a_wrong_master_key_refuses_to_start_and_changes_nothing() {
     );
     assert!(before == snapshot(&data), "the data directory changed");
 }
+
+#[tokio::test]
+async fn erasing_a_survivor_erases_its_merged_duplicates_too() {
+    let t = TestServer::start().await;
+    let mut c = t.customers().await;
+    let (survivor, _) = register(&mut c, "keep@example.com", "Keeper").await;
+    let (duplicate, _) = register(&mut c, "dup@example.com", "Duplicado").await;
+    purchase(&mut c, &duplicate, "d-1", 700, 1_700_000_100).await;
+    c.merge_customers(pb::MergeCustomersRequest {
+        survivor_id: survivor.clone(),
+        duplicate_id: duplicate.clone(),
+        context: None,
+    })
+    .await
+    .unwrap();
+    // Erasing through the duplicate's id resolves to the survivor and takes both.
+    let erased = c
+        .erase_customer(pb::EraseCustomerRequest {
+            customer_id: duplicate.clone(),
+            reason: "GDPR".into(),
+            requested_by: "dpo".into(),
+            context: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = erased.erased_ids.clone();
+    ids.sort();
+    let mut both = vec![survivor.clone(), duplicate.clone()];
+    both.sort();
+    assert_eq!(ids, both);
+    let profile = get(&mut c, &survivor, erased.position).await;
+    assert_eq!(profile.status, pb::CustomerStatus::Erased as i32);
+    assert_eq!(
+        totals(&profile, "EUR").spent_minor,
+        700,
+        "the duplicate's order still counts"
+    );
+    // The duplicate's own registration cannot be read any more.
+    let mut store = t.client().await;
+    let events = store
+        .read_stream(pb::ReadStreamRequest {
+            stream: format!("customer-{duplicate}"),
+            from_revision: 0,
+            backwards: false,
+            max_count: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let registration = events
+        .iter()
+        .find(|e| e.event_type == "CustomerRegistered")
+        .unwrap();
+    assert_eq!(registration.personal_data, pb::PersonalData::Erased as i32);
+    // Neither email finds anyone.
+    for email in ["keep@example.com", "dup@example.com"] {
+        let status = c
+            .find_customer(pb::FindCustomerRequest {
+                by: Some(pb::find_customer_request::By::Email(email.into())),
+                min_position: erased.position,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{email}");
+    }
+}
