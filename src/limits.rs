@@ -273,3 +273,12 @@ pub const CLV_HORIZON_DAYS_MAX: u32 = 3_650;
 
 /// Rules of a custom RFM segment grid in one request.
 pub const RFM_GRID_RULES_MAX: usize = 64;
+
+/// Clock time between two full sweeps of time-dependent segment rules (recency, and
+/// amounts that only count orders up to the evaluation time), in microseconds: between
+/// sweeps the segment job re-evaluates only the customers that received events.
+pub const SEGMENT_TIME_SWEEP_US: i64 = 60_000_000;
+
+/// Changed customers beyond which a segment round evaluates everyone instead of reading
+/// the changes one by one.
+pub const SEGMENT_INCREMENTAL_CUSTOMERS_MAX: usize = 50_000;

@@ -645,6 +645,21 @@ impl Rule {
         }
     }
 
+    /// True when the rule's answer changes with the evaluation time alone (recency).
+    pub fn depends_on_time(&self) -> bool {
+        match self {
+            Self::And(a, b) | Self::Or(a, b) => a.depends_on_time() || b.depends_on_time(),
+            Self::Not(a) => a.depends_on_time(),
+            Self::LastPurchaseWithin(_)
+            | Self::LastPurchaseBefore(_)
+            | Self::LastActivityWithin(_) => true,
+            // Amounts and counts only include orders up to the evaluation time, and
+            // orders can carry business times in the future.
+            Self::Spent(..) | Self::Orders(..) | Self::Aov(..) => true,
+            _ => false,
+        }
+    }
+
     /// True when the rule needs RFM segments computed (over all customers).
     pub fn uses_rfm(&self) -> bool {
         match self {
