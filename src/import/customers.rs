@@ -1,4 +1,5 @@
-//! The customers CSV: one row per customer to register.
+//! The customers CSV: one row per customer to register (or, for a known customer, whose
+//! emails and phones to bring up to date).
 
 use std::collections::BTreeMap;
 use std::path::Path;

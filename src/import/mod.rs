@@ -11,8 +11,10 @@
 //!   a known one is the live holder of that external id's reservation (merges
 //!   followed), an unknown one is registered with the external id.
 //! - **customers** (CSV): one row per customer, registered with reservations for every
-//!   email, phone and the external id; customers already known by their external id are
-//!   skipped and counted.
+//!   email, phone and the external id; for a customer already known by its external id,
+//!   a row whose emails or phones differ from the customer's records the change
+//!   (`ContactDetailsChanged`, reservations claimed and released as UpdateContactDetails
+//!   does), an unchanged row is skipped; both are counted as known.
 //! - **events** (JSON lines): typed events in the serde shape of [`DomainEvent`], each
 //!   with its stream, event id and business time.
 //!
@@ -293,6 +295,28 @@ pub fn registration_event_id(customer: Uuid) -> Uuid {
 /// The event id of an imported order (one order is one event, whoever bought it).
 pub fn purchase_event_id(order_id: &str) -> Uuid {
     import_uuid("purchase", order_id)
+}
+
+/// The event id of a contact change an imported customer's row makes: from the external
+/// id and the identifiers (sorted, normalised) before and after, so the same change of
+/// the same customer always gets the same id, while a later change back is a new event.
+pub fn contact_event_id(
+    external_id: &str,
+    before: &[crate::domain::customer::Identifier],
+    after: &[crate::domain::customer::Identifier],
+) -> Uuid {
+    let list = |ids: &[crate::domain::customer::Identifier]| {
+        let mut ids: Vec<String> = ids
+            .iter()
+            .map(|i| format!("{:?}={}", i.kind, i.value))
+            .collect();
+        ids.sort();
+        ids.join(",")
+    };
+    import_uuid(
+        "contact",
+        &format!("{external_id}\0{}\0{}", list(before), list(after)),
+    )
 }
 
 /// The event id of a consent given by an imported customer's row.

@@ -18,9 +18,11 @@ use super::purchases::{self, OrderRecord};
 use super::{BATCHES_AHEAD, BadRow, Batch, ExternalId, ImportKind, ImportOptions, ImportReport};
 use crate::cli::CliError;
 use crate::domain::DomainEvent;
-use crate::domain::customer::{Identifier, identity_identifiers};
+use crate::domain::common::PostalAddress;
+use crate::domain::customer::{Customer, Identifier, contact_identifiers, identity_identifiers};
 use crate::domain::events::{
-    ConsentGiven, CustomerIdentity, CustomerRegistered, IdentifierClaimed, IdentifierKind,
+    ConsentGiven, ContactDetails, ContactDetailsChanged, CustomerIdentity, CustomerRegistered,
+    IdentifierClaimed, IdentifierKind, IdentifierReleased,
 };
 use crate::domain::personal::Personal;
 use crate::domain::profile::customer_stream;
@@ -149,6 +151,9 @@ struct Reservation {
     holder: Option<Uuid>,
     /// The stream's last revision; `None` when there is no stream.
     revision: Option<u64>,
+    /// The holder was registered by this import (it has no orders from before it, so
+    /// its stream need not be read for them).
+    created: bool,
 }
 
 impl Reservation {
@@ -182,6 +187,9 @@ struct Piece {
 enum RowKind {
     Order,
     Customer,
+    /// A known customer's contact change (not a registration: a refusal is a bad row,
+    /// not one customer fewer).
+    Change,
     Event,
 }
 
@@ -349,7 +357,14 @@ impl Importer {
                 if !cached {
                     prepared.known_customers += 1;
                 }
-                customers.push((None, holder, orders));
+                let orders = if reservation.created {
+                    orders
+                } else {
+                    refuse_recorded_orders(log, holder, orders, &mut prepared)?
+                };
+                if !orders.is_empty() {
+                    customers.push((None, holder, orders));
+                }
                 continue;
             }
             let id = super::customer_id_for(&external.normalised);
@@ -388,6 +403,7 @@ impl Importer {
                 Reservation {
                     holder: Some(id),
                     revision: Some(0),
+                    created: true,
                 },
             );
             prepared.new_customers += 1;
@@ -478,6 +494,7 @@ impl Importer {
         // Identifiers claimed by earlier rows of this batch, with their line.
         let mut claimed: HashMap<Identifier, u64> = HashMap::new();
         let mut staged: Vec<(CustomerRecord, Vec<(Identifier, Reservation)>)> = Vec::new();
+        let mut changes: Vec<ContactChange> = Vec::new();
         'rows: for row in rows {
             let external = row.external.identifier();
             if claimed.contains_key(&external) {
@@ -486,8 +503,26 @@ impl Importer {
                 continue;
             }
             let (reservation, _) = lookup(log, privacy, &mut reservations, &external)?;
-            if reservation.holder.is_some() {
+            if let Some(holder) = reservation.holder {
                 prepared.known_customers += 1;
+                match plan_contact_change(log, privacy, &mut reservations, &claimed, holder, &row)?
+                {
+                    Ok(None) => {}
+                    Ok(Some(change)) => {
+                        claimed.insert(external, row.line);
+                        for (identifier, _) in &change.claims {
+                            claimed.insert(identifier.clone(), row.line);
+                        }
+                        changes.push(change);
+                    }
+                    Err(reason) => prepared.bad.push((
+                        BadRow {
+                            line: row.line,
+                            reason,
+                        },
+                        1,
+                    )),
+                }
                 continue;
             }
             let bad = |reason: String| {
@@ -540,6 +575,7 @@ impl Importer {
             }
             staged.push((row, claims));
         }
+        write_contact_changes(privacy, &mut reservations, changes, &mut prepared)?;
         let mut registrations: Vec<(Uuid, Uuid, i64, DomainEvent, Reservation)> = staged
             .iter()
             .map(|(row, _)| {
@@ -551,6 +587,7 @@ impl Importer {
                     Reservation {
                         holder: None,
                         revision: None,
+                        created: false,
                     },
                 )
             })
@@ -597,6 +634,7 @@ impl Importer {
                     Reservation {
                         holder: Some(id),
                         revision: Some(0),
+                        created: true,
                     },
                 );
             }
@@ -724,6 +762,8 @@ impl Importer {
                         Reservation {
                             holder: Some(registered.customer_id),
                             revision: Some(0),
+                            // An event file may hold its orders too: not "created".
+                            created: false,
                         },
                     );
                 }
@@ -744,6 +784,264 @@ impl Importer {
         prepared.reservations = reservations;
         Ok(prepared)
     }
+}
+
+/// A known customer's contact change planned from a customers row.
+struct ContactChange {
+    line: u64,
+    label: String,
+    customer: Uuid,
+    event_id: Uuid,
+    /// The customer stream's revision it was planned at.
+    revision: Option<u64>,
+    event: DomainEvent,
+    claims: Vec<(Identifier, Reservation)>,
+    releases: Vec<(Identifier, Reservation)>,
+}
+
+/// A customer's current contact identifiers (emails and phones, normalised), address and
+/// stream revision, folded from its stream with the personal parts opened, as the
+/// Customers service's `load` does.
+fn current_contact(
+    log: &Log,
+    privacy: &Privacy,
+    id: Uuid,
+) -> Result<(Customer, PostalAddress, Option<u64>), CliError> {
+    let stream = customer_stream(id);
+    let mut state = Customer::default();
+    let mut address = PostalAddress::default();
+    let mut revision = None;
+    for logged in read_stream_all(log, &stream)? {
+        revision = Some(logged.event.revision);
+        // Only what changes the identifiers is decoded: the rest cannot.
+        if !matches!(
+            logged.event.event_type.as_str(),
+            "CustomerRegistered" | "ContactDetailsChanged" | "CustomersMerged" | "CustomerErased"
+        ) {
+            continue;
+        }
+        let mut event = decode_event(&logged)?;
+        privacy.open_event(&stream, logged.event.id(), &mut event);
+        match &event {
+            DomainEvent::CustomerRegistered(e) => {
+                if let Some(identity) = e.identity.clear() {
+                    address = identity.address.clone();
+                }
+            }
+            DomainEvent::ContactDetailsChanged(e) => {
+                if let Some(details) = e.details.clear() {
+                    address = details.address.clone();
+                }
+            }
+            _ => {}
+        }
+        state.apply(id, &event);
+    }
+    Ok((state, address, revision))
+}
+
+/// Plans the contact change a customers row makes to its known customer `holder`:
+/// `Ok(None)` when its emails and phones are the customer's already, `Err` (the reason
+/// of a bad row) when one is held by another live customer or claimed by an earlier row
+/// of the batch. Claims and releases as the service's UpdateContactDetails plans them.
+fn plan_contact_change(
+    log: &Log,
+    privacy: &Privacy,
+    reservations: &mut HashMap<String, Reservation>,
+    claimed: &HashMap<Identifier, u64>,
+    holder: Uuid,
+    row: &CustomerRecord,
+) -> Result<Result<Option<ContactChange>, String>, CliError> {
+    let Personal::Clear(identity) = &row.registered.identity else {
+        return Ok(Ok(None));
+    };
+    let details = ContactDetails {
+        emails: identity.emails.clone(),
+        phones: identity.phones.clone(),
+        address: PostalAddress::default(),
+    };
+    let wanted = contact_identifiers(&details);
+    let (state, address, revision) = current_contact(log, privacy, holder)?;
+    let held: Vec<Identifier> = state
+        .identifiers
+        .iter()
+        .filter(|i| i.kind != IdentifierKind::ExternalId)
+        .cloned()
+        .collect();
+    if held == wanted {
+        return Ok(Ok(None));
+    }
+    let mut claims = Vec::new();
+    for identifier in wanted.iter().filter(|i| !held.contains(i)) {
+        let column = column_of(identifier.kind);
+        if let Some(line) = claimed.get(identifier) {
+            return Ok(Err(format!(
+                "{column}: {} is also claimed by line {line}",
+                identifier.value
+            )));
+        }
+        let (reservation, _) = lookup(log, privacy, reservations, identifier)?;
+        match reservation.holder {
+            // Already ours, or a duplicate's merged into us: nothing to claim.
+            Some(other) if other == holder || state.merged_from.contains(&other) => {}
+            Some(other) => {
+                return Ok(Err(format!(
+                    "{column}: {} is already used by customer {other}",
+                    identifier.value
+                )));
+            }
+            None => claims.push((identifier.clone(), reservation)),
+        }
+    }
+    let mut releases = Vec::new();
+    for identifier in held.iter().filter(|i| !wanted.contains(i)) {
+        let (reservation, _) = lookup(log, privacy, reservations, identifier)?;
+        if reservation.holder == Some(holder) && reservation.revision.is_some() {
+            releases.push((identifier.clone(), reservation));
+        }
+    }
+    let event_id = super::contact_event_id(&row.external.normalised, &held, &wanted);
+    let event = DomainEvent::ContactDetailsChanged(ContactDetailsChanged {
+        customer_id: holder,
+        details: Personal::Clear(ContactDetails { address, ..details }),
+    });
+    Ok(Ok(Some(ContactChange {
+        line: row.line,
+        label: format!("customer {}", row.external.normalised),
+        customer: holder,
+        event_id,
+        revision,
+        event,
+        claims,
+        releases,
+    })))
+}
+
+/// Seals a batch's contact changes with one key-store call and adds them as units: the
+/// change and its reservation moves succeed or fail together.
+fn write_contact_changes(
+    privacy: &Privacy,
+    reservations: &mut HashMap<String, Reservation>,
+    mut changes: Vec<ContactChange>,
+    prepared: &mut Prepared,
+) -> Result<(), CliError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let streams: Vec<String> = changes
+        .iter()
+        .map(|c| customer_stream(c.customer))
+        .collect();
+    {
+        let mut refs: Vec<(&str, Uuid, &mut DomainEvent)> = changes
+            .iter_mut()
+            .zip(&streams)
+            .map(|(c, stream)| (stream.as_str(), c.event_id, &mut c.event))
+            .collect();
+        privacy.seal_events(&mut refs)?;
+    }
+    for (change, stream) in changes.into_iter().zip(streams) {
+        let mut appends = vec![StreamAppend {
+            stream: StreamName::parse(&stream)?,
+            // Planned from this revision: a write meanwhile is refused, not overwritten.
+            expected: change
+                .revision
+                .map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+            events: vec![proposed_at(change.event_id, None, &change.event)?],
+        }];
+        let moves = change
+            .claims
+            .iter()
+            .map(|c| (c, true))
+            .chain(change.releases.iter().map(|r| (r, false)));
+        for (i, ((identifier, reservation), claim)) in moves.enumerate() {
+            let event = if claim {
+                DomainEvent::IdentifierClaimed(IdentifierClaimed {
+                    customer_id: change.customer,
+                    kind: identifier.kind,
+                })
+            } else {
+                DomainEvent::IdentifierReleased(IdentifierReleased {
+                    customer_id: change.customer,
+                    kind: identifier.kind,
+                })
+            };
+            appends.push(StreamAppend {
+                stream: StreamName::parse(&privacy.identity_stream(identifier))?,
+                expected: reservation.expected(),
+                events: vec![proposed_at(
+                    command_event_id(change.event_id, i + 1),
+                    None,
+                    &event,
+                )?],
+            });
+            reservations.insert(
+                key(identifier),
+                Reservation {
+                    holder: claim.then_some(change.customer),
+                    revision: Some(reservation.revision.map_or(0, |r| r + 1)),
+                    created: false,
+                },
+            );
+        }
+        prepared.units.push(Unit {
+            pieces: vec![Piece {
+                appends,
+                rows: vec![RowRef {
+                    line: change.line,
+                    rows: 1,
+                    label: change.label,
+                }],
+                registers: false,
+                kind: RowKind::Change,
+            }],
+        });
+    }
+    Ok(())
+}
+
+/// Keeps the orders `customer` does not have yet under another event id, reporting the
+/// others as bad rows (the rule RecordPurchase applies: one event per order id). Its
+/// stream is read once for the batch; an order already there with the same event id is
+/// a re-import, left to the log's idempotency.
+fn refuse_recorded_orders(
+    log: &Log,
+    customer: Uuid,
+    orders: Vec<OrderRecord>,
+    prepared: &mut Prepared,
+) -> Result<Vec<OrderRecord>, CliError> {
+    let mut recorded: HashMap<String, Uuid> = HashMap::new();
+    for logged in read_stream_all(log, &customer_stream(customer))? {
+        // Only purchases matter here: the rest is not decoded.
+        if logged.event.event_type != "PurchaseCompleted" {
+            continue;
+        }
+        if let DomainEvent::PurchaseCompleted(purchase) = decode_event(&logged)? {
+            recorded
+                .entry(purchase.order_id)
+                .or_insert(logged.event.id());
+        }
+    }
+    if recorded.is_empty() {
+        return Ok(orders);
+    }
+    let mut kept = Vec::with_capacity(orders.len());
+    for order in orders {
+        match recorded.get(&order.purchase.order_id) {
+            Some(id) if *id != order.event_id => prepared.bad.push((
+                BadRow {
+                    line: order.line,
+                    reason: crate::domain::customer::RuleError::DuplicateOrder(
+                        order.purchase.order_id.clone(),
+                    )
+                    .to_string(),
+                },
+                order.rows,
+            )),
+            _ => kept.push(order),
+        }
+    }
+    Ok(kept)
 }
 
 impl Prepared {
@@ -822,6 +1120,7 @@ fn reservation(
             return Ok(Reservation {
                 holder: None,
                 revision: None,
+                created: false,
             });
         }
         Err(error) => return Err(error.into()),
@@ -830,6 +1129,7 @@ fn reservation(
         return Ok(Reservation {
             holder: None,
             revision: None,
+            created: false,
         });
     };
     let revision = Some(last.event.revision);
@@ -837,7 +1137,11 @@ fn reservation(
         DomainEvent::IdentifierClaimed(claim) => live_holder(log, privacy, claim.customer_id)?,
         _ => None,
     };
-    Ok(Reservation { holder, revision })
+    Ok(Reservation {
+        holder,
+        revision,
+        created: false,
+    })
 }
 
 /// The live customer `id` resolves to: itself, or the survivor it was merged into;

@@ -223,6 +223,16 @@ fn refusal(status: tonic::Status) -> Result<String, CliError> {
 
 /// The live customer holding an external id, if any.
 async fn find(clients: &mut Clients, external: &str) -> Result<Option<Uuid>, CliError> {
+    Ok(find_profile(clients, external)
+        .await?
+        .and_then(|found| Uuid::parse_str(&found.customer_id).ok()))
+}
+
+/// The profile of the live customer holding an external id, if any.
+async fn find_profile(
+    clients: &mut Clients,
+    external: &str,
+) -> Result<Option<pb::Customer>, CliError> {
     match clients
         .customers
         .find_customer(pb::FindCustomerRequest {
@@ -233,7 +243,7 @@ async fn find(clients: &mut Clients, external: &str) -> Result<Option<Uuid>, Cli
         })
         .await
     {
-        Ok(found) => Ok(Uuid::parse_str(&found.into_inner().customer_id).ok()),
+        Ok(found) => Ok(Some(found.into_inner())),
         Err(status) if status.code() == Code::NotFound => Ok(None),
         Err(status) => Err(format!("FindCustomer: {}: {}", status.code(), status.message()).into()),
     }
@@ -352,17 +362,22 @@ async fn customer(
     row: CustomerRecord,
     shared: Arc<Shared>,
 ) -> Result<(), CliError> {
-    if find(&mut clients, &row.external.normalised)
-        .await?
-        .is_some()
-    {
-        shared.count(|r| r.known_customers += 1);
-        return Ok(());
-    }
     let identity = match row.registered.identity {
         Personal::Clear(identity) => identity,
         _ => return Err("an imported identity is always in clear".into()),
     };
+    if let Some(known) = find_profile(&mut clients, &row.external.normalised).await? {
+        shared.count(|r| r.known_customers += 1);
+        return change_contact(
+            clients,
+            known,
+            &row.external.normalised,
+            row.line,
+            identity,
+            &shared,
+        )
+        .await;
+    }
     let claims = crate::domain::customer::identity_identifiers(&identity).len() as u64;
     let result = clients
         .customers
@@ -421,6 +436,52 @@ async fn customer(
                     0,
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// A known customer's row: when its emails or phones differ from the customer's, they
+/// replace them through UpdateContactDetails (which moves the reservations and refuses
+/// an identifier held by another customer); the address is kept.
+async fn change_contact(
+    mut clients: Clients,
+    known: pb::Customer,
+    external: &str,
+    line: u64,
+    identity: crate::domain::events::CustomerIdentity,
+    shared: &Shared,
+) -> Result<(), CliError> {
+    let contact = |emails: &[String], phones: &[String]| {
+        crate::domain::customer::contact_identifiers(&crate::domain::events::ContactDetails {
+            emails: emails.to_vec(),
+            phones: phones.to_vec(),
+            address: Default::default(),
+        })
+    };
+    let held = contact(&known.emails, &known.phones);
+    let wanted = contact(&identity.emails, &identity.phones);
+    if held == wanted {
+        return Ok(());
+    }
+    let moves = wanted.iter().filter(|i| !held.contains(i)).count()
+        + held.iter().filter(|i| !wanted.contains(i)).count();
+    let event_id = super::contact_event_id(external, &held, &wanted);
+    let result = clients
+        .customers
+        .update_contact_details(pb::UpdateContactDetailsRequest {
+            customer_id: known.customer_id,
+            emails: identity.emails,
+            phones: identity.phones,
+            address: known.address,
+            context: context(event_id, None),
+        })
+        .await;
+    match result {
+        Ok(_) => shared.count(|r| r.events_appended += 1 + moves as u64),
+        Err(status) => {
+            let reason = refusal(status)?;
+            shared.bad(BadRow { line, reason }, 1);
         }
     }
     Ok(())
