@@ -282,3 +282,9 @@ pub const SEGMENT_TIME_SWEEP_US: i64 = 60_000_000;
 /// Changed customers beyond which a segment round evaluates everyone instead of reading
 /// the changes one by one.
 pub const SEGMENT_INCREMENTAL_CUSTOMERS_MAX: usize = 50_000;
+
+/// How long a projection runner woken by a new head waits before reading, in
+/// milliseconds, so that several appends are read (and re-hashed) at once: each runner
+/// reads everything it follows, and reading per event took a seventh of the server's
+/// CPU under load. Read-your-writes waits grow by at most this much.
+pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 2;

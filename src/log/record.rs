@@ -253,6 +253,44 @@ impl ChunkLayout {
         self.raw.as_deref().unwrap_or(value)
     }
 
+    /// The stream and event type of the event at `index`, borrowed from the chunk
+    /// without decoding the rest (no allocation): a filtered read decides with these
+    /// whether the event is worth decoding at all.
+    pub fn peek<'a>(
+        &'a self,
+        value: &'a [u8],
+        index: usize,
+    ) -> Result<(&'a str, &'a str), LogError> {
+        /// A prefix of [`StoredEvent`]'s fields, in the same order.
+        #[derive(Deserialize)]
+        struct Peek<'a> {
+            position: u64,
+            stream: &'a str,
+            _revision: u64,
+            _event_id: [u8; 16],
+            event_type: &'a str,
+        }
+        let (start, len) = self.spans[index];
+        let (peek, _): (Peek<'a>, usize) = bincode::serde::borrow_decode_from_slice(
+            &self.bytes(value)[start..start + len],
+            bincode::config::standard(),
+        )
+        .map_err(|e| {
+            LogError::Corrupt(format!(
+                "event at {}: undecodable envelope: {e}",
+                self.first_position + index as u64
+            ))
+        })?;
+        let position = self.first_position + index as u64;
+        if peek.position != position {
+            return Err(LogError::Corrupt(format!(
+                "event claims position {} but is stored at {position}",
+                peek.position
+            )));
+        }
+        Ok((peek.stream, peek.event_type))
+    }
+
     /// Decodes the event at `index` of the chunk `value` this layout was parsed from,
     /// checking that it claims the position it is stored at.
     pub fn decode(&self, value: &[u8], index: usize) -> Result<LoggedEvent, LogError> {

@@ -591,12 +591,17 @@ impl Store {
                     {
                         break 'chunks;
                     }
-                    let logged = layout.decode(&value, index)?;
                     examined += 1;
                     next = position + 1;
-                    if filter.matches(&logged.event.stream, &logged.event.event_type) {
-                        events.push(logged);
+                    // Decide on the borrowed stream and type first: a filtered read (a
+                    // projection following the log) skips most events without decoding.
+                    if !filter.is_empty() {
+                        let (stream, event_type) = layout.peek(&value, index)?;
+                        if !filter.matches(stream, event_type) {
+                            continue;
+                        }
                     }
+                    events.push(layout.decode(&value, index)?);
                 }
             }
         }
@@ -641,12 +646,15 @@ impl Store {
                     {
                         break 'chunks;
                     }
-                    let logged = layout.decode(&value, index)?;
                     examined += 1;
                     lowest = position;
-                    if filter.matches(&logged.event.stream, &logged.event.event_type) {
-                        events.push(logged);
+                    if !filter.is_empty() {
+                        let (stream, event_type) = layout.peek(&value, index)?;
+                        if !filter.matches(stream, event_type) {
+                            continue;
+                        }
                     }
+                    events.push(layout.decode(&value, index)?);
                 }
             }
         }

@@ -489,12 +489,24 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
         if moved || shared.stop.load(Ordering::Acquire) {
             continue;
         }
-        head_open = runtime.block_on(async {
+        let woken_by_head = runtime.block_on(async {
             tokio::select! {
-                changed = head.changed(), if head_open => changed.is_ok(),
-                () = slot.wake.notified() => head_open,
+                changed = head.changed(), if head_open => {
+                    head_open = changed.is_ok();
+                    head_open
+                }
+                () = slot.wake.notified() => false,
             }
         });
+        // Following a busy log, let a few appends gather before reading: every runner
+        // reads and re-hashes what it follows, and one read of several events costs the
+        // writer's cores far less than one read per event. Read-your-writes waits grow by
+        // at most this much.
+        if woken_by_head {
+            std::thread::sleep(std::time::Duration::from_millis(
+                limits::PROJECTION_FOLLOW_GATHER_MS,
+            ));
+        }
     }
 }
 
