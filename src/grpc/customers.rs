@@ -1517,13 +1517,23 @@ impl pb::customers_server::Customers for CustomersService {
             None => return Err(invalid_field("by", "set one of email, phone, external_id")),
         };
         // The reservation is read from the log (always current); the profile then comes
-        // from the projection once it has applied at least the reservation, so a
-        // customer that can be found can also be shown.
+        // from the projection once it has applied at least the reservation and the
+        // holder's own stream, so a customer that can be found can also be shown.
+        // The profile must also include every event of the holder's own stream so far:
+        // a customer found by its identifier is shown as current as its stream.
         let inner = self.inner.clone();
         let (holder, claimed_at) = blocking(move || {
             let stream = inner.privacy.identity_stream(&identifier);
             let (holder, _, position) = inner.holder_at(&stream)?;
-            Ok((holder, position))
+            let own = match holder {
+                Some(id) => {
+                    let name = StreamName::parse(&customer_stream(id))
+                        .map_err(|e| internal(e.to_string()))?;
+                    inner.log.stream_head(&name)?.map_or(0, |h| h.position)
+                }
+                None => 0,
+            };
+            Ok((holder, position.max(own)))
         })
         .await?;
         let not_found = || Status::not_found("no live customer has this identifier");
