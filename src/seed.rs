@@ -176,12 +176,7 @@ pub fn command_event_id(base: Uuid, index: usize) -> Uuid {
     if index == 0 {
         return base;
     }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(base.as_bytes());
-    hasher.update(&(index as u64).to_be_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    crate::grpc::customers::derived_id(base, index)
 }
 
 // ---------------------------------------------------------------------------------------

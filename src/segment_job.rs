@@ -278,14 +278,7 @@ fn plan(
     // Every live profile, when some segment is evaluated in full.
     let mut profiles: Vec<Profile> = Vec::new();
     if any_full {
-        for profile in customers::scan(customers_tree, None) {
-            let profile = profile?;
-            if profile.registered.is_some()
-                && !matches!(profile.status, ProfileStatus::Merged { .. })
-            {
-                profiles.push(profile);
-            }
-        }
+        profiles = customers::live_profiles(customers_tree)?;
     }
     // The changed customers' profiles (a merged duplicate resolves to its survivor; the
     // duplicate itself matches nothing any more).
@@ -314,16 +307,8 @@ fn plan(
     }
     let rfm_segments: Option<BTreeMap<Uuid, String>> =
         rules.iter().any(|(_, _, r)| r.uses_rfm()).then(|| {
-            let mut orders: BTreeMap<&str, u64> = BTreeMap::new();
-            for fact in profiles.iter().flat_map(|p| &p.purchases.money) {
-                if fact.order && fact.at_us <= as_of_us {
-                    *orders.entry(fact.currency.as_str()).or_default() += 1;
-                }
-            }
-            let currency = orders
-                .into_iter()
-                .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
-                .map_or("EUR".to_owned(), |(c, _)| c.to_owned());
+            let currency =
+                rfm::busiest_currency(&profiles, as_of_us).unwrap_or_else(|| "EUR".to_owned());
             rfm::rfm(&profiles, &currency, as_of_us, &SegmentGrid::default())
                 .into_iter()
                 .map(|row| (row.customer_id, row.segment))

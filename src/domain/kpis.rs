@@ -139,12 +139,13 @@ pub fn kpis<'a>(
         for fact in &p.purchases.money {
             if fact.at_us >= start_us && fact.at_us < end_us {
                 let c = k.by_currency.entry(fact.currency.clone()).or_default();
-                c.revenue_minor += fact.amount_minor;
+                c.revenue_minor = c.revenue_minor.saturating_add(fact.amount_minor);
                 if fact.order {
                     c.orders += 1;
                     orders_in_period += 1;
                     active = true;
-                    *order_totals.entry(fact.currency.clone()).or_default() += fact.amount_minor;
+                    let total = order_totals.entry(fact.currency.clone()).or_default();
+                    *total = total.saturating_add(fact.amount_minor);
                 }
             } else if fact.order && fact.at_us >= previous_start && fact.at_us < start_us {
                 active_before = true;

@@ -99,6 +99,24 @@ impl SegmentGrid {
     }
 }
 
+/// The currency with the most orders by `as_of_us` over `profiles` (ties: alphabetical);
+/// analytics default to it when no currency is asked for.
+pub fn busiest_currency<'a>(
+    profiles: impl IntoIterator<Item = &'a Profile>,
+    as_of_us: i64,
+) -> Option<String> {
+    let mut orders: BTreeMap<&str, u64> = BTreeMap::new();
+    for fact in profiles.into_iter().flat_map(|p| &p.purchases.money) {
+        if fact.order && fact.at_us <= as_of_us {
+            *orders.entry(fact.currency.as_str()).or_default() += 1;
+        }
+    }
+    orders
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+        .map(|(currency, _)| currency.to_owned())
+}
+
 /// Recency, frequency and monetary of one profile in `currency` as of `as_of_us`; `None`
 /// when it has no order in that currency by then.
 pub fn measure(profile: &Profile, currency: &str, as_of_us: i64) -> Option<(i64, u64, i64)> {

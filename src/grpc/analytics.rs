@@ -19,7 +19,7 @@ use crate::domain::clv;
 use crate::domain::events::CustomerIdentity;
 use crate::domain::events::{SegmentArchived, SegmentChanged, SegmentDefined};
 use crate::domain::kpis;
-use crate::domain::profile::{Profile, ProfileStatus};
+use crate::domain::profile::Profile;
 use crate::domain::rfm::{self, SegmentGrid};
 use crate::domain::segment::{EvalContext, Rule};
 use crate::limits;
@@ -71,30 +71,13 @@ impl AnalyticsService {
     }
 }
 
-/// The currency with the most orders by `as_of_us`; ties go to the alphabetically first.
-fn busiest_currency(profiles: &[Profile], as_of_us: i64) -> Option<String> {
-    let mut orders: BTreeMap<&str, u64> = BTreeMap::new();
-    for fact in profiles.iter().flat_map(|p| &p.purchases.money) {
-        if fact.order && fact.at_us <= as_of_us {
-            *orders.entry(fact.currency.as_str()).or_default() += 1;
-        }
-    }
-    orders
-        .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
-        .map(|(currency, _)| currency.to_owned())
-}
-
 /// Every registered, non-merged profile of the customer read model.
 fn live_profiles(tree: &sled::Tree) -> Result<Vec<Profile>, Status> {
-    let mut profiles = Vec::new();
-    for profile in read_model::scan(tree, None) {
-        let profile = profile.map_err(Status::internal)?;
-        if profile.registered.is_some() && !matches!(profile.status, ProfileStatus::Merged { .. }) {
-            profiles.push(profile);
-        }
-    }
-    Ok(profiles)
+    read_model::live_profiles(tree).map_err(Status::internal)
+}
+
+fn busiest_currency(profiles: &[Profile], as_of_us: i64) -> Option<String> {
+    rfm::busiest_currency(profiles, as_of_us)
 }
 
 fn segment_to_proto(d: segments::SegmentDef) -> pb::Segment {
@@ -107,6 +90,23 @@ fn segment_to_proto(d: segments::SegmentDef) -> pb::Segment {
 }
 
 impl AnalyticsService {
+    /// A read model once it has applied `min_position` (waiting at most
+    /// [`limits::READ_WAIT_MS_MAX`]).
+    async fn view(
+        &self,
+        name: &str,
+        min_position: u64,
+    ) -> Result<crate::projections::ProjectionView, Status> {
+        Ok(self
+            .projections
+            .wait_for(
+                name,
+                min_position,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?)
+    }
+
     /// Appends one definition event to `segment-<id>` with `expected`.
     async fn write_segment(
         &self,
@@ -159,14 +159,7 @@ impl AnalyticsService {
         let segment = uuid_field("segment_id", text, &mut v);
         v.into_result().map_err(invalid_argument)?;
         let head = self.log.head().position;
-        let view = self
-            .projections
-            .wait_for(
-                segments::NAME,
-                head,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(segments::NAME, head).await?;
         let def = segments::definition(&view.tree, segment)
             .map_err(Status::internal)?
             .ok_or_else(|| Status::not_found(format!("segment {segment} does not exist")))?;
@@ -264,14 +257,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::RFM_PAGE_DEFAULT,
             n => (n as usize).min(limits::RFM_PAGE_MAX),
         };
-        let view = self
-            .projections
-            .wait_for(
-                read_model::NAME,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(read_model::NAME, min_position).await?;
         let cache = self.values.clone();
         let response = tokio::task::spawn_blocking(move || {
             let profiles = live_profiles(&view.tree)?;
@@ -448,14 +434,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             min_position,
             include_archived,
         } = request.into_inner();
-        let view = self
-            .projections
-            .wait_for(
-                segments::NAME,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(segments::NAME, min_position).await?;
         let segments = segments::definitions(&view.tree)
             .map_err(Status::internal)?
             .into_iter()
@@ -483,14 +462,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::RFM_PAGE_DEFAULT,
             n => (n as usize).min(limits::RFM_PAGE_MAX),
         };
-        let view = self
-            .projections
-            .wait_for(
-                segments::NAME,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(segments::NAME, min_position).await?;
         if segments::definition(&view.tree, segment)
             .map_err(Status::internal)?
             .is_none()
@@ -532,14 +504,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         let mut v = Violations::new("");
         let customer = uuid_field("customer_id", &customer_id, &mut v);
         v.into_result().map_err(invalid_argument)?;
-        let view = self
-            .projections
-            .wait_for(
-                segments::NAME,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(segments::NAME, min_position).await?;
         let mut out = Vec::new();
         for (segment, _) in segments::of_customer(&view.tree, customer).map_err(Status::internal)? {
             if let Some(def) =
@@ -581,14 +546,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => 20,
             n => (n as usize).min(limits::SEGMENT_SAMPLE_MAX),
         };
-        let view = self
-            .projections
-            .wait_for(
-                read_model::NAME,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(read_model::NAME, min_position).await?;
         let grid = self.grid.clone();
         let response = tokio::task::spawn_blocking(move || {
             let profiles = live_profiles(&view.tree)?;
@@ -669,14 +627,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::KPI_COHORTS_DEFAULT,
             n => (n as usize).min(limits::KPI_COHORTS_MAX),
         };
-        let view = self
-            .projections
-            .wait_for(
-                read_model::NAME,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(read_model::NAME, min_position).await?;
         let kpis = tokio::task::spawn_blocking(move || {
             let profiles = live_profiles(&view.tree)?;
             let k = kpis::kpis(&profiles, start_us, end_us, cohorts_max);
@@ -780,14 +731,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::RFM_PAGE_DEFAULT,
             n => (n as usize).min(limits::RFM_PAGE_MAX),
         };
-        let view = self
-            .projections
-            .wait_for(
-                read_model::NAME,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?;
+        let view = self.view(read_model::NAME, min_position).await?;
         let privacy = self.privacy.clone();
         let grid = custom_grid.map_or_else(|| self.grid.clone(), Arc::new);
         let response = tokio::task::spawn_blocking(move || {

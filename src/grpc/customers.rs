@@ -327,7 +327,7 @@ fn context_from(context: Option<pb::WriteContext>, v: &mut Violations) -> Contex
 /// Event ids of a command's events after the first: derived from the first, so a
 /// re-sent command makes the same ids (BLAKE3 of the first id and the index, as a
 /// version-8 UUID).
-fn derived_id(base: Uuid, index: usize) -> Uuid {
+pub(crate) fn derived_id(base: Uuid, index: usize) -> Uuid {
     let mut hasher = blake3::Hasher::new();
     hasher.update(base.as_bytes());
     hasher.update(&(index as u64).to_be_bytes());

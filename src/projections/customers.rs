@@ -170,6 +170,19 @@ pub fn read_resolved(tree: &sled::Tree, id: Uuid) -> Result<Option<Profile>, Str
     Ok(None)
 }
 
+/// Every registered, non-merged profile, in customer id order: the customers analytics
+/// and segments count (a merged duplicate's history is its survivor's).
+pub fn live_profiles(tree: &sled::Tree) -> Result<Vec<Profile>, String> {
+    let mut profiles = Vec::new();
+    for profile in scan(tree, None) {
+        let profile = profile?;
+        if profile.registered.is_some() && !matches!(profile.status, ProfileStatus::Merged { .. }) {
+            profiles.push(profile);
+        }
+    }
+    Ok(profiles)
+}
+
 /// Profiles in customer id order starting after `after` (exclusive), as stored.
 pub fn scan(
     tree: &sled::Tree,
