@@ -13,14 +13,15 @@
 //! Beside sled (`dir/sled/`) lives the journal (`dir/wal`, see `wal`): a group commit is
 //! durable once its chunks are journaled; sled is made durable at checkpoints.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use sled::{IVec, Tree};
 
 use super::error::{LogError, ReadError};
-use super::record::{Hash, LoggedEvent, ZERO_HASH, parse_chunk};
+use super::record::{ChunkLayout, Hash, LoggedEvent, ZERO_HASH, parse_chunk};
 use super::wal::{ChunkEntry, Wal};
 
 /// The on-disk format this build writes and reads. 2: customer events carry their
@@ -113,6 +114,26 @@ pub struct Store {
     db_file: File,
     /// The journal; only the writer appends to it.
     pub wal: Mutex<Wal>,
+    /// The chunks parsed last ([`RECENT_CHUNKS`]), newest at the back.
+    recent: Mutex<VecDeque<Arc<ParsedChunk>>>,
+}
+
+/// Chunks a [`Store`] keeps parsed (decompressed, chain re-hashed and checked) for the
+/// next reader: every projection runner and subscriber following the head reads the same
+/// fresh chunks, and only the first of them pays for parsing. Chunks are immutable once
+/// written (keyed by their first position), so a parsed copy never goes stale. 64 chunks
+/// of ~8 KiB raw: ~0.5 MiB.
+pub const RECENT_CHUNKS: usize = 64;
+
+/// A stored chunk with its layout: what was read, checked against the hash chain.
+#[derive(Debug)]
+pub struct ParsedChunk {
+    /// Position of its first event (its key).
+    pub first: u64,
+    /// The stored value.
+    pub value: IVec,
+    /// Where each event lies, with its chain hash.
+    pub layout: ChunkLayout,
 }
 
 /// Key of the stream index: stream ‖ 0x00 ‖ revision BE.
@@ -231,6 +252,7 @@ impl Store {
             db,
             db_file,
             wal: Mutex::new(wal),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_CHUNKS)),
         };
         store.replay_journal(journal)?;
         store.repair_indices()?;
@@ -361,6 +383,40 @@ impl Store {
     }
 
     /// The chunk holding `position`: its key and value.
+    /// The chunk stored under `first` (its `value` as read), parsed: from the recent
+    /// chunks when a reader parsed it lately, else parsed now and, if `remember`,
+    /// remembered. Reads of the whole log remember (followers read the same fresh chunks);
+    /// point and stream reads, scattered over old chunks, only look.
+    fn parsed(
+        &self,
+        first: u64,
+        value: IVec,
+        remember: bool,
+    ) -> Result<Arc<ParsedChunk>, LogError> {
+        let lock = || self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = lock()
+            .iter()
+            .rev()
+            .find(|c| c.first == first && c.value.len() == value.len())
+        {
+            return Ok(found.clone());
+        }
+        let layout = parse_chunk(first, &value)?;
+        let parsed = Arc::new(ParsedChunk {
+            first,
+            value,
+            layout,
+        });
+        let mut recent = lock();
+        if remember && !recent.iter().any(|c| c.first == first) {
+            if recent.len() >= RECENT_CHUNKS {
+                recent.pop_front();
+            }
+            recent.push_back(parsed.clone());
+        }
+        Ok(parsed)
+    }
+
     fn chunk_at(&self, position: u64) -> Result<Option<(u64, IVec)>, LogError> {
         match self.events.range(..=position.to_be_bytes()).next_back() {
             None => Ok(None),
@@ -379,12 +435,12 @@ impl Store {
         let Some((first, value)) = self.chunk_at(position)? else {
             return Ok(None);
         };
-        let layout = parse_chunk(first, &value)?;
+        let chunk = self.parsed(first, value, false)?;
         let index = (position - first) as usize;
-        if index >= layout.len() {
+        if index >= chunk.layout.len() {
             return Ok(None);
         }
-        layout.decode(&value, index).map(Some)
+        chunk.layout.decode(&chunk.value, index).map(Some)
     }
 
     /// Position of the event with `id`, checked against the event itself so a dangling
@@ -438,25 +494,24 @@ impl Store {
     /// Reads events at `positions` (ascending or descending), decoding each chunk once.
     fn events_at(&self, positions: &[u64]) -> Result<Vec<LoggedEvent>, LogError> {
         let mut out = Vec::with_capacity(positions.len());
-        let mut cached: Option<(u64, IVec, super::record::ChunkLayout)> = None;
+        let mut cached: Option<Arc<ParsedChunk>> = None;
         for &position in positions {
-            let hit = matches!(&cached, Some((first, _, layout))
-                if position >= *first && position <= layout.last_position());
+            let hit = matches!(&cached, Some(chunk)
+                if position >= chunk.first && position <= chunk.layout.last_position());
             if !hit {
                 let (first, value) = self.chunk_at(position)?.ok_or_else(|| {
                     LogError::Corrupt(format!("index points at missing position {position}"))
                 })?;
-                let layout = parse_chunk(first, &value)?;
-                cached = Some((first, value, layout));
+                cached = Some(self.parsed(first, value, false)?);
             }
-            let (first, value, layout) = cached.as_ref().expect("set above");
-            let index = (position - first) as usize;
-            if index >= layout.len() {
+            let chunk = cached.as_ref().expect("set above");
+            let index = (position - chunk.first) as usize;
+            if index >= chunk.layout.len() {
                 return Err(LogError::Corrupt(format!(
                     "index points at missing position {position}"
                 )));
             }
-            out.push(layout.decode(value, index)?);
+            out.push(chunk.layout.decode(&chunk.value, index)?);
         }
         Ok(out)
     }
@@ -579,7 +634,8 @@ impl Store {
                 if first > head {
                     break;
                 }
-                let layout = parse_chunk(first, &value)?;
+                let chunk = self.parsed(first, value, true)?;
+                let (layout, value) = (&chunk.layout, &chunk.value);
                 for index in 0..layout.len() {
                     let position = first + index as u64;
                     if position < next {
@@ -636,7 +692,8 @@ impl Store {
             'chunks: for entry in self.events.range(..=top.to_be_bytes()).rev() {
                 let (key, value) = entry?;
                 let first = be_u64(&key)?;
-                let layout = parse_chunk(first, &value)?;
+                let chunk = self.parsed(first, value, true)?;
+                let (layout, value) = (&chunk.layout, &chunk.value);
                 for index in (0..layout.len()).rev() {
                     let position = first + index as u64;
                     if position >= lowest {
