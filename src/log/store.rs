@@ -652,12 +652,12 @@ impl Store {
                     // Decide on the borrowed stream and type first: a filtered read (a
                     // projection following the log) skips most events without decoding.
                     if !filter.is_empty() {
-                        let (stream, event_type) = layout.peek(&value, index)?;
+                        let (stream, event_type) = layout.peek(value, index)?;
                         if !filter.matches(stream, event_type) {
                             continue;
                         }
                     }
-                    events.push(layout.decode(&value, index)?);
+                    events.push(layout.decode(value, index)?);
                 }
             }
         }
@@ -706,12 +706,12 @@ impl Store {
                     examined += 1;
                     lowest = position;
                     if !filter.is_empty() {
-                        let (stream, event_type) = layout.peek(&value, index)?;
+                        let (stream, event_type) = layout.peek(value, index)?;
                         if !filter.matches(stream, event_type) {
                             continue;
                         }
                     }
-                    events.push(layout.decode(&value, index)?);
+                    events.push(layout.decode(value, index)?);
                 }
             }
         }
