@@ -54,6 +54,11 @@ pub const CONSENT_HISTORY_MAX: usize = 64;
 /// a merged customer is refused, so real chains are short; this bounds a corrupt one.
 pub const MERGE_DEPTH_MAX: usize = 32;
 
+/// Largest money amount in one event (a price, an order total, a refund), in minor
+/// units: 10^15 (ten trillion in a two-decimal currency). Far above any real order, and
+/// small enough that sums over millions of events stay far from `i64::MAX` (9.2 × 10^18).
+pub const AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000_000;
+
 /// Items in a repeated field inside a typed event (emails, phones, order lines, external ids).
 pub const REPEATED_ITEMS_MAX: usize = 256;
 

@@ -364,3 +364,25 @@ async fn rfm_rows_as_of_a_date_hand_computed() {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn a_read_waits_for_min_position_within_the_clients_deadline() {
+    let t = TestServer::start().await;
+    let mut analytics = AnalyticsClient::connect(t.server.url()).await.unwrap();
+    // Far ahead of the head: never reached. The answer is ours (naming the applied
+    // position), sent before the client's 500 ms run out, not the transport's cut-off.
+    let started = std::time::Instant::now();
+    let mut request = tonic::Request::new(pb::GetKpisRequest {
+        min_position: 1_000_000,
+        ..Default::default()
+    });
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let status = analytics.get_kpis(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("not yet 1000000"),
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(500));
+}

@@ -81,41 +81,6 @@ fn check_name(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// How long a read-your-writes query may wait: the limit, or less when the client's
-/// deadline (`grpc-timeout`) is nearer, so the answer is our clear `DEADLINE_EXCEEDED`
-/// with the applied position rather than the transport cutting the call.
-pub fn wait_budget(metadata: &tonic::metadata::MetadataMap) -> Duration {
-    let limit = Duration::from_millis(limits::PROJECTION_WAIT_MS_MAX);
-    let Some(deadline) = metadata
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-    else {
-        return limit;
-    };
-    // Leave the reply time to travel: a tenth of the deadline, at most 100 ms.
-    let margin = (deadline / 10).min(Duration::from_millis(100));
-    deadline.saturating_sub(margin).min(limit)
-}
-
-/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(text: &str) -> Option<Duration> {
-    if text.len() < 2 || text.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = text.split_at(text.len() - 1);
-    let value: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(value.checked_mul(3600)?),
-        "M" => Duration::from_secs(value.checked_mul(60)?),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
-        _ => return None,
-    })
-}
-
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::ProjectionStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -201,7 +166,10 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         request: Request<pb::GetLogStatsRequest>,
     ) -> Result<Response<pb::LogStats>, Status> {
-        let budget = wait_budget(request.metadata());
+        let budget = super::deadline::wait_budget(
+            request.metadata(),
+            Duration::from_millis(limits::PROJECTION_WAIT_MS_MAX),
+        );
         let min_position = request.into_inner().min_position;
         let view = self
             .projections
@@ -219,20 +187,5 @@ impl pb::admin_server::Admin for AdminService {
             by_category: stats.by_category.into_iter().map(stat_to_proto).collect(),
             truncated: stats.truncated,
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("500m"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("S"), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
-        assert_eq!(parse_grpc_timeout("5x"), None);
     }
 }

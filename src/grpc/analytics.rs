@@ -90,21 +90,15 @@ fn segment_to_proto(d: segments::SegmentDef) -> pb::Segment {
 }
 
 impl AnalyticsService {
-    /// A read model once it has applied `min_position` (waiting at most
-    /// [`limits::READ_WAIT_MS_MAX`]).
+    /// A read model once it has applied `min_position`, waiting at most `wait` (the
+    /// request's budget, [`super::customers::wait_bound`]).
     async fn view(
         &self,
         name: &str,
         min_position: u64,
+        wait: Duration,
     ) -> Result<crate::projections::ProjectionView, Status> {
-        Ok(self
-            .projections
-            .wait_for(
-                name,
-                min_position,
-                Duration::from_millis(limits::READ_WAIT_MS_MAX),
-            )
-            .await?)
+        Ok(self.projections.wait_for(name, min_position, wait).await?)
     }
 
     /// Appends one definition event to `segment-<id>` with `expected`.
@@ -159,7 +153,13 @@ impl AnalyticsService {
         let segment = uuid_field("segment_id", text, &mut v);
         v.into_result().map_err(invalid_argument)?;
         let head = self.log.head().position;
-        let view = self.view(segments::NAME, head).await?;
+        let view = self
+            .view(
+                segments::NAME,
+                head,
+                Duration::from_millis(limits::READ_WAIT_MS_MAX),
+            )
+            .await?;
         let def = segments::definition(&view.tree, segment)
             .map_err(Status::internal)?
             .ok_or_else(|| Status::not_found(format!("segment {segment} does not exist")))?;
@@ -225,6 +225,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         &self,
         request: Request<pb::ListCustomerValueRequest>,
     ) -> Result<Response<pb::ListCustomerValueResponse>, Status> {
+        let wait = super::customers::wait_bound(&request);
         let pb::ListCustomerValueRequest {
             as_of,
             currency,
@@ -257,7 +258,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::RFM_PAGE_DEFAULT,
             n => (n as usize).min(limits::RFM_PAGE_MAX),
         };
-        let view = self.view(read_model::NAME, min_position).await?;
+        let view = self.view(read_model::NAME, min_position, wait).await?;
         let cache = self.values.clone();
         let response = tokio::task::spawn_blocking(move || {
             let profiles = live_profiles(&view.tree)?;
@@ -430,11 +431,12 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         &self,
         request: Request<pb::ListSegmentsRequest>,
     ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let wait = super::customers::wait_bound(&request);
         let pb::ListSegmentsRequest {
             min_position,
             include_archived,
         } = request.into_inner();
-        let view = self.view(segments::NAME, min_position).await?;
+        let view = self.view(segments::NAME, min_position, wait).await?;
         let segments = segments::definitions(&view.tree)
             .map_err(Status::internal)?
             .into_iter()
@@ -448,6 +450,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         &self,
         request: Request<pb::ListSegmentMembersRequest>,
     ) -> Result<Response<pb::ListSegmentMembersResponse>, Status> {
+        let wait = super::customers::wait_bound(&request);
         let pb::ListSegmentMembersRequest {
             segment_id,
             page_size,
@@ -462,7 +465,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::RFM_PAGE_DEFAULT,
             n => (n as usize).min(limits::RFM_PAGE_MAX),
         };
-        let view = self.view(segments::NAME, min_position).await?;
+        let view = self.view(segments::NAME, min_position, wait).await?;
         if segments::definition(&view.tree, segment)
             .map_err(Status::internal)?
             .is_none()
@@ -497,6 +500,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         &self,
         request: Request<pb::GetCustomerSegmentsRequest>,
     ) -> Result<Response<pb::GetCustomerSegmentsResponse>, Status> {
+        let wait = super::customers::wait_bound(&request);
         let pb::GetCustomerSegmentsRequest {
             customer_id,
             min_position,
@@ -504,7 +508,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         let mut v = Violations::new("");
         let customer = uuid_field("customer_id", &customer_id, &mut v);
         v.into_result().map_err(invalid_argument)?;
-        let view = self.view(segments::NAME, min_position).await?;
+        let view = self.view(segments::NAME, min_position, wait).await?;
         let mut out = Vec::new();
         for (segment, _) in segments::of_customer(&view.tree, customer).map_err(Status::internal)? {
             if let Some(def) =
@@ -522,6 +526,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         &self,
         request: Request<pb::PreviewSegmentRequest>,
     ) -> Result<Response<pb::PreviewSegmentResponse>, Status> {
+        let wait = super::customers::wait_bound(&request);
         let pb::PreviewSegmentRequest {
             rule,
             as_of,
@@ -546,7 +551,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => 20,
             n => (n as usize).min(limits::SEGMENT_SAMPLE_MAX),
         };
-        let view = self.view(read_model::NAME, min_position).await?;
+        let view = self.view(read_model::NAME, min_position, wait).await?;
         let grid = self.grid.clone();
         let response = tokio::task::spawn_blocking(move || {
             let profiles = live_profiles(&view.tree)?;
@@ -591,6 +596,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         &self,
         request: Request<pb::GetKpisRequest>,
     ) -> Result<Response<pb::Kpis>, Status> {
+        let wait = super::customers::wait_bound(&request);
         let pb::GetKpisRequest {
             period,
             as_of,
@@ -627,7 +633,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::KPI_COHORTS_DEFAULT,
             n => (n as usize).min(limits::KPI_COHORTS_MAX),
         };
-        let view = self.view(read_model::NAME, min_position).await?;
+        let view = self.view(read_model::NAME, min_position, wait).await?;
         let kpis = tokio::task::spawn_blocking(move || {
             let profiles = live_profiles(&view.tree)?;
             let k = kpis::kpis(&profiles, start_us, end_us, cohorts_max);
@@ -676,6 +682,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
         &self,
         request: Request<pb::ListCustomerRfmRequest>,
     ) -> Result<Response<pb::ListCustomerRfmResponse>, Status> {
+        let wait = super::customers::wait_bound(&request);
         let pb::ListCustomerRfmRequest {
             as_of,
             page_size,
@@ -731,7 +738,7 @@ impl pb::analytics_server::Analytics for AnalyticsService {
             0 => limits::RFM_PAGE_DEFAULT,
             n => (n as usize).min(limits::RFM_PAGE_MAX),
         };
-        let view = self.view(read_model::NAME, min_position).await?;
+        let view = self.view(read_model::NAME, min_position, wait).await?;
         let privacy = self.privacy.clone();
         let grid = custom_grid.map_or_else(|| self.grid.clone(), Arc::new);
         let response = tokio::task::spawn_blocking(move || {

@@ -562,34 +562,13 @@ fn finish(v: Violations) -> Result<(), Status> {
 // Reads
 // ---------------------------------------------------------------------------------------
 
-/// How long a read may wait for its `min_position`: the request's deadline when it has
-/// one, less a margin to answer in before the client gives up (a tenth, at least 20 ms),
-/// else the default bound.
-fn wait_bound<T>(request: &Request<T>) -> Duration {
-    let header = request
-        .metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout);
-    let cap = Duration::from_millis(limits::READ_WAIT_MS_MAX);
-    header.map_or(cap, |d| {
-        let margin = (d / 10).max(Duration::from_millis(20));
-        d.saturating_sub(margin).min(cap)
-    })
-}
-
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+/// How long a read may wait for its `min_position` ([`super::deadline::wait_budget`]
+/// with the read bound).
+pub(crate) fn wait_bound<T>(request: &Request<T>) -> Duration {
+    super::deadline::wait_budget(
+        request.metadata(),
+        Duration::from_millis(limits::READ_WAIT_MS_MAX),
+    )
 }
 
 impl CustomersService {

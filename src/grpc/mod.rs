@@ -1,5 +1,6 @@
 //! The tonic edge: proto ⇄ domain conversion ([`convert`]), the `EventStore` service
-//! ([`event_store`]), the `Admin` service over the projections ([`admin`]), the one
+//! ([`event_store`]), the `Admin` service over the projections ([`admin`]), the wait budget
+//! of read-your-writes reads ([`deadline`]), the one
 //! error → status table ([`status`]) and server assembly with
 //! health, reflection and limits ([`server`]). Proto types never leave this module.
 
@@ -7,6 +8,7 @@ pub mod admin;
 pub mod analytics;
 pub mod convert;
 pub mod customers;
+pub mod deadline;
 pub mod event_store;
 pub mod pb;
 pub mod server;

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::TypedEvent;
 use crate::domain::common::{Channel, validate_currency};
 use crate::domain::violations::Violations;
-use crate::limits::{FIELD_BYTES_MAX, REPEATED_ITEMS_MAX};
+use crate::limits::{AMOUNT_MINOR_MAX, FIELD_BYTES_MAX, REPEATED_ITEMS_MAX};
 
 /// One line of an order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,10 +63,20 @@ impl TypedEvent for PurchaseCompleted {
             }
             if line.unit_price_minor < 0 {
                 v.add(&format!("{l}.unit_price_minor"), "must not be negative");
+            } else if line.unit_price_minor > AMOUNT_MINOR_MAX {
+                v.add(
+                    &format!("{l}.unit_price_minor"),
+                    format!("must be at most {AMOUNT_MINOR_MAX}"),
+                );
             }
         }
         if self.total_minor < 0 {
             v.add(&format!("{f}.total_minor"), "must not be negative");
+        } else if self.total_minor > AMOUNT_MINOR_MAX {
+            v.add(
+                &format!("{f}.total_minor"),
+                format!("must be at most {AMOUNT_MINOR_MAX}"),
+            );
         }
         validate_currency(&format!("{f}.currency"), &self.currency, v);
         v.max_len(&format!("{f}.store_id"), &self.store_id, FIELD_BYTES_MAX);
@@ -105,5 +115,39 @@ mod tests {
                 "purchase_completed.currency"
             ]
         );
+    }
+
+    #[test]
+    fn amounts_are_bounded_so_sums_cannot_overflow() {
+        let mut event = PurchaseCompleted {
+            customer_id: Uuid::from_u128(7),
+            order_id: "o-1".into(),
+            lines: vec![PurchaseLine {
+                sku: "sku-1".into(),
+                name: String::new(),
+                category: String::new(),
+                quantity: 1,
+                unit_price_minor: AMOUNT_MINOR_MAX + 1,
+            }],
+            total_minor: i64::MAX,
+            currency: "EUR".into(),
+            channel: Channel::Web,
+            store_id: String::new(),
+        };
+        let mut v = Violations::new("");
+        event.validate(&mut v);
+        let fields: Vec<String> = v.into_vec().into_iter().map(|f| f.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "purchase_completed.lines[0].unit_price_minor",
+                "purchase_completed.total_minor"
+            ]
+        );
+        event.lines[0].unit_price_minor = AMOUNT_MINOR_MAX;
+        event.total_minor = AMOUNT_MINOR_MAX;
+        let mut v = Violations::new("");
+        event.validate(&mut v);
+        assert!(v.into_vec().is_empty());
     }
 }

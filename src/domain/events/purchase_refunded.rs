@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::TypedEvent;
 use crate::domain::common::{validate_currency, validate_id};
 use crate::domain::violations::Violations;
-use crate::limits::{FIELD_BYTES_MAX, REPEATED_ITEMS_MAX};
+use crate::limits::{AMOUNT_MINOR_MAX, FIELD_BYTES_MAX, REPEATED_ITEMS_MAX};
 
 /// One refunded line: units of a SKU of the order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,10 +56,20 @@ impl TypedEvent for PurchaseRefunded {
             }
             if line.amount_minor < 0 {
                 v.add(&format!("{l}.amount_minor"), "must not be negative");
+            } else if line.amount_minor > AMOUNT_MINOR_MAX {
+                v.add(
+                    &format!("{l}.amount_minor"),
+                    format!("must be at most {AMOUNT_MINOR_MAX}"),
+                );
             }
         }
         if self.amount_minor <= 0 {
             v.add(&format!("{f}.amount_minor"), "must be positive");
+        } else if self.amount_minor > AMOUNT_MINOR_MAX {
+            v.add(
+                &format!("{f}.amount_minor"),
+                format!("must be at most {AMOUNT_MINOR_MAX}"),
+            );
         }
         validate_currency(&format!("{f}.currency"), &self.currency, v);
         v.max_len(&format!("{f}.reason"), &self.reason, FIELD_BYTES_MAX);
