@@ -308,6 +308,10 @@ pub fn read_batch(log: &Log, filter: &ReadFilter, from: u64) -> Result<ReadBatch
 /// [`PREFETCH_BATCHES`] batches ahead, up to `until` (inclusive); dropping it stops it.
 pub struct Prefetcher {
     batches: Option<std::sync::mpsc::Receiver<Result<ReadBatch, ProjectionError>>>,
+    /// Applied batches going back to the reader thread, which allocated them, to be
+    /// freed there: freeing on the allocating thread is mimalloc's fast path, and a
+    /// rebuild's folding thread spent ~10% of its time freeing the reader's events.
+    spent: Option<std::sync::mpsc::SyncSender<Vec<LoggedEvent>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -318,11 +322,15 @@ impl Prefetcher {
     /// Starts reading at `from`, through `until`.
     pub fn start(log: Log, filter: ReadFilter, from: u64, until: u64) -> Self {
         let (sender, batches) = std::sync::mpsc::sync_channel(PREFETCH_BATCHES);
+        let (spent, returned) = std::sync::mpsc::sync_channel::<Vec<LoggedEvent>>(PREFETCH_BATCHES);
         let thread = std::thread::Builder::new()
             .name("rapport-prefetch".into())
             .spawn(move || {
                 let mut from = from;
                 while from <= until {
+                    while let Ok(events) = returned.try_recv() {
+                        drop(events);
+                    }
                     let read = read_batch(&log, &filter, from);
                     let next = read.as_ref().map(|b| b.reached + 1).ok();
                     // The receiver is gone: the consumer stopped.
@@ -338,7 +346,16 @@ impl Prefetcher {
             .ok();
         Self {
             batches: Some(batches),
+            spent: Some(spent),
             thread,
+        }
+    }
+
+    /// Hands applied events back to the reader thread to be freed there; frees them here
+    /// when it is gone or has not caught up with the returns.
+    pub fn recycle(&mut self, events: Vec<LoggedEvent>) {
+        if let Some(spent) = &self.spent {
+            let _ = spent.try_send(events);
         }
     }
 
@@ -357,6 +374,7 @@ impl Drop for Prefetcher {
     fn drop(&mut self) {
         // Closing the channel makes a blocked or next send fail, which ends the thread.
         self.batches.take();
+        self.spent.take();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -383,8 +401,9 @@ pub fn step_prefetched(
     tree: &sled::Tree,
     prefetcher: Option<&mut Prefetcher>,
 ) -> Result<StepOutcome, StepError> {
+    let mut prefetcher = prefetcher;
     let from = checkpoint(tree)? + 1;
-    let read = match prefetcher.and_then(|p| p.next(from)) {
+    let read = match prefetcher.as_deref_mut().and_then(|p| p.next(from)) {
         Some(read) => read?,
         None => read_batch(log, filter, from)?,
     };
@@ -404,9 +423,13 @@ pub fn step_prefetched(
         Ok(()) => {
             tree.apply_batch(batch.into_sled_batch(reached))
                 .map_err(ProjectionError::from)?;
+            let count = events.len();
+            if let Some(prefetcher) = prefetcher {
+                prefetcher.recycle(events);
+            }
             Ok(StepOutcome {
                 checkpoint: reached,
-                events: events.len(),
+                events: count,
             })
         }
         Err(error) => {
