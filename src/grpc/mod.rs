@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod analytics;
 pub mod convert;
+pub mod convert_loyalty;
 pub mod customers;
 pub mod event_store;
 pub mod pb;
