@@ -596,3 +596,29 @@ mod tests {
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
     }
 }
+
+/// `rapport loyalty tick --as-of T --data-dir D` (offline): the earning policy catches up
+/// with the log (awarding what it has not yet, exactly once), then the tick appends the
+/// expiry and tier changes due at `as_of_us` for every enrolled member.
+pub async fn loyalty_tick(data_dir: PathBuf, as_of_us: i64) -> Result<(), CliError> {
+    let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(data_dir))).await??;
+    let result = async {
+        let mut policy = crate::loyalty_job::Policy::open(&log)?;
+        let followed = crate::loyalty_job::follow(&log, &mut policy).await?;
+        let ticked =
+            crate::loyalty_job::tick(&log, policy.members().clone(), as_of_us).await?;
+        println!(
+            "policy: {} sources, {} awards (through position {}); tick: {} members, {} points expired, {} tier changes",
+            followed.sources,
+            followed.awards,
+            followed.through,
+            ticked.members,
+            ticked.expired_points,
+            ticked.tier_changes
+        );
+        Ok::<(), String>(())
+    }
+    .await;
+    tokio::task::spawn_blocking(move || log.shutdown()).await?;
+    result.map_err(Into::into)
+}

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod convert_loyalty;
 pub mod customers;
 pub mod event_store;
+pub mod loyalty;
 pub mod pb;
 pub mod server;
 pub mod status;
