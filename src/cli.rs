@@ -585,18 +585,6 @@ pub fn keys_rotate(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn formats_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
-        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
-    }
-}
-
 /// `rapport loyalty tick --as-of T --data-dir D` (offline): the earning policy catches up
 /// with the log (awarding what it has not yet, exactly once), then the tick appends the
 /// expiry and tier changes due at `as_of_us` for every enrolled member.
@@ -621,4 +609,16 @@ pub async fn loyalty_tick(data_dir: PathBuf, as_of_us: i64) -> Result<(), CliErr
     .await;
     tokio::task::spawn_blocking(move || log.shutdown()).await?;
     result.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+    }
 }

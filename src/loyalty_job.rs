@@ -194,7 +194,9 @@ fn proposed(id: Uuid, event: &DomainEvent, occurred_at_us: i64, actor: &str) -> 
         event_id: Some(id),
         event_type: event.event_type().to_owned(),
         schema_version: event.schema_version(),
-        payload: event.encode().expect("loyalty events have no personal parts"),
+        payload: event
+            .encode()
+            .expect("loyalty events have no personal parts"),
         occurred_at_us: Some(occurred_at_us),
         actor: actor.to_owned(),
         ..Default::default()
@@ -310,13 +312,21 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
 }
 
 /// Decides and appends what one source earns. `None` when the customer is not a member.
-async fn award(log: &Log, programme: &ProgrammeHistory, source: Owned) -> Result<Option<usize>, String> {
+async fn award(
+    log: &Log,
+    programme: &ProgrammeHistory,
+    source: Owned,
+) -> Result<Option<usize>, String> {
     let stream = StreamName::parse(&member_stream(source.member)).map_err(|e| e.to_string())?;
     let source = Arc::new(source);
     for _ in 0..limits::WRITE_RETRIES_MAX {
         let (log2, stream2, id) = (log.clone(), stream.clone(), source.member);
         let loaded = blocking(move || {
-            if log2.stream_head(&stream2).map_err(|e| e.to_string())?.is_none() {
+            if log2
+                .stream_head(&stream2)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
                 return Ok(None);
             }
             fold_member_as_of(&log2, id, &|_| true).map(Some)
@@ -325,7 +335,11 @@ async fn award(log: &Log, programme: &ProgrammeHistory, source: Owned) -> Result
         let Some((member, revision)) = loaded else {
             return Ok(None);
         };
-        let awards = decide::earn(&member, programme.at(source.occurred_at_us), &source.source());
+        let awards = decide::earn(
+            &member,
+            programme.at(source.occurred_at_us),
+            &source.source(),
+        );
         if awards.is_empty() {
             return Ok(Some(0));
         }
@@ -405,7 +419,14 @@ pub async fn tick(
             let proposed_events = events
                 .iter()
                 .enumerate()
-                .map(|(i, e)| proposed(derived_event_id(base, &i.to_string()), e, as_of_us, TICK_ACTOR))
+                .map(|(i, e)| {
+                    proposed(
+                        derived_event_id(base, &i.to_string()),
+                        e,
+                        as_of_us,
+                        TICK_ACTOR,
+                    )
+                })
                 .collect();
             let append = StreamAppend {
                 stream: stream.clone(),
@@ -417,7 +438,8 @@ pub async fn tick(
                     for e in &events {
                         match e {
                             DomainEvent::PointsExpired(x) => {
-                                done.expired_points += x.lines.iter().map(|l| l.points).sum::<u64>();
+                                done.expired_points +=
+                                    x.lines.iter().map(|l| l.points).sum::<u64>();
                             }
                             DomainEvent::TierChanged(_) => done.tier_changes += 1,
                             _ => {}
@@ -464,7 +486,8 @@ pub async fn run(log: Log, clock: Arc<dyn Clock>, mut stop: watch::Receiver<bool
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "loyalty tick failed"),
             }
-            next_tick = tokio::time::Instant::now() + Duration::from_millis(limits::LOYALTY_TICK_MS);
+            next_tick =
+                tokio::time::Instant::now() + Duration::from_millis(limits::LOYALTY_TICK_MS);
         }
         tokio::select! {
             _ = heads.changed() => {}

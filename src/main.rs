@@ -446,7 +446,9 @@ fn main() -> ExitCode {
             }
             Command::Loyalty {
                 loyalty: LoyaltyCommand::Tick { as_of, data_dir },
-            } => rapport::cli::loyalty_tick(data_dir, as_of).await.map(|()| true),
+            } => rapport::cli::loyalty_tick(data_dir, as_of)
+                .await
+                .map(|()| true),
             Command::Keys {
                 keys:
                     Keys::Rotate {

@@ -986,41 +986,66 @@ mod loyalty_samples {
     const REWARD: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_00aa);
     const SOURCE: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_00bb);
 
-    fn programme(lifetime: PointsLifetime, basis: TierBasis, downgrade: DowngradePolicy) -> Programme {
+    fn programme(
+        lifetime: PointsLifetime,
+        basis: TierBasis,
+        downgrade: DowngradePolicy,
+    ) -> Programme {
         Programme {
             name: "Club Rapport".into(),
             currency: "EUR".into(),
             points_per_unit: 2,
             minor_per_unit: 100,
             multipliers: vec![
-                Multiplier { scope: MultiplierScope::Category("shoes".into()), percent: 300 },
-                Multiplier { scope: MultiplierScope::Sku("SKU-1".into()), percent: 150 },
-                Multiplier { scope: MultiplierScope::Channel(Channel::Web), percent: 120 },
+                Multiplier {
+                    scope: MultiplierScope::Category("shoes".into()),
+                    percent: 300,
+                },
+                Multiplier {
+                    scope: MultiplierScope::Sku("SKU-1".into()),
+                    percent: 150,
+                },
+                Multiplier {
+                    scope: MultiplierScope::Channel(Channel::Web),
+                    percent: 120,
+                },
             ],
             bonuses: vec![
                 Bonus {
                     name: "first".into(),
                     trigger: BonusTrigger::FirstPurchase,
                     points: 50,
-                    cap: Some(Cap { count: 1, period: CapPeriod::Lifetime }),
+                    cap: Some(Cap {
+                        count: 1,
+                        period: CapPeriod::Lifetime,
+                    }),
                 },
                 Bonus {
                     name: "welcome".into(),
                     trigger: BonusTrigger::SignUp,
                     points: 100,
-                    cap: Some(Cap { count: 1, period: CapPeriod::Year }),
+                    cap: Some(Cap {
+                        count: 1,
+                        period: CapPeriod::Year,
+                    }),
                 },
                 Bonus {
                     name: "review".into(),
                     trigger: BonusTrigger::CustomEvent("review.written".into()),
                     points: 20,
-                    cap: Some(Cap { count: 2, period: CapPeriod::Month }),
+                    cap: Some(Cap {
+                        count: 2,
+                        period: CapPeriod::Month,
+                    }),
                 },
                 Bonus {
                     name: "referral".into(),
                     trigger: BonusTrigger::CustomEvent("referral.completed".into()),
                     points: 200,
-                    cap: Some(Cap { count: 1, period: CapPeriod::Day }),
+                    cap: Some(Cap {
+                        count: 1,
+                        period: CapPeriod::Day,
+                    }),
                 },
             ],
             lifetime,
@@ -1028,8 +1053,16 @@ mod loyalty_samples {
             min_redemption_points: 100,
             debt_max_points: 500,
             tiers: vec![
-                Tier { name: "Base".into(), threshold: 0, multiplier_percent: 100 },
-                Tier { name: "Gold".into(), threshold: 1_000, multiplier_percent: 150 },
+                Tier {
+                    name: "Base".into(),
+                    threshold: 0,
+                    multiplier_percent: 100,
+                },
+                Tier {
+                    name: "Gold".into(),
+                    threshold: 1_000,
+                    multiplier_percent: 150,
+                },
             ],
             tier_basis: basis,
             tier_window_months: 12,
@@ -1058,7 +1091,12 @@ mod loyalty_samples {
     }
 
     pub fn reward_defined() -> RewardDefined {
-        RewardDefined { reward_id: REWARD, name: "Mug".into(), cost_points: 500, stock: Some(25) }
+        RewardDefined {
+            reward_id: REWARD,
+            name: "Mug".into(),
+            cost_points: 500,
+            stock: Some(25),
+        }
     }
 
     pub fn reward_retired() -> RewardRetired {
@@ -1066,15 +1104,26 @@ mod loyalty_samples {
     }
 
     pub fn reward_claimed() -> RewardClaimed {
-        RewardClaimed { reward_id: REWARD, customer_id: MEMBER, redemption_id: SOURCE }
+        RewardClaimed {
+            reward_id: REWARD,
+            customer_id: MEMBER,
+            redemption_id: SOURCE,
+        }
     }
 
     pub fn member_enrolled() -> MemberEnrolled {
-        MemberEnrolled { customer_id: MEMBER, channel: Channel::MobileApp }
+        MemberEnrolled {
+            customer_id: MEMBER,
+            channel: Channel::MobileApp,
+        }
     }
 
     pub fn member_left() -> MemberLeft {
-        MemberLeft { customer_id: MEMBER, forfeited_points: 1_234, reason: "closed account".into() }
+        MemberLeft {
+            customer_id: MEMBER,
+            forfeited_points: 1_234,
+            reason: "closed account".into(),
+        }
     }
 
     pub fn tier_changed() -> TierChanged {
@@ -1127,8 +1176,14 @@ mod loyalty_samples {
         PointsExpired {
             customer_id: MEMBER,
             lines: vec![
-                ExpiredLine { line_id: SOURCE, points: 30 },
-                ExpiredLine { line_id: REWARD, points: 12 },
+                ExpiredLine {
+                    line_id: SOURCE,
+                    points: 30,
+                },
+                ExpiredLine {
+                    line_id: REWARD,
+                    points: 12,
+                },
             ],
             as_of_us: 1_740_787_200_000_000,
         }

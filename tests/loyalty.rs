@@ -103,7 +103,15 @@ impl Env {
             .unwrap();
     }
 
-    async fn buy(&mut self, id: &str, order: &str, category: &str, quantity: u32, price: i64, when: i64) -> u64 {
+    async fn buy(
+        &mut self,
+        id: &str,
+        order: &str,
+        category: &str,
+        quantity: u32,
+        price: i64,
+        when: i64,
+    ) -> u64 {
         self.customers
             .record_purchase(pb::RecordPurchaseRequest {
                 customer_id: id.into(),
@@ -141,7 +149,11 @@ impl Env {
     }
 
     /// Polls until the policy has caught up and `check` holds.
-    async fn eventually(&mut self, id: &str, check: impl Fn(&pb::LoyaltyMember) -> bool) -> pb::LoyaltyMember {
+    async fn eventually(
+        &mut self,
+        id: &str,
+        check: impl Fn(&pb::LoyaltyMember) -> bool,
+    ) -> pb::LoyaltyMember {
         for _ in 0..400 {
             let m = self.member(id, None).await;
             if check(&m) {
@@ -149,13 +161,18 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("member never reached the expected state: {:?}", self.member(id, None).await);
+        panic!(
+            "member never reached the expected state: {:?}",
+            self.member(id, None).await
+        );
     }
 
     async fn tick(&mut self, when: i64) {
         self.set_clock(when);
         self.loyalty
-            .run_tick(pb::RunTickRequest { as_of: Some(ts(when)) })
+            .run_tick(pb::RunTickRequest {
+                as_of: Some(ts(when)),
+            })
             .await
             .unwrap();
     }
@@ -219,7 +236,8 @@ async fn worked_example_end_to_end() {
 
     // O1: 2 × 100.00 EUR shoes → 200 + 50 first-purchase bonus, pending 14 days.
     env.set_clock(noon(2024, 1, 10));
-    env.buy(&c, "O1", "shoes", 2, 10_000, noon(2024, 1, 10)).await;
+    env.buy(&c, "O1", "shoes", 2, 10_000, noon(2024, 1, 10))
+        .await;
     let m = env.eventually(&c, |m| m.lifetime_earned == 250).await;
     assert_eq!((m.available, m.pending, m.tier.as_str()), (0, 250, "Base"));
     env.set_clock(noon(2024, 1, 24));
@@ -240,7 +258,8 @@ async fn worked_example_end_to_end() {
 
     // O2: 50.00 EUR shoes under v2 → 150.
     env.set_clock(noon(2024, 2, 10));
-    env.buy(&c, "O2", "shoes", 1, 5_000, noon(2024, 2, 10)).await;
+    env.buy(&c, "O2", "shoes", 1, 5_000, noon(2024, 2, 10))
+        .await;
     env.eventually(&c, |m| m.lifetime_earned == 400).await;
     env.tick(noon(2024, 2, 11)).await;
     let m = env.member(&c, None).await;
@@ -277,7 +296,8 @@ async fn worked_example_end_to_end() {
 
     // O3: 100.00 EUR bags, Silver ×2 → 200: 100 repay the debt, 100 pending.
     env.set_clock(noon(2024, 3, 10));
-    env.buy(&c, "O3", "bags", 1, 10_000, noon(2024, 3, 10)).await;
+    env.buy(&c, "O3", "bags", 1, 10_000, noon(2024, 3, 10))
+        .await;
     env.eventually(&c, |m| m.lifetime_earned == 600).await;
     let m = env.member(&c, Some(noon(2024, 3, 20))).await;
     assert_eq!((m.available, m.pending, m.debt), (0, 100, 0));
@@ -298,7 +318,13 @@ async fn worked_example_end_to_end() {
     env.tick(boundary).await;
     let m = env.member(&c, None).await;
     assert_eq!(
-        (m.available, m.lifetime_earned, m.lifetime_spent, m.lifetime_cancelled, m.lifetime_expired),
+        (
+            m.available,
+            m.lifetime_earned,
+            m.lifetime_spent,
+            m.lifetime_cancelled,
+            m.lifetime_expired
+        ),
         (0, 600, 300, 200, 100)
     );
 
@@ -318,7 +344,11 @@ async fn worked_example_end_to_end() {
         .await
         .unwrap()
         .into_inner();
-    let earned: Vec<_> = ledger.entries.iter().filter(|e| e.kind == "earned").collect();
+    let earned: Vec<_> = ledger
+        .entries
+        .iter()
+        .filter(|e| e.kind == "earned")
+        .collect();
     assert_eq!(earned.len(), 4);
     for e in &earned {
         let cause = env
@@ -336,7 +366,10 @@ async fn worked_example_end_to_end() {
             .unwrap();
         assert_eq!(own.event.causation_id, e.cause_id);
         let line = e.line.as_ref().unwrap();
-        assert!(["spent", "cancelled", "expired"].contains(&line.state.as_str()), "{line:?}");
+        assert!(
+            ["spent", "cancelled", "expired"].contains(&line.state.as_str()),
+            "{line:?}"
+        );
     }
     let stats = env
         .loyalty
@@ -348,9 +381,16 @@ async fn worked_example_end_to_end() {
         .await
         .unwrap()
         .into_inner();
-    let per_month: Vec<(u64, u64, u64)> = stats.periods.iter().map(|p| (p.earned, p.spent, p.cancelled)).collect();
+    let per_month: Vec<(u64, u64, u64)> = stats
+        .periods
+        .iter()
+        .map(|p| (p.earned, p.spent, p.cancelled))
+        .collect();
     assert_eq!(per_month, [(250, 0, 0), (150, 0, 0), (200, 300, 200)]);
-    assert_eq!((stats.members, stats.lifetime_earned, stats.lifetime_spent), (1, 600, 300));
+    assert_eq!(
+        (stats.members, stats.lifetime_earned, stats.lifetime_spent),
+        (1, 600, 300)
+    );
     env.server.stop().await.unwrap();
 }
 
@@ -451,7 +491,7 @@ async fn thirty_two_concurrent_redemptions_never_overdraw() {
             redeemed += 1;
         }
     }
-    assert!(redeemed <= 3 && redeemed >= 1, "{redeemed}");
+    assert!((1..=3).contains(&redeemed), "{redeemed}");
     let head = env.server.log.head().position;
     let rewards = env
         .loyalty
@@ -461,7 +501,10 @@ async fn thirty_two_concurrent_redemptions_never_overdraw() {
         .into_inner()
         .rewards;
     assert_eq!(rewards[0].claimed, redeemed);
-    assert_eq!(env.member(&d, None).await.available, 10_000 - 100 * redeemed as i64);
+    assert_eq!(
+        env.member(&d, None).await.available,
+        10_000 - 100 * redeemed as i64
+    );
     env.server.stop().await.unwrap();
 }
 
@@ -471,17 +514,30 @@ async fn errors_idempotency_and_raw_appends() {
     let c = member_with_points(&mut env, 500).await;
     let stranger = Uuid::now_v7().to_string();
 
-    let code = |r: Result<tonic::Response<pb::LoyaltyWriteResponse>, tonic::Status>| r.unwrap_err().code();
+    let code =
+        |r: Result<tonic::Response<pb::LoyaltyWriteResponse>, tonic::Status>| r.unwrap_err().code();
     let spend = |customer: &str, points: u64| pb::SpendPointsRequest {
         customer_id: customer.into(),
         points,
         reason: String::new(),
         context: None,
     };
-    assert_eq!(code(env.loyalty.spend_points(spend(&stranger, 10)).await), Code::NotFound);
-    assert_eq!(code(env.loyalty.spend_points(spend(&c, 0)).await), Code::InvalidArgument);
-    assert_eq!(code(env.loyalty.spend_points(spend(&c, 5)).await), Code::FailedPrecondition);
-    assert_eq!(code(env.loyalty.spend_points(spend(&c, 501)).await), Code::FailedPrecondition);
+    assert_eq!(
+        code(env.loyalty.spend_points(spend(&stranger, 10)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(env.loyalty.spend_points(spend(&c, 0)).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(env.loyalty.spend_points(spend(&c, 5)).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code(env.loyalty.spend_points(spend(&c, 501)).await),
+        Code::FailedPrecondition
+    );
     assert_eq!(
         code(
             env.loyalty
@@ -529,7 +585,11 @@ async fn errors_idempotency_and_raw_appends() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("programme.currency"), "{}", status.message());
+    assert!(
+        status.message().contains("programme.currency"),
+        "{}",
+        status.message()
+    );
 
     // Re-sending a spend with the same event id charges once.
     let id = Uuid::now_v7().to_string();
@@ -542,8 +602,18 @@ async fn errors_idempotency_and_raw_appends() {
             ..Default::default()
         }),
     };
-    let first = env.loyalty.spend_points(with_id()).await.unwrap().into_inner();
-    let again = env.loyalty.spend_points(with_id()).await.unwrap().into_inner();
+    let first = env
+        .loyalty
+        .spend_points(with_id())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = env
+        .loyalty
+        .spend_points(with_id())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first, again);
     assert_eq!(env.member(&c, None).await.available, 400);
 
@@ -672,7 +742,15 @@ async fn custom_events_merges_transfers_leaving_and_lists() {
         .await
         .unwrap();
     let m = env.member(&a, None).await;
-    assert_eq!((m.enrolled, m.available, m.lifetime_forfeited, m.transferred_out), (false, 0, 50, 30));
+    assert_eq!(
+        (
+            m.enrolled,
+            m.available,
+            m.lifetime_forfeited,
+            m.transferred_out
+        ),
+        (false, 0, 50, 30)
+    );
 
     // Lists: only active members, filtered by balance; paged ledger.
     let head = env.server.log.head().position;

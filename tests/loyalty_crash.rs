@@ -113,7 +113,9 @@ fn audit(dir: &Path) -> Audit {
                 DomainEvent::PurchaseCompleted(_) => purchases.push(e.id()),
                 DomainEvent::PointsEarned(p) => {
                     assert_eq!(e.causation_id, p.source_event_id.to_string());
-                    *awards_per_source.entry((p.source_event_id, p.rule)).or_default() += 1;
+                    *awards_per_source
+                        .entry((p.source_event_id, p.rule))
+                        .or_default() += 1;
                 }
                 _ => {}
             }
@@ -135,7 +137,11 @@ fn audit(dir: &Path) -> Audit {
     }
 }
 
-fn spawn_buyers(url: String, customers: Vec<String>, counter: Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
+fn spawn_buyers(
+    url: String,
+    customers: Vec<String>,
+    counter: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..6)
         .map(|w| {
             let (url, customers, counter) = (url.clone(), customers.clone(), counter.clone());
@@ -210,7 +216,10 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
                 ..Default::default()
             }),
             context: Some(pb::WriteContext {
-                occurred_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
+                occurred_at: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: 0,
+                }),
                 ..Default::default()
             }),
         })
@@ -231,7 +240,10 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
             .enrol(pb::EnrolRequest {
                 customer_id: id.clone(),
                 context: Some(pb::WriteContext {
-                    occurred_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
+                    occurred_at: Some(prost_types::Timestamp {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -253,14 +265,19 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
             let _ = buyer.await;
         }
         let data2 = data.clone();
-        let found = tokio::task::spawn_blocking(move || audit(&data2)).await.unwrap();
+        let found = tokio::task::spawn_blocking(move || audit(&data2))
+            .await
+            .unwrap();
         assert!(
             found.awards_per_source.values().all(|n| *n == 1),
             "a source was awarded twice"
         );
         caught_between += found.unawarded;
     }
-    assert!(counter.load(Ordering::Relaxed) > 20, "the buyers made progress");
+    assert!(
+        counter.load(Ordering::Relaxed) > 20,
+        "the buyers made progress"
+    );
     assert!(
         caught_between > 0,
         "no kill landed between a purchase and its award"
@@ -271,14 +288,25 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
     settle(server.url()).await;
     server.kill();
     let data2 = data.clone();
-    let found = tokio::task::spawn_blocking(move || audit(&data2)).await.unwrap();
+    let found = tokio::task::spawn_blocking(move || audit(&data2))
+        .await
+        .unwrap();
     assert!(found.purchases > 20);
-    assert_eq!(found.unawarded, 0, "every purchase is awarded after the restart");
-    assert!(found.awards_per_source.values().all(|n| *n == 1), "exactly once");
+    assert_eq!(
+        found.unawarded, 0,
+        "every purchase is awarded after the restart"
+    );
+    assert!(
+        found.awards_per_source.values().all(|n| *n == 1),
+        "exactly once"
+    );
     let first_bonuses = found
         .awards_per_source
         .keys()
         .filter(|(_, rule)| rule == "first")
         .count();
-    assert_eq!(first_bonuses, CUSTOMERS, "one first-purchase bonus per member");
+    assert_eq!(
+        first_bonuses, CUSTOMERS,
+        "one first-purchase bonus per member"
+    );
 }

@@ -79,8 +79,16 @@ fn programme(debt_max_points: u64, holding_days: u32) -> Programme {
         min_redemption_points: 1,
         debt_max_points,
         tiers: vec![
-            Tier { name: "Base".into(), threshold: 0, multiplier_percent: 100 },
-            Tier { name: "Gold".into(), threshold: 500, multiplier_percent: 150 },
+            Tier {
+                name: "Base".into(),
+                threshold: 0,
+                multiplier_percent: 100,
+            },
+            Tier {
+                name: "Gold".into(),
+                threshold: 500,
+                multiplier_percent: 150,
+            },
         ],
         tier_basis: TierBasis::PointsEarned,
         tier_window_months: 2,
@@ -88,7 +96,13 @@ fn programme(debt_max_points: u64, holding_days: u32) -> Programme {
     }
 }
 
-async fn append(log: &Log, stream: &str, event: DomainEvent, at_us: i64, expected: ExpectedRevision) -> bool {
+async fn append(
+    log: &Log,
+    stream: &str,
+    event: DomainEvent,
+    at_us: i64,
+    expected: ExpectedRevision,
+) -> bool {
     log.append(StreamAppend {
         stream: StreamName::parse(stream).unwrap(),
         expected,
@@ -109,7 +123,12 @@ fn member(log: &Log, c: u8) -> (rapport::domain::loyalty::Member, Option<u64>) {
     read_model::fold_member_as_of(log, customer(c), &|_| true).unwrap()
 }
 
-fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Result<(), TestCaseError> {
+fn run_case(
+    ops: Vec<Op>,
+    debt_max: u64,
+    holding: u32,
+    restart_at: usize,
+) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -123,7 +142,16 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
         let mut policy = Policy::open(&log).unwrap();
         let mut now = midnight(2024, 1, 1);
         let p = programme(debt_max, holding);
-        append(&log, PROGRAMME_STREAM, DomainEvent::ProgrammeDefined(ProgrammeDefined { programme: p.clone() }), now, ExpectedRevision::NoStream).await;
+        append(
+            &log,
+            PROGRAMME_STREAM,
+            DomainEvent::ProgrammeDefined(ProgrammeDefined {
+                programme: p.clone(),
+            }),
+            now,
+            ExpectedRevision::NoStream,
+        )
+        .await;
         let mut orders: Vec<Vec<(String, i64)>> = vec![Vec::new(); 3];
         for (i, op) in ops.iter().enumerate() {
             if i == restart_at {
@@ -134,8 +162,18 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
             match *op {
                 Op::Enrol(c) => {
                     if !member(&log, c).0.is_active() {
-                        let e = DomainEvent::MemberEnrolled(MemberEnrolled { customer_id: customer(c), channel: Channel::Web });
-                        append(&log, &member_stream(customer(c)), e, now, ExpectedRevision::Any).await;
+                        let e = DomainEvent::MemberEnrolled(MemberEnrolled {
+                            customer_id: customer(c),
+                            channel: Channel::Web,
+                        });
+                        append(
+                            &log,
+                            &member_stream(customer(c)),
+                            e,
+                            now,
+                            ExpectedRevision::Any,
+                        )
+                        .await;
                     }
                 }
                 Op::Purchase(c, amount) => {
@@ -144,13 +182,26 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
                     let e = DomainEvent::PurchaseCompleted(PurchaseCompleted {
                         customer_id: customer(c),
                         order_id: order,
-                        lines: vec![PurchaseLine { sku: "s".into(), name: String::new(), category: "c".into(), quantity: 1, unit_price_minor: i64::from(amount) }],
+                        lines: vec![PurchaseLine {
+                            sku: "s".into(),
+                            name: String::new(),
+                            category: "c".into(),
+                            quantity: 1,
+                            unit_price_minor: i64::from(amount),
+                        }],
                         total_minor: i64::from(amount),
                         currency: "EUR".into(),
                         channel: Channel::Store,
                         store_id: String::new(),
                     });
-                    append(&log, &format!("customer-{}", customer(c)), e, now, ExpectedRevision::Any).await;
+                    append(
+                        &log,
+                        &format!("customer-{}", customer(c)),
+                        e,
+                        now,
+                        ExpectedRevision::Any,
+                    )
+                    .await;
                 }
                 Op::Refund(c, n, percent) => {
                     let list = &orders[c as usize];
@@ -166,15 +217,34 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
                             currency: "EUR".into(),
                             reason: String::new(),
                         });
-                        append(&log, &format!("customer-{}", customer(c)), e, now, ExpectedRevision::Any).await;
+                        append(
+                            &log,
+                            &format!("customer-{}", customer(c)),
+                            e,
+                            now,
+                            ExpectedRevision::Any,
+                        )
+                        .await;
                     }
                 }
                 Op::Spend(c, points) => {
                     // As the service does: decide on the stream at revision r, append expecting r.
                     let (m, revision) = member(&log, c);
-                    if let Ok(events) = decide::spend(&m, Some(&p), u64::from(points), "prop", Uuid::now_v7(), now) {
-                        let expected = revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
-                        prop_assert!(append(&log, &member_stream(customer(c)), events[0].clone(), now, expected).await);
+                    if let Ok(events) =
+                        decide::spend(&m, Some(&p), u64::from(points), "prop", Uuid::now_v7(), now)
+                    {
+                        let expected =
+                            revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact);
+                        prop_assert!(
+                            append(
+                                &log,
+                                &member_stream(customer(c)),
+                                events[0].clone(),
+                                now,
+                                expected
+                            )
+                            .await
+                        );
                     }
                 }
                 Op::Tick => {
@@ -188,7 +258,9 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
             }
         }
         loyalty_job::follow(&log, &mut policy).await.unwrap();
-        loyalty_job::tick(&log, (0..3).map(customer).collect::<Vec<_>>(), now).await.unwrap();
+        loyalty_job::tick(&log, (0..3).map(customer).collect::<Vec<_>>(), now)
+            .await
+            .unwrap();
 
         // A replay of the policy from position 1 awards nothing new.
         let head = log.head().position;
@@ -200,7 +272,10 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
         prop_assert_eq!(replayed.awards, 0);
         prop_assert_eq!(log.head().position, head);
 
-        let view = running.wait_for(read_model::NAME, head, Duration::from_secs(20)).await.unwrap();
+        let view = running
+            .wait_for(read_model::NAME, head, Duration::from_secs(20))
+            .await
+            .unwrap();
         for c in 0..3u8 {
             let (folded, _) = member(&log, c);
             let stored = read_model::read_member(&view.tree, customer(c)).unwrap();
@@ -208,7 +283,11 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
                 prop_assert!(stored.is_none());
                 continue;
             }
-            prop_assert_eq!(stored.as_ref(), Some(&folded), "read model equals the stream's fold");
+            prop_assert_eq!(
+                stored.as_ref(),
+                Some(&folded),
+                "read model equals the stream's fold"
+            );
             let m = folded;
             // Balance = Σ ledger.
             let sum: i64 = m.entries.iter().map(|e| e.points).sum();
@@ -216,19 +295,37 @@ fn run_case(ops: Vec<Op>, debt_max: u64, holding: u32, restart_at: usize) -> Res
             let b = m.balance(now);
             if m.is_active() {
                 // The last tick ran at `now`: nothing lapsed is left unexpired.
-                prop_assert_eq!(sum, b.available + b.pending as i64, "balance = Σ ledger at {}", now);
+                prop_assert_eq!(
+                    sum,
+                    b.available + b.pending as i64,
+                    "balance = Σ ledger at {}",
+                    now
+                );
             }
             // Never below the floor.
             prop_assert!(m.debt <= debt_max);
             let mut running_sum = 0i64;
             for e in &m.entries {
                 running_sum += e.points;
-                prop_assert!(running_sum >= -(debt_max as i64), "prefix {} below -{}", running_sum, debt_max);
+                prop_assert!(
+                    running_sum >= -(debt_max as i64),
+                    "prefix {} below -{}",
+                    running_sum,
+                    debt_max
+                );
             }
             // Each (source, rule) earned at most once; each source cancelled at most once.
             let mut seen = BTreeSet::new();
-            for e in m.entries.iter().filter(|e| matches!(e.kind, EntryKind::Earned | EntryKind::Cancelled)) {
-                prop_assert!(seen.insert((e.cause, e.detail.clone(), e.kind == EntryKind::Earned)), "twice: {:?}", e);
+            for e in m
+                .entries
+                .iter()
+                .filter(|e| matches!(e.kind, EntryKind::Earned | EntryKind::Cancelled))
+            {
+                prop_assert!(
+                    seen.insert((e.cause, e.detail.clone(), e.kind == EntryKind::Earned)),
+                    "twice: {:?}",
+                    e
+                );
             }
         }
         let incremental = read_model::digest(&view.tree).unwrap();

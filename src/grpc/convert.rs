@@ -759,8 +759,12 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
             })
         }
         // Loyalty (issue 5).
-        Kind::ProgrammeDefined(e) => DomainEvent::ProgrammeDefined(loyalty::programme_defined_from(e, v)),
-        Kind::ProgrammeChanged(e) => DomainEvent::ProgrammeChanged(loyalty::programme_changed_from(e, v)),
+        Kind::ProgrammeDefined(e) => {
+            DomainEvent::ProgrammeDefined(loyalty::programme_defined_from(e, v))
+        }
+        Kind::ProgrammeChanged(e) => {
+            DomainEvent::ProgrammeChanged(loyalty::programme_changed_from(e, v))
+        }
         Kind::RewardDefined(e) => DomainEvent::RewardDefined(loyalty::reward_defined_from(e, v)),
         Kind::RewardRetired(e) => DomainEvent::RewardRetired(loyalty::reward_retired_from(e, v)),
         Kind::RewardClaimed(e) => DomainEvent::RewardClaimed(loyalty::reward_claimed_from(e, v)),
@@ -768,11 +772,15 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
         Kind::MemberLeft(e) => DomainEvent::MemberLeft(loyalty::member_left_from(e, v)),
         Kind::TierChanged(e) => DomainEvent::TierChanged(loyalty::tier_changed_from(e, v)),
         Kind::PointsEarned(e) => DomainEvent::PointsEarned(loyalty::points_earned_from(e, v)),
-        Kind::PointsCancelled(e) => DomainEvent::PointsCancelled(loyalty::points_cancelled_from(e, v)),
+        Kind::PointsCancelled(e) => {
+            DomainEvent::PointsCancelled(loyalty::points_cancelled_from(e, v))
+        }
         Kind::PointsSpent(e) => DomainEvent::PointsSpent(loyalty::points_spent_from(e, v)),
         Kind::PointsExpired(e) => DomainEvent::PointsExpired(loyalty::points_expired_from(e, v)),
         Kind::PointsAdjusted(e) => DomainEvent::PointsAdjusted(loyalty::points_adjusted_from(e, v)),
-        Kind::PointsTransferred(e) => DomainEvent::PointsTransferred(loyalty::points_transferred_from(e, v)),
+        Kind::PointsTransferred(e) => {
+            DomainEvent::PointsTransferred(loyalty::points_transferred_from(e, v))
+        }
     })
 }
 
@@ -1072,8 +1080,12 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
             as_of: Some(timestamp_from_us(as_of_us)),
         }),
         // Loyalty (issue 5).
-        DomainEvent::ProgrammeDefined(e) => Kind::ProgrammeDefined(loyalty::programme_defined_to(e)),
-        DomainEvent::ProgrammeChanged(e) => Kind::ProgrammeChanged(loyalty::programme_changed_to(e)),
+        DomainEvent::ProgrammeDefined(e) => {
+            Kind::ProgrammeDefined(loyalty::programme_defined_to(e))
+        }
+        DomainEvent::ProgrammeChanged(e) => {
+            Kind::ProgrammeChanged(loyalty::programme_changed_to(e))
+        }
         DomainEvent::RewardDefined(e) => Kind::RewardDefined(loyalty::reward_defined_to(e)),
         DomainEvent::RewardRetired(e) => Kind::RewardRetired(loyalty::reward_retired_to(e)),
         DomainEvent::RewardClaimed(e) => Kind::RewardClaimed(loyalty::reward_claimed_to(e)),
@@ -1085,7 +1097,9 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
         DomainEvent::PointsSpent(e) => Kind::PointsSpent(loyalty::points_spent_to(e)),
         DomainEvent::PointsExpired(e) => Kind::PointsExpired(loyalty::points_expired_to(e)),
         DomainEvent::PointsAdjusted(e) => Kind::PointsAdjusted(loyalty::points_adjusted_to(e)),
-        DomainEvent::PointsTransferred(e) => Kind::PointsTransferred(loyalty::points_transferred_to(e)),
+        DomainEvent::PointsTransferred(e) => {
+            Kind::PointsTransferred(loyalty::points_transferred_to(e))
+        }
     };
     pb::Event { kind: Some(kind) }
 }

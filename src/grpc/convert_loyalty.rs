@@ -18,7 +18,8 @@ use crate::domain::loyalty::config::{
 };
 
 fn time_from(field: &str, ts: Option<prost_types::Timestamp>, v: &mut Violations) -> i64 {
-    ts.and_then(|ts| timestamp_to_us(field, &ts, v)).unwrap_or(0)
+    ts.and_then(|ts| timestamp_to_us(field, &ts, v))
+        .unwrap_or(0)
 }
 
 fn optional_time_from(
@@ -125,13 +126,18 @@ pub fn programme_from(f: &str, p: pb::LoyaltyProgramme, v: &mut Violations) -> P
         .collect();
     let lifetime = match pb::PointsLifetimeKind::try_from(lifetime) {
         Ok(pb::PointsLifetimeKind::Days) => PointsLifetime::Days(lifetime_days),
-        Ok(pb::PointsLifetimeKind::EndOfMonth) => PointsLifetime::EndOfMonthAfterDays(lifetime_days),
+        Ok(pb::PointsLifetimeKind::EndOfMonth) => {
+            PointsLifetime::EndOfMonthAfterDays(lifetime_days)
+        }
         Ok(pb::PointsLifetimeKind::EndOfYear) => PointsLifetime::EndOfYearAfterDays(lifetime_days),
         Ok(pb::PointsLifetimeKind::Never | pb::PointsLifetimeKind::Unspecified) => {
             PointsLifetime::Never
         }
         Err(_) => {
-            v.add(&format!("{f}.lifetime"), format!("{lifetime} is not a PointsLifetimeKind"));
+            v.add(
+                &format!("{f}.lifetime"),
+                format!("{lifetime} is not a PointsLifetimeKind"),
+            );
             PointsLifetime::Never
         }
     };
@@ -146,9 +152,7 @@ pub fn programme_from(f: &str, p: pb::LoyaltyProgramme, v: &mut Violations) -> P
     let downgrade = match pb::DowngradePolicy::try_from(downgrade) {
         Ok(pb::DowngradePolicy::PeriodEnd) => DowngradePolicy::PeriodEnd,
         Ok(pb::DowngradePolicy::WindowDrop) => DowngradePolicy::WindowDrop,
-        Ok(pb::DowngradePolicy::Never | pb::DowngradePolicy::Unspecified) => {
-            DowngradePolicy::Never
-        }
+        Ok(pb::DowngradePolicy::Never | pb::DowngradePolicy::Unspecified) => DowngradePolicy::Never,
         Err(_) => {
             v.add(&format!("{f}.downgrade"), "is not a DowngradePolicy");
             DowngradePolicy::Never
@@ -223,12 +227,14 @@ pub fn programme_to(p: Programme) -> pb::LoyaltyProgramme {
                     custom_event_type,
                     points: b.points,
                     cap_count: b.cap.map_or(0, |c| c.count),
-                    cap_period: b.cap.map_or(pb::CapPeriod::Unspecified, |c| match c.period {
-                        CapPeriod::Day => pb::CapPeriod::Day,
-                        CapPeriod::Month => pb::CapPeriod::Month,
-                        CapPeriod::Year => pb::CapPeriod::Year,
-                        CapPeriod::Lifetime => pb::CapPeriod::Lifetime,
-                    }) as i32,
+                    cap_period: b
+                        .cap
+                        .map_or(pb::CapPeriod::Unspecified, |c| match c.period {
+                            CapPeriod::Day => pb::CapPeriod::Day,
+                            CapPeriod::Month => pb::CapPeriod::Month,
+                            CapPeriod::Year => pb::CapPeriod::Year,
+                            CapPeriod::Lifetime => pb::CapPeriod::Lifetime,
+                        }) as i32,
                 }
             })
             .collect(),

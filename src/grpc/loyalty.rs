@@ -121,12 +121,17 @@ impl LoyaltyService {
             .occurred_at_us
             .unwrap_or_else(|| self.inner.clock.now_us());
         let base_id = context.event_id.unwrap_or_else(Uuid::now_v7);
-        let id = if id.is_empty() { base_id.to_string() } else { id };
+        let id = if id.is_empty() {
+            base_id.to_string()
+        } else {
+            id
+        };
         let decide = Arc::new(decide);
         for _ in 0..limits::WRITE_RETRIES_MAX {
             if context.event_id.is_some() {
                 let log = self.inner.log.clone();
-                let found = blocking(move || log.event_by_id(base_id).map_err(Status::from)).await?;
+                let found =
+                    blocking(move || log.event_by_id(base_id).map_err(Status::from)).await?;
                 if let Some(found) = found {
                     return Ok(Response::new(pb::LoyaltyWriteResponse {
                         position: found.event.position,
@@ -144,13 +149,19 @@ impl LoyaltyService {
                     .events
                     .iter()
                     .map(|event| {
-                        let event_id = if index == 0 { base_id } else { derived_id(base_id, index) };
+                        let event_id = if index == 0 {
+                            base_id
+                        } else {
+                            derived_id(base_id, index)
+                        };
                         index += 1;
                         ProposedEvent {
                             event_id: Some(event_id),
                             event_type: event.event_type().to_owned(),
                             schema_version: event.schema_version(),
-                            payload: event.encode().expect("loyalty events have no personal parts"),
+                            payload: event
+                                .encode()
+                                .expect("loyalty events have no personal parts"),
                             occurred_at_us: Some(at),
                             actor: context.actor.clone(),
                             correlation_id: context.correlation_id.clone(),
@@ -195,8 +206,10 @@ impl LoyaltyService {
                 let log = self.inner.log.clone();
                 blocking(move || {
                     let include = |l: &LoggedEvent| l.event.occurred_at_us <= at;
-                    let (member, _) = read_model::fold_member_as_of(&log, id, &include).map_err(internal)?;
-                    let (history, _) = read_model::fold_programme(&log, &include).map_err(internal)?;
+                    let (member, _) =
+                        read_model::fold_member_as_of(&log, id, &include).map_err(internal)?;
+                    let (history, _) =
+                        read_model::fold_programme(&log, &include).map_err(internal)?;
                     let position = member.last_position;
                     Ok((member, history, at, position))
                 })
@@ -231,7 +244,8 @@ impl LoyaltyService {
                 blocking(move || {
                     let include = |l: &LoggedEvent| l.event.occurred_at_us <= at;
                     let members = read_model::fold_all_as_of(&log, &include).map_err(internal)?;
-                    let (history, _) = read_model::fold_programme(&log, &include).map_err(internal)?;
+                    let (history, _) =
+                        read_model::fold_programme(&log, &include).map_err(internal)?;
                     Ok((MembersSource::Folded(members), history, at))
                 })
                 .await
@@ -243,7 +257,11 @@ impl LoyaltyService {
                     .wait_for(read_model::NAME, min_position, wait)
                     .await?;
                 let history = read_model::read_programme(&view.tree).map_err(internal)?;
-                Ok((MembersSource::Tree(view), history, self.inner.clock.now_us()))
+                Ok((
+                    MembersSource::Tree(view),
+                    history,
+                    self.inner.clock.now_us(),
+                ))
             }
         }
     }
@@ -261,7 +279,9 @@ impl MembersSource {
             Self::Tree(view) => Box::new(read_model::scan_members(&view.tree, after)),
             Self::Folded(map) => {
                 let range = match after {
-                    Some(id) => map.range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+                    Some(id) => {
+                        map.range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded))
+                    }
                     None => map.range(..),
                 };
                 Box::new(range.map(|(_, m)| Ok(m.clone())))
@@ -278,7 +298,12 @@ fn tier_name<'a>(member: &'a Member, programme: Option<&'a Programme>) -> &'a st
     }
 }
 
-fn member_to_proto(member: &Member, programme: Option<&Programme>, at: i64, position: u64) -> pb::LoyaltyMember {
+fn member_to_proto(
+    member: &Member,
+    programme: Option<&Programme>,
+    at: i64,
+    position: u64,
+) -> pb::LoyaltyMember {
     let balance = member.balance(at);
     let t = &member.totals;
     let tier = tier_name(member, programme).to_owned();
@@ -290,7 +315,8 @@ fn member_to_proto(member: &Member, programme: Option<&Programme>, at: i64, posi
         let index = p.tier(&tier).map_or(0, |(i, _)| i);
         if let Some(next) = p.tiers.get(index + 1) {
             next_tier = next.name.clone();
-            to_next = (i128::from(next.threshold) - i128::from(qualifying)).clamp(0, i128::from(i64::MAX)) as i64;
+            to_next = (i128::from(next.threshold) - i128::from(qualifying))
+                .clamp(0, i128::from(i64::MAX)) as i64;
         }
     }
     pb::LoyaltyMember {
@@ -397,7 +423,9 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let mut v = Violations::new("");
         let as_of_us = as_of_field(as_of, &mut v);
         finish(v)?;
-        let (_, history, at, _) = self.member_at(Uuid::nil(), min_position, as_of_us, wait).await?;
+        let (_, history, at, _) = self
+            .member_at(Uuid::nil(), min_position, as_of_us, wait)
+            .await?;
         Ok(Response::new(pb::GetProgrammeResponse {
             in_force: history.at(at).cloned().map(programme_to),
             versions: history
@@ -440,7 +468,11 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         };
         if let Err(found) = DomainEvent::RewardDefined(event.clone()).validate("") {
             for f in found {
-                let field = f.field.split_once('.').map_or(f.field.as_str(), |(_, r)| r).to_owned();
+                let field = f
+                    .field
+                    .split_once('.')
+                    .map_or(f.field.as_str(), |(_, r)| r)
+                    .to_owned();
                 v.add(&field, f.description);
             }
         }
@@ -531,7 +563,9 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         self.execute(context, id.to_string(), move |log, _, _| {
             let customer = StreamName::parse(&customer_stream(id)).map_err(internal)?;
             if log.stream_head(&customer).map_err(Status::from)?.is_none() {
-                return Err(Status::not_found(format!("customer {id} is not registered")));
+                return Err(Status::not_found(format!(
+                    "customer {id} is not registered"
+                )));
             }
             let (member, revision) = member(log, id)?;
             Ok(vec![Planned {
@@ -613,7 +647,8 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         self.execute(context, String::new(), move |log, at, redemption| {
             let (history, _) = load_programme(log)?;
             let (member, revision) = member(log, id)?;
-            let (reward, reward_revision) = read_model::fold_reward(log, reward_id).map_err(internal)?;
+            let (reward, reward_revision) =
+                read_model::fold_reward(log, reward_id).map_err(internal)?;
             let (spent, claim) =
                 decide::redeem(&member, history.at(at), &reward, reward_id, redemption, at)?;
             let mut plans = vec![Planned {
@@ -648,11 +683,20 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let context = context_from(context, &mut v);
         let id = customer_field("customer_id", &customer_id, &mut v);
         if points == 0 || points.unsigned_abs() > limits::LOYALTY_POINTS_MAX {
-            v.add("points", format!("must be non-zero and at most {} in size", limits::LOYALTY_POINTS_MAX));
+            v.add(
+                "points",
+                format!(
+                    "must be non-zero and at most {} in size",
+                    limits::LOYALTY_POINTS_MAX
+                ),
+            );
         }
         v.required("reason", &reason, limits::FIELD_BYTES_MAX);
         if context.actor.is_empty() {
-            v.add("context.actor", "is required: adjustments name the staff member");
+            v.add(
+                "context.actor",
+                "is required: adjustments name the staff member",
+            );
         }
         let expires_at_us = expires_at.and_then(|ts| timestamp_to_us("expires_at", &ts, &mut v));
         finish(v)?;
@@ -720,11 +764,17 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let id = customer_field("customer_id", &customer_id, &mut v);
         let as_of_us = as_of_field(as_of, &mut v);
         finish(v)?;
-        let (member, history, at, position) = self.member_at(id, min_position, as_of_us, wait).await?;
+        let (member, history, at, position) =
+            self.member_at(id, min_position, as_of_us, wait).await?;
         if member.enrolment.is_none() {
             return Err(RuleError::NotEnrolled(id).into());
         }
-        Ok(Response::new(member_to_proto(&member, history.at(at), at, position)))
+        Ok(Response::new(member_to_proto(
+            &member,
+            history.at(at),
+            at,
+            position,
+        )))
     }
 
     async fn get_ledger(
@@ -762,21 +812,25 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
             .skip(start)
             .take(size)
             .map(|e| {
-                let line = member.lines.iter().find(|l| l.line_id == e.event_id).map(|l| pb::LedgerLine {
-                    rule: l.rule.clone(),
-                    order_id: l.order_id.clone(),
-                    points: l.points,
-                    remaining: l.remaining(),
-                    spent: l.spent,
-                    expired: l.expired,
-                    cancelled: l.cancelled,
-                    forfeited: l.forfeited,
-                    recovered: l.recovered,
-                    earned_at: Some(timestamp_from_us(l.earned_at_us)),
-                    available_at: Some(timestamp_from_us(l.available_at_us)),
-                    expires_at: l.expires_at_us.map(timestamp_from_us),
-                    state: l.state_at(at).to_owned(),
-                });
+                let line = member
+                    .lines
+                    .iter()
+                    .find(|l| l.line_id == e.event_id)
+                    .map(|l| pb::LedgerLine {
+                        rule: l.rule.clone(),
+                        order_id: l.order_id.clone(),
+                        points: l.points,
+                        remaining: l.remaining(),
+                        spent: l.spent,
+                        expired: l.expired,
+                        cancelled: l.cancelled,
+                        forfeited: l.forfeited,
+                        recovered: l.recovered,
+                        earned_at: Some(timestamp_from_us(l.earned_at_us)),
+                        available_at: Some(timestamp_from_us(l.available_at_us)),
+                        expires_at: l.expires_at_us.map(timestamp_from_us),
+                        state: l.state_at(at).to_owned(),
+                    });
                 pb::LedgerEntry {
                     position: e.position,
                     event_id: e.event_id.to_string(),
@@ -828,15 +882,13 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let programme = history.at(at);
         let mut members = Vec::new();
         let mut last = None;
-        let mut scanned = 0;
         let mut more = false;
-        for member in source.after(after) {
+        for (scanned, member) in source.after(after).enumerate() {
             let member = member.map_err(internal)?;
             if members.len() == size || scanned == limits::LOYALTY_LIST_SCAN_MAX {
                 more = true;
                 break;
             }
-            scanned += 1;
             last = Some(member.customer_id);
             if !member.is_active() {
                 continue;
@@ -845,10 +897,17 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
                 continue;
             }
             let available = member.balance(at).available;
-            if min_available.is_some_and(|m| available < m) || max_available.is_some_and(|m| available > m) {
+            if min_available.is_some_and(|m| available < m)
+                || max_available.is_some_and(|m| available > m)
+            {
                 continue;
             }
-            members.push(member_to_proto(&member, programme, at, member.last_position));
+            members.push(member_to_proto(
+                &member,
+                programme,
+                at,
+                member.last_position,
+            ));
         }
         Ok(Response::new(pb::ListMembersResponse {
             members,
@@ -873,7 +932,10 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let mut v = Violations::new("");
         let as_of_us = as_of_field(as_of, &mut v);
         if months > limits::LOYALTY_STATS_MONTHS_MAX {
-            v.add("months", format!("must be at most {}", limits::LOYALTY_STATS_MONTHS_MAX));
+            v.add(
+                "months",
+                format!("must be at most {}", limits::LOYALTY_STATS_MONTHS_MAX),
+            );
         }
         finish(v)?;
         let months = if months == 0 { 12 } else { months };
@@ -922,7 +984,9 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
                 continue;
             }
             stats.active_members += 1;
-            *tiers.entry(tier_name(&member, programme).to_owned()).or_default() += 1;
+            *tiers
+                .entry(tier_name(&member, programme).to_owned())
+                .or_default() += 1;
             let b = member.balance(at);
             stats.outstanding_points += b.available.max(0) as u64 + b.pending;
             stats.pending_points += b.pending;

@@ -269,7 +269,10 @@ impl From<crate::domain::loyalty::RuleError> for Status {
             L::NotEnrolled(id) | L::AlreadyEnrolled(id) => {
                 info.insert("customer_id".to_owned(), id.to_string());
             }
-            L::UnknownReward(id) | L::RewardExists(id) | L::RewardRetired(id) | L::OutOfStock(id) => {
+            L::UnknownReward(id)
+            | L::RewardExists(id)
+            | L::RewardRetired(id)
+            | L::OutOfStock(id) => {
                 info.insert("reward_id".to_owned(), id.to_string());
             }
             L::InsufficientPoints {

@@ -7,6 +7,7 @@
 //! [`Reward`]. Members are decoded once per batch and written back once.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -119,14 +120,18 @@ impl Projection for LoyaltyProjection {
                 .map_err(|error| fail(error.to_string()))?;
             match target {
                 Target::Member(id) => {
-                    if !members.contains_key(&id) {
-                        let member = match state.get(&member_key(id)).map_err(|e| fail(e.to_string()))? {
-                            Some(bytes) => decode(&bytes).map_err(fail)?,
-                            None => Member::new(id),
-                        };
-                        members.insert(id, member);
-                    }
-                    let member = members.get_mut(&id).expect("inserted above");
+                    let member = match members.entry(id) {
+                        Entry::Occupied(found) => found.into_mut(),
+                        Entry::Vacant(slot) => slot.insert(
+                            match state
+                                .get(&member_key(id))
+                                .map_err(|e| fail(e.to_string()))?
+                            {
+                                Some(bytes) => decode(&bytes).map_err(fail)?,
+                                None => Member::new(id),
+                            },
+                        ),
+                    };
                     let env = Envelope {
                         position: e.position,
                         event_id: e.id(),
@@ -136,26 +141,33 @@ impl Projection for LoyaltyProjection {
                 }
                 Target::Programme => {
                     if programme.is_none() {
-                        programme = Some(match state.get(PROGRAMME_KEY).map_err(|e| fail(e.to_string()))? {
-                            Some(bytes) => decode(&bytes).map_err(fail)?,
-                            None => ProgrammeHistory::default(),
-                        });
+                        programme = Some(
+                            match state.get(PROGRAMME_KEY).map_err(|e| fail(e.to_string()))? {
+                                Some(bytes) => decode(&bytes).map_err(fail)?,
+                                None => ProgrammeHistory::default(),
+                            },
+                        );
                     }
                     let history = programme.as_mut().expect("set above");
                     apply_programme(history, e.position, e.occurred_at_us, &event);
                 }
                 Target::Reward(id) => {
-                    if !rewards.contains_key(&id) {
-                        let reward = match state.get(&reward_key(id)).map_err(|e| fail(e.to_string()))? {
-                            Some(bytes) => decode(&bytes).map_err(fail)?,
-                            None => Reward {
-                                reward_id: id,
-                                ..Reward::default()
+                    let reward = match rewards.entry(id) {
+                        Entry::Occupied(found) => found.into_mut(),
+                        Entry::Vacant(slot) => slot.insert(
+                            match state
+                                .get(&reward_key(id))
+                                .map_err(|e| fail(e.to_string()))?
+                            {
+                                Some(bytes) => decode(&bytes).map_err(fail)?,
+                                None => Reward {
+                                    reward_id: id,
+                                    ..Reward::default()
+                                },
                             },
-                        };
-                        rewards.insert(id, reward);
-                    }
-                    ledger::apply_reward(rewards.get_mut(&id).expect("inserted above"), &event);
+                        ),
+                    };
+                    ledger::apply_reward(reward, &event);
                 }
             }
         }
@@ -302,7 +314,12 @@ pub fn fold_programme(
     let mut history = ProgrammeHistory::default();
     for logged in events.iter().filter(|l| include(l)) {
         let e = &logged.event;
-        apply_programme(&mut history, e.position, e.occurred_at_us, &decode_logged(logged)?);
+        apply_programme(
+            &mut history,
+            e.position,
+            e.occurred_at_us,
+            &decode_logged(logged)?,
+        );
     }
     if history.versions.len() > limits::LOYALTY_PROGRAMME_VERSIONS_MAX {
         return Err("the programme has too many versions".into());

@@ -168,7 +168,11 @@ impl TypedEvent for PointsExpired {
         }
         v.max_items("points_expired.lines", self.lines.len(), REPEATED_ITEMS_MAX);
         for (i, line) in self.lines.iter().enumerate() {
-            validate_id(&format!("points_expired.lines[{i}].line_id"), &line.line_id, v);
+            validate_id(
+                &format!("points_expired.lines[{i}].line_id"),
+                &line.line_id,
+                v,
+            );
             points_range(&format!("points_expired.lines[{i}].points"), line.points, v);
         }
     }
@@ -225,10 +229,17 @@ impl TypedEvent for PointsTransferred {
     const SCHEMA_VERSION: u16 = 1;
 
     fn validate(&self, v: &mut Violations) {
-        validate_id("points_transferred.from_customer_id", &self.from_customer_id, v);
+        validate_id(
+            "points_transferred.from_customer_id",
+            &self.from_customer_id,
+            v,
+        );
         validate_id("points_transferred.to_customer_id", &self.to_customer_id, v);
         if self.from_customer_id == self.to_customer_id {
-            v.add("points_transferred.to_customer_id", "must differ from the sender");
+            v.add(
+                "points_transferred.to_customer_id",
+                "must differ from the sender",
+            );
         }
         if self.points == 0 {
             v.add("points_transferred.points", "must be at least 1");

@@ -100,10 +100,9 @@ impl PointsLifetime {
         match self {
             Self::Never => None,
             Self::Days(n) => Some(time::add_days(earned_at_us, n)),
-            Self::EndOfMonthAfterDays(n) => Some(time::start_of_next_month(time::add_days(
-                earned_at_us,
-                n,
-            ))),
+            Self::EndOfMonthAfterDays(n) => {
+                Some(time::start_of_next_month(time::add_days(earned_at_us, n)))
+            }
             Self::EndOfYearAfterDays(n) => {
                 Some(time::start_of_next_year(time::add_days(earned_at_us, n)))
             }
@@ -224,7 +223,10 @@ impl Programme {
             if let BonusTrigger::CustomEvent(t) = &b.trigger
                 && !crate::domain::events::is_valid_custom_type(t)
             {
-                v.add(&format!("{at}.custom_event_type"), "is not a valid custom event type");
+                v.add(
+                    &format!("{at}.custom_event_type"),
+                    "is not a valid custom event type",
+                );
             }
             if let Some(cap) = b.cap
                 && cap.count == 0
@@ -234,7 +236,10 @@ impl Programme {
         }
         let days = |field: &str, n: u32, v: &mut Violations| {
             if n > LOYALTY_DAYS_MAX {
-                v.add(&format!("{f}.{field}"), format!("must be at most {LOYALTY_DAYS_MAX}"));
+                v.add(
+                    &format!("{f}.{field}"),
+                    format!("must be at most {LOYALTY_DAYS_MAX}"),
+                );
             }
         };
         match self.lifetime {
@@ -259,10 +264,16 @@ impl Programme {
                 v.add(&format!("{at}.name"), "is used by another tier");
             }
             if i == 0 && t.threshold != 0 {
-                v.add(&format!("{at}.threshold"), "the first tier's threshold must be 0");
+                v.add(
+                    &format!("{at}.threshold"),
+                    "the first tier's threshold must be 0",
+                );
             }
             if i > 0 && t.threshold <= self.tiers[i - 1].threshold {
-                v.add(&format!("{at}.threshold"), "must be above the previous tier's");
+                v.add(
+                    &format!("{at}.threshold"),
+                    "must be above the previous tier's",
+                );
             }
             if t.multiplier_percent > 10_000 {
                 v.add(&format!("{at}.multiplier_percent"), "must be at most 10000");
@@ -270,7 +281,10 @@ impl Programme {
         }
         if !self.tiers.is_empty() && (self.tier_window_months == 0 || self.tier_window_months > 120)
         {
-            v.add(&format!("{f}.tier_window_months"), "must be 1..=120 when there are tiers");
+            v.add(
+                &format!("{f}.tier_window_months"),
+                "must be 1..=120 when there are tiers",
+            );
         }
     }
 

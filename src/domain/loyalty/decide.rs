@@ -5,7 +5,9 @@
 
 use uuid::Uuid;
 
-use super::config::{BonusTrigger, CapPeriod, DowngradePolicy, MultiplierScope, Programme, TierBasis};
+use super::config::{
+    BonusTrigger, CapPeriod, DowngradePolicy, MultiplierScope, Programme, TierBasis,
+};
 use super::ledger::{BASE_RULE, Member, Reward};
 use super::time;
 use crate::domain::common::Channel;
@@ -193,22 +195,23 @@ pub fn earn(
     let held_until = time::add_days(at, programme.holding_days);
     let expires = programme.lifetime.expires_at(at);
     let mut out = Vec::new();
-    let bonus = |name: &str, points: u64, available_at_us: i64, out: &mut Vec<(Uuid, DomainEvent)>| {
-        out.push((
-            derived_event_id(source.event_id, name),
-            DomainEvent::PointsEarned(PointsEarned {
-                customer_id,
-                rule: name.to_owned(),
-                points,
-                order_id: String::new(),
-                spend_minor: 0,
-                earned_at_us: at,
-                available_at_us,
-                expires_at_us: expires,
-                source_event_id: source.event_id,
-            }),
-        ));
-    };
+    let bonus =
+        |name: &str, points: u64, available_at_us: i64, out: &mut Vec<(Uuid, DomainEvent)>| {
+            out.push((
+                derived_event_id(source.event_id, name),
+                DomainEvent::PointsEarned(PointsEarned {
+                    customer_id,
+                    rule: name.to_owned(),
+                    points,
+                    order_id: String::new(),
+                    spend_minor: 0,
+                    earned_at_us: at,
+                    available_at_us,
+                    expires_at_us: expires,
+                    source_event_id: source.event_id,
+                }),
+            ));
+        };
     let capped = |name: &str, cap: Option<super::config::Cap>| {
         cap.is_some_and(|cap| {
             let used = member
@@ -458,7 +461,12 @@ pub fn leave(member: &Member, reason: &str) -> Result<Vec<DomainEvent>, RuleErro
     })])
 }
 
-fn check_spend(member: &Member, programme: &Programme, points: u64, at_us: i64) -> Result<(), RuleError> {
+fn check_spend(
+    member: &Member,
+    programme: &Programme,
+    points: u64,
+    at_us: i64,
+) -> Result<(), RuleError> {
     if !member.is_active() {
         return Err(RuleError::NotEnrolled(member.customer_id));
     }

@@ -134,7 +134,7 @@ impl Line {
                 "available"
             }
         } else {
-            let max = [
+            [
                 (self.spent + self.recovered, "spent"),
                 (self.cancelled, "cancelled"),
                 (self.expired, "expired"),
@@ -142,8 +142,7 @@ impl Line {
             ]
             .into_iter()
             .max_by_key(|(n, _)| *n)
-            .map_or("spent", |(_, s)| s);
-            max
+            .map_or("spent", |(_, s)| s)
         }
     }
 }
@@ -407,7 +406,14 @@ impl Member {
         move |l: &Line| l.live_at(at_us) && l.available_at_us <= at_us
     }
 
-    fn entry(&mut self, env: &Envelope, kind: EntryKind, points: i64, detail: &str, cause: Option<Uuid>) {
+    fn entry(
+        &mut self,
+        env: &Envelope,
+        kind: EntryKind,
+        points: i64,
+        detail: &str,
+        cause: Option<Uuid>,
+    ) {
         self.entries.push(Entry {
             position: env.position,
             event_id: env.event_id,
@@ -420,7 +426,13 @@ impl Member {
     }
 }
 
-fn line(env: &Envelope, rule: &str, points: u64, available_at_us: i64, expires_at_us: Option<i64>) -> Line {
+fn line(
+    env: &Envelope,
+    rule: &str,
+    points: u64,
+    available_at_us: i64,
+    expires_at_us: Option<i64>,
+) -> Line {
     Line {
         line_id: env.event_id,
         position: env.position,
@@ -485,7 +497,13 @@ pub fn apply(member: &mut Member, env: &Envelope, event: &DomainEvent) {
             }
             member.totals.earned += e.points;
             member.credit(l);
-            member.entry(env, EntryKind::Earned, e.points as i64, &e.rule, Some(e.source_event_id));
+            member.entry(
+                env,
+                EntryKind::Earned,
+                e.points as i64,
+                &e.rule,
+                Some(e.source_event_id),
+            );
         }
         DomainEvent::PointsCancelled(e) => {
             member.sources.insert(e.source_event_id);
@@ -525,12 +543,22 @@ pub fn apply(member: &mut Member, env: &Envelope, event: &DomainEvent) {
             member.debt += rest;
             member.totals.spent += e.points;
             member.totals.redemptions += 1;
-            member.entry(env, EntryKind::Spent, -(e.points as i64), &e.reason, e.reward_id);
+            member.entry(
+                env,
+                EntryKind::Spent,
+                -(e.points as i64),
+                &e.reason,
+                e.reward_id,
+            );
         }
         DomainEvent::PointsExpired(e) => {
             let mut total = 0;
             for expired in &e.lines {
-                if let Some(l) = member.lines.iter_mut().find(|l| l.line_id == expired.line_id) {
+                if let Some(l) = member
+                    .lines
+                    .iter_mut()
+                    .find(|l| l.line_id == expired.line_id)
+                {
                     let n = l.remaining().min(expired.points);
                     l.expired += n;
                     total += n;

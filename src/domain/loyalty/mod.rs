@@ -8,9 +8,9 @@
 pub mod config;
 pub mod decide;
 pub mod ledger;
-pub mod time;
 #[cfg(test)]
 mod tests;
+pub mod time;
 
 pub use config::{Programme, ProgrammeHistory};
 pub use decide::RuleError;

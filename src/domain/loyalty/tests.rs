@@ -206,9 +206,16 @@ fn worked_example() {
 
     // 2024-01-10: order O1, 2 × 100.00 EUR of shoes: 200 points + 50 first-purchase bonus.
     let o1 = w.buy(noon(2024, 1, 10), "O1", &[("shoes", 2, 10_000)]);
-    assert_eq!(earned(&o1), [("base".into(), 200), ("first_purchase".into(), 50)]);
+    assert_eq!(
+        earned(&o1),
+        [("base".into(), 200), ("first_purchase".into(), 50)]
+    );
     let b = w.member.balance(noon(2024, 1, 20));
-    assert_eq!((b.available, b.pending), (0, 250), "pending during the 14-day return window");
+    assert_eq!(
+        (b.available, b.pending),
+        (0, 250),
+        "pending during the 14-day return window"
+    );
     let b = w.member.balance(noon(2024, 1, 24));
     assert_eq!((b.available, b.pending), (250, 0), "available on day 14");
 
@@ -230,7 +237,9 @@ fn worked_example() {
 
     // The tick on 2024-02-11: 200 + 50 + 150 = 400 ≥ 300 → Silver.
     let t = w.tick(noon(2024, 2, 11));
-    assert!(matches!(&t[..], [DomainEvent::TierChanged(c)] if c.to_tier == "Silver" && c.qualifying == 400));
+    assert!(
+        matches!(&t[..], [DomainEvent::TierChanged(c)] if c.to_tier == "Silver" && c.qualifying == 400)
+    );
 
     // 2024-03-01: spend 300 of the 400 available, oldest first: O1's 200, the bonus's 50,
     // 50 of O2's 150. 100 remain (on O2's line).
@@ -256,7 +265,9 @@ fn worked_example() {
     assert_eq!(w.tick(noon(2025, 1, 15)), []);
     // 2025-02-15: only O3's 200 remain in the window → down to Base (window drop).
     let t = w.tick(noon(2025, 2, 15));
-    assert!(matches!(&t[..], [DomainEvent::TierChanged(c)] if c.to_tier == "Base" && c.qualifying == 200));
+    assert!(
+        matches!(&t[..], [DomainEvent::TierChanged(c)] if c.to_tier == "Base" && c.qualifying == 200)
+    );
 
     // Expiry boundary: O3's points expire 365 days after 2024-03-10 12:00, at 2025-03-10 12:00.
     let boundary = noon(2025, 3, 10);
@@ -265,12 +276,19 @@ fn worked_example() {
     assert_eq!(w.tick(boundary - 1), []);
     assert_eq!(w.member.balance(boundary).available, 0);
     let t = w.tick(boundary);
-    assert!(matches!(&t[..], [DomainEvent::PointsExpired(e)] if e.lines.len() == 1 && e.lines[0].points == 100));
+    assert!(
+        matches!(&t[..], [DomainEvent::PointsExpired(e)] if e.lines.len() == 1 && e.lines[0].points == 100)
+    );
 
     // The ledger adds up: 600 earned − 300 spent − 200 cancelled − 100 expired = 0.
     let totals = &w.member.totals;
     assert_eq!(
-        (totals.earned, totals.spent, totals.cancelled, totals.expired),
+        (
+            totals.earned,
+            totals.spent,
+            totals.cancelled,
+            totals.expired
+        ),
         (600, 300, 200, 100)
     );
     let sum: i64 = w.member.entries.iter().map(|e| e.points).sum();
@@ -333,22 +351,41 @@ fn given_a_processed_source_when_the_policy_replays_it_then_nothing_new_is_award
 #[test]
 fn given_a_purchase_before_enrolment_or_before_the_programme_then_nothing_is_earned() {
     let mut w = World::new();
-    assert!(w.buy(noon(2024, 1, 1), "O0", &[("x", 1, 1_000)]).is_empty(), "not enrolled");
+    assert!(
+        w.buy(noon(2024, 1, 1), "O0", &[("x", 1, 1_000)]).is_empty(),
+        "not enrolled"
+    );
     w.define(midnight(2024, 6, 1), programme());
     w.enrol(midnight(2024, 6, 1));
-    assert!(w.buy(noon(2024, 5, 1), "O1", &[("x", 1, 1_000)]).is_empty(), "before the programme");
+    assert!(
+        w.buy(noon(2024, 5, 1), "O1", &[("x", 1, 1_000)]).is_empty(),
+        "before the programme"
+    );
     let mut usd = purchase("O2", &[("x", 1, 1_000)]);
     usd.currency = "USD".into();
-    assert!(w.source(noon(2024, 7, 1), SourceKind::Purchase(&usd)).is_empty(), "other currency");
+    assert!(
+        w.source(noon(2024, 7, 1), SourceKind::Purchase(&usd))
+            .is_empty(),
+        "other currency"
+    );
 }
 
 #[test]
 fn multipliers_take_the_largest_line_match_then_channel_and_tier() {
     let mut p = programme();
     p.multipliers = vec![
-        Multiplier { scope: MultiplierScope::Category("shoes".into()), percent: 200 },
-        Multiplier { scope: MultiplierScope::Sku("sku-0".into()), percent: 300 },
-        Multiplier { scope: MultiplierScope::Channel(Channel::Web), percent: 150 },
+        Multiplier {
+            scope: MultiplierScope::Category("shoes".into()),
+            percent: 200,
+        },
+        Multiplier {
+            scope: MultiplierScope::Sku("sku-0".into()),
+            percent: 300,
+        },
+        Multiplier {
+            scope: MultiplierScope::Channel(Channel::Web),
+            percent: 150,
+        },
     ];
     // Line 0 (shoes, sku-0): 10.00 × 300%; line 1 (shoes): 10.00 × 200% → 50 weighted
     // euros; × 150% web × 200% tier = 150 points.
@@ -363,7 +400,10 @@ fn bonuses_respect_their_caps() {
         name: "review".into(),
         trigger: BonusTrigger::CustomEvent("review.written".into()),
         points: 20,
-        cap: Some(Cap { count: 2, period: CapPeriod::Month }),
+        cap: Some(Cap {
+            count: 2,
+            period: CapPeriod::Month,
+        }),
     });
     p.bonuses.push(Bonus {
         name: "welcome".into(),
@@ -387,10 +427,16 @@ fn bonuses_respect_their_caps() {
     w.fold(noon(2024, 1, 1), welcome);
     let mut awarded = 0;
     for day in 1..=4 {
-        awarded += w.source(noon(2024, 1, day), SourceKind::Custom("review.written")).len();
+        awarded += w
+            .source(noon(2024, 1, day), SourceKind::Custom("review.written"))
+            .len();
     }
     assert_eq!(awarded, 2, "two a month");
-    assert_eq!(w.source(noon(2024, 2, 1), SourceKind::Custom("review.written")).len(), 1);
+    assert_eq!(
+        w.source(noon(2024, 2, 1), SourceKind::Custom("review.written"))
+            .len(),
+        1
+    );
     assert_eq!(w.member.balance(noon(2024, 2, 1)).available, 100 + 3 * 20);
 }
 
@@ -402,11 +448,17 @@ fn spending_is_refused_below_the_minimum_and_above_the_balance() {
     w.buy(noon(2024, 1, 1), "O1", &[("x", 1, 1_000)]); // 10 + 50, pending until the 15th
     assert_eq!(
         w.spend(noon(2024, 1, 2), 20),
-        Err(RuleError::InsufficientPoints { available: 0, requested: 20 })
+        Err(RuleError::InsufficientPoints {
+            available: 0,
+            requested: 20
+        })
     );
     assert_eq!(
         w.spend(noon(2024, 1, 20), 5),
-        Err(RuleError::BelowMinimum { minimum: 10, requested: 5 })
+        Err(RuleError::BelowMinimum {
+            minimum: 10,
+            requested: 5
+        })
     );
     assert!(w.spend(noon(2024, 1, 20), 60).is_ok());
     assert!(w.spend(noon(2024, 1, 20), 10).is_err());
@@ -430,17 +482,37 @@ fn rewards_check_stock_and_retirement() {
     );
     let at = noon(2024, 2, 1);
     let p = w.programme.at(at).cloned();
-    let (spent, claim) =
-        decide::redeem(&w.member, p.as_ref(), &reward, Uuid::from_u128(1), Uuid::from_u128(2), at)
-            .unwrap();
+    let (spent, claim) = decide::redeem(
+        &w.member,
+        p.as_ref(),
+        &reward,
+        Uuid::from_u128(1),
+        Uuid::from_u128(2),
+        at,
+    )
+    .unwrap();
     assert!(matches!(spent, DomainEvent::PointsSpent(s) if s.points == 100));
     ledger::apply_reward(&mut reward, &claim.unwrap());
     assert_eq!(
-        decide::redeem(&w.member, p.as_ref(), &reward, Uuid::from_u128(1), Uuid::from_u128(3), at),
+        decide::redeem(
+            &w.member,
+            p.as_ref(),
+            &reward,
+            Uuid::from_u128(1),
+            Uuid::from_u128(3),
+            at
+        ),
         Err(RuleError::OutOfStock(Uuid::from_u128(1)))
     );
     assert_eq!(
-        decide::redeem(&w.member, p.as_ref(), &Reward::default(), Uuid::from_u128(9), Uuid::from_u128(3), at),
+        decide::redeem(
+            &w.member,
+            p.as_ref(),
+            &Reward::default(),
+            Uuid::from_u128(9),
+            Uuid::from_u128(3),
+            at
+        ),
         Err(RuleError::UnknownReward(Uuid::from_u128(9)))
     );
 }
@@ -462,13 +534,21 @@ fn tier_downgrade_policies() {
         w
     };
     // Window drop: 2025-01-11, the window no longer holds January 2024.
-    let mut w = World { member: base.member.clone(), programme: base.programme.clone(), position: base.position };
+    let mut w = World {
+        member: base.member.clone(),
+        programme: base.programme.clone(),
+        position: base.position,
+    };
     assert_eq!(w.tick(noon(2025, 1, 11)).len(), 1);
     assert_eq!(w.member.tier, "Base");
     // Never: kept.
     let mut never = forever();
     never.downgrade = DowngradePolicy::Never;
-    let mut w = World { member: base.member.clone(), programme: base.programme.clone(), position: base.position };
+    let mut w = World {
+        member: base.member.clone(),
+        programme: base.programme.clone(),
+        position: base.position,
+    };
     w.define(midnight(2024, 6, 1), never);
     assert_eq!(w.tick(noon(2025, 6, 1)), []);
     // Period end: not during 2024 even when the window would drop; at the turn of 2026
@@ -476,7 +556,11 @@ fn tier_downgrade_policies() {
     // 2025-01-01 still holds January 2024: kept.
     let mut period = forever();
     period.downgrade = DowngradePolicy::PeriodEnd;
-    let mut w = World { member: base.member.clone(), programme: base.programme.clone(), position: base.position };
+    let mut w = World {
+        member: base.member.clone(),
+        programme: base.programme.clone(),
+        position: base.position,
+    };
     w.define(midnight(2024, 6, 1), period);
     assert_eq!(w.tick(noon(2025, 1, 11)), []);
     assert_eq!(w.tick(noon(2025, 12, 31)), []);
@@ -494,17 +578,29 @@ fn leaving_forfeits_every_remaining_point_and_transfers_move_points() {
     let enrolled = decide::enrol(&other, Channel::Store).unwrap();
     ledger::apply(
         &mut other,
-        &Envelope { position: 1, event_id: Uuid::from_u128(1), occurred_at_us: 0 },
+        &Envelope {
+            position: 1,
+            event_id: Uuid::from_u128(1),
+            occurred_at_us: 0,
+        },
         &enrolled[0],
     );
     let at = noon(2024, 2, 1);
     let moved = decide::transfer(&w.member, &other, 100, Uuid::from_u128(77), at).unwrap();
-    let env = Envelope { position: 100, event_id: Uuid::from_u128(78), occurred_at_us: at };
+    let env = Envelope {
+        position: 100,
+        event_id: Uuid::from_u128(78),
+        occurred_at_us: at,
+    };
     ledger::apply(&mut w.member, &env, &moved);
     ledger::apply(&mut other, &env, &moved);
     assert_eq!(w.member.balance(at).available, 50);
     assert_eq!(other.balance(at).available, 100);
-    assert_eq!(other.balance(noon(2025, 1, 1)).available, 0, "keeps the sender's expiry");
+    assert_eq!(
+        other.balance(noon(2025, 1, 1)).available,
+        0,
+        "keeps the sender's expiry"
+    );
     let left = decide::leave(&w.member, "moved away").unwrap();
     assert!(matches!(&left[0], DomainEvent::MemberLeft(l) if l.forfeited_points == 50));
     w.fold_plain(at, left);
@@ -516,7 +612,13 @@ fn leaving_forfeits_every_remaining_point_and_transfers_move_points() {
 #[test]
 fn lifetime_end_of_month_and_year() {
     let earned = noon(2024, 1, 20);
-    assert_eq!(PointsLifetime::EndOfMonthAfterDays(30).expires_at(earned), Some(midnight(2024, 3, 1)));
-    assert_eq!(PointsLifetime::EndOfYearAfterDays(365).expires_at(earned), Some(midnight(2026, 1, 1)));
+    assert_eq!(
+        PointsLifetime::EndOfMonthAfterDays(30).expires_at(earned),
+        Some(midnight(2024, 3, 1))
+    );
+    assert_eq!(
+        PointsLifetime::EndOfYearAfterDays(365).expires_at(earned),
+        Some(midnight(2026, 1, 1))
+    );
     assert_eq!(PointsLifetime::Never.expires_at(earned), None);
 }

@@ -107,9 +107,21 @@ mod tests {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
         }
-        assert_eq!(start_of_next_month(midnight(2024, 12, 31)), midnight(2025, 1, 1));
-        assert_eq!(start_of_next_year(midnight(2024, 6, 30)), midnight(2025, 1, 1));
-        assert_eq!(months_before(midnight(2024, 3, 31), 1), midnight(2024, 2, 29));
-        assert_eq!(months_before(midnight(2024, 3, 31), 12), midnight(2023, 3, 31));
+        assert_eq!(
+            start_of_next_month(midnight(2024, 12, 31)),
+            midnight(2025, 1, 1)
+        );
+        assert_eq!(
+            start_of_next_year(midnight(2024, 6, 30)),
+            midnight(2025, 1, 1)
+        );
+        assert_eq!(
+            months_before(midnight(2024, 3, 31), 1),
+            midnight(2024, 2, 29)
+        );
+        assert_eq!(
+            months_before(midnight(2024, 3, 31), 12),
+            midnight(2023, 3, 31)
+        );
     }
 }
