@@ -329,6 +329,11 @@ pub const LOYALTY_MEMBER_EVENTS_MAX: usize = 200_000;
 /// Log events the loyalty policy reads per round before it saves its checkpoint.
 pub const LOYALTY_POLICY_PAGE: usize = 1_000;
 
+/// Points events the loyalty policy stages before appending them in one atomic
+/// multi-stream append: one group commit (one fsync) for a batch of sources instead of
+/// one per source, and a bound on the append's memory.
+pub const LOYALTY_POLICY_BATCH_EVENTS: usize = 500;
+
 /// How often the loyalty job inside `serve` runs the time tick (expiry, tiers), in
 /// milliseconds of wall time; the policy runs whenever the head moves.
 pub const LOYALTY_TICK_MS: u64 = 5_000;

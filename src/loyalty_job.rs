@@ -27,7 +27,7 @@ use crate::clock::Clock;
 use crate::domain::DomainEvent;
 use crate::domain::events::BUILT_IN_EVENT_TYPES;
 use crate::domain::loyalty::decide::{self, Source, SourceKind, derived_event_id};
-use crate::domain::loyalty::ledger::{member_of_stream, member_stream};
+use crate::domain::loyalty::ledger::{self, member_of_stream, member_stream};
 use crate::domain::loyalty::{Member, ProgrammeHistory};
 use crate::domain::profile::customer_of_stream;
 use crate::limits;
@@ -142,7 +142,7 @@ impl Policy {
 pub struct Followed {
     /// Log events read.
     pub scanned: u64,
-    /// Source events of enrolled members decided.
+    /// Source events decided (purchases, refunds, custom events, enrolments).
     pub sources: u64,
     /// Points events appended.
     pub awards: u64,
@@ -236,6 +236,7 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
         };
         let mut new_merges = Vec::new();
         let mut new_members = Vec::new();
+        let mut sources = Vec::new();
         for logged in &page.events {
             let e = &logged.event;
             if e.position > head {
@@ -281,18 +282,43 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
             let Some((member, body)) = owned else {
                 continue;
             };
-            let source = Owned {
+            sources.push(Owned {
                 member,
                 event_id: e.id(),
                 position: e.position,
                 occurred_at_us: e.occurred_at_us,
                 correlation_id: e.correlation_id.clone(),
                 body,
-            };
-            let awarded = award(log, &programme, source).await?;
-            if let Some(n) = awarded {
-                done.sources += 1;
-                done.awards += n as u64;
+            });
+        }
+        // Decide a batch of sources against the members' streams, append all their awards
+        // in one atomic multi-stream append (one group commit), and fall back to one
+        // source at a time when a member changed meanwhile.
+        let mut rest: Vec<Owned> = sources;
+        while !rest.is_empty() {
+            let (decided, staged, left) = stage(log, &programme, rest).await?;
+            rest = left;
+            if staged.is_empty() {
+                done.sources += decided.len() as u64;
+                continue;
+            }
+            let events: usize = staged.iter().map(|a| a.events.len()).sum();
+            match log.append_multi(staged).await {
+                Ok(_) => {
+                    done.sources += decided.len() as u64;
+                    done.awards += events as u64;
+                }
+                Err(
+                    AppendError::WrongExpectedRevision { .. } | AppendError::EventIdConflict { .. },
+                ) => {
+                    for source in decided {
+                        if let Some(n) = award(log, &programme, source).await? {
+                            done.sources += 1;
+                            done.awards += n as u64;
+                        }
+                    }
+                }
+                Err(error) => return Err(error.to_string()),
             }
         }
         let through = if page.next_cursor > from {
@@ -309,6 +335,93 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
     }
     done.through = policy.checkpoint;
     Ok(done)
+}
+
+/// Awards of one batch: the sources decided, the appends (one per member, expecting the
+/// revision read), and the sources left for the next batch.
+type Staged = (Vec<Owned>, Vec<StreamAppend>, Vec<Owned>);
+
+/// Decides sources in log order against their members' streams (each read once; the
+/// awards decided so far are folded in, so a member's second purchase in the batch sees
+/// its first), until about [`limits::LOYALTY_POLICY_BATCH_EVENTS`] events are staged.
+async fn stage(
+    log: &Log,
+    programme: &ProgrammeHistory,
+    sources: Vec<Owned>,
+) -> Result<Staged, String> {
+    let (log, programme) = (log.clone(), programme.clone());
+    blocking(move || {
+        let mut states: BTreeMap<Uuid, Option<(Member, Option<u64>)>> = BTreeMap::new();
+        let mut staged: BTreeMap<Uuid, Vec<ProposedEvent>> = BTreeMap::new();
+        let mut count = 0;
+        let mut decided = Vec::new();
+        let mut sources = sources.into_iter();
+        for source in sources.by_ref() {
+            if !states.contains_key(&source.member) {
+                let stream =
+                    StreamName::parse(&member_stream(source.member)).map_err(|e| e.to_string())?;
+                let loaded = if log
+                    .stream_head(&stream)
+                    .map_err(|e| e.to_string())?
+                    .is_none()
+                {
+                    None
+                } else {
+                    Some(fold_member_as_of(&log, source.member, &|_| true)?)
+                };
+                states.insert(source.member, loaded);
+            }
+            if let Some(Some((member, _))) = states.get_mut(&source.member) {
+                let awards = decide::earn(
+                    member,
+                    programme.at(source.occurred_at_us),
+                    &source.source(),
+                );
+                let correlation = if source.correlation_id.is_empty() {
+                    source.event_id.to_string()
+                } else {
+                    source.correlation_id.clone()
+                };
+                for (id, event) in &awards {
+                    // Provisional envelope: the decisions of later sources in this batch
+                    // need the award, not its final position.
+                    let env = ledger::Envelope {
+                        position: source.position,
+                        event_id: *id,
+                        occurred_at_us: source.occurred_at_us,
+                    };
+                    ledger::apply(member, &env, event);
+                    staged
+                        .entry(source.member)
+                        .or_default()
+                        .push(ProposedEvent {
+                            causation_id: source.event_id.to_string(),
+                            correlation_id: correlation.clone(),
+                            ..proposed(*id, event, source.occurred_at_us, POLICY_ACTOR)
+                        });
+                    count += 1;
+                }
+            }
+            decided.push(source);
+            if count >= limits::LOYALTY_POLICY_BATCH_EVENTS {
+                break;
+            }
+        }
+        let mut appends = Vec::new();
+        for (member, events) in staged {
+            let revision = states
+                .get(&member)
+                .and_then(|s| s.as_ref())
+                .and_then(|(_, r)| *r);
+            appends.push(StreamAppend {
+                stream: StreamName::parse(&member_stream(member)).map_err(|e| e.to_string())?,
+                expected: revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+                events,
+            });
+        }
+        Ok((decided, appends, sources.collect()))
+    })
+    .await
 }
 
 /// Decides and appends what one source earns. `None` when the customer is not a member.
