@@ -205,6 +205,9 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
             programme: Some(pb::LoyaltyProgramme {
                 name: "Crash club".into(),
                 currency: "EUR".into(),
+                // Points live one day: the offline tick below expires them all.
+                lifetime: pb::PointsLifetimeKind::Days as i32,
+                lifetime_days: 1,
                 points_per_unit: 1,
                 minor_per_unit: 100,
                 bonuses: vec![pb::LoyaltyBonus {
