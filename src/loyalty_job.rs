@@ -16,6 +16,7 @@
 //! The policy's checkpoint, the merges and the enrolled members it has seen live in the
 //! sled tree `loyalty_policy`, saved after each page; losing them only costs a replay.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -357,21 +358,23 @@ async fn stage(
         let mut decided = Vec::new();
         let mut sources = sources.into_iter();
         for source in sources.by_ref() {
-            if !states.contains_key(&source.member) {
-                let stream =
-                    StreamName::parse(&member_stream(source.member)).map_err(|e| e.to_string())?;
-                let loaded = if log
-                    .stream_head(&stream)
-                    .map_err(|e| e.to_string())?
-                    .is_none()
-                {
-                    None
-                } else {
-                    Some(fold_member_as_of(&log, source.member, &|_| true)?)
-                };
-                states.insert(source.member, loaded);
-            }
-            if let Some(Some((member, _))) = states.get_mut(&source.member) {
+            let state = match states.entry(source.member) {
+                Entry::Occupied(found) => found.into_mut(),
+                Entry::Vacant(slot) => {
+                    let stream = StreamName::parse(&member_stream(source.member))
+                        .map_err(|e| e.to_string())?;
+                    let enrolled = log
+                        .stream_head(&stream)
+                        .map_err(|e| e.to_string())?
+                        .is_some();
+                    slot.insert(if enrolled {
+                        Some(fold_member_as_of(&log, source.member, &|_| true)?)
+                    } else {
+                        None
+                    })
+                }
+            };
+            if let Some((member, _)) = state {
                 let awards = decide::earn(
                     member,
                     programme.at(source.occurred_at_us),

@@ -69,8 +69,16 @@ async fn loyalty_policy_and_projection_throughput() {
         min_redemption_points: 100,
         debt_max_points: 200,
         tiers: vec![
-            Tier { name: "Base".into(), threshold: 0, multiplier_percent: 100 },
-            Tier { name: "Gold".into(), threshold: 2_000, multiplier_percent: 150 },
+            Tier {
+                name: "Base".into(),
+                threshold: 0,
+                multiplier_percent: 100,
+            },
+            Tier {
+                name: "Gold".into(),
+                threshold: 2_000,
+                multiplier_percent: 150,
+            },
         ],
         tier_basis: TierBasis::PointsEarned,
         tier_window_months: 12,
@@ -105,7 +113,9 @@ async fn loyalty_policy_and_projection_throughput() {
                 .collect();
             log.append_multi(appends).await.unwrap();
         }
-        tokio::task::spawn_blocking(move || log.shutdown()).await.unwrap();
+        tokio::task::spawn_blocking(move || log.shutdown())
+            .await
+            .unwrap();
     }
     seed::run(
         SeedTarget::DataDir {
@@ -175,5 +185,7 @@ async fn loyalty_policy_and_projection_throughput() {
         ticked.expired_points,
         ticked.tier_changes
     );
-    tokio::task::spawn_blocking(move || log.shutdown()).await.unwrap();
+    tokio::task::spawn_blocking(move || log.shutdown())
+        .await
+        .unwrap();
 }
