@@ -335,5 +335,7 @@ pub const LOYALTY_POLICY_PAGE: usize = 1_000;
 pub const LOYALTY_POLICY_BATCH_EVENTS: usize = 500;
 
 /// How often the loyalty job inside `serve` runs the time tick (expiry, tiers), in
-/// milliseconds of wall time; the policy runs whenever the head moves.
-pub const LOYALTY_TICK_MS: u64 = 5_000;
+/// milliseconds of wall time; the policy runs whenever the head moves. Expiry and tiers
+/// move on day boundaries in practice, and each tick scans every member of the read
+/// model, so once a minute is plenty (`Loyalty.RunTick` runs one on demand).
+pub const LOYALTY_TICK_MS: u64 = 60_000;

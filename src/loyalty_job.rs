@@ -1,6 +1,7 @@
 //! The loyalty job: the **earning policy** that follows the log, and the **time tick**
 //! (expiry and tier re-evaluation). Both run inside `serve` (the tick on a schedule,
-//! with time from the injected clock); operators run them offline with
+//! with time from the injected clock, for the members the `loyalty` read model shows
+//! due); operators run them offline with
 //! `rapport loyalty tick --as-of T --data-dir D`, or online with `Loyalty.RunTick`.
 //!
 //! **Exactly once.** For every purchase, refund or custom event of an enrolled customer
@@ -36,6 +37,7 @@ use crate::log::{
     AppendError, ExpectedRevision, Log, LoggedEvent, ProposedEvent, ReadFilter, StreamAppend,
     StreamName,
 };
+use crate::projections::Projections;
 use crate::projections::loyalty::{fold_member_as_of, fold_programme};
 
 /// The sled tree of the policy's own state.
@@ -498,7 +500,7 @@ async fn award(
 /// What one [`tick`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ticked {
-    /// Members evaluated.
+    /// Members evaluated (on their streams).
     pub members: u64,
     /// Points expired.
     pub expired_points: u64,
@@ -572,9 +574,32 @@ pub async fn tick(
     Ok(done)
 }
 
+/// The members of the `loyalty` read model for which a tick at `as_of_us` would append
+/// something (points lapsed with some left, or a tier move), in id order: a cheap scan
+/// of folded members, so a tick reads and re-decides only their streams. A lagging read
+/// model only delays a member to the next tick; the tick itself decides on the stream.
+pub fn due_members(tree: &sled::Tree, as_of_us: i64) -> Result<Vec<Uuid>, String> {
+    let history = crate::projections::loyalty::read_programme(tree)?;
+    let programme = history.at(as_of_us);
+    let mut due = Vec::new();
+    for member in crate::projections::loyalty::scan_members(tree, None) {
+        let member = member?;
+        if !decide::tick(&member, programme, as_of_us).is_empty() {
+            due.push(member.customer_id);
+        }
+    }
+    Ok(due)
+}
+
 /// Runs the policy (after every move of the log's head) and the tick (every
-/// [`limits::LOYALTY_TICK_MS`] of wall time, as of the clock's now) until `stop`.
-pub async fn run(log: Log, clock: Arc<dyn Clock>, mut stop: watch::Receiver<bool>) {
+/// [`limits::LOYALTY_TICK_MS`] of wall time, as of the clock's now, for the members the
+/// `loyalty` read model shows due) until `stop`.
+pub async fn run(
+    log: Log,
+    projections: Projections,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut policy = match Policy::open(&log) {
         Ok(policy) => policy,
         Err(error) => {
@@ -595,7 +620,19 @@ pub async fn run(log: Log, clock: Arc<dyn Clock>, mut stop: watch::Receiver<bool
             Err(error) => tracing::warn!(%error, "loyalty policy round failed"),
         }
         if tokio::time::Instant::now() >= next_tick {
-            match tick(&log, policy.members().clone(), clock.now_us()).await {
+            let now = clock.now_us();
+            let due = match projections.reader(crate::projections::loyalty::NAME) {
+                Ok(view) => {
+                    let tree = view.tree.clone();
+                    blocking(move || due_members(&tree, now)).await
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            let members = due.unwrap_or_else(|error| {
+                tracing::warn!(%error, "loyalty read model unreadable; ticking every member");
+                policy.members().iter().copied().collect()
+            });
+            match tick(&log, members, now).await {
                 Ok(done) if done.expired_points + done.tier_changes > 0 => {
                     tracing::debug!(?done, "loyalty tick");
                 }

@@ -1014,20 +1014,16 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let as_of_us = as_of_field(request.into_inner().as_of, &mut v);
         finish(v)?;
         let at = as_of_us.unwrap_or_else(|| self.inner.clock.now_us());
-        // Every member the read model knows, once it has caught up with the head.
+        // The members due at `at`, by the read model once it has caught up with the head.
         let head = self.inner.log.head().position;
         let view = self
             .inner
             .projections
             .wait_for(read_model::NAME, head, wait)
             .await?;
-        let mut members = Vec::new();
-        for member in read_model::scan_members(&view.tree, None) {
-            let member = member.map_err(internal)?;
-            if member.is_active() {
-                members.push(member.customer_id);
-            }
-        }
+        let tree = view.tree.clone();
+        let members =
+            blocking(move || crate::loyalty_job::due_members(&tree, at).map_err(internal)).await?;
         drop(view);
         let done = crate::loyalty_job::tick(&self.inner.log, members, at)
             .await

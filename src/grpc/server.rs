@@ -181,6 +181,7 @@ pub async fn serve_log(
     .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
     let loyalty_job = tokio::spawn(crate::loyalty_job::run(
         log.clone(),
+        projections.clone(),
         clock.clone(),
         stop_tx.subscribe(),
     ));
