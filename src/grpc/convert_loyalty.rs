@@ -573,3 +573,213 @@ pub fn points_transferred_to(e: PointsTransferred) -> pb::PointsTransferred {
         expires_at: e.expires_at_us.map(timestamp_from_us),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::convert::{event_from_proto, event_to_proto};
+    use super::*;
+    use crate::domain::DomainEvent;
+
+    fn programme(
+        lifetime: PointsLifetime,
+        basis: TierBasis,
+        downgrade: DowngradePolicy,
+    ) -> Programme {
+        Programme {
+            name: "Club".into(),
+            currency: "EUR".into(),
+            points_per_unit: 2,
+            minor_per_unit: 100,
+            multipliers: vec![
+                Multiplier {
+                    scope: MultiplierScope::Category("shoes".into()),
+                    percent: 300,
+                },
+                Multiplier {
+                    scope: MultiplierScope::Sku("SKU-1".into()),
+                    percent: 150,
+                },
+                Multiplier {
+                    scope: MultiplierScope::Channel(Channel::Web),
+                    percent: 120,
+                },
+            ],
+            bonuses: vec![
+                Bonus {
+                    name: "first".into(),
+                    trigger: BonusTrigger::FirstPurchase,
+                    points: 50,
+                    cap: None,
+                },
+                Bonus {
+                    name: "welcome".into(),
+                    trigger: BonusTrigger::SignUp,
+                    points: 100,
+                    cap: Some(Cap {
+                        count: 1,
+                        period: CapPeriod::Year,
+                    }),
+                },
+                Bonus {
+                    name: "review".into(),
+                    trigger: BonusTrigger::CustomEvent("review.written".into()),
+                    points: 20,
+                    cap: Some(Cap {
+                        count: 2,
+                        period: CapPeriod::Day,
+                    }),
+                },
+            ],
+            lifetime,
+            holding_days: 14,
+            min_redemption_points: 100,
+            debt_max_points: 500,
+            tiers: vec![
+                Tier {
+                    name: "Base".into(),
+                    threshold: 0,
+                    multiplier_percent: 100,
+                },
+                Tier {
+                    name: "Gold".into(),
+                    threshold: 1_000,
+                    multiplier_percent: 150,
+                },
+            ],
+            tier_basis: basis,
+            tier_window_months: 12,
+            downgrade,
+        }
+    }
+
+    #[test]
+    fn every_loyalty_event_round_trips_through_proto() {
+        let id = |n: u128| Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_0000 | n);
+        let events = vec![
+            DomainEvent::ProgrammeDefined(ProgrammeDefined {
+                programme: programme(
+                    PointsLifetime::Days(365),
+                    TierBasis::PointsEarned,
+                    DowngradePolicy::PeriodEnd,
+                ),
+            }),
+            DomainEvent::ProgrammeChanged(ProgrammeChanged {
+                programme: programme(
+                    PointsLifetime::EndOfMonthAfterDays(30),
+                    TierBasis::Spend,
+                    DowngradePolicy::WindowDrop,
+                ),
+            }),
+            DomainEvent::ProgrammeChanged(ProgrammeChanged {
+                programme: programme(
+                    PointsLifetime::EndOfYearAfterDays(1),
+                    TierBasis::Spend,
+                    DowngradePolicy::Never,
+                ),
+            }),
+            DomainEvent::ProgrammeChanged(ProgrammeChanged {
+                programme: programme(
+                    PointsLifetime::Never,
+                    TierBasis::Spend,
+                    DowngradePolicy::Never,
+                ),
+            }),
+            DomainEvent::RewardDefined(RewardDefined {
+                reward_id: id(1),
+                name: "Mug".into(),
+                cost_points: 500,
+                stock: Some(3),
+            }),
+            DomainEvent::RewardDefined(RewardDefined {
+                reward_id: id(1),
+                name: "Voucher".into(),
+                cost_points: 100,
+                stock: None,
+            }),
+            DomainEvent::RewardRetired(RewardRetired { reward_id: id(1) }),
+            DomainEvent::RewardClaimed(RewardClaimed {
+                reward_id: id(1),
+                customer_id: id(2),
+                redemption_id: id(3),
+            }),
+            DomainEvent::MemberEnrolled(MemberEnrolled {
+                customer_id: id(2),
+                channel: Channel::Store,
+            }),
+            DomainEvent::MemberLeft(MemberLeft {
+                customer_id: id(2),
+                forfeited_points: 12,
+                reason: "moved".into(),
+            }),
+            DomainEvent::TierChanged(TierChanged {
+                customer_id: id(2),
+                from_tier: "Base".into(),
+                to_tier: "Gold".into(),
+                qualifying: 1_200,
+                as_of_us: 1_700_000_000_000_000,
+            }),
+            DomainEvent::PointsEarned(PointsEarned {
+                customer_id: id(2),
+                rule: "base".into(),
+                points: 240,
+                order_id: "o-1".into(),
+                spend_minor: 12_000,
+                earned_at_us: 1_700_000_000_000_000,
+                available_at_us: 1_700_000_100_000_000,
+                expires_at_us: Some(1_800_000_000_000_000),
+                source_event_id: id(4),
+            }),
+            DomainEvent::PointsCancelled(PointsCancelled {
+                customer_id: id(2),
+                order_id: "o-1".into(),
+                points: 100,
+                debt_points: 40,
+                forgiven_points: 7,
+                refund_minor: 6_000,
+                source_event_id: id(5),
+            }),
+            DomainEvent::PointsSpent(PointsSpent {
+                customer_id: id(2),
+                points: 500,
+                reason: "Mug".into(),
+                reward_id: Some(id(1)),
+                redemption_id: id(3),
+            }),
+            DomainEvent::PointsSpent(PointsSpent {
+                customer_id: id(2),
+                points: 50,
+                reason: String::new(),
+                reward_id: None,
+                redemption_id: id(6),
+            }),
+            DomainEvent::PointsExpired(PointsExpired {
+                customer_id: id(2),
+                lines: vec![ExpiredLine {
+                    line_id: id(7),
+                    points: 30,
+                }],
+                as_of_us: 1_800_000_000_000_000,
+            }),
+            DomainEvent::PointsAdjusted(PointsAdjusted {
+                customer_id: id(2),
+                points: -75,
+                reason: "fix".into(),
+                expires_at_us: None,
+            }),
+            DomainEvent::PointsTransferred(PointsTransferred {
+                from_customer_id: id(2),
+                to_customer_id: id(8),
+                points: 300,
+                transfer_id: id(9),
+                expires_at_us: Some(1_800_000_000_000_000),
+            }),
+        ];
+        for event in events {
+            let mut v = Violations::new("event");
+            let back = event_from_proto(event_to_proto(event.clone()), &mut v);
+            assert!(v.is_empty(), "{event:?}: {:?}", v.into_vec());
+            assert_eq!(back.as_ref(), Some(&event));
+            assert_eq!(event.validate(""), Ok(()), "{event:?}");
+        }
+    }
+}
