@@ -255,6 +255,20 @@ async fn worked_example_end_to_end() {
         .unwrap();
     env.tick(midnight(2024, 2, 1)).await;
     assert_eq!(env.member(&c, None).await.tier, "Base");
+    // The version in force (and the versions known) depend on the business time asked about.
+    for (when, versions, multipliers) in [(noon(2024, 1, 15), 1, 0), (noon(2024, 2, 15), 2, 1)] {
+        let p = env
+            .loyalty
+            .get_programme(pb::GetProgrammeRequest {
+                min_position: env.server.log.head().position,
+                as_of: Some(ts(when)),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.versions.len(), versions);
+        assert_eq!(p.in_force.unwrap().multipliers.len(), multipliers);
+    }
 
     // O2: 50.00 EUR shoes under v2 → 150.
     env.set_clock(noon(2024, 2, 10));

@@ -361,7 +361,7 @@ fn as_of_field(as_of: Option<prost_types::Timestamp>, v: &mut Violations) -> Opt
     as_of.and_then(|ts| timestamp_to_us("as_of", &ts, v))
 }
 
-fn customer_field(field: &str, text: &str, v: &mut Violations) -> Uuid {
+fn id_field(field: &str, text: &str, v: &mut Violations) -> Uuid {
     let id = uuid_field(field, text, v);
     if id.is_nil() && !text.is_empty() && Uuid::parse_str(text).is_ok() {
         v.add(field, "must not be the nil UUID");
@@ -423,9 +423,25 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let mut v = Violations::new("");
         let as_of_us = as_of_field(as_of, &mut v);
         finish(v)?;
-        let (_, history, at, _) = self
-            .member_at(Uuid::nil(), min_position, as_of_us, wait)
-            .await?;
+        let (history, at) = match as_of_us {
+            Some(at) => {
+                let log = self.inner.log.clone();
+                let include = move |l: &LoggedEvent| l.event.occurred_at_us <= at;
+                let (history, _) =
+                    blocking(move || read_model::fold_programme(&log, &include).map_err(internal))
+                        .await?;
+                (history, at)
+            }
+            None => {
+                let view = self
+                    .inner
+                    .projections
+                    .wait_for(read_model::NAME, min_position, wait)
+                    .await?;
+                let history = read_model::read_programme(&view.tree).map_err(internal)?;
+                (history, self.inner.clock.now_us())
+            }
+        };
         Ok(Response::new(pb::GetProgrammeResponse {
             in_force: history.at(at).cloned().map(programme_to),
             versions: history
@@ -458,7 +474,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
                 .event_id
                 .map_or_else(Uuid::now_v7, |e| derived_id(e, usize::MAX))
         } else {
-            customer_field("reward_id", &reward_id, &mut v)
+            id_field("reward_id", &reward_id, &mut v)
         };
         let event = RewardDefined {
             reward_id,
@@ -499,7 +515,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let pb::RetireRewardRequest { reward_id, context } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
-        let reward_id = customer_field("reward_id", &reward_id, &mut v);
+        let reward_id = id_field("reward_id", &reward_id, &mut v);
         finish(v)?;
         self.execute(context, reward_id.to_string(), move |log, _, _| {
             let (reward, revision) = read_model::fold_reward(log, reward_id).map_err(internal)?;
@@ -557,7 +573,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
-        let id = customer_field("customer_id", &customer_id, &mut v);
+        let id = id_field("customer_id", &customer_id, &mut v);
         let channel = channel_from("channel", channel, &mut v);
         finish(v)?;
         self.execute(context, id.to_string(), move |log, _, _| {
@@ -588,7 +604,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
-        let id = customer_field("customer_id", &customer_id, &mut v);
+        let id = id_field("customer_id", &customer_id, &mut v);
         v.max_len("reason", &reason, limits::FIELD_BYTES_MAX);
         finish(v)?;
         self.execute(context, id.to_string(), move |log, _, _| {
@@ -614,7 +630,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
-        let id = customer_field("customer_id", &customer_id, &mut v);
+        let id = id_field("customer_id", &customer_id, &mut v);
         points_field("points", points, &mut v);
         v.max_len("reason", &reason, limits::FIELD_BYTES_MAX);
         finish(v)?;
@@ -641,8 +657,8 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
-        let id = customer_field("customer_id", &customer_id, &mut v);
-        let reward_id = customer_field("reward_id", &reward_id, &mut v);
+        let id = id_field("customer_id", &customer_id, &mut v);
+        let reward_id = id_field("reward_id", &reward_id, &mut v);
         finish(v)?;
         self.execute(context, String::new(), move |log, at, redemption| {
             let (history, _) = load_programme(log)?;
@@ -681,7 +697,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
-        let id = customer_field("customer_id", &customer_id, &mut v);
+        let id = id_field("customer_id", &customer_id, &mut v);
         if points == 0 || points.unsigned_abs() > limits::LOYALTY_POINTS_MAX {
             v.add(
                 "points",
@@ -723,8 +739,8 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
-        let from = customer_field("from_customer_id", &from_customer_id, &mut v);
-        let to = customer_field("to_customer_id", &to_customer_id, &mut v);
+        let from = id_field("from_customer_id", &from_customer_id, &mut v);
+        let to = id_field("to_customer_id", &to_customer_id, &mut v);
         if from == to && !from.is_nil() {
             v.add("to_customer_id", "must differ from from_customer_id");
         }
@@ -761,7 +777,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
             as_of,
         } = request.into_inner();
         let mut v = Violations::new("");
-        let id = customer_field("customer_id", &customer_id, &mut v);
+        let id = id_field("customer_id", &customer_id, &mut v);
         let as_of_us = as_of_field(as_of, &mut v);
         finish(v)?;
         let (member, history, at, position) =
@@ -790,7 +806,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
             page_token,
         } = request.into_inner();
         let mut v = Violations::new("");
-        let id = customer_field("customer_id", &customer_id, &mut v);
+        let id = id_field("customer_id", &customer_id, &mut v);
         let as_of_us = as_of_field(as_of, &mut v);
         let start: usize = if page_token.is_empty() {
             0
