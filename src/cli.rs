@@ -46,7 +46,7 @@ pub async fn serve(
         addr = %listener.local_addr()?,
         data_dir = %data_dir.display(),
         head_position = head.position,
-        "rapport serving (gRPC EventStore, Customers, Analytics, Admin, health, reflection)"
+        "rapport serving (gRPC EventStore, Customers, Analytics, Loyalty, Admin, health, reflection)"
     );
     let served = crate::grpc::serve_log(
         log.clone(),
@@ -583,6 +583,32 @@ pub fn keys_rotate(
         new_master_key_file.display()
     );
     Ok(())
+}
+
+/// `rapport loyalty tick --as-of T --data-dir D` (offline): the earning policy catches up
+/// with the log (awarding what it has not yet, exactly once), then the tick appends the
+/// expiry and tier changes due at `as_of_us` for every enrolled member.
+pub async fn loyalty_tick(data_dir: PathBuf, as_of_us: i64) -> Result<(), CliError> {
+    let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(data_dir))).await??;
+    let result = async {
+        let mut policy = crate::loyalty_job::Policy::open(&log)?;
+        let followed = crate::loyalty_job::follow(&log, &mut policy).await?;
+        let ticked =
+            crate::loyalty_job::tick(&log, policy.members().clone(), as_of_us).await?;
+        println!(
+            "policy: {} sources, {} awards (through position {}); tick: {} members, {} points expired, {} tier changes",
+            followed.sources,
+            followed.awards,
+            followed.through,
+            ticked.members,
+            ticked.expired_points,
+            ticked.tier_changes
+        );
+        Ok::<(), String>(())
+    }
+    .await;
+    tokio::task::spawn_blocking(move || log.shutdown()).await?;
+    result.map_err(Into::into)
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@
 //!   into a shadow generation without downtime; and the built-in `log_stats`.
 //! - [`segment_job`]: keeps segment membership current as events and time arrive, by
 //!   appending entered / left events (the time is in the events, never read by a fold).
+//! - [`loyalty_job`]: the loyalty earning policy following the log (exactly-once awards
+//!   with derived ids) and the time tick (expiry, tiers) (issue 5).
 //! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
 //!   one error → status table, server assembly with health and reflection.
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
@@ -35,6 +37,7 @@ pub mod keys;
 pub mod limits;
 pub mod loadgen;
 pub mod log;
+pub mod loyalty_job;
 pub mod privacy;
 pub mod projections;
 pub mod replay;

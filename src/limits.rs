@@ -293,3 +293,54 @@ pub const SEGMENT_INCREMENTAL_CUSTOMERS_MAX: usize = 50_000;
 /// reads everything it follows, and reading per event took a seventh of the server's
 /// CPU under load. Read-your-writes waits grow by at most this much.
 pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 2;
+
+// --- Loyalty (issue 5) -------------------------------------------------------------------
+
+/// Earning multipliers plus bonuses in one programme version. Every purchase is checked
+/// against each of them; a programme is a handful of rules, not a price list.
+pub const LOYALTY_RULES_MAX: usize = 100;
+
+/// Tiers in a programme (bronze, silver, gold, ... fits comfortably).
+pub const LOYALTY_TIERS_MAX: usize = 16;
+
+/// Programme versions kept (defined + changes): each decision looks up the version in
+/// force at the source event's business time, so the history is read whole.
+pub const LOYALTY_PROGRAMME_VERSIONS_MAX: usize = 1_000;
+
+/// Points in one command or credit: far above any real balance, far below `i64::MAX`,
+/// so sums over a member's whole ledger never overflow.
+pub const LOYALTY_POINTS_MAX: u64 = 1_000_000_000_000;
+
+/// Days in a holding period, a points lifetime or a tier window (in months × 31).
+pub const LOYALTY_DAYS_MAX: u32 = 36_600;
+
+/// Default page of `GetLedger` / `ListMembers`.
+pub const LOYALTY_PAGE_DEFAULT: usize = 50;
+
+/// Largest page of `GetLedger` / `ListMembers` (larger requests are capped).
+pub const LOYALTY_PAGE_MAX: usize = 500;
+
+/// Members one `ListMembers` call examines (its filters are on values that depend on the
+/// query time, so they are not indexed): past this the page ends early with a token.
+pub const LOYALTY_LIST_SCAN_MAX: usize = 20_000;
+
+/// Months of per-period figures in `GetProgrammeStats`.
+pub const LOYALTY_STATS_MONTHS_MAX: u32 = 60;
+
+/// Ledger events of one member stream the services fold: a member earns on every
+/// purchase, so this is a generous bound on one person's history.
+pub const LOYALTY_MEMBER_EVENTS_MAX: usize = 200_000;
+
+/// Log events the loyalty policy reads per round before it saves its checkpoint.
+pub const LOYALTY_POLICY_PAGE: usize = 1_000;
+
+/// Points events the loyalty policy stages before appending them in one atomic
+/// multi-stream append: one group commit (one fsync) for a batch of sources instead of
+/// one per source, and a bound on the append's memory.
+pub const LOYALTY_POLICY_BATCH_EVENTS: usize = 500;
+
+/// How often the loyalty job inside `serve` runs the time tick (expiry, tiers), in
+/// milliseconds of wall time; the policy runs whenever the head moves. Expiry and tiers
+/// move on day boundaries in practice, and each tick scans every member of the read
+/// model, so once a minute is plenty (`Loyalty.RunTick` runs one on demand).
+pub const LOYALTY_TICK_MS: u64 = 60_000;

@@ -36,7 +36,7 @@ enum ImportKindArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the log over gRPC (EventStore, Customers, Analytics, Admin, health, reflection) until
+    /// Serve the log over gRPC (EventStore, Customers, Analytics, Loyalty, Admin, health, reflection) until
     /// SIGINT/SIGTERM.
     Serve {
         /// Data directory (created if missing).
@@ -179,6 +179,11 @@ enum Command {
         #[arg(long, env = "RAPPORT_MASTER_KEY_FILE", conflicts_with = "server")]
         master_key_file: Option<PathBuf>,
     },
+    /// Loyalty programme operations (issue 5).
+    Loyalty {
+        #[command(subcommand)]
+        loyalty: LoyaltyCommand,
+    },
     /// Key management of a stopped server's data directory.
     Keys {
         #[command(subcommand)]
@@ -188,6 +193,21 @@ enum Command {
     Bench {
         #[command(subcommand)]
         bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoyaltyCommand {
+    /// Offline (the server must be stopped): let the earning policy catch up with the
+    /// log, then append the expiry and tier changes due at --as-of (business time).
+    /// A running server does this itself on a schedule; `Loyalty.RunTick` asks it now.
+    Tick {
+        /// The time to evaluate at, RFC 3339 (e.g. 2025-03-10T12:00:00Z).
+        #[arg(long, value_parser = rapport::replay::parse_rfc3339)]
+        as_of: i64,
+        /// Data directory of a stopped server.
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -424,6 +444,11 @@ fn main() -> ExitCode {
                 }
                 .map(|_| true)
             }
+            Command::Loyalty {
+                loyalty: LoyaltyCommand::Tick { as_of, data_dir },
+            } => rapport::cli::loyalty_tick(data_dir, as_of)
+                .await
+                .map(|()| true),
             Command::Keys {
                 keys:
                     Keys::Rotate {

@@ -495,6 +495,21 @@ fn clear_events() -> Vec<DomainEvent> {
         }),
         DomainEvent::CustomerEnteredSegment(customer_entered_segment()),
         DomainEvent::CustomerLeftSegment(customer_left_segment()),
+        // Loyalty (issue 5).
+        DomainEvent::ProgrammeDefined(loyalty_samples::programme_defined()),
+        DomainEvent::ProgrammeChanged(loyalty_samples::programme_changed()),
+        DomainEvent::RewardDefined(loyalty_samples::reward_defined()),
+        DomainEvent::RewardRetired(loyalty_samples::reward_retired()),
+        DomainEvent::RewardClaimed(loyalty_samples::reward_claimed()),
+        DomainEvent::MemberEnrolled(loyalty_samples::member_enrolled()),
+        DomainEvent::MemberLeft(loyalty_samples::member_left()),
+        DomainEvent::TierChanged(loyalty_samples::tier_changed()),
+        DomainEvent::PointsEarned(loyalty_samples::points_earned()),
+        DomainEvent::PointsCancelled(loyalty_samples::points_cancelled()),
+        DomainEvent::PointsSpent(loyalty_samples::points_spent()),
+        DomainEvent::PointsExpired(loyalty_samples::points_expired()),
+        DomainEvent::PointsAdjusted(loyalty_samples::points_adjusted()),
+        DomainEvent::PointsTransferred(loyalty_samples::points_transferred()),
     ]
 }
 
@@ -949,4 +964,247 @@ fn a_chunk_and_its_chain_hashes_match_their_golden_bytes() {
         golden_hashes.as_bytes(),
     );
     assert_same_bytes("format1/chunk.bin", &current, &golden);
+}
+
+/// Fully populated samples of the loyalty events (issue 5): every optional field set and
+/// every enum variant of the programme configuration used once across the two versions.
+mod loyalty_samples {
+    use rapport::domain::common::Channel;
+    use rapport::domain::events::{
+        ExpiredLine, MemberEnrolled, MemberLeft, PointsAdjusted, PointsCancelled, PointsEarned,
+        PointsExpired, PointsSpent, PointsTransferred, ProgrammeChanged, ProgrammeDefined,
+        RewardClaimed, RewardDefined, RewardRetired, TierChanged,
+    };
+    use rapport::domain::loyalty::config::{
+        Bonus, BonusTrigger, Cap, CapPeriod, DowngradePolicy, Multiplier, MultiplierScope,
+        PointsLifetime, Programme, Tier, TierBasis,
+    };
+    use uuid::Uuid;
+
+    const MEMBER: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_0001);
+    const OTHER: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_0002);
+    const REWARD: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_00aa);
+    const SOURCE: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_00bb);
+
+    fn programme(
+        lifetime: PointsLifetime,
+        basis: TierBasis,
+        downgrade: DowngradePolicy,
+    ) -> Programme {
+        Programme {
+            name: "Club Rapport".into(),
+            currency: "EUR".into(),
+            points_per_unit: 2,
+            minor_per_unit: 100,
+            multipliers: vec![
+                Multiplier {
+                    scope: MultiplierScope::Category("shoes".into()),
+                    percent: 300,
+                },
+                Multiplier {
+                    scope: MultiplierScope::Sku("SKU-1".into()),
+                    percent: 150,
+                },
+                Multiplier {
+                    scope: MultiplierScope::Channel(Channel::Web),
+                    percent: 120,
+                },
+            ],
+            bonuses: vec![
+                Bonus {
+                    name: "first".into(),
+                    trigger: BonusTrigger::FirstPurchase,
+                    points: 50,
+                    cap: Some(Cap {
+                        count: 1,
+                        period: CapPeriod::Lifetime,
+                    }),
+                },
+                Bonus {
+                    name: "welcome".into(),
+                    trigger: BonusTrigger::SignUp,
+                    points: 100,
+                    cap: Some(Cap {
+                        count: 1,
+                        period: CapPeriod::Year,
+                    }),
+                },
+                Bonus {
+                    name: "review".into(),
+                    trigger: BonusTrigger::CustomEvent("review.written".into()),
+                    points: 20,
+                    cap: Some(Cap {
+                        count: 2,
+                        period: CapPeriod::Month,
+                    }),
+                },
+                Bonus {
+                    name: "referral".into(),
+                    trigger: BonusTrigger::CustomEvent("referral.completed".into()),
+                    points: 200,
+                    cap: Some(Cap {
+                        count: 1,
+                        period: CapPeriod::Day,
+                    }),
+                },
+            ],
+            lifetime,
+            holding_days: 14,
+            min_redemption_points: 100,
+            debt_max_points: 500,
+            tiers: vec![
+                Tier {
+                    name: "Base".into(),
+                    threshold: 0,
+                    multiplier_percent: 100,
+                },
+                Tier {
+                    name: "Gold".into(),
+                    threshold: 1_000,
+                    multiplier_percent: 150,
+                },
+            ],
+            tier_basis: basis,
+            tier_window_months: 12,
+            downgrade,
+        }
+    }
+
+    pub fn programme_defined() -> ProgrammeDefined {
+        ProgrammeDefined {
+            programme: programme(
+                PointsLifetime::EndOfMonthAfterDays(365),
+                TierBasis::PointsEarned,
+                DowngradePolicy::PeriodEnd,
+            ),
+        }
+    }
+
+    pub fn programme_changed() -> ProgrammeChanged {
+        ProgrammeChanged {
+            programme: programme(
+                PointsLifetime::EndOfYearAfterDays(30),
+                TierBasis::Spend,
+                DowngradePolicy::WindowDrop,
+            ),
+        }
+    }
+
+    pub fn reward_defined() -> RewardDefined {
+        RewardDefined {
+            reward_id: REWARD,
+            name: "Mug".into(),
+            cost_points: 500,
+            stock: Some(25),
+        }
+    }
+
+    pub fn reward_retired() -> RewardRetired {
+        RewardRetired { reward_id: REWARD }
+    }
+
+    pub fn reward_claimed() -> RewardClaimed {
+        RewardClaimed {
+            reward_id: REWARD,
+            customer_id: MEMBER,
+            redemption_id: SOURCE,
+        }
+    }
+
+    pub fn member_enrolled() -> MemberEnrolled {
+        MemberEnrolled {
+            customer_id: MEMBER,
+            channel: Channel::MobileApp,
+        }
+    }
+
+    pub fn member_left() -> MemberLeft {
+        MemberLeft {
+            customer_id: MEMBER,
+            forfeited_points: 1_234,
+            reason: "closed account".into(),
+        }
+    }
+
+    pub fn tier_changed() -> TierChanged {
+        TierChanged {
+            customer_id: MEMBER,
+            from_tier: "Base".into(),
+            to_tier: "Gold".into(),
+            qualifying: 1_050,
+            as_of_us: 1_709_290_800_000_000,
+        }
+    }
+
+    pub fn points_earned() -> PointsEarned {
+        PointsEarned {
+            customer_id: MEMBER,
+            rule: "base".into(),
+            points: 240,
+            order_id: "o-1001".into(),
+            spend_minor: 12_000,
+            earned_at_us: 1_709_290_800_000_000,
+            available_at_us: 1_710_500_400_000_000,
+            expires_at_us: Some(1_740_787_200_000_000),
+            source_event_id: SOURCE,
+        }
+    }
+
+    pub fn points_cancelled() -> PointsCancelled {
+        PointsCancelled {
+            customer_id: MEMBER,
+            order_id: "o-1001".into(),
+            points: 100,
+            debt_points: 40,
+            forgiven_points: 7,
+            refund_minor: 6_000,
+            source_event_id: SOURCE,
+        }
+    }
+
+    pub fn points_spent() -> PointsSpent {
+        PointsSpent {
+            customer_id: MEMBER,
+            points: 500,
+            reason: "Mug".into(),
+            reward_id: Some(REWARD),
+            redemption_id: SOURCE,
+        }
+    }
+
+    pub fn points_expired() -> PointsExpired {
+        PointsExpired {
+            customer_id: MEMBER,
+            lines: vec![
+                ExpiredLine {
+                    line_id: SOURCE,
+                    points: 30,
+                },
+                ExpiredLine {
+                    line_id: REWARD,
+                    points: 12,
+                },
+            ],
+            as_of_us: 1_740_787_200_000_000,
+        }
+    }
+
+    pub fn points_adjusted() -> PointsAdjusted {
+        PointsAdjusted {
+            customer_id: MEMBER,
+            points: -75,
+            reason: "duplicate award".into(),
+            expires_at_us: Some(1_740_787_200_000_000),
+        }
+    }
+
+    pub fn points_transferred() -> PointsTransferred {
+        PointsTransferred {
+            from_customer_id: MEMBER,
+            to_customer_id: OTHER,
+            points: 300,
+            transfer_id: SOURCE,
+            expires_at_us: Some(1_740_787_200_000_000),
+        }
+    }
 }

@@ -8,6 +8,7 @@ pub mod common;
 pub mod customer;
 pub mod events;
 pub mod kpis;
+pub mod loyalty;
 pub mod personal;
 pub mod profile;
 pub mod rfm;

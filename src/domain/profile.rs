@@ -619,6 +619,21 @@ pub fn apply<S: Profiles>(
         | DomainEvent::SegmentArchived(_)
         | DomainEvent::CustomerEnteredSegment(_)
         | DomainEvent::CustomerLeftSegment(_) => {}
+        // Loyalty (issue 5): ledger events live in loyalty streams, not in profiles.
+        DomainEvent::ProgrammeDefined(_)
+        | DomainEvent::ProgrammeChanged(_)
+        | DomainEvent::RewardDefined(_)
+        | DomainEvent::RewardRetired(_)
+        | DomainEvent::RewardClaimed(_)
+        | DomainEvent::MemberEnrolled(_)
+        | DomainEvent::MemberLeft(_)
+        | DomainEvent::TierChanged(_)
+        | DomainEvent::PointsEarned(_)
+        | DomainEvent::PointsCancelled(_)
+        | DomainEvent::PointsSpent(_)
+        | DomainEvent::PointsExpired(_)
+        | DomainEvent::PointsAdjusted(_)
+        | DomainEvent::PointsTransferred(_) => {}
     }
     // Duplicates merged into an erased customer lose their sealed parts too.
     for id in also_erased {

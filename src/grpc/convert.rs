@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use prost_types::{ListValue, Struct, Timestamp, value::Kind as ValueKind};
 use uuid::Uuid;
 
+use super::convert_loyalty as loyalty;
 use super::pb;
 use crate::domain::common::{
     CalendarDate, Channel, ConsentPurpose, Decimal, Direction, InteractionKind, PostalAddress,
@@ -757,6 +758,29 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
                     .unwrap_or(0),
             })
         }
+        // Loyalty (issue 5).
+        Kind::ProgrammeDefined(e) => {
+            DomainEvent::ProgrammeDefined(loyalty::programme_defined_from(e, v))
+        }
+        Kind::ProgrammeChanged(e) => {
+            DomainEvent::ProgrammeChanged(loyalty::programme_changed_from(e, v))
+        }
+        Kind::RewardDefined(e) => DomainEvent::RewardDefined(loyalty::reward_defined_from(e, v)),
+        Kind::RewardRetired(e) => DomainEvent::RewardRetired(loyalty::reward_retired_from(e, v)),
+        Kind::RewardClaimed(e) => DomainEvent::RewardClaimed(loyalty::reward_claimed_from(e, v)),
+        Kind::MemberEnrolled(e) => DomainEvent::MemberEnrolled(loyalty::member_enrolled_from(e, v)),
+        Kind::MemberLeft(e) => DomainEvent::MemberLeft(loyalty::member_left_from(e, v)),
+        Kind::TierChanged(e) => DomainEvent::TierChanged(loyalty::tier_changed_from(e, v)),
+        Kind::PointsEarned(e) => DomainEvent::PointsEarned(loyalty::points_earned_from(e, v)),
+        Kind::PointsCancelled(e) => {
+            DomainEvent::PointsCancelled(loyalty::points_cancelled_from(e, v))
+        }
+        Kind::PointsSpent(e) => DomainEvent::PointsSpent(loyalty::points_spent_from(e, v)),
+        Kind::PointsExpired(e) => DomainEvent::PointsExpired(loyalty::points_expired_from(e, v)),
+        Kind::PointsAdjusted(e) => DomainEvent::PointsAdjusted(loyalty::points_adjusted_from(e, v)),
+        Kind::PointsTransferred(e) => {
+            DomainEvent::PointsTransferred(loyalty::points_transferred_from(e, v))
+        }
     })
 }
 
@@ -1055,6 +1079,27 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
             customer_id: customer_id.to_string(),
             as_of: Some(timestamp_from_us(as_of_us)),
         }),
+        // Loyalty (issue 5).
+        DomainEvent::ProgrammeDefined(e) => {
+            Kind::ProgrammeDefined(loyalty::programme_defined_to(e))
+        }
+        DomainEvent::ProgrammeChanged(e) => {
+            Kind::ProgrammeChanged(loyalty::programme_changed_to(e))
+        }
+        DomainEvent::RewardDefined(e) => Kind::RewardDefined(loyalty::reward_defined_to(e)),
+        DomainEvent::RewardRetired(e) => Kind::RewardRetired(loyalty::reward_retired_to(e)),
+        DomainEvent::RewardClaimed(e) => Kind::RewardClaimed(loyalty::reward_claimed_to(e)),
+        DomainEvent::MemberEnrolled(e) => Kind::MemberEnrolled(loyalty::member_enrolled_to(e)),
+        DomainEvent::MemberLeft(e) => Kind::MemberLeft(loyalty::member_left_to(e)),
+        DomainEvent::TierChanged(e) => Kind::TierChanged(loyalty::tier_changed_to(e)),
+        DomainEvent::PointsEarned(e) => Kind::PointsEarned(loyalty::points_earned_to(e)),
+        DomainEvent::PointsCancelled(e) => Kind::PointsCancelled(loyalty::points_cancelled_to(e)),
+        DomainEvent::PointsSpent(e) => Kind::PointsSpent(loyalty::points_spent_to(e)),
+        DomainEvent::PointsExpired(e) => Kind::PointsExpired(loyalty::points_expired_to(e)),
+        DomainEvent::PointsAdjusted(e) => Kind::PointsAdjusted(loyalty::points_adjusted_to(e)),
+        DomainEvent::PointsTransferred(e) => {
+            Kind::PointsTransferred(loyalty::points_transferred_to(e))
+        }
     };
     pb::Event { kind: Some(kind) }
 }

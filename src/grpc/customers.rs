@@ -282,16 +282,16 @@ impl Plan {
 }
 
 /// The envelope fields of a write.
-struct Context {
-    event_id: Option<Uuid>,
-    occurred_at_us: Option<i64>,
-    actor: String,
-    correlation_id: String,
-    causation_id: String,
-    source_channel: String,
+pub(crate) struct Context {
+    pub(crate) event_id: Option<Uuid>,
+    pub(crate) occurred_at_us: Option<i64>,
+    pub(crate) actor: String,
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: String,
+    pub(crate) source_channel: String,
 }
 
-fn context_from(context: Option<pb::WriteContext>, v: &mut Violations) -> Context {
+pub(crate) fn context_from(context: Option<pb::WriteContext>, v: &mut Violations) -> Context {
     let pb::WriteContext {
         event_id,
         occurred_at,

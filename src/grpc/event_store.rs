@@ -282,6 +282,28 @@ fn proposed_from_proto(
         DomainEvent::CustomerEnteredSegment(_) | DomainEvent::CustomerLeftSegment(_) => {
             Some(("the segment job", "it evaluates the segment rules"))
         }
+        // Loyalty (issue 5): the ledger's invariants (no overdraw, exactly-once awards,
+        // FIFO lines) hold only if the service, the policy and the tick write it.
+        DomainEvent::ProgrammeDefined(_)
+        | DomainEvent::ProgrammeChanged(_)
+        | DomainEvent::RewardDefined(_)
+        | DomainEvent::RewardRetired(_)
+        | DomainEvent::RewardClaimed(_)
+        | DomainEvent::MemberEnrolled(_)
+        | DomainEvent::MemberLeft(_)
+        | DomainEvent::PointsSpent(_)
+        | DomainEvent::PointsAdjusted(_)
+        | DomainEvent::PointsTransferred(_) => Some((
+            "the Loyalty service",
+            "DefineProgramme / DefineReward / Enrol / SpendPoints / RedeemReward / ...",
+        )),
+        DomainEvent::PointsEarned(_)
+        | DomainEvent::PointsCancelled(_)
+        | DomainEvent::PointsExpired(_)
+        | DomainEvent::TierChanged(_) => Some((
+            "the loyalty policy and tick",
+            "they follow purchases, refunds and time",
+        )),
         _ => None,
     };
     if let Some((who, how)) = service_only {

@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod analytics;
 pub mod convert;
+pub mod convert_loyalty;
 pub mod customers;
 pub mod deadline;
 pub mod event_store;
+pub mod loyalty;
 pub mod pb;
 pub mod server;
 pub mod status;

@@ -173,6 +173,18 @@ pub async fn serve_log(
     ))
     .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
     .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    // Loyalty (issue 5): the service, and the policy + tick job on the injected clock.
+    let loyalty = pb::loyalty_server::LoyaltyServer::new(
+        crate::grpc::loyalty::LoyaltyService::new(log.clone(), projections.clone(), clock.clone()),
+    )
+    .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    let loyalty_job = tokio::spawn(crate::loyalty_job::run(
+        log.clone(),
+        projections.clone(),
+        clock.clone(),
+        stop_tx.subscribe(),
+    ));
     let admin =
         pb::admin_server::AdminServer::new(AdminService::new(projections, stop_tx.subscribe()))
             .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
@@ -190,6 +202,9 @@ pub async fn serve_log(
         .await;
     health_reporter
         .set_serving::<pb::analytics_server::AnalyticsServer<AnalyticsService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::loyalty_server::LoyaltyServer<crate::grpc::loyalty::LoyaltyService>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -247,6 +262,7 @@ pub async fn serve_log(
         .add_service(customers)
         .add_service(analytics)
         .add_service(admin)
+        .add_service(loyalty)
         .serve_with_incoming_shutdown(incoming, signal);
     let result = tokio::select! {
         served = server => served.map_err(ServeError::from),
@@ -261,6 +277,8 @@ pub async fn serve_log(
     // The job ends on the stop signal; after a transport error there was none: abort it.
     segment_job.abort();
     let _ = segment_job.await;
+    loyalty_job.abort();
+    let _ = loyalty_job.await;
     result
 }
 

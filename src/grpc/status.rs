@@ -248,3 +248,46 @@ impl From<ProjectionError> for Status {
         }
     }
 }
+
+impl From<crate::domain::loyalty::RuleError> for Status {
+    fn from(error: crate::domain::loyalty::RuleError) -> Self {
+        use crate::domain::loyalty::RuleError as L;
+        let message = error.to_string();
+        let (code, reason) = match &error {
+            L::NoProgramme => (Code::FailedPrecondition, "NO_PROGRAMME"),
+            L::NotEnrolled(_) => (Code::NotFound, "MEMBER_NOT_FOUND"),
+            L::AlreadyEnrolled(_) => (Code::AlreadyExists, "MEMBER_EXISTS"),
+            L::InsufficientPoints { .. } => (Code::FailedPrecondition, "INSUFFICIENT_POINTS"),
+            L::BelowMinimum { .. } => (Code::FailedPrecondition, "BELOW_MINIMUM_REDEMPTION"),
+            L::UnknownReward(_) => (Code::NotFound, "REWARD_NOT_FOUND"),
+            L::RewardExists(_) => (Code::AlreadyExists, "REWARD_EXISTS"),
+            L::RewardRetired(_) => (Code::FailedPrecondition, "REWARD_RETIRED"),
+            L::OutOfStock(_) => (Code::FailedPrecondition, "OUT_OF_STOCK"),
+        };
+        let mut info = HashMap::new();
+        match &error {
+            L::NotEnrolled(id) | L::AlreadyEnrolled(id) => {
+                info.insert("customer_id".to_owned(), id.to_string());
+            }
+            L::UnknownReward(id)
+            | L::RewardExists(id)
+            | L::RewardRetired(id)
+            | L::OutOfStock(id) => {
+                info.insert("reward_id".to_owned(), id.to_string());
+            }
+            L::InsufficientPoints {
+                available,
+                requested,
+            } => {
+                info.insert("available".to_owned(), available.to_string());
+                info.insert("requested".to_owned(), requested.to_string());
+            }
+            L::BelowMinimum { minimum, requested } => {
+                info.insert("minimum".to_owned(), minimum.to_string());
+                info.insert("requested".to_owned(), requested.to_string());
+            }
+            L::NoProgramme => {}
+        }
+        with_info(code, message, reason, info)
+    }
+}

@@ -29,6 +29,7 @@
 pub mod customers;
 pub mod engine;
 pub mod log_stats;
+pub mod loyalty;
 pub mod runner;
 pub mod segments;
 #[cfg(test)]
@@ -243,5 +244,7 @@ pub fn builtin() -> Vec<Arc<dyn Projection>> {
         Arc::new(customers::CustomersProjection),
         Arc::new(log_stats::LogStatsProjection),
         Arc::new(segments::SegmentsProjection),
+        // Loyalty (issue 5).
+        Arc::new(loyalty::LoyaltyProjection),
     ]
 }

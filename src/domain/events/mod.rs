@@ -16,6 +16,10 @@ mod customers_merged;
 mod feedback_given;
 mod identifier_claimed;
 mod interaction_logged;
+// Loyalty (issue 5).
+mod loyalty_member;
+mod loyalty_points;
+mod loyalty_programme;
 mod preference_set;
 mod purchase_completed;
 mod purchase_refunded;
@@ -36,6 +40,15 @@ pub use customers_merged::CustomersMerged;
 pub use feedback_given::{FeedbackGiven, FeedbackMetric};
 pub use identifier_claimed::{IdentifierClaimed, IdentifierKind, IdentifierReleased};
 pub use interaction_logged::{InteractionLogged, InteractionText};
+// Loyalty (issue 5).
+pub use loyalty_member::{MemberEnrolled, MemberLeft, TierChanged};
+pub use loyalty_points::{
+    ExpiredLine, PointsAdjusted, PointsCancelled, PointsEarned, PointsExpired, PointsSpent,
+    PointsTransferred,
+};
+pub use loyalty_programme::{
+    ProgrammeChanged, ProgrammeDefined, RewardClaimed, RewardDefined, RewardRetired,
+};
 pub use preference_set::{PreferenceCleared, PreferenceSet, validate_key};
 pub use purchase_completed::{PurchaseCompleted, PurchaseLine};
 pub use purchase_refunded::{PurchaseRefunded, RefundLine};
@@ -279,4 +292,19 @@ domain_events! {
     SegmentArchived(SegmentArchived),
     CustomerEnteredSegment(CustomerEnteredSegment),
     CustomerLeftSegment(CustomerLeftSegment),
+    // Loyalty (issue 5).
+    ProgrammeDefined(ProgrammeDefined),
+    ProgrammeChanged(ProgrammeChanged),
+    RewardDefined(RewardDefined),
+    RewardRetired(RewardRetired),
+    RewardClaimed(RewardClaimed),
+    MemberEnrolled(MemberEnrolled),
+    MemberLeft(MemberLeft),
+    TierChanged(TierChanged),
+    PointsEarned(PointsEarned),
+    PointsCancelled(PointsCancelled),
+    PointsSpent(PointsSpent),
+    PointsExpired(PointsExpired),
+    PointsAdjusted(PointsAdjusted),
+    PointsTransferred(PointsTransferred),
 }

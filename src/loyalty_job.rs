@@ -1,0 +1,651 @@
+//! The loyalty job: the **earning policy** that follows the log, and the **time tick**
+//! (expiry and tier re-evaluation). Both run inside `serve` (the tick on a schedule,
+//! with time from the injected clock, for the members the `loyalty` read model shows
+//! due); operators run them offline with
+//! `rapport loyalty tick --as-of T --data-dir D`, or online with `Loyalty.RunTick`.
+//!
+//! **Exactly once.** For every purchase, refund or custom event of an enrolled customer
+//! (a merged duplicate resolves to its survivor, as the customer projection does) and
+//! every enrolment, the policy folds the member's stream, decides with the pure
+//! [`decide::earn`] under the programme version in force at the source's business time,
+//! and appends the points events with `causation_id` = the source event, an event id
+//! derived from (source event id, rule), and the member stream's revision it read as the
+//! expectation. A concurrent write fails the expectation and the source is decided again;
+//! a member's ledger remembers every source it accounted for, and a replay after a crash
+//! (or from position 1) proposes the same ids, so nothing is ever awarded twice.
+//!
+//! The policy's checkpoint, the merges and the enrolled members it has seen live in the
+//! sled tree `loyalty_policy`, saved after each page; losing them only costs a replay.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::domain::DomainEvent;
+use crate::domain::events::BUILT_IN_EVENT_TYPES;
+use crate::domain::loyalty::decide::{self, Source, SourceKind, derived_event_id};
+use crate::domain::loyalty::ledger::{self, member_of_stream, member_stream};
+use crate::domain::loyalty::{Member, ProgrammeHistory};
+use crate::domain::profile::customer_of_stream;
+use crate::limits;
+use crate::log::{
+    AppendError, ExpectedRevision, Log, LoggedEvent, ProposedEvent, ReadFilter, StreamAppend,
+    StreamName,
+};
+use crate::projections::Projections;
+use crate::projections::loyalty::{fold_member_as_of, fold_programme};
+
+/// The sled tree of the policy's own state.
+pub const POLICY_TREE: &str = "loyalty_policy";
+const CHECKPOINT_KEY: &[u8] = b"checkpoint";
+const MERGE_PREFIX: u8 = b'm';
+const MEMBER_PREFIX: u8 = b'e';
+
+/// Who the policy and the tick write as.
+pub const POLICY_ACTOR: &str = "rapport loyalty policy";
+/// Who the tick writes as.
+pub const TICK_ACTOR: &str = "rapport loyalty tick";
+
+/// The policy's position in the log and what it learned on the way.
+pub struct Policy {
+    tree: sled::Tree,
+    checkpoint: u64,
+    merges: BTreeMap<Uuid, Uuid>,
+    members: BTreeSet<Uuid>,
+}
+
+fn uuid_at(bytes: &[u8], at: usize) -> Option<Uuid> {
+    bytes
+        .get(at..at + 16)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .map(Uuid::from_bytes)
+}
+
+impl Policy {
+    /// Opens the policy's state in the log's database.
+    pub fn open(log: &Log) -> Result<Self, String> {
+        let tree = log.db().open_tree(POLICY_TREE).map_err(|e| e.to_string())?;
+        let checkpoint = match tree.get(CHECKPOINT_KEY).map_err(|e| e.to_string())? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| "corrupt loyalty policy checkpoint".to_owned())?,
+            ),
+            None => 0,
+        };
+        let mut merges = BTreeMap::new();
+        for item in tree.scan_prefix([MERGE_PREFIX]) {
+            let (key, value) = item.map_err(|e| e.to_string())?;
+            if let (Some(dup), Some(survivor)) = (uuid_at(&key, 1), uuid_at(&value, 0)) {
+                merges.insert(dup, survivor);
+            }
+        }
+        let mut members = BTreeSet::new();
+        for item in tree.scan_prefix([MEMBER_PREFIX]) {
+            let (key, _) = item.map_err(|e| e.to_string())?;
+            if let Some(id) = uuid_at(&key, 1) {
+                members.insert(id);
+            }
+        }
+        Ok(Self {
+            tree,
+            checkpoint,
+            merges,
+            members,
+        })
+    }
+
+    /// The last log position the policy has handled.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// Members the policy has seen enrol, in id order.
+    pub fn members(&self) -> &BTreeSet<Uuid> {
+        &self.members
+    }
+
+    /// The customer `id` resolves to through the merges seen so far.
+    fn resolve(&self, id: Uuid) -> Uuid {
+        let mut current = id;
+        for _ in 0..limits::MERGE_DEPTH_MAX {
+            match self.merges.get(&current) {
+                Some(next) if *next != current => current = *next,
+                _ => break,
+            }
+        }
+        current
+    }
+
+    fn save(&self, new_merges: &[(Uuid, Uuid)], new_members: &[Uuid]) -> Result<(), String> {
+        let mut batch = sled::Batch::default();
+        for (dup, survivor) in new_merges {
+            let mut key = vec![MERGE_PREFIX];
+            key.extend_from_slice(dup.as_bytes());
+            batch.insert(key, survivor.as_bytes().to_vec());
+        }
+        for member in new_members {
+            let mut key = vec![MEMBER_PREFIX];
+            key.extend_from_slice(member.as_bytes());
+            batch.insert(key, Vec::new());
+        }
+        batch.insert(CHECKPOINT_KEY, &self.checkpoint.to_be_bytes());
+        self.tree.apply_batch(batch).map_err(|e| e.to_string())
+    }
+}
+
+/// What one [`follow`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// Log events read.
+    pub scanned: u64,
+    /// Source events decided (purchases, refunds, custom events, enrolments).
+    pub sources: u64,
+    /// Points events appended.
+    pub awards: u64,
+    /// The checkpoint afterwards.
+    pub through: u64,
+}
+
+/// A source event with its body owned.
+struct Owned {
+    member: Uuid,
+    event_id: Uuid,
+    position: u64,
+    occurred_at_us: i64,
+    correlation_id: String,
+    body: Body,
+}
+
+enum Body {
+    Purchase(crate::domain::events::PurchaseCompleted),
+    Refund(crate::domain::events::PurchaseRefunded),
+    Custom(String),
+    Enrolment,
+}
+
+impl Owned {
+    fn source(&self) -> Source<'_> {
+        Source {
+            event_id: self.event_id,
+            position: self.position,
+            occurred_at_us: self.occurred_at_us,
+            kind: match &self.body {
+                Body::Purchase(p) => SourceKind::Purchase(p),
+                Body::Refund(r) => SourceKind::Refund(r),
+                Body::Custom(t) => SourceKind::Custom(t),
+                Body::Enrolment => SourceKind::Enrolment,
+            },
+        }
+    }
+}
+
+fn decode(logged: &LoggedEvent) -> Result<DomainEvent, String> {
+    let e = &logged.event;
+    DomainEvent::decode(&e.event_type, e.schema_version, &e.payload)
+        .map_err(|error| format!("event at position {}: {error}", e.position))
+}
+
+fn proposed(id: Uuid, event: &DomainEvent, occurred_at_us: i64, actor: &str) -> ProposedEvent {
+    ProposedEvent {
+        event_id: Some(id),
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        payload: event
+            .encode()
+            .expect("loyalty events have no personal parts"),
+        occurred_at_us: Some(occurred_at_us),
+        actor: actor.to_owned(),
+        ..Default::default()
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("loyalty task failed: {e}"))?
+}
+
+/// Follows the log from the policy's checkpoint to the head, awarding what each source
+/// event earns (see the module docs). Returns what it did.
+pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> {
+    let mut done = Followed::default();
+    let filter = ReadFilter {
+        stream_prefixes: vec!["customer-".into(), "loyalty-".into()],
+        event_types: Vec::new(),
+    };
+    loop {
+        let head = log.head().position;
+        if policy.checkpoint >= head {
+            break;
+        }
+        let (log2, filter2, from) = (log.clone(), filter.clone(), policy.checkpoint + 1);
+        let page = blocking(move || {
+            log2.read_all(from, false, limits::LOYALTY_POLICY_PAGE, &filter2)
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        let programme = {
+            let log2 = log.clone();
+            blocking(move || fold_programme(&log2, &|_| true).map(|(h, _)| h)).await?
+        };
+        let mut new_merges = Vec::new();
+        let mut new_members = Vec::new();
+        let mut sources = Vec::new();
+        for logged in &page.events {
+            let e = &logged.event;
+            if e.position > head {
+                break;
+            }
+            done.scanned += 1;
+            let owned = if let Some(customer) = customer_of_stream(&e.stream) {
+                let body = match e.event_type.as_str() {
+                    "CustomersMerged" => {
+                        if let DomainEvent::CustomersMerged(m) = decode(logged)?
+                            && m.duplicate_id != m.survivor_id
+                            && !policy.merges.contains_key(&m.duplicate_id)
+                        {
+                            policy.merges.insert(m.duplicate_id, m.survivor_id);
+                            new_merges.push((m.duplicate_id, m.survivor_id));
+                        }
+                        None
+                    }
+                    "PurchaseCompleted" => match decode(logged)? {
+                        DomainEvent::PurchaseCompleted(p) => Some(Body::Purchase(p)),
+                        _ => None,
+                    },
+                    "PurchaseRefunded" => match decode(logged)? {
+                        DomainEvent::PurchaseRefunded(r) => Some(Body::Refund(r)),
+                        _ => None,
+                    },
+                    other if !BUILT_IN_EVENT_TYPES.contains(&other) => {
+                        Some(Body::Custom(other.to_owned()))
+                    }
+                    _ => None,
+                };
+                body.map(|body| (policy.resolve(customer), body))
+            } else if let Some(member) = member_of_stream(&e.stream)
+                && e.event_type == "MemberEnrolled"
+            {
+                if policy.members.insert(member) {
+                    new_members.push(member);
+                }
+                Some((member, Body::Enrolment))
+            } else {
+                None
+            };
+            let Some((member, body)) = owned else {
+                continue;
+            };
+            sources.push(Owned {
+                member,
+                event_id: e.id(),
+                position: e.position,
+                occurred_at_us: e.occurred_at_us,
+                correlation_id: e.correlation_id.clone(),
+                body,
+            });
+        }
+        // Decide a batch of sources against the members' streams, append all their awards
+        // in one atomic multi-stream append (one group commit), and fall back to one
+        // source at a time when a member changed meanwhile.
+        let mut rest: Vec<Owned> = sources;
+        while !rest.is_empty() {
+            let (decided, staged, left) = stage(log, &programme, rest).await?;
+            rest = left;
+            if staged.is_empty() {
+                done.sources += decided.len() as u64;
+                continue;
+            }
+            let events: usize = staged.iter().map(|a| a.events.len()).sum();
+            match log.append_multi(staged).await {
+                Ok(_) => {
+                    done.sources += decided.len() as u64;
+                    done.awards += events as u64;
+                }
+                Err(
+                    AppendError::WrongExpectedRevision { .. } | AppendError::EventIdConflict { .. },
+                ) => {
+                    for source in decided {
+                        if let Some(n) = award(log, &programme, source).await? {
+                            done.sources += 1;
+                            done.awards += n as u64;
+                        }
+                    }
+                }
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+        let through = if page.next_cursor > from {
+            (page.next_cursor - 1).min(head)
+        } else {
+            head
+        };
+        policy.checkpoint = through;
+        policy.save(&new_merges, &new_members)?;
+        done.through = through;
+        if page.end_reached && through >= head {
+            break;
+        }
+    }
+    done.through = policy.checkpoint;
+    Ok(done)
+}
+
+/// Awards of one batch: the sources decided, the appends (one per member, expecting the
+/// revision read), and the sources left for the next batch.
+type Staged = (Vec<Owned>, Vec<StreamAppend>, Vec<Owned>);
+
+/// Decides sources in log order against their members' streams (each read once; the
+/// awards decided so far are folded in, so a member's second purchase in the batch sees
+/// its first), until about [`limits::LOYALTY_POLICY_BATCH_EVENTS`] events are staged.
+async fn stage(
+    log: &Log,
+    programme: &ProgrammeHistory,
+    sources: Vec<Owned>,
+) -> Result<Staged, String> {
+    let (log, programme) = (log.clone(), programme.clone());
+    blocking(move || {
+        let mut states: BTreeMap<Uuid, Option<(Member, Option<u64>)>> = BTreeMap::new();
+        let mut staged: BTreeMap<Uuid, Vec<ProposedEvent>> = BTreeMap::new();
+        let mut count = 0;
+        let mut decided = Vec::new();
+        let mut sources = sources.into_iter();
+        for source in sources.by_ref() {
+            let state = match states.entry(source.member) {
+                Entry::Occupied(found) => found.into_mut(),
+                Entry::Vacant(slot) => {
+                    let stream = StreamName::parse(&member_stream(source.member))
+                        .map_err(|e| e.to_string())?;
+                    let enrolled = log
+                        .stream_head(&stream)
+                        .map_err(|e| e.to_string())?
+                        .is_some();
+                    slot.insert(if enrolled {
+                        Some(fold_member_as_of(&log, source.member, &|_| true)?)
+                    } else {
+                        None
+                    })
+                }
+            };
+            if let Some((member, _)) = state {
+                let awards = decide::earn(
+                    member,
+                    programme.at(source.occurred_at_us),
+                    &source.source(),
+                );
+                let correlation = if source.correlation_id.is_empty() {
+                    source.event_id.to_string()
+                } else {
+                    source.correlation_id.clone()
+                };
+                for (id, event) in &awards {
+                    // Provisional envelope: the decisions of later sources in this batch
+                    // need the award, not its final position.
+                    let env = ledger::Envelope {
+                        position: source.position,
+                        event_id: *id,
+                        occurred_at_us: source.occurred_at_us,
+                    };
+                    ledger::apply(member, &env, event);
+                    staged
+                        .entry(source.member)
+                        .or_default()
+                        .push(ProposedEvent {
+                            causation_id: source.event_id.to_string(),
+                            correlation_id: correlation.clone(),
+                            ..proposed(*id, event, source.occurred_at_us, POLICY_ACTOR)
+                        });
+                    count += 1;
+                }
+            }
+            decided.push(source);
+            if count >= limits::LOYALTY_POLICY_BATCH_EVENTS {
+                break;
+            }
+        }
+        let mut appends = Vec::new();
+        for (member, events) in staged {
+            let revision = states
+                .get(&member)
+                .and_then(|s| s.as_ref())
+                .and_then(|(_, r)| *r);
+            appends.push(StreamAppend {
+                stream: StreamName::parse(&member_stream(member)).map_err(|e| e.to_string())?,
+                expected: revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+                events,
+            });
+        }
+        Ok((decided, appends, sources.collect()))
+    })
+    .await
+}
+
+/// Decides and appends what one source earns. `None` when the customer is not a member.
+async fn award(
+    log: &Log,
+    programme: &ProgrammeHistory,
+    source: Owned,
+) -> Result<Option<usize>, String> {
+    let stream = StreamName::parse(&member_stream(source.member)).map_err(|e| e.to_string())?;
+    let source = Arc::new(source);
+    for _ in 0..limits::WRITE_RETRIES_MAX {
+        let (log2, stream2, id) = (log.clone(), stream.clone(), source.member);
+        let loaded = blocking(move || {
+            if log2
+                .stream_head(&stream2)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            fold_member_as_of(&log2, id, &|_| true).map(Some)
+        })
+        .await?;
+        let Some((member, revision)) = loaded else {
+            return Ok(None);
+        };
+        let awards = decide::earn(
+            &member,
+            programme.at(source.occurred_at_us),
+            &source.source(),
+        );
+        if awards.is_empty() {
+            return Ok(Some(0));
+        }
+        let correlation = if source.correlation_id.is_empty() {
+            source.event_id.to_string()
+        } else {
+            source.correlation_id.clone()
+        };
+        let events: Vec<ProposedEvent> = awards
+            .iter()
+            .map(|(id, event)| ProposedEvent {
+                causation_id: source.event_id.to_string(),
+                correlation_id: correlation.clone(),
+                ..proposed(*id, event, source.occurred_at_us, POLICY_ACTOR)
+            })
+            .collect();
+        let append = StreamAppend {
+            stream: stream.clone(),
+            expected: revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+            events,
+        };
+        match log.append(append).await {
+            Ok(_) => return Ok(Some(awards.len())),
+            Err(AppendError::WrongExpectedRevision { .. }) => continue,
+            Err(AppendError::EventIdConflict { ids }) => {
+                // The ids exist with other content: this source was awarded before under
+                // a state that has changed since. It is not awarded again.
+                tracing::warn!(?ids, source = %source.event_id, "loyalty award already written");
+                return Ok(Some(0));
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err(format!(
+        "member {} changed concurrently too many times while awarding {}",
+        source.member, source.event_id
+    ))
+}
+
+/// What one [`tick`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ticked {
+    /// Members evaluated (on their streams).
+    pub members: u64,
+    /// Points expired.
+    pub expired_points: u64,
+    /// Tier changes.
+    pub tier_changes: u64,
+}
+
+/// Appends, for each of `members`, the expiry and tier changes due at `as_of_us`
+/// (business time; the events carry it as `occurred_at`). Exactly once per member
+/// state: each append expects the revision it read, with ids derived from (member,
+/// revision).
+pub async fn tick(
+    log: &Log,
+    members: impl IntoIterator<Item = Uuid>,
+    as_of_us: i64,
+) -> Result<Ticked, String> {
+    let programme = {
+        let log2 = log.clone();
+        blocking(move || fold_programme(&log2, &|_| true).map(|(h, _)| h)).await?
+    };
+    let mut done = Ticked::default();
+    for member in members {
+        done.members += 1;
+        let stream = StreamName::parse(&member_stream(member)).map_err(|e| e.to_string())?;
+        for _ in 0..limits::WRITE_RETRIES_MAX {
+            let log2 = log.clone();
+            let (state, revision): (Member, Option<u64>) =
+                blocking(move || fold_member_as_of(&log2, member, &|_| true)).await?;
+            let events = decide::tick(&state, programme.at(as_of_us), as_of_us);
+            if events.is_empty() {
+                break;
+            }
+            let base = derived_event_id(member, &format!("tick {revision:?}"));
+            let proposed_events = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    proposed(
+                        derived_event_id(base, &i.to_string()),
+                        e,
+                        as_of_us,
+                        TICK_ACTOR,
+                    )
+                })
+                .collect();
+            let append = StreamAppend {
+                stream: stream.clone(),
+                expected: revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+                events: proposed_events,
+            };
+            match log.append(append).await {
+                Ok(_) => {
+                    for e in &events {
+                        match e {
+                            DomainEvent::PointsExpired(x) => {
+                                done.expired_points +=
+                                    x.lines.iter().map(|l| l.points).sum::<u64>();
+                            }
+                            DomainEvent::TierChanged(_) => done.tier_changes += 1,
+                            _ => {}
+                        }
+                    }
+                    break;
+                }
+                Err(AppendError::WrongExpectedRevision { .. }) => continue,
+                Err(AppendError::EventIdConflict { .. }) => break,
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// The members of the `loyalty` read model for which a tick at `as_of_us` would append
+/// something (points lapsed with some left, or a tier move), in id order: a cheap scan
+/// of folded members, so a tick reads and re-decides only their streams. A lagging read
+/// model only delays a member to the next tick; the tick itself decides on the stream.
+pub fn due_members(tree: &sled::Tree, as_of_us: i64) -> Result<Vec<Uuid>, String> {
+    let history = crate::projections::loyalty::read_programme(tree)?;
+    let programme = history.at(as_of_us);
+    let mut due = Vec::new();
+    for member in crate::projections::loyalty::scan_members(tree, None) {
+        let member = member?;
+        if !decide::tick(&member, programme, as_of_us).is_empty() {
+            due.push(member.customer_id);
+        }
+    }
+    Ok(due)
+}
+
+/// Runs the policy (after every move of the log's head) and the tick (every
+/// [`limits::LOYALTY_TICK_MS`] of wall time, as of the clock's now, for the members the
+/// `loyalty` read model shows due) until `stop`.
+pub async fn run(
+    log: Log,
+    projections: Projections,
+    clock: Arc<dyn Clock>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut policy = match Policy::open(&log) {
+        Ok(policy) => policy,
+        Err(error) => {
+            tracing::error!(%error, "loyalty policy cannot open its state; not running");
+            return;
+        }
+    };
+    let mut heads = log.watch_head();
+    let mut next_tick = tokio::time::Instant::now();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        heads.borrow_and_update();
+        match follow(&log, &mut policy).await {
+            Ok(done) if done.awards > 0 => tracing::debug!(?done, "loyalty points awarded"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "loyalty policy round failed"),
+        }
+        if tokio::time::Instant::now() >= next_tick {
+            let now = clock.now_us();
+            let due = match projections.reader(crate::projections::loyalty::NAME) {
+                Ok(view) => {
+                    let tree = view.tree.clone();
+                    blocking(move || due_members(&tree, now)).await
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            let members = due.unwrap_or_else(|error| {
+                tracing::warn!(%error, "loyalty read model unreadable; ticking every member");
+                policy.members().iter().copied().collect()
+            });
+            match tick(&log, members, now).await {
+                Ok(done) if done.expired_points + done.tier_changes > 0 => {
+                    tracing::debug!(?done, "loyalty tick");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "loyalty tick failed"),
+            }
+            next_tick =
+                tokio::time::Instant::now() + Duration::from_millis(limits::LOYALTY_TICK_MS);
+        }
+        tokio::select! {
+            _ = heads.changed() => {}
+            _ = tokio::time::sleep_until(next_tick) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
