@@ -9,6 +9,7 @@ pub mod customer;
 pub mod events;
 pub mod kpis;
 pub mod personal;
+pub mod pipeline;
 pub mod profile;
 pub mod rfm;
 pub mod segment;

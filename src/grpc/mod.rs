@@ -6,8 +6,10 @@
 pub mod admin;
 pub mod analytics;
 pub mod convert;
+pub mod convert_pipeline;
 pub mod customers;
 pub mod event_store;
+pub mod pipeline;
 pub mod pb;
 pub mod server;
 pub mod status;

@@ -30,6 +30,8 @@ pub mod customers;
 pub mod engine;
 pub mod log_stats;
 pub mod runner;
+pub mod pipeline;
+pub mod pipeline_queries;
 pub mod segments;
 #[cfg(test)]
 mod tests;
@@ -243,5 +245,6 @@ pub fn builtin() -> Vec<Arc<dyn Projection>> {
         Arc::new(customers::CustomersProjection),
         Arc::new(log_stats::LogStatsProjection),
         Arc::new(segments::SegmentsProjection),
+        Arc::new(pipeline::PipelineProjection),
     ]
 }

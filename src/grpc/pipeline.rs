@@ -1,0 +1,1 @@
+//! The `rapport.v1.Pipeline` service (sales pipelines).
