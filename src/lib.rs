@@ -17,6 +17,11 @@
 //!   appending entered / left events (the time is in the events, never read by a fold).
 //! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
 //!   one error → status table, server assembly with health and reflection.
+//! - Sales pipelines (issue 4): [`domain::pipeline`] (accounts, pipelines, leads, deals,
+//!   tasks: states and pure decisions), [`projections::pipeline`] (the one fold, the
+//!   projection and the as-of replay), [`projections::pipeline_queries`] (board,
+//!   forecast, metrics, lists over a model) and [`grpc::pipeline`] (the `Pipeline`
+//!   service).
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
 //! - [`loadgen`]: the load generator behind `rapport bench`.
 //! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos.

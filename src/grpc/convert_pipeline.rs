@@ -11,6 +11,9 @@ use super::convert::{timestamp_from_us, timestamp_to_us, uuid_field};
 use super::pb;
 use crate::domain::Violations;
 use crate::domain::common::CalendarDate;
+use crate::domain::pipeline::{DealStatus, LeadStatus, PipelineDef, TaskStatus};
+use crate::projections::pipeline::{DealView, LeadView, TaskView};
+use crate::projections::pipeline_queries::{AccountSummary, Board, ForecastRow, Metrics};
 use crate::domain::events::{
     AccountContactLinked, AccountContactUnlinked, AccountCreated, AccountOwnerAssigned,
     AccountProfile, AccountUpdated, ContactRole, DealChanged, DealLost, DealOpened, DealReopened,
@@ -719,5 +722,309 @@ impl Wire for TaskCancelled {
         pb::TaskCancelled {
             task_id: self.task_id.to_string(),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Read models → proto
+// ---------------------------------------------------------------------------------------
+
+
+/// Domain deal status → proto.
+pub fn deal_status_to(status: DealStatus) -> i32 {
+    let status = match status {
+        DealStatus::Open => pb::DealStatus::Open,
+        DealStatus::Won => pb::DealStatus::Won,
+        DealStatus::Lost => pb::DealStatus::Lost,
+    };
+    status as i32
+}
+
+/// Proto deal status → domain filter (`UNSPECIFIED` = any).
+pub fn deal_status_from(field: &str, raw: i32, v: &mut Violations) -> Option<DealStatus> {
+    match pb::DealStatus::try_from(raw) {
+        Ok(pb::DealStatus::Unspecified) => None,
+        Ok(pb::DealStatus::Open) => Some(DealStatus::Open),
+        Ok(pb::DealStatus::Won) => Some(DealStatus::Won),
+        Ok(pb::DealStatus::Lost) => Some(DealStatus::Lost),
+        Err(_) => {
+            v.add(field, format!("{raw} is not a known value"));
+            None
+        }
+    }
+}
+
+/// Proto lead status → domain filter (`UNSPECIFIED` = any).
+pub fn lead_status_from(field: &str, raw: i32, v: &mut Violations) -> Option<LeadStatus> {
+    match pb::LeadStatus::try_from(raw) {
+        Ok(pb::LeadStatus::Unspecified) => None,
+        Ok(pb::LeadStatus::Open) => Some(LeadStatus::Open),
+        Ok(pb::LeadStatus::Qualified) => Some(LeadStatus::Qualified),
+        Ok(pb::LeadStatus::Disqualified) => Some(LeadStatus::Disqualified),
+        Err(_) => {
+            v.add(field, format!("{raw} is not a known value"));
+            None
+        }
+    }
+}
+
+/// Proto task status → domain filter (`UNSPECIFIED` = any).
+pub fn task_status_from(field: &str, raw: i32, v: &mut Violations) -> Option<TaskStatus> {
+    match pb::TaskStatus::try_from(raw) {
+        Ok(pb::TaskStatus::Unspecified) => None,
+        Ok(pb::TaskStatus::Open) => Some(TaskStatus::Open),
+        Ok(pb::TaskStatus::Completed) => Some(TaskStatus::Completed),
+        Ok(pb::TaskStatus::Cancelled) => Some(TaskStatus::Cancelled),
+        Err(_) => {
+            v.add(field, format!("{raw} is not a known value"));
+            None
+        }
+    }
+}
+
+/// Proto lead source → domain filter (`UNSPECIFIED` = any).
+pub fn lead_source_filter(field: &str, raw: i32, v: &mut Violations) -> Option<LeadSource> {
+    Some(lead_source_from(field, raw, v)).filter(|s| *s != LeadSource::Unspecified)
+}
+
+/// A deal for the wire; `now_us` is the answer's time (for the current stage's duration).
+pub fn deal_to_proto(
+    deal: &DealView,
+    def: Option<&PipelineDef>,
+    now_us: i64,
+    as_of_position: u64,
+) -> pb::Deal {
+    let probability = def
+        .and_then(|d| d.stage(&deal.stage_id))
+        .map_or(0, |s| u32::from(s.probability));
+    pb::Deal {
+        deal_id: deal.deal_id.to_string(),
+        pipeline_id: deal.pipeline_id.to_string(),
+        title: deal.title.clone(),
+        stage_id: deal.stage_id.clone(),
+        status: deal_status_to(deal.status),
+        amount_minor: deal.amount_minor,
+        currency: deal.currency.clone(),
+        expected_close: deal.expected_close.to_string(),
+        owner: deal.owner.clone(),
+        customer_id: optional_uuid_to(deal.customer_id),
+        account_id: optional_uuid_to(deal.account_id),
+        lead_id: optional_uuid_to(deal.lead_id),
+        opened_at: Some(timestamp_from_us(deal.opened_at_us)),
+        closed_at: deal.closed_at_us.map(timestamp_from_us),
+        lost_reason: deal.lost_reason.clone(),
+        lost_from_stage_id: deal.lost_from_stage_id.clone(),
+        history: deal
+            .history
+            .iter()
+            .map(|span| {
+                let end = span.left_at_us.unwrap_or(now_us);
+                pb::StageSpan {
+                    stage_id: span.stage_id.clone(),
+                    entered_at: Some(timestamp_from_us(span.entered_at_us)),
+                    left_at: span.left_at_us.map(timestamp_from_us),
+                    duration_seconds: end.saturating_sub(span.entered_at_us).max(0) / 1_000_000,
+                }
+            })
+            .collect(),
+        probability,
+        last_position: deal.last_position,
+        as_of_position,
+    }
+}
+
+/// An account with its deals for the wire.
+pub fn account_to_proto(
+    summary: AccountSummary,
+    defs: &dyn Fn(Uuid) -> Option<PipelineDef>,
+    now_us: i64,
+    as_of_position: u64,
+) -> pb::Account {
+    let AccountSummary {
+        account,
+        open_deals,
+        closed_deals,
+        totals,
+    } = summary;
+    let deals = |deals: Vec<DealView>| {
+        deals
+            .iter()
+            .map(|d| deal_to_proto(d, defs(d.pipeline_id).as_ref(), now_us, as_of_position))
+            .collect()
+    };
+    pb::Account {
+        account_id: account.account_id.to_string(),
+        profile: profile_to(account.profile),
+        owner: account.owner,
+        contacts: account
+            .contacts
+            .into_iter()
+            .map(|(customer, role)| pb::AccountContact {
+                customer_id: customer.to_string(),
+                role: contact_role_to(role),
+            })
+            .collect(),
+        open_deals: deals(open_deals),
+        closed_deals: deals(closed_deals),
+        totals: totals
+            .into_iter()
+            .map(|(currency, t)| pb::AccountTotals {
+                currency,
+                open_count: t.open_count,
+                open_minor: t.open_minor,
+                won_count: t.won_count,
+                won_minor: t.won_minor,
+                lost_count: t.lost_count,
+            })
+            .collect(),
+        created_at: Some(timestamp_from_us(account.created_at_us)),
+        last_position: account.last_position,
+        as_of_position,
+    }
+}
+
+/// A lead for the wire.
+pub fn lead_to_proto(lead: &LeadView) -> pb::Lead {
+    pb::Lead {
+        lead_id: lead.lead_id.to_string(),
+        source: lead_source_to(lead.source),
+        campaign_id: lead.campaign_id.clone(),
+        customer_id: optional_uuid_to(lead.customer_id),
+        account_id: optional_uuid_to(lead.account_id),
+        company_name: lead.company_name.clone(),
+        owner: lead.owner.clone(),
+        status: match lead.status {
+            LeadStatus::Open => pb::LeadStatus::Open,
+            LeadStatus::Qualified => pb::LeadStatus::Qualified,
+            LeadStatus::Disqualified => pb::LeadStatus::Disqualified,
+        } as i32,
+        deal_id: optional_uuid_to(lead.deal_id),
+        disqualify_reason: lead.disqualify_reason.clone(),
+        captured_at: Some(timestamp_from_us(lead.captured_at_us)),
+        decided_at: lead.decided_at_us.map(timestamp_from_us),
+        last_position: lead.last_position,
+    }
+}
+
+/// A task for the wire; `overdue_at_us` is the cut-off of its `overdue` flag.
+pub fn task_to_proto(task: &TaskView, overdue_at_us: i64) -> pb::Task {
+    pb::Task {
+        task_id: task.task_id.to_string(),
+        deal_id: optional_uuid_to(task.deal_id),
+        account_id: optional_uuid_to(task.account_id),
+        kind: task_kind_to(task.kind),
+        title: task.title.clone(),
+        due_at: Some(timestamp_from_us(task.due_at_us)),
+        assignee: task.assignee.clone(),
+        status: match task.status {
+            TaskStatus::Open => pb::TaskStatus::Open,
+            TaskStatus::Completed => pb::TaskStatus::Completed,
+            TaskStatus::Cancelled => pb::TaskStatus::Cancelled,
+        } as i32,
+        created_at: Some(timestamp_from_us(task.created_at_us)),
+        closed_at: task.closed_at_us.map(timestamp_from_us),
+        overdue: task.status == TaskStatus::Open && task.due_at_us < overdue_at_us,
+        last_position: task.last_position,
+    }
+}
+
+/// A board for the wire.
+pub fn board_to_proto(board: Board, as_of_position: u64) -> pb::PipelineBoard {
+    pb::PipelineBoard {
+        pipeline_id: board.pipeline.pipeline_id.to_string(),
+        name: board.pipeline.def.name,
+        currencies: board.pipeline.def.currencies,
+        stages: board
+            .stages
+            .into_iter()
+            .map(|s| pb::BoardStage {
+                stage: stages_to(vec![s.stage]).pop(),
+                cells: s
+                    .by_currency
+                    .into_iter()
+                    .map(|(currency, c)| pb::BoardCell {
+                        currency,
+                        count: c.count,
+                        amount_minor: c.amount_minor,
+                        weighted_minor: c.weighted_minor,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        as_of_position,
+    }
+}
+
+/// Forecast rows for the wire.
+pub fn forecast_rows_to(rows: Vec<ForecastRow>) -> Vec<pb::ForecastRow> {
+    rows.into_iter()
+        .map(|r| pb::ForecastRow {
+            period: r.period,
+            owner: r.owner,
+            currency: r.currency,
+            open_count: r.open_count,
+            won_count: r.won_count,
+            weighted_minor: r.weighted_minor,
+            best_case_minor: r.best_case_minor,
+            committed_minor: r.committed_minor,
+        })
+        .collect()
+}
+
+/// Metrics for the wire.
+pub fn metrics_to_proto(m: Metrics, as_of_position: u64) -> pb::PipelineMetrics {
+    pb::PipelineMetrics {
+        stages: m
+            .stages
+            .into_iter()
+            .map(|s| pb::StageConversion {
+                stage_id: s.stage_id,
+                entered: s.entered,
+                exited: s.exited,
+                advanced: s.advanced,
+                conversion_rate: s.conversion_rate,
+            })
+            .collect(),
+        transitions: m
+            .transitions
+            .into_iter()
+            .map(|((from, to), count)| pb::StageTransition {
+                from_stage_id: from,
+                to_stage_id: to,
+                count,
+            })
+            .collect(),
+        won: m.won,
+        lost: m.lost,
+        win_rate: m.win_rate,
+        average_cycle_days: m.average_cycle_days,
+        currencies: m
+            .currencies
+            .into_iter()
+            .map(|c| pb::CurrencyMetrics {
+                currency: c.currency,
+                won_count: c.won_count,
+                won_amount_minor: c.won_amount_minor,
+                average_won_minor: c.average_won_minor,
+                open_count: c.open_count,
+                velocity_minor_per_day: c.velocity_minor_per_day,
+            })
+            .collect(),
+        lost_reasons: m
+            .lost_reasons
+            .into_iter()
+            .map(|(reason, count)| pb::LostReason { reason, count })
+            .collect(),
+        lead_sources: m
+            .lead_sources
+            .into_iter()
+            .map(|s| pb::LeadSourceConversion {
+                source: lead_source_to(s.source),
+                captured: s.captured,
+                qualified: s.qualified,
+                conversion_rate: s.conversion_rate,
+            })
+            .collect(),
+        as_of_position,
     }
 }

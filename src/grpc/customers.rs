@@ -281,17 +281,17 @@ impl Plan {
     }
 }
 
-/// The envelope fields of a write.
-struct Context {
-    event_id: Option<Uuid>,
-    occurred_at_us: Option<i64>,
-    actor: String,
-    correlation_id: String,
-    causation_id: String,
-    source_channel: String,
+/// The envelope fields of a write (shared with the Pipeline service).
+pub(crate) struct Context {
+    pub(crate) event_id: Option<Uuid>,
+    pub(crate) occurred_at_us: Option<i64>,
+    pub(crate) actor: String,
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: String,
+    pub(crate) source_channel: String,
 }
 
-fn context_from(context: Option<pb::WriteContext>, v: &mut Violations) -> Context {
+pub(crate) fn context_from(context: Option<pb::WriteContext>, v: &mut Violations) -> Context {
     let pb::WriteContext {
         event_id,
         occurred_at,
@@ -565,7 +565,7 @@ fn finish(v: Violations) -> Result<(), Status> {
 /// How long a read may wait for its `min_position`: the request's deadline when it has
 /// one, less a margin to answer in before the client gives up (a tenth, at least 20 ms),
 /// else the default bound.
-fn wait_bound<T>(request: &Request<T>) -> Duration {
+pub(crate) fn wait_bound<T>(request: &Request<T>) -> Duration {
     let header = request
         .metadata()
         .get("grpc-timeout")
