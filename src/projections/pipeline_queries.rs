@@ -243,7 +243,7 @@ pub struct StageConversion {
     pub entered: u64,
     /// Deals that left it in the period.
     pub exited: u64,
-    /// Of those, how many went forward (to a later stage in board order, or won).
+    /// Of those, how many went forward (to a later open stage in board order, or won).
     pub advanced: u64,
     /// `advanced / exited` (0 when none exited).
     pub conversion_rate: f64,
@@ -343,8 +343,14 @@ pub fn metrics(model: &SalesModel, query: &MetricsQuery) -> Metrics {
                 && in_period(left)
             {
                 row.exited += 1;
-                let forward = kind(&next.stage_id) == Some(StageKind::Won)
-                    || matches!((index(&span.stage_id), index(&next.stage_id)), (Some(a), Some(b)) if b > a);
+                let forward = match kind(&next.stage_id) {
+                    Some(StageKind::Won) => true,
+                    Some(StageKind::Open) => matches!(
+                        (index(&span.stage_id), index(&next.stage_id)),
+                        (Some(a), Some(b)) if b > a
+                    ),
+                    _ => false,
+                };
                 if forward {
                     row.advanced += 1;
                 }
