@@ -111,7 +111,13 @@ fn deal_message(pipeline: &str, account: &str, spec: &DealSpec<'_>) -> pb::DealO
     }
 }
 
-async fn open(c: &mut Client, day: i64, pipeline: &str, account: &str, spec: DealSpec<'_>) -> String {
+async fn open(
+    c: &mut Client,
+    day: i64,
+    pipeline: &str,
+    account: &str,
+    spec: DealSpec<'_>,
+) -> String {
     c.open_deal(pb::OpenDealRequest {
         context: on_day(day),
         deal: Some(deal_message(pipeline, account, &spec)),
@@ -236,10 +242,38 @@ async fn worked_example_board_forecast_and_metrics_by_hand() {
     let _l3 = capture(&mut c, pb::LeadSource::Event, &acme).await;
     let l4 = capture(&mut c, pb::LeadSource::Referral, &acme).await;
 
-    let a = open(&mut c, 0, &pipeline, &globex, spec(10_000, "EUR", "ann", "2026-02-15")).await;
-    let f = open(&mut c, 0, &pipeline, &globex, spec(8_000, "EUR", "ann", "2026-02-10")).await;
-    let b = open(&mut c, 1, &pipeline, &globex, spec(20_000, "EUR", "bob", "2026-02-28")).await;
-    let g = open(&mut c, 1, &pipeline, &globex, spec(12_000, "EUR", "ann", "2026-01-31")).await;
+    let a = open(
+        &mut c,
+        0,
+        &pipeline,
+        &globex,
+        spec(10_000, "EUR", "ann", "2026-02-15"),
+    )
+    .await;
+    let f = open(
+        &mut c,
+        0,
+        &pipeline,
+        &globex,
+        spec(8_000, "EUR", "ann", "2026-02-10"),
+    )
+    .await;
+    let b = open(
+        &mut c,
+        1,
+        &pipeline,
+        &globex,
+        spec(20_000, "EUR", "bob", "2026-02-28"),
+    )
+    .await;
+    let g = open(
+        &mut c,
+        1,
+        &pipeline,
+        &globex,
+        spec(12_000, "EUR", "ann", "2026-01-31"),
+    )
+    .await;
     lose(&mut c, 1, &f, "no_decision").await;
     c.disqualify_lead(pb::DisqualifyLeadRequest {
         context: on_day(1),
@@ -273,7 +307,14 @@ async fn worked_example_board_forecast_and_metrics_by_hand() {
         .into_inner()
         .deal_id;
     move_to(&mut c, 4, &c_deal, "proposal").await;
-    let e = open(&mut c, 4, &pipeline, &acme, spec(30_000, "EUR", "bob", "2026-03-31")).await;
+    let e = open(
+        &mut c,
+        4,
+        &pipeline,
+        &acme,
+        spec(30_000, "EUR", "bob", "2026-03-31"),
+    )
+    .await;
     move_to(&mut c, 5, &a, "negotiate").await;
     move_to(&mut c, 5, &e, "proposal").await;
     let p6 = lose(&mut c, 6, &b, "price").await.position;
@@ -471,7 +512,10 @@ async fn worked_example_board_forecast_and_metrics_by_hand() {
         .iter()
         .map(|r| (r.reason.clone(), r.count))
         .collect();
-    assert_eq!(reasons, vec![("price".into(), 2), ("no_decision".into(), 1)]);
+    assert_eq!(
+        reasons,
+        vec![("price".into(), 2), ("no_decision".into(), 1)]
+    );
     let sources: Vec<(i32, u64, u64, f64)> = metrics
         .lead_sources
         .iter()
@@ -545,8 +589,10 @@ async fn worked_example_board_forecast_and_metrics_by_hand() {
         .unwrap()
         .into_inner()
         .leads;
-    let mut linked: Vec<(String, String)> =
-        leads.iter().map(|l| (l.lead_id.clone(), l.deal_id.clone())).collect();
+    let mut linked: Vec<(String, String)> = leads
+        .iter()
+        .map(|l| (l.lead_id.clone(), l.deal_id.clone()))
+        .collect();
     linked.sort();
     let mut expected = vec![(l1.clone(), c_deal.clone()), (l4.clone(), d_deal.clone())];
     expected.sort();
@@ -610,7 +656,10 @@ async fn worked_example_board_forecast_and_metrics_by_hand() {
         .into_inner()
         .deals;
     assert_eq!(
-        bobs_march.iter().map(|d| d.deal_id.clone()).collect::<Vec<_>>(),
+        bobs_march
+            .iter()
+            .map(|d| d.deal_id.clone())
+            .collect::<Vec<_>>(),
         vec![e.clone()]
     );
     let in_negotiation = c
@@ -624,4 +673,910 @@ async fn worked_example_board_forecast_and_metrics_by_hand() {
         .into_inner()
         .deals;
     assert_eq!(in_negotiation.len(), 1);
+}
+
+fn code_of<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    match result {
+        Ok(answer) => panic!("expected an error, got {answer:?}"),
+        Err(status) => status.code(),
+    }
+}
+
+async fn register_customer(server: &TestServer, email: &str) -> String {
+    let mut customers = CustomersClient::new(server.channel().await);
+    customers
+        .register_customer(pb::RegisterCustomerRequest {
+            given_name: "Ada".into(),
+            emails: vec![email.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .customer_id
+}
+
+#[tokio::test]
+async fn commands_keep_their_rules_with_the_right_status_codes() {
+    let server = TestServer::start().await;
+    let mut c = PipelineClient::new(server.channel().await);
+    let pipeline = define_pipeline(&mut c, &["EUR"]).await;
+    let account = create_account(&mut c, "ACME").await;
+    let ada = register_customer(&server, "ada@example.com").await;
+    let missing = uuid::Uuid::now_v7().to_string();
+
+    // INVALID_ARGUMENT: a pipeline without a won stage, a bad probability, a bad id.
+    let mut bad = stages();
+    bad.retain(|s| s.kind != pb::StageKind::Won as i32);
+    bad[0].probability = 101;
+    let refused = c
+        .define_pipeline(pb::DefinePipelineRequest {
+            context: None,
+            pipeline: Some(pb::PipelineDefined {
+                name: "x".into(),
+                stages: bad,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("pipeline.stages[0].probability"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        code_of(
+            c.move_deal_stage(pb::MoveDealStageRequest {
+                deal_id: "nope".into(),
+                stage_id: "Bad Stage".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    // ALREADY_EXISTS: the same pipeline id twice.
+    assert_eq!(
+        code_of(
+            c.define_pipeline(pb::DefinePipelineRequest {
+                context: None,
+                pipeline: Some(pb::PipelineDefined {
+                    pipeline_id: pipeline.clone(),
+                    name: "again".into(),
+                    stages: stages(),
+                    ..Default::default()
+                }),
+            })
+            .await
+        ),
+        Code::AlreadyExists
+    );
+
+    // Deals: NOT_FOUND pipeline / customer / account, FAILED_PRECONDITION for a won
+    // stage, an unknown stage or a currency the pipeline does not take.
+    let spec = DealSpec {
+        amount: 100,
+        currency: "EUR",
+        owner: "ann",
+        close: "2026-03-01",
+    };
+    let mut deal = deal_message(&pipeline, &account, &spec);
+    deal.customer_id = ada.clone();
+    for (change, code) in [
+        (
+            Box::new(|d: &mut pb::DealOpened| d.pipeline_id = uuid::Uuid::now_v7().to_string())
+                as Box<dyn Fn(&mut pb::DealOpened)>,
+            Code::NotFound,
+        ),
+        (
+            Box::new(|d| d.customer_id = uuid::Uuid::now_v7().to_string()),
+            Code::NotFound,
+        ),
+        (
+            Box::new(|d| d.account_id = uuid::Uuid::now_v7().to_string()),
+            Code::NotFound,
+        ),
+        (
+            Box::new(|d| d.stage_id = "won".into()),
+            Code::FailedPrecondition,
+        ),
+        (
+            Box::new(|d| d.stage_id = "nowhere".into()),
+            Code::FailedPrecondition,
+        ),
+        (
+            Box::new(|d| d.currency = "USD".into()),
+            Code::FailedPrecondition,
+        ),
+        (Box::new(|d| d.amount_minor = -1), Code::InvalidArgument),
+        (
+            Box::new(|d| d.expected_close = "2026-02-30".into()),
+            Code::InvalidArgument,
+        ),
+    ] {
+        let mut wrong = deal.clone();
+        change(&mut wrong);
+        assert_eq!(
+            code_of(
+                c.open_deal(pb::OpenDealRequest {
+                    context: None,
+                    deal: Some(wrong.clone()),
+                })
+                .await
+            ),
+            code,
+            "{wrong:?}"
+        );
+    }
+    let opened = c
+        .open_deal(pb::OpenDealRequest {
+            context: None,
+            deal: Some(deal.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let id = opened.id.clone();
+    assert_eq!(opened.revision, 0);
+    let mut again = deal.clone();
+    again.deal_id = id.clone();
+    assert_eq!(
+        code_of(
+            c.open_deal(pb::OpenDealRequest {
+                context: None,
+                deal: Some(again)
+            })
+            .await
+        ),
+        Code::AlreadyExists
+    );
+    let mv = |stage: &str| pb::MoveDealStageRequest {
+        deal_id: id.clone(),
+        stage_id: stage.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(c.move_deal_stage(mv("won")).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code_of(c.move_deal_stage(mv("qualify")).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code_of(c.move_deal_stage(mv("elsewhere")).await),
+        Code::FailedPrecondition
+    );
+    c.move_deal_stage(mv("proposal")).await.unwrap();
+    assert_eq!(
+        code_of(
+            c.move_deal_stage(pb::MoveDealStageRequest {
+                deal_id: missing.clone(),
+                stage_id: "proposal".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    // ChangeDeal, then a stage that has deals cannot be removed.
+    c.change_deal(pb::ChangeDealRequest {
+        context: None,
+        change: Some(pb::DealChanged {
+            deal_id: id.clone(),
+            amount_minor: Some(250),
+            expected_close: "2026-04-01".into(),
+            owner: Some("bob".into()),
+        }),
+        expected_revision: Some(1),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code_of(
+            c.change_deal(pb::ChangeDealRequest {
+                context: None,
+                change: Some(pb::DealChanged {
+                    deal_id: id.clone(),
+                    ..Default::default()
+                }),
+                expected_revision: None,
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    let mut fewer = stages();
+    fewer.retain(|s| s.stage_id != "proposal");
+    let change = |stages: Vec<pb::Stage>, expected| pb::ChangePipelineRequest {
+        context: None,
+        pipeline: Some(pb::PipelineChanged {
+            pipeline_id: pipeline.clone(),
+            name: "New business".into(),
+            currencies: vec!["EUR".into()],
+            stages,
+        }),
+        expected_revision: expected,
+    };
+    assert_eq!(
+        code_of(c.change_pipeline(change(fewer, None)).await),
+        Code::FailedPrecondition
+    );
+    // Reordering (and re-weighting) keeps every stage: allowed; a stale pin is ABORTED.
+    let mut reordered = stages();
+    reordered.swap(0, 1);
+    reordered[0].probability = 45;
+    assert_eq!(
+        code_of(c.change_pipeline(change(reordered.clone(), Some(7))).await),
+        Code::Aborted
+    );
+    c.change_pipeline(change(reordered, Some(0))).await.unwrap();
+
+    // Win, then no moves until reopened; reopen goes back to where it was.
+    c.win_deal(pb::WinDealRequest {
+        deal_id: id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code_of(c.move_deal_stage(mv("negotiate")).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code_of(
+            c.lose_deal(pb::LoseDealRequest {
+                deal_id: id.clone(),
+                reason: "price".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    c.reopen_deal(pb::ReopenDealRequest {
+        deal_id: id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code_of(
+            c.reopen_deal(pb::ReopenDealRequest {
+                deal_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    let lost = c
+        .lose_deal(pb::LoseDealRequest {
+            deal_id: id.clone(),
+            reason: "competitor".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let view = c
+        .get_deal(pb::GetDealRequest {
+            deal_id: id.clone(),
+            min_position: lost.position,
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (
+            view.status,
+            view.lost_reason.as_str(),
+            view.lost_from_stage_id.as_str()
+        ),
+        (pb::DealStatus::Lost as i32, "competitor", "proposal")
+    );
+    assert_eq!((view.amount_minor, view.owner.as_str()), (250, "bob"));
+    let stages_seen: Vec<&str> = view.history.iter().map(|s| s.stage_id.as_str()).collect();
+    assert_eq!(
+        stages_seen,
+        ["qualify", "proposal", "won", "proposal", "lost"]
+    );
+    assert_eq!(
+        code_of(
+            c.get_deal(pb::GetDealRequest {
+                deal_id: missing.clone(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+
+    // Accounts: contacts link once per role, unlink only when linked, owner assigned.
+    let link = |role: pb::ContactRole, customer: &str| pb::LinkContactRequest {
+        context: None,
+        link: Some(pb::AccountContactLinked {
+            account_id: account.clone(),
+            customer_id: customer.into(),
+            role: role as i32,
+        }),
+        expected_revision: None,
+    };
+    c.link_contact(link(pb::ContactRole::Buyer, &ada))
+        .await
+        .unwrap();
+    assert_eq!(
+        code_of(c.link_contact(link(pb::ContactRole::Buyer, &ada)).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code_of(c.link_contact(link(pb::ContactRole::Buyer, &missing)).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code_of(
+            c.link_contact(link(pb::ContactRole::Unspecified, &ada))
+                .await
+        ),
+        Code::InvalidArgument
+    );
+    c.link_contact(link(pb::ContactRole::DecisionMaker, &ada))
+        .await
+        .unwrap();
+    c.assign_account_owner(pb::AssignAccountOwnerRequest {
+        context: None,
+        assignment: Some(pb::AccountOwnerAssigned {
+            account_id: account.clone(),
+            owner: "ann".into(),
+        }),
+        expected_revision: None,
+    })
+    .await
+    .unwrap();
+    let updated = c
+        .update_account(pb::UpdateAccountRequest {
+            context: None,
+            account: Some(pb::AccountUpdated {
+                account_id: account.clone(),
+                profile: Some(pb::AccountProfile {
+                    name: "ACME Holding".into(),
+                    ..Default::default()
+                }),
+            }),
+            expected_revision: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let view = c
+        .get_account(pb::GetAccountRequest {
+            account_id: account.clone(),
+            min_position: updated.position,
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(view.profile.as_ref().unwrap().name, "ACME Holding");
+    assert_eq!(view.owner, "ann");
+    assert_eq!(
+        view.contacts,
+        vec![pb::AccountContact {
+            customer_id: ada.clone(),
+            role: pb::ContactRole::DecisionMaker as i32,
+        }]
+    );
+    assert_eq!(view.closed_deals.len(), 1);
+    let unlink = || pb::UnlinkContactRequest {
+        context: None,
+        unlink: Some(pb::AccountContactUnlinked {
+            account_id: account.clone(),
+            customer_id: ada.clone(),
+        }),
+        expected_revision: None,
+    };
+    c.unlink_contact(unlink()).await.unwrap();
+    assert_eq!(
+        code_of(c.unlink_contact(unlink()).await),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        code_of(
+            c.update_account(pb::UpdateAccountRequest {
+                context: None,
+                account: Some(pb::AccountUpdated {
+                    account_id: missing.clone(),
+                    profile: Some(pb::AccountProfile {
+                        name: "x".into(),
+                        ..Default::default()
+                    }),
+                }),
+                expected_revision: None,
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code_of(
+            c.get_account(pb::GetAccountRequest {
+                account_id: missing.clone(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
+
+    // Sales events are the service's: a raw append is refused.
+    let mut store = server.client().await;
+    let raw = store
+        .append(common::append(
+            &format!("deal-{id}"),
+            None,
+            vec![pb::ProposedEvent {
+                event: Some(pb::Event {
+                    kind: Some(pb::event::Kind::DealWon(pb::DealWon {
+                        deal_id: id.clone(),
+                        from_stage_id: "proposal".into(),
+                        stage_id: "won".into(),
+                    })),
+                }),
+                ..Default::default()
+            }],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(raw.code(), Code::InvalidArgument);
+    assert!(
+        raw.message().contains("Pipeline service"),
+        "{}",
+        raw.message()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_stage_moves_one_succeeds_the_other_is_aborted() {
+    let server = TestServer::start().await;
+    let mut c = PipelineClient::new(server.channel().await);
+    let pipeline = define_pipeline(&mut c, &[]).await;
+    let account = create_account(&mut c, "ACME").await;
+    let spec = DealSpec {
+        amount: 100,
+        currency: "EUR",
+        owner: "ann",
+        close: "2026-03-01",
+    };
+    for round in 0..5 {
+        let deal = open(&mut c, 0, &pipeline, &account, DealSpec { ..spec }).await;
+        // Both saw revision 0 and move the deal somewhere else at the same time.
+        let moves = ["proposal", "negotiate"].map(|stage| {
+            let mut c = c.clone();
+            let request = pb::MoveDealStageRequest {
+                context: None,
+                deal_id: deal.clone(),
+                stage_id: stage.into(),
+                expected_revision: Some(0),
+            };
+            tokio::spawn(async move { c.move_deal_stage(request).await })
+        });
+        let mut codes = Vec::new();
+        let mut moved_at = 0;
+        for handle in moves {
+            codes.push(match handle.await.unwrap() {
+                Ok(written) => {
+                    moved_at = written.into_inner().position;
+                    Code::Ok
+                }
+                Err(status) => status.code(),
+            });
+        }
+        codes.sort_by_key(|c| *c as i32);
+        assert_eq!(codes, vec![Code::Ok, Code::Aborted], "round {round}");
+        // Without a pinned revision the service re-decides on the new state: moves to
+        // the two other open stages are both still valid after either, so both are
+        // written, one after the other.
+        let current = c
+            .get_deal(pb::GetDealRequest {
+                deal_id: deal.clone(),
+                min_position: moved_at,
+                as_of: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let others: Vec<&str> = ["qualify", "proposal", "negotiate"]
+            .into_iter()
+            .filter(|s| *s != current.stage_id)
+            .collect();
+        let moves = others.iter().map(|stage| {
+            let mut c = c.clone();
+            let request = pb::MoveDealStageRequest {
+                context: None,
+                deal_id: deal.clone(),
+                stage_id: (*stage).into(),
+                expected_revision: None,
+            };
+            tokio::spawn(async move { c.move_deal_stage(request).await })
+        });
+        let mut last = 0;
+        for handle in moves.collect::<Vec<_>>() {
+            last = last.max(
+                handle
+                    .await
+                    .unwrap()
+                    .expect("still valid")
+                    .into_inner()
+                    .position,
+            );
+        }
+        let after = c
+            .get_deal(pb::GetDealRequest {
+                deal_id: deal.clone(),
+                min_position: last,
+                as_of: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(after.history.len(), 4, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn leads_match_customers_by_email_and_commands_are_idempotent() {
+    let server = TestServer::start().await;
+    let mut c = PipelineClient::new(server.channel().await);
+    let pipeline = define_pipeline(&mut c, &[]).await;
+    let ada = register_customer(&server, "ada@example.com").await;
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let request = pb::CaptureLeadRequest {
+        context: Some(pb::WriteContext {
+            event_id: event_id.clone(),
+            ..Default::default()
+        }),
+        lead: Some(pb::LeadCaptured {
+            source: pb::LeadSource::Campaign as i32,
+            campaign_id: "spring".into(),
+            ..Default::default()
+        }),
+        match_email: "  ADA@Example.com".into(),
+        match_phone: String::new(),
+    };
+    let first = c.capture_lead(request.clone()).await.unwrap().into_inner();
+    let again = c.capture_lead(request).await.unwrap().into_inner();
+    assert_eq!(
+        first, again,
+        "a re-sent capture answers with the original write"
+    );
+    let leads = c
+        .list_leads(pb::ListLeadsRequest {
+            campaign_id: "spring".into(),
+            min_position: first.position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leads;
+    assert_eq!(leads.len(), 1);
+    assert_eq!(
+        leads[0].customer_id, ada,
+        "matched by the keyed hash of the email"
+    );
+    // No contact detail of the lead is stored: the event carries the customer id only.
+    let mut store = server.client().await;
+    let read = store
+        .read_stream(pb::ReadStreamRequest {
+            stream: format!("lead-{}", first.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let text = format!("{read:?}");
+    assert!(!text.to_lowercase().contains("ada@example.com"), "{text}");
+
+    // An unknown email leaves the lead without a customer; qualifying it then needs one.
+    let lone = c
+        .capture_lead(pb::CaptureLeadRequest {
+            lead: Some(pb::LeadCaptured {
+                source: pb::LeadSource::WebForm as i32,
+                ..Default::default()
+            }),
+            match_email: "nobody@example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    assert_eq!(
+        code_of(
+            c.capture_lead(pb::CaptureLeadRequest {
+                lead: Some(pb::LeadCaptured {
+                    source: pb::LeadSource::WebForm as i32,
+                    ..Default::default()
+                }),
+                match_email: "not an email".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    let deal = pb::DealOpened {
+        pipeline_id: pipeline.clone(),
+        stage_id: "qualify".into(),
+        title: "spring deal".into(),
+        amount_minor: 1_000,
+        currency: "EUR".into(),
+        expected_close: "2026-05-01".into(),
+        ..Default::default()
+    };
+    let qualify = |lead: &str, customer: &str| pb::QualifyLeadRequest {
+        context: None,
+        lead_id: lead.into(),
+        customer_id: customer.into(),
+        deal: Some(deal.clone()),
+        expected_revision: None,
+    };
+    assert_eq!(
+        code_of(c.qualify_lead(qualify(&lone, "")).await),
+        Code::FailedPrecondition
+    );
+    let done = c
+        .qualify_lead(qualify(&lone, &ada))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!done.deal_id.is_empty());
+    assert_eq!(
+        code_of(c.qualify_lead(qualify(&lone, &ada)).await),
+        Code::FailedPrecondition,
+        "a lead is qualified once"
+    );
+    let opened = c
+        .get_deal(pb::GetDealRequest {
+            deal_id: done.deal_id.clone(),
+            min_position: done.position,
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (opened.lead_id.as_str(), opened.customer_id.as_str()),
+        (lone.as_str(), ada.as_str())
+    );
+    // Assign / disqualify: only open leads.
+    let first_id = first.id.clone();
+    c.assign_lead(pb::AssignLeadRequest {
+        context: None,
+        assignment: Some(pb::LeadAssigned {
+            lead_id: first_id.clone(),
+            owner: "ann".into(),
+        }),
+        expected_revision: Some(0),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code_of(
+            c.assign_lead(pb::AssignLeadRequest {
+                context: None,
+                assignment: Some(pb::LeadAssigned {
+                    lead_id: lone.clone(),
+                    owner: "ann".into(),
+                }),
+                expected_revision: None,
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    let disqualify = |reason: &str| pb::DisqualifyLeadRequest {
+        context: None,
+        disqualification: Some(pb::LeadDisqualified {
+            lead_id: first_id.clone(),
+            reason: reason.into(),
+        }),
+        expected_revision: None,
+    };
+    assert_eq!(
+        code_of(c.disqualify_lead(disqualify("No Budget")).await),
+        Code::InvalidArgument
+    );
+    c.disqualify_lead(disqualify("no_budget")).await.unwrap();
+    assert_eq!(
+        code_of(c.disqualify_lead(disqualify("spam")).await),
+        Code::FailedPrecondition
+    );
+}
+
+#[tokio::test]
+async fn tasks_on_deals_and_accounts_and_the_overdue_ones() {
+    let server = TestServer::start().await;
+    let mut c = PipelineClient::new(server.channel().await);
+    let account = create_account(&mut c, "ACME").await;
+    let task = |due_day: i64, assignee: &str, account_id: &str| pb::CreateTaskRequest {
+        context: on_day(0),
+        task: Some(pb::TaskCreated {
+            account_id: account_id.into(),
+            kind: pb::TaskKind::Call as i32,
+            title: "Call back about the offer".into(),
+            due_at: ts(due_day),
+            assignee: assignee.into(),
+            ..Default::default()
+        }),
+    };
+    let early = c
+        .create_task(task(1, "ann", &account))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let late = c
+        .create_task(task(20, "ann", &account))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let bobs = c
+        .create_task(task(2, "bob", &account))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    assert_eq!(
+        code_of(
+            c.create_task(task(1, "ann", &uuid::Uuid::now_v7().to_string()))
+                .await
+        ),
+        Code::NotFound
+    );
+    assert_eq!(
+        code_of(c.create_task(task(1, "ann", "")).await),
+        Code::InvalidArgument
+    );
+    let done = c
+        .complete_task(pb::CompleteTaskRequest {
+            context: None,
+            task_id: bobs.clone(),
+            expected_revision: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        code_of(
+            c.cancel_task(pb::CancelTaskRequest {
+                context: None,
+                task_id: bobs.clone(),
+                expected_revision: None,
+            })
+            .await
+        ),
+        Code::FailedPrecondition
+    );
+    // Overdue on day 10: ann's day-1 task (bob's is done, ann's day-20 one is not due).
+    let overdue = c
+        .list_tasks(pb::ListTasksRequest {
+            overdue_only: true,
+            overdue_at: ts(10),
+            min_position: done.position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(
+        overdue
+            .iter()
+            .map(|t| t.task_id.clone())
+            .collect::<Vec<_>>(),
+        vec![early.clone()]
+    );
+    assert!(overdue[0].overdue);
+    let anns = c
+        .list_tasks(pb::ListTasksRequest {
+            assignee: "ann".into(),
+            overdue_at: ts(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let mut flags: Vec<(String, bool)> = anns
+        .iter()
+        .map(|t| (t.task_id.clone(), t.overdue))
+        .collect();
+    flags.sort();
+    let mut expected = vec![(early.clone(), true), (late.clone(), false)];
+    expected.sort();
+    assert_eq!(flags, expected);
+    let cancelled = c
+        .cancel_task(pb::CancelTaskRequest {
+            context: None,
+            task_id: early.clone(),
+            expected_revision: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let open = c
+        .list_tasks(pb::ListTasksRequest {
+            status: pb::TaskStatus::Open as i32,
+            min_position: cancelled.position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(
+        open.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(),
+        vec![late]
+    );
+    // Before the cancellation, as of its position minus one, it was still open.
+    let before = c
+        .list_tasks(pb::ListTasksRequest {
+            status: pb::TaskStatus::Open as i32,
+            as_of: Some(pb::SalesAsOf {
+                bound: Some(pb::sales_as_of::Bound::Position(cancelled.position - 1)),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.tasks.len(), 2);
+    assert_eq!(before.as_of_position, cancelled.position - 1);
+    // Bad paging input.
+    assert_eq!(
+        code_of(
+            c.list_tasks(pb::ListTasksRequest {
+                page_size: -1,
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code_of(
+            c.list_deals(pb::ListDealsRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code_of(
+            c.get_pipeline_metrics(pb::GetPipelineMetricsRequest {
+                period_start: ts(5),
+                period_end: ts(1),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code_of(
+            c.get_pipeline_board(pb::GetPipelineBoardRequest {
+                pipeline_id: uuid::Uuid::now_v7().to_string(),
+                ..Default::default()
+            })
+            .await
+        ),
+        Code::NotFound
+    );
 }

@@ -849,7 +849,10 @@ mod tests {
                 reason: "price".into(),
             })]
         );
-        let closed = deal(vec![DomainEvent::DealOpened(opened("qualify")), lost[0].clone()]);
+        let closed = deal(vec![
+            DomainEvent::DealOpened(opened("qualify")),
+            lost[0].clone(),
+        ]);
         assert_eq!(
             move_deal_stage(&closed, &pipeline(), DEAL, "proposal"),
             Err(SalesRuleError::DealClosed(DEAL))
@@ -1013,6 +1016,9 @@ mod tests {
         ));
         task.exists = true;
         task.apply(&complete_task(&task, DEAL).unwrap()[0]);
-        assert_eq!(cancel_task(&task, DEAL), Err(SalesRuleError::TaskClosed(DEAL)));
+        assert_eq!(
+            cancel_task(&task, DEAL),
+            Err(SalesRuleError::TaskClosed(DEAL))
+        );
     }
 }

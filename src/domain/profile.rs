@@ -639,8 +639,7 @@ pub fn apply<S: Profiles>(
         | DomainEvent::DealReopened(_)
         | DomainEvent::TaskCreated(_)
         | DomainEvent::TaskCompleted(_)
-        | DomainEvent::TaskCancelled(_)
-        => {}
+        | DomainEvent::TaskCancelled(_) => {}
     }
     // Duplicates merged into an erased customer lose their sealed parts too.
     for id in also_erased {

@@ -762,7 +762,9 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
         Kind::AccountCreated(e) => DomainEvent::AccountCreated(Wire::from_wire(e, v)),
         Kind::AccountUpdated(e) => DomainEvent::AccountUpdated(Wire::from_wire(e, v)),
         Kind::AccountContactLinked(e) => DomainEvent::AccountContactLinked(Wire::from_wire(e, v)),
-        Kind::AccountContactUnlinked(e) => DomainEvent::AccountContactUnlinked(Wire::from_wire(e, v)),
+        Kind::AccountContactUnlinked(e) => {
+            DomainEvent::AccountContactUnlinked(Wire::from_wire(e, v))
+        }
         Kind::AccountOwnerAssigned(e) => DomainEvent::AccountOwnerAssigned(Wire::from_wire(e, v)),
         Kind::PipelineDefined(e) => DomainEvent::PipelineDefined(Wire::from_wire(e, v)),
         Kind::PipelineChanged(e) => DomainEvent::PipelineChanged(Wire::from_wire(e, v)),

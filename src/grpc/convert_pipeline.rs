@@ -11,9 +11,6 @@ use super::convert::{timestamp_from_us, timestamp_to_us, uuid_field};
 use super::pb;
 use crate::domain::Violations;
 use crate::domain::common::CalendarDate;
-use crate::domain::pipeline::{DealStatus, LeadStatus, PipelineDef, TaskStatus};
-use crate::projections::pipeline::{DealView, LeadView, TaskView};
-use crate::projections::pipeline_queries::{AccountSummary, Board, ForecastRow, Metrics};
 use crate::domain::events::{
     AccountContactLinked, AccountContactUnlinked, AccountCreated, AccountOwnerAssigned,
     AccountProfile, AccountUpdated, ContactRole, DealChanged, DealLost, DealOpened, DealReopened,
@@ -21,6 +18,9 @@ use crate::domain::events::{
     LeadSource, PipelineChanged, PipelineDefined, SizeBand, Stage, StageKind, TaskCancelled,
     TaskCompleted, TaskCreated, TaskKind,
 };
+use crate::domain::pipeline::{DealStatus, LeadStatus, PipelineDef, TaskStatus};
+use crate::projections::pipeline::{DealView, LeadView, TaskView};
+use crate::projections::pipeline_queries::{AccountSummary, Board, ForecastRow, Metrics};
 
 /// A domain event with a proto message of the same name.
 pub trait Wire: Sized {
@@ -68,7 +68,10 @@ const SIZE_BANDS: &[(i32, SizeBand)] = &[
 
 /// Proto ⇄ domain contact roles.
 pub const CONTACT_ROLES: &[(i32, ContactRole)] = &[
-    (pb::ContactRole::Unspecified as i32, ContactRole::Unspecified),
+    (
+        pb::ContactRole::Unspecified as i32,
+        ContactRole::Unspecified,
+    ),
     (pb::ContactRole::Buyer as i32, ContactRole::Buyer),
     (
         pb::ContactRole::DecisionMaker as i32,
@@ -162,23 +165,28 @@ fn stages_from(f: &str, stages: Vec<pb::Stage>, v: &mut Violations) -> Vec<Stage
     stages
         .into_iter()
         .enumerate()
-        .map(|(i, pb::Stage {
-            stage_id,
-            name,
-            probability,
-            kind,
-        })| Stage {
-            stage_id,
-            name,
-            probability: u8::try_from(probability).unwrap_or_else(|_| {
-                v.add(
-                    &format!("{f}.stages[{i}].probability"),
-                    "must be 0..=100 (percent)",
-                );
-                0
-            }),
-            kind: enum_from(&format!("{f}.stages[{i}].kind"), kind, STAGE_KINDS, v),
-        })
+        .map(
+            |(
+                i,
+                pb::Stage {
+                    stage_id,
+                    name,
+                    probability,
+                    kind,
+                },
+            )| Stage {
+                stage_id,
+                name,
+                probability: u8::try_from(probability).unwrap_or_else(|_| {
+                    v.add(
+                        &format!("{f}.stages[{i}].probability"),
+                        "must be 0..=100 (percent)",
+                    );
+                    0
+                }),
+                kind: enum_from(&format!("{f}.stages[{i}].kind"), kind, STAGE_KINDS, v),
+            },
+        )
         .collect()
 }
 
@@ -195,7 +203,11 @@ pub fn stages_to(stages: Vec<Stage>) -> Vec<pb::Stage> {
         .collect()
 }
 
-fn profile_from(f: &str, profile: Option<pb::AccountProfile>, v: &mut Violations) -> AccountProfile {
+fn profile_from(
+    f: &str,
+    profile: Option<pb::AccountProfile>,
+    v: &mut Violations,
+) -> AccountProfile {
     let pb::AccountProfile {
         name,
         domain,
@@ -728,7 +740,6 @@ impl Wire for TaskCancelled {
 // ---------------------------------------------------------------------------------------
 // Read models → proto
 // ---------------------------------------------------------------------------------------
-
 
 /// Domain deal status → proto.
 pub fn deal_status_to(status: DealStatus) -> i32 {

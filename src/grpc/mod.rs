@@ -9,8 +9,8 @@ pub mod convert;
 pub mod convert_pipeline;
 pub mod customers;
 pub mod event_store;
-pub mod pipeline;
 pub mod pb;
+pub mod pipeline;
 pub mod server;
 pub mod status;
 

@@ -158,7 +158,8 @@ impl Inner {
     fn live_customer(&self, id: Uuid) -> Result<Option<Uuid>, Status> {
         let mut id = id;
         for _ in 0..limits::MERGE_DEPTH_MAX {
-            let (state, _) = self.load(&customer_stream(id), |s: &mut Customer, e| s.apply(id, e))?;
+            let (state, _) =
+                self.load(&customer_stream(id), |s: &mut Customer, e| s.apply(id, e))?;
             if !state.registered || state.erased || self.privacy.keys().is_erased(id) {
                 return Ok(None);
             }
@@ -195,7 +196,10 @@ impl Inner {
     fn live_model(&self, view: &ProjectionView) -> Result<Arc<SalesModel>, Status> {
         let name = view.tree.name().to_vec();
         {
-            let cache = self.cache.lock().map_err(|_| internal("model cache poisoned"))?;
+            let cache = self
+                .cache
+                .lock()
+                .map_err(|_| internal("model cache poisoned"))?;
             if let Some((cached_name, model)) = cache.as_ref()
                 && *cached_name == name
                 && model.position == view.applied
@@ -203,9 +207,12 @@ impl Inner {
                 return Ok(model.clone());
             }
         }
-        let model = Arc::new(read_model::load_model(&view.tree, view.applied).map_err(model_status)?);
-        *self.cache.lock().map_err(|_| internal("model cache poisoned"))? =
-            Some((name, model.clone()));
+        let model =
+            Arc::new(read_model::load_model(&view.tree, view.applied).map_err(model_status)?);
+        *self
+            .cache
+            .lock()
+            .map_err(|_| internal("model cache poisoned"))? = Some((name, model.clone()));
         Ok(model)
     }
 }
@@ -432,7 +439,10 @@ where
     let mut found = Violations::new("");
     let value = T::from_wire(proto.unwrap_or_default(), &mut found);
     for violation in found.into_vec() {
-        v.add(&request_path(field, &violation.field), violation.description);
+        v.add(
+            &request_path(field, &violation.field),
+            violation.description,
+        );
     }
     value
 }
@@ -441,7 +451,10 @@ where
 fn validate(field: &str, event: &DomainEvent, v: &mut Violations) {
     if let Err(found) = event.validate("") {
         for violation in found {
-            v.add(&request_path(field, &violation.field), violation.description);
+            v.add(
+                &request_path(field, &violation.field),
+                violation.description,
+            );
         }
     }
 }
@@ -554,33 +567,35 @@ impl PipelineService {
                 })
                 .await
             }
-            Some(bound) => blocking(move || {
-                let head = inner.log.head().position;
-                let (limit, recorded_by) = match bound {
-                    Bound::Position(p) => (p.min(head), i64::MAX),
-                    Bound::RecordedAt(t) => (head, t),
-                };
-                let model = read_model::fold_log(&inner.log, limit, &|e| {
-                    e.recorded_at_us <= recorded_by
+            Some(bound) => {
+                blocking(move || {
+                    let head = inner.log.head().position;
+                    let (limit, recorded_by) = match bound {
+                        Bound::Position(p) => (p.min(head), i64::MAX),
+                        Bound::RecordedAt(t) => (head, t),
+                    };
+                    let model = read_model::fold_log(&inner.log, limit, &|e| {
+                        e.recorded_at_us <= recorded_by
+                    })
+                    .map_err(model_status)?;
+                    let (position, now_us) = match bound {
+                        Bound::Position(_) => (
+                            limit,
+                            inner
+                                .log
+                                .event_at(limit)?
+                                .map_or(0, |e| e.event.recorded_at_us),
+                        ),
+                        Bound::RecordedAt(t) => (model.position, t),
+                    };
+                    Ok(Answer {
+                        model: Arc::new(model),
+                        position,
+                        now_us,
+                    })
                 })
-                .map_err(model_status)?;
-                let (position, now_us) = match bound {
-                    Bound::Position(_) => (
-                        limit,
-                        inner
-                            .log
-                            .event_at(limit)?
-                            .map_or(0, |e| e.event.recorded_at_us),
-                    ),
-                    Bound::RecordedAt(t) => (model.position, t),
-                };
-                Ok(Answer {
-                    model: Arc::new(model),
-                    position,
-                    now_us,
-                })
-            })
-            .await,
+                .await
+            }
         }
     }
 }
@@ -597,12 +612,21 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut account = account.unwrap_or_default();
         fill_id(&mut account.account_id);
         let event: AccountCreated = convert("account", Some(account), &mut v);
-        validate("account", &DomainEvent::AccountCreated(event.clone()), &mut v);
+        validate(
+            "account",
+            &DomainEvent::AccountCreated(event.clone()),
+            &mut v,
+        );
         finish(v)?;
         let id = event.account_id;
-        self.command(context, id, account_stream(id), None, AccountState::apply, move |_, s| {
-            Ok(sales::create_account(s, event.clone())?)
-        })
+        self.command(
+            context,
+            id,
+            account_stream(id),
+            None,
+            AccountState::apply,
+            move |_, s| Ok(sales::create_account(s, event.clone())?),
+        )
         .await
     }
 
@@ -618,7 +642,11 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
         let event: AccountUpdated = convert("account", account, &mut v);
-        validate("account", &DomainEvent::AccountUpdated(event.clone()), &mut v);
+        validate(
+            "account",
+            &DomainEvent::AccountUpdated(event.clone()),
+            &mut v,
+        );
         finish(v)?;
         let id = event.account_id;
         self.command(
@@ -644,7 +672,11 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
         let event: AccountContactLinked = convert("link", link, &mut v);
-        validate("link", &DomainEvent::AccountContactLinked(event.clone()), &mut v);
+        validate(
+            "link",
+            &DomainEvent::AccountContactLinked(event.clone()),
+            &mut v,
+        );
         finish(v)?;
         let id = event.account_id;
         self.command(
@@ -735,7 +767,11 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut pipeline = pipeline.unwrap_or_default();
         fill_id(&mut pipeline.pipeline_id);
         let event: PipelineDefined = convert("pipeline", Some(pipeline), &mut v);
-        validate("pipeline", &DomainEvent::PipelineDefined(event.clone()), &mut v);
+        validate(
+            "pipeline",
+            &DomainEvent::PipelineDefined(event.clone()),
+            &mut v,
+        );
         finish(v)?;
         let id = event.pipeline_id;
         self.command(
@@ -762,7 +798,11 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
         let event: PipelineChanged = convert("pipeline", pipeline, &mut v);
-        validate("pipeline", &DomainEvent::PipelineChanged(event.clone()), &mut v);
+        validate(
+            "pipeline",
+            &DomainEvent::PipelineChanged(event.clone()),
+            &mut v,
+        );
         finish(v)?;
         let id = event.pipeline_id;
         // Which stages hold deals comes from the read model, caught up with the log as it
@@ -831,30 +871,37 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         }
         finish(v)?;
         let id = event.lead_id;
-        self.command(context, id, lead_stream(id), None, LeadState::apply, move |inner, s| {
-            let mut event = event.clone();
-            match event.customer_id {
-                Some(customer) => {
-                    let live = inner.live_customer(customer)?;
-                    sales::require("customer", customer, live.is_some())?;
-                    event.customer_id = live;
-                }
-                None => {
-                    // Duplicate leads resolve to the customer who already holds the email
-                    // or phone (email first).
-                    for identifier in &wanted {
-                        if let Some(holder) = inner.holder(identifier)? {
-                            event.customer_id = Some(holder);
-                            break;
+        self.command(
+            context,
+            id,
+            lead_stream(id),
+            None,
+            LeadState::apply,
+            move |inner, s| {
+                let mut event = event.clone();
+                match event.customer_id {
+                    Some(customer) => {
+                        let live = inner.live_customer(customer)?;
+                        sales::require("customer", customer, live.is_some())?;
+                        event.customer_id = live;
+                    }
+                    None => {
+                        // Duplicate leads resolve to the customer who already holds the email
+                        // or phone (email first).
+                        for identifier in &wanted {
+                            if let Some(holder) = inner.holder(identifier)? {
+                                event.customer_id = Some(holder);
+                                break;
+                            }
                         }
                     }
                 }
-            }
-            if let Some(account) = event.account_id {
-                sales::require("account", account, inner.exists(&account_stream(account))?)?;
-            }
-            Ok(sales::capture_lead(s, event)?)
-        })
+                if let Some(account) = event.account_id {
+                    sales::require("account", account, inner.exists(&account_stream(account))?)?;
+                }
+                Ok(sales::capture_lead(s, event)?)
+            },
+        )
         .await
     }
 
@@ -870,7 +917,11 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
         let event: LeadAssigned = convert("assignment", assignment, &mut v);
-        validate("assignment", &DomainEvent::LeadAssigned(event.clone()), &mut v);
+        validate(
+            "assignment",
+            &DomainEvent::LeadAssigned(event.clone()),
+            &mut v,
+        );
         finish(v)?;
         let id = event.lead_id;
         self.command(
@@ -996,22 +1047,29 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         validate("deal", &DomainEvent::DealOpened(event.clone()), &mut v);
         finish(v)?;
         let id = event.deal_id;
-        self.command(context, id, deal_stream(id), None, DealState::apply, move |inner, s| {
-            let mut event = event.clone();
-            if let Some(customer) = event.customer_id {
-                let live = inner.live_customer(customer)?;
-                sales::require("customer", customer, live.is_some())?;
-                event.customer_id = live;
-            }
-            if let Some(account) = event.account_id {
-                sales::require("account", account, inner.exists(&account_stream(account))?)?;
-            }
-            if let Some(lead) = event.lead_id {
-                sales::require("lead", lead, inner.exists(&lead_stream(lead))?)?;
-            }
-            let pipeline = inner.pipeline(event.pipeline_id)?;
-            Ok(sales::open_deal(s, &pipeline, event)?)
-        })
+        self.command(
+            context,
+            id,
+            deal_stream(id),
+            None,
+            DealState::apply,
+            move |inner, s| {
+                let mut event = event.clone();
+                if let Some(customer) = event.customer_id {
+                    let live = inner.live_customer(customer)?;
+                    sales::require("customer", customer, live.is_some())?;
+                    event.customer_id = live;
+                }
+                if let Some(account) = event.account_id {
+                    sales::require("account", account, inner.exists(&account_stream(account))?)?;
+                }
+                if let Some(lead) = event.lead_id {
+                    sales::require("lead", lead, inner.exists(&lead_stream(lead))?)?;
+                }
+                let pipeline = inner.pipeline(event.pipeline_id)?;
+                Ok(sales::open_deal(s, &pipeline, event)?)
+            },
+        )
         .await
     }
 
@@ -1178,15 +1236,22 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         validate("task", &DomainEvent::TaskCreated(event.clone()), &mut v);
         finish(v)?;
         let id = event.task_id;
-        self.command(context, id, task_stream(id), None, TaskState::apply, move |inner, s| {
-            if let Some(deal) = event.deal_id {
-                sales::require("deal", deal, inner.exists(&deal_stream(deal))?)?;
-            }
-            if let Some(account) = event.account_id {
-                sales::require("account", account, inner.exists(&account_stream(account))?)?;
-            }
-            Ok(sales::create_task(s, event.clone())?)
-        })
+        self.command(
+            context,
+            id,
+            task_stream(id),
+            None,
+            TaskState::apply,
+            move |inner, s| {
+                if let Some(deal) = event.deal_id {
+                    sales::require("deal", deal, inner.exists(&deal_stream(deal))?)?;
+                }
+                if let Some(account) = event.account_id {
+                    sales::require("account", account, inner.exists(&account_stream(account))?)?;
+                }
+                Ok(sales::create_task(s, event.clone())?)
+            },
+        )
         .await
     }
 
@@ -1258,7 +1323,11 @@ impl pb::pipeline_server::Pipeline for PipelineService {
             .deals
             .get(&id)
             .ok_or_else(|| Status::not_found(format!("deal {id} does not exist")))?;
-        let def = answer.model.pipelines.get(&deal.pipeline_id).map(|p| &p.def);
+        let def = answer
+            .model
+            .pipelines
+            .get(&deal.pipeline_id)
+            .map(|p| &p.def);
         Ok(Response::new(cv::deal_to_proto(
             deal,
             def,
@@ -1369,8 +1438,9 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let bound = as_of_from(as_of, &mut v);
         finish(v)?;
         let answer = self.answer(min_position, bound, wait).await?;
-        let (leads, next) =
-            queries::page(answer.model.leads.iter(), after, limit, |l| filter.matches(l));
+        let (leads, next) = queries::page(answer.model.leads.iter(), after, limit, |l| {
+            filter.matches(l)
+        });
         Ok(Response::new(pb::ListLeadsResponse {
             leads: leads.into_iter().map(cv::lead_to_proto).collect(),
             next_page_token: next.map(|id| id.to_string()).unwrap_or_default(),
@@ -1413,8 +1483,9 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         if overdue_only {
             filter.overdue_at_us = Some(cutoff);
         }
-        let (tasks, next) =
-            queries::page(answer.model.tasks.iter(), after, limit, |t| filter.matches(t));
+        let (tasks, next) = queries::page(answer.model.tasks.iter(), after, limit, |t| {
+            filter.matches(t)
+        });
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks
                 .into_iter()
@@ -1469,7 +1540,9 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         if let Some(pipeline) = query.pipeline_id
             && !answer.model.pipelines.contains_key(&pipeline)
         {
-            return Err(Status::not_found(format!("pipeline {pipeline} does not exist")));
+            return Err(Status::not_found(format!(
+                "pipeline {pipeline} does not exist"
+            )));
         }
         let (months, quarters) = queries::forecast(&answer.model, &query);
         Ok(Response::new(pb::Forecast {
@@ -1513,7 +1586,9 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         if let Some(pipeline) = pipeline_id
             && !answer.model.pipelines.contains_key(&pipeline)
         {
-            return Err(Status::not_found(format!("pipeline {pipeline} does not exist")));
+            return Err(Status::not_found(format!(
+                "pipeline {pipeline} does not exist"
+            )));
         }
         let metrics = queries::metrics(
             &answer.model,
@@ -1523,6 +1598,9 @@ impl pb::pipeline_server::Pipeline for PipelineService {
                 to_us: to.unwrap_or_default(),
             },
         );
-        Ok(Response::new(cv::metrics_to_proto(metrics, answer.position)))
+        Ok(Response::new(cv::metrics_to_proto(
+            metrics,
+            answer.position,
+        )))
     }
 }

@@ -193,19 +193,29 @@ impl From<SalesRuleError> for Status {
             SalesRuleError::NotFound { what, id } => (
                 Code::NotFound,
                 "NOT_FOUND",
-                HashMap::from([("kind".to_owned(), (*what).to_owned()), ("id".to_owned(), id.to_string())]),
+                HashMap::from([
+                    ("kind".to_owned(), (*what).to_owned()),
+                    ("id".to_owned(), id.to_string()),
+                ]),
             ),
             SalesRuleError::AlreadyExists { what, id } => (
                 Code::AlreadyExists,
                 "ALREADY_EXISTS",
-                HashMap::from([("kind".to_owned(), (*what).to_owned()), ("id".to_owned(), id.to_string())]),
+                HashMap::from([
+                    ("kind".to_owned(), (*what).to_owned()),
+                    ("id".to_owned(), id.to_string()),
+                ]),
             ),
-            SalesRuleError::ContactAlreadyLinked { .. } => {
-                (Code::AlreadyExists, "CONTACT_ALREADY_LINKED", HashMap::new())
-            }
-            SalesRuleError::ContactNotLinked { .. } => {
-                (Code::FailedPrecondition, "CONTACT_NOT_LINKED", HashMap::new())
-            }
+            SalesRuleError::ContactAlreadyLinked { .. } => (
+                Code::AlreadyExists,
+                "CONTACT_ALREADY_LINKED",
+                HashMap::new(),
+            ),
+            SalesRuleError::ContactNotLinked { .. } => (
+                Code::FailedPrecondition,
+                "CONTACT_NOT_LINKED",
+                HashMap::new(),
+            ),
             SalesRuleError::StageInUse(stage) => (
                 Code::FailedPrecondition,
                 "STAGE_IN_USE",
@@ -221,19 +231,31 @@ impl From<SalesRuleError> for Status {
                 "WRONG_STAGE_KIND",
                 HashMap::from([("stage_id".to_owned(), stage.clone())]),
             ),
-            SalesRuleError::SameStage(_) => (Code::FailedPrecondition, "SAME_STAGE", HashMap::new()),
-            SalesRuleError::DealClosed(_) => (Code::FailedPrecondition, "DEAL_CLOSED", HashMap::new()),
+            SalesRuleError::SameStage(_) => {
+                (Code::FailedPrecondition, "SAME_STAGE", HashMap::new())
+            }
+            SalesRuleError::DealClosed(_) => {
+                (Code::FailedPrecondition, "DEAL_CLOSED", HashMap::new())
+            }
             SalesRuleError::DealNotClosed(_) => {
                 (Code::FailedPrecondition, "DEAL_NOT_CLOSED", HashMap::new())
             }
-            SalesRuleError::CurrencyNotAllowed { .. } => {
-                (Code::FailedPrecondition, "CURRENCY_NOT_ALLOWED", HashMap::new())
+            SalesRuleError::CurrencyNotAllowed { .. } => (
+                Code::FailedPrecondition,
+                "CURRENCY_NOT_ALLOWED",
+                HashMap::new(),
+            ),
+            SalesRuleError::LeadClosed(_) => {
+                (Code::FailedPrecondition, "LEAD_CLOSED", HashMap::new())
             }
-            SalesRuleError::LeadClosed(_) => (Code::FailedPrecondition, "LEAD_CLOSED", HashMap::new()),
-            SalesRuleError::LeadWithoutCustomer(_) => {
-                (Code::FailedPrecondition, "LEAD_WITHOUT_CUSTOMER", HashMap::new())
+            SalesRuleError::LeadWithoutCustomer(_) => (
+                Code::FailedPrecondition,
+                "LEAD_WITHOUT_CUSTOMER",
+                HashMap::new(),
+            ),
+            SalesRuleError::TaskClosed(_) => {
+                (Code::FailedPrecondition, "TASK_CLOSED", HashMap::new())
             }
-            SalesRuleError::TaskClosed(_) => (Code::FailedPrecondition, "TASK_CLOSED", HashMap::new()),
         };
         with_info(code, message, reason, metadata)
     }

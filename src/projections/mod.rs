@@ -29,9 +29,9 @@
 pub mod customers;
 pub mod engine;
 pub mod log_stats;
-pub mod runner;
 pub mod pipeline;
 pub mod pipeline_queries;
+pub mod runner;
 pub mod segments;
 #[cfg(test)]
 mod tests;

@@ -27,9 +27,7 @@ use uuid::Uuid;
 use super::{ApplyError, Projection, StateBatch};
 use crate::domain::DomainEvent;
 use crate::domain::common::CalendarDate;
-use crate::domain::events::{
-    AccountProfile, ContactRole, LeadSource, Stage, StageKind, TaskKind,
-};
+use crate::domain::events::{AccountProfile, ContactRole, LeadSource, Stage, StageKind, TaskKind};
 use crate::domain::pipeline::{
     DealStatus, LeadStatus, PipelineDef, SALES_STREAM_PREFIXES, TaskStatus,
 };
@@ -574,7 +572,10 @@ fn decode_record(tag: u8, bytes: &[u8]) -> Result<Record, String> {
 /// The read filter of the sales streams.
 pub fn sales_filter() -> ReadFilter {
     ReadFilter {
-        stream_prefixes: SALES_STREAM_PREFIXES.iter().map(|p| (*p).to_owned()).collect(),
+        stream_prefixes: SALES_STREAM_PREFIXES
+            .iter()
+            .map(|p| (*p).to_owned())
+            .collect(),
         event_types: Vec::new(),
     }
 }
@@ -683,10 +684,9 @@ pub fn fold_log(
                     limits::PIPELINE_AS_OF_EVENTS_MAX
                 )));
             }
-            let event = DomainEvent::decode(&e.event_type, e.schema_version, &e.payload)
-                .map_err(|error| {
-                    ModelError::Corrupt(format!("event at position {}: {error}", e.position))
-                })?;
+            let event = DomainEvent::decode(&e.event_type, e.schema_version, &e.payload).map_err(
+                |error| ModelError::Corrupt(format!("event at position {}: {error}", e.position)),
+            )?;
             model.apply(At::of(e), &event);
         }
         if page.end_reached || page.next_cursor <= from {

@@ -79,7 +79,11 @@ pub fn board(model: &SalesModel, pipeline_id: Uuid) -> Option<Board> {
     let pipeline = model.pipelines.get(&pipeline_id)?.clone();
     let mut sums: BTreeMap<&str, BTreeMap<&str, Sum>> = BTreeMap::new();
     let mut extra: Vec<Stage> = Vec::new();
-    for deal in model.deals.values().filter(|d| d.pipeline_id == pipeline_id) {
+    for deal in model
+        .deals
+        .values()
+        .filter(|d| d.pipeline_id == pipeline_id)
+    {
         let stage = super::pipeline::stage_or_placeholder(&pipeline.def, &deal.stage_id);
         if pipeline.def.stage(&deal.stage_id).is_none()
             && !extra.iter().any(|s| s.stage_id == stage.stage_id)
@@ -324,7 +328,8 @@ pub fn metrics(model: &SalesModel, query: &MetricsQuery) -> Metrics {
             continue;
         }
         let def = model.pipelines.get(&deal.pipeline_id).map(|p| &p.def);
-        let index = |stage: &str| def.and_then(|d| d.stages.iter().position(|s| s.stage_id == stage));
+        let index =
+            |stage: &str| def.and_then(|d| d.stages.iter().position(|s| s.stage_id == stage));
         let kind = |stage: &str| def.and_then(|d| d.stage(stage)).map(|s| s.kind);
         for (i, span) in deal.history.iter().enumerate() {
             if kind(&span.stage_id).is_some_and(|k| k != StageKind::Open) {
@@ -354,8 +359,7 @@ pub fn metrics(model: &SalesModel, query: &MetricsQuery) -> Metrics {
                 if forward {
                     row.advanced += 1;
                 }
-                *out
-                    .transitions
+                *out.transitions
                     .entry((span.stage_id.clone(), next.stage_id.clone()))
                     .or_default() += 1;
             }
@@ -391,8 +395,7 @@ pub fn metrics(model: &SalesModel, query: &MetricsQuery) -> Metrics {
                 saturate(won.amount.div_euclid(i128::from(cell.count)))
             };
             let velocity_minor_per_day = if out.average_cycle_days > 0.0 {
-                open_count as f64 * out.win_rate * average_won_minor as f64
-                    / out.average_cycle_days
+                open_count as f64 * out.win_rate * average_won_minor as f64 / out.average_cycle_days
             } else {
                 0.0
             };
@@ -417,10 +420,12 @@ pub fn metrics(model: &SalesModel, query: &MetricsQuery) -> Metrics {
                 .iter()
                 .filter(|s| s.kind == StageKind::Open)
                 .map(|s| {
-                    stages.remove(&s.stage_id).unwrap_or_else(|| StageConversion {
-                        stage_id: s.stage_id.clone(),
-                        ..StageConversion::default()
-                    })
+                    stages
+                        .remove(&s.stage_id)
+                        .unwrap_or_else(|| StageConversion {
+                            stage_id: s.stage_id.clone(),
+                            ..StageConversion::default()
+                        })
                 })
                 .collect();
             ordered.extend(stages.into_values());
@@ -584,7 +589,10 @@ impl LeadFilter {
         self.status.is_none_or(|s| s == lead.status)
             && self.source.is_none_or(|s| s == lead.source)
             && self.owner.as_ref().is_none_or(|o| *o == lead.owner)
-            && self.campaign_id.as_ref().is_none_or(|c| *c == lead.campaign_id)
+            && self
+                .campaign_id
+                .as_ref()
+                .is_none_or(|c| *c == lead.campaign_id)
     }
 }
 

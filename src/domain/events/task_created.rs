@@ -61,7 +61,10 @@ impl TypedEvent for TaskCreated {
             validate_id(&format!("{f}.account_id"), account, v);
         }
         if self.deal_id.is_none() && self.account_id.is_none() {
-            v.add(&format!("{f}.deal_id"), "set deal_id or account_id (or both)");
+            v.add(
+                &format!("{f}.deal_id"),
+                "set deal_id or account_id (or both)",
+            );
         }
         if self.kind == TaskKind::Unspecified {
             v.add(&format!("{f}.kind"), "is required");
