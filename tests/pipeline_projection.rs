@@ -67,7 +67,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn id(kind: u128, n: u8) -> Uuid {
-    Uuid::from_u128(kind << 64 | u128::from(n) + 1)
+    Uuid::from_u128((kind << 64) | (u128::from(n) + 1))
 }
 
 const OPEN: [&str; 3] = ["qualify", "proposal", "negotiate"];

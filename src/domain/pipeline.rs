@@ -761,7 +761,7 @@ mod tests {
             pipeline_id: PIPE,
             stage_id: stage.into(),
             title: "ACME".into(),
-            amount_minor: 100_00,
+            amount_minor: 10_000,
             currency: "EUR".into(),
             expected_close: CalendarDate::parse("2026-03-31").unwrap(),
             owner: "rep-1".into(),
