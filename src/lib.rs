@@ -24,7 +24,8 @@
 //!   service).
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
 //! - [`loadgen`]: the load generator behind `rapport bench`.
-//! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos.
+//! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos;
+//!   [`seed_sales`] adds accounts, leads, deals and tasks to it.
 //! - [`replay`]: `rapport replay`, the log as JSON lines, offline or through a server.
 //! - [`import`]: `rapport import`, bulk import of purchases, customers and typed events
 //!   from CSV / JSON lines, offline or through a server; idempotent.
@@ -44,4 +45,5 @@ pub mod privacy;
 pub mod projections;
 pub mod replay;
 pub mod seed;
+pub mod seed_sales;
 pub mod segment_job;

@@ -1251,6 +1251,8 @@ pub async fn seed_into(
         done??;
     }
     merge_offline(log, customers, seed, &mut report).await?;
+    // Sales pipelines (issue 4): accounts, leads, deals and tasks over these customers.
+    crate::seed_sales::seed_offline(log, customers, seed, &mut report).await?;
     Ok(report)
 }
 
