@@ -1323,6 +1323,7 @@ async fn leads_match_customers_by_email_and_commands_are_idempotent() {
         customer_id: customer.into(),
         deal: Some(deal.clone()),
         expected_revision: None,
+        new_customer: None,
     };
     assert_eq!(
         code_of(c.qualify_lead(qualify(&lone, "")).await),
@@ -1579,4 +1580,101 @@ async fn tasks_on_deals_and_accounts_and_the_overdue_ones() {
         ),
         Code::NotFound
     );
+}
+
+#[tokio::test]
+async fn qualifying_a_lead_registers_its_customer_atomically_or_matches_one() {
+    let server = TestServer::start().await;
+    let mut c = PipelineClient::new(server.channel().await);
+    let mut customers = CustomersClient::new(server.channel().await);
+    let pipeline = define_pipeline(&mut c, &[]).await;
+    let first_lead = capture(&mut c, pb::LeadSource::Event, "").await;
+    let second_lead = capture(&mut c, pb::LeadSource::Event, "").await;
+    let deal = pb::DealOpened {
+        pipeline_id: pipeline.clone(),
+        stage_id: "qualify".into(),
+        title: "booth visitor".into(),
+        amount_minor: 2_000,
+        currency: "EUR".into(),
+        expected_close: "2026-06-01".into(),
+        ..Default::default()
+    };
+    let qualify = |lead: &str, email: &str| pb::QualifyLeadRequest {
+        lead_id: lead.into(),
+        deal: Some(deal.clone()),
+        new_customer: Some(pb::NewCustomer {
+            given_name: "Grace".into(),
+            family_name: "Hopper".into(),
+            emails: vec![email.into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(c.qualify_lead(qualify(&first_lead, "not-an-email")).await),
+        Code::InvalidArgument
+    );
+    let done = c
+        .qualify_lead(qualify(&first_lead, "grace@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let opened = c
+        .get_deal(pb::GetDealRequest {
+            deal_id: done.deal_id.clone(),
+            min_position: done.position,
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let grace = opened.customer_id.clone();
+    assert!(!grace.is_empty(), "the lead became a customer");
+    let profile = customers
+        .get_customer(pb::GetCustomerRequest {
+            customer_id: grace.clone(),
+            min_position: done.position,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(profile.emails, vec!["grace@example.com".to_owned()]);
+    assert_eq!(profile.given_name, "Grace");
+    // The same person from another lead is matched, not registered twice.
+    let again = c
+        .qualify_lead(qualify(&second_lead, "  GRACE@example.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .get_deal(pb::GetDealRequest {
+            deal_id: again.deal_id.clone(),
+            min_position: again.position,
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.customer_id, grace);
+    // The registration reserved the email: the Customers service sees it taken.
+    let taken = customers
+        .register_customer(pb::RegisterCustomerRequest {
+            emails: vec!["grace@example.com".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(taken.code(), Code::AlreadyExists);
+    // The registration is a sealed personal event (the server opens it for the reader).
+    let mut store = server.client().await;
+    let raw = store
+        .read_stream(pb::ReadStreamRequest {
+            stream: format!("customer-{grace}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raw.events.len(), 1);
+    assert_eq!(raw.events[0].personal_data, pb::PersonalData::Clear as i32);
 }

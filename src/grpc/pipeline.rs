@@ -9,7 +9,10 @@
 //! fail its expected revision and the command is decided again on the new state — so it
 //! is written only if it is still valid there (bounded retries). Re-sending a command
 //! with the same `event_id` returns the original position before anything is re-decided.
-//! Sales events carry no personal data (see [`crate::domain::events`]): nothing to seal.
+//! Sales events carry no personal data (see [`crate::domain::events`]); the one personal
+//! part a command may write is the registration of the customer a lead converts into
+//! (QualifyLead with `new_customer`), sealed with that customer's key like the Customers
+//! service does, its emails / phones reserved in the same atomic append.
 //!
 //! Reads: the live answer folds the `pipeline` projection (waiting for `min_position`)
 //! into a [`SalesModel`] (cached per checkpoint); an `as_of` answer folds the log's sales
@@ -28,13 +31,15 @@ use super::customers::{Context, context_from, derived_id, wait_bound};
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
 use crate::clock::Clock;
-use crate::domain::common::CalendarDate;
-use crate::domain::customer::{Customer, Identifier};
+use crate::domain::common::{CalendarDate, Channel};
+use crate::domain::customer::{self, Customer, Identifier};
 use crate::domain::events::{
     AccountContactLinked, AccountContactUnlinked, AccountCreated, AccountOwnerAssigned,
-    AccountUpdated, DealChanged, DealOpened, IdentifierClaimed, IdentifierKind, LeadAssigned,
-    LeadCaptured, LeadDisqualified, PipelineChanged, PipelineDefined, TaskCreated, validate_code,
+    AccountUpdated, CustomerIdentity, CustomerRegistered, DealChanged, DealOpened,
+    IdentifierClaimed, IdentifierKind, LeadAssigned, LeadCaptured, LeadDisqualified,
+    PipelineChanged, PipelineDefined, TaskCreated, validate_code,
 };
+use crate::domain::personal::Personal;
 use crate::domain::pipeline::{
     self as sales, AccountState, DealState, LeadState, PipelineState, TaskState, account_stream,
     deal_stream, lead_stream, pipeline_stream, task_stream,
@@ -174,22 +179,79 @@ impl Inner {
     /// The live customer holding `identifier`, matched through its keyed-hash
     /// reservation stream (the value itself is never stored or compared in clear).
     fn holder(&self, identifier: &Identifier) -> Result<Option<Uuid>, Status> {
+        Ok(self.holder_at(identifier)?.2)
+    }
+
+    /// The reservation stream of `identifier`, its revision and its live holder.
+    fn holder_at(
+        &self,
+        identifier: &Identifier,
+    ) -> Result<(String, Option<u64>, Option<Uuid>), Status> {
         let stream = self.privacy.identity_stream(identifier);
         let name = StreamName::parse(&stream).map_err(internal)?;
         let page = match self.log.read_stream(&name, 0, true, 1) {
             Ok(page) => page,
-            Err(crate::log::ReadError::StreamNotFound(_)) => return Ok(None),
+            Err(crate::log::ReadError::StreamNotFound(_)) => return Ok((stream, None, None)),
             Err(error) => return Err(error.into()),
         };
         let Some(last) = page.events.first() else {
-            return Ok(None);
+            return Ok((stream, None, None));
         };
-        match decode_event(last).map_err(history_status)? {
+        let revision = Some(last.event.revision);
+        let holder = match decode_event(last).map_err(history_status)? {
             DomainEvent::IdentifierClaimed(IdentifierClaimed { customer_id, .. }) => {
-                self.live_customer(customer_id)
+                self.live_customer(customer_id)?
             }
-            _ => Ok(None),
+            _ => None,
+        };
+        Ok((stream, revision, holder))
+    }
+
+    /// The customer a qualified lead converts into: a live customer already holding one
+    /// of `identity`'s emails / phones, or `new_id` registered now — its registration and
+    /// the reservations of its identifiers (as the Customers service plans them) join the
+    /// command's atomic append.
+    fn convert_to_customer(
+        &self,
+        new_id: Uuid,
+        identity: &CustomerIdentity,
+        locale: &str,
+    ) -> Result<(Uuid, Vec<Planned>), Status> {
+        let wanted = customer::identity_identifiers(identity);
+        let mut claims = Vec::new();
+        for identifier in &wanted {
+            let (stream, revision, holder) = self.holder_at(identifier)?;
+            if let Some(holder) = holder {
+                return Ok((holder, Vec::new()));
+            }
+            claims.push(Planned {
+                stream,
+                expected: expected_of(revision),
+                events: vec![DomainEvent::IdentifierClaimed(IdentifierClaimed {
+                    customer_id: new_id,
+                    kind: identifier.kind,
+                })],
+            });
         }
+        let (state, revision) = self.load(&customer_stream(new_id), |s: &mut Customer, e| {
+            s.apply(new_id, e)
+        })?;
+        let registration = customer::register(
+            &state,
+            CustomerRegistered {
+                customer_id: new_id,
+                identity: Personal::Clear(identity.clone()),
+                locale: locale.to_owned(),
+                acquisition_channel: Channel::Unspecified,
+            },
+        )?;
+        let mut appends = vec![Planned {
+            stream: customer_stream(new_id),
+            expected: expected_of(revision),
+            events: registration,
+        }];
+        appends.extend(claims);
+        Ok((new_id, appends))
     }
 
     /// The live model of the projection's view (loaded once per checkpoint).
@@ -263,11 +325,18 @@ fn expected_of(revision: Option<u64>) -> ExpectedRevision {
     revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact)
 }
 
-fn encode_plan(plan: &Plan, base_id: Uuid, fields: &Fields) -> Result<Vec<StreamAppend>, Status> {
+/// Gives the plan's events their ids (the first the command's, the others derived from
+/// it), seals personal parts (only a customer registered by QualifyLead has any) and
+/// encodes them.
+fn encode_plan(
+    privacy: &Privacy,
+    plan: &Plan,
+    base_id: Uuid,
+    fields: &Fields,
+) -> Result<Vec<StreamAppend>, Status> {
     let mut index = 0usize;
-    let mut out = Vec::new();
+    let mut staged: Vec<(String, ExpectedRevision, Vec<(Uuid, DomainEvent)>)> = Vec::new();
     for planned in &plan.appends {
-        let stream = StreamName::parse(&planned.stream).map_err(internal)?;
         let mut events = Vec::new();
         for event in &planned.events {
             let id = if index == 0 {
@@ -276,6 +345,24 @@ fn encode_plan(plan: &Plan, base_id: Uuid, fields: &Fields) -> Result<Vec<Stream
                 derived_id(base_id, index)
             };
             index += 1;
+            events.push((id, event.clone()));
+        }
+        staged.push((planned.stream.clone(), planned.expected, events));
+    }
+    {
+        let mut refs: Vec<(&str, Uuid, &mut DomainEvent)> = Vec::new();
+        for (stream, _, events) in &mut staged {
+            for (id, event) in events.iter_mut() {
+                refs.push((stream.as_str(), *id, event));
+            }
+        }
+        privacy.seal_events(&mut refs)?;
+    }
+    let mut out = Vec::new();
+    for (stream, expected, staged_events) in staged {
+        let stream = StreamName::parse(&stream).map_err(internal)?;
+        let mut events = Vec::new();
+        for (id, event) in staged_events {
             let payload = event.encode().map_err(internal)?;
             if payload.len() > limits::PAYLOAD_BYTES_MAX {
                 return Err(invalid_field(
@@ -302,7 +389,7 @@ fn encode_plan(plan: &Plan, base_id: Uuid, fields: &Fields) -> Result<Vec<Stream
         }
         out.push(StreamAppend {
             stream,
-            expected: planned.expected,
+            expected,
             events,
         });
     }
@@ -361,7 +448,7 @@ impl PipelineService {
             let fields = fields.clone();
             let (plan, appends) = blocking(move || {
                 let plan = decide(&inner)?;
-                let appends = encode_plan(&plan, base_id, &fields)?;
+                let appends = encode_plan(&inner.privacy, &plan, base_id, &fields)?;
                 Ok((plan, appends))
             })
             .await?;
@@ -945,11 +1032,51 @@ impl pb::pipeline_server::Pipeline for PipelineService {
             customer_id,
             deal,
             expected_revision,
+            new_customer,
         } = request.into_inner();
         let mut v = Violations::new("");
         let context = context_from(context, &mut v);
         let lead_id = uuid_field("lead_id", &lead_id, &mut v);
         let customer_id = optional_id("customer_id", &customer_id, &mut v);
+        // A re-sent command (same event id) must register the same customer.
+        let new_customer_id = context
+            .event_id
+            .map_or_else(Uuid::now_v7, |e| derived_id(e, usize::MAX));
+        let new_customer = new_customer.map(|c| {
+            let pb::NewCustomer {
+                given_name,
+                family_name,
+                emails,
+                phones,
+                locale,
+            } = c;
+            let identity = CustomerIdentity {
+                given_name,
+                family_name,
+                emails,
+                phones,
+                ..CustomerIdentity::default()
+            };
+            let registration = DomainEvent::CustomerRegistered(CustomerRegistered {
+                customer_id: new_customer_id,
+                identity: Personal::Clear(identity.clone()),
+                locale: locale.clone(),
+                acquisition_channel: Channel::Unspecified,
+            });
+            validate("new_customer", &registration, &mut v);
+            if let Err(customer::RuleError::InvalidIdentifier { field, reason }) =
+                customer::validate_identifiers("", &identity.emails, &identity.phones)
+            {
+                v.add(&format!("new_customer.{field}"), reason);
+            }
+            if identity.emails.is_empty() && identity.phones.is_empty() {
+                v.add(
+                    "new_customer",
+                    "needs an email or a phone to match or register",
+                );
+            }
+            (identity, locale)
+        });
         let mut deal = deal.unwrap_or_default();
         fill_id(&mut deal.deal_id);
         let opened: DealOpened = convert("deal", Some(deal), &mut v);
@@ -966,13 +1093,20 @@ impl pb::pipeline_server::Pipeline for PipelineService {
             if revision.is_some() {
                 check_pinned(&stream, revision, expected_revision)?;
             }
-            let customer = match customer_id {
-                Some(id) => {
+            let mut registration = Vec::new();
+            let customer = match (customer_id, &new_customer) {
+                (Some(id), _) => {
                     let live = inner.live_customer(id)?;
                     sales::require("customer", id, live.is_some())?;
                     live
                 }
-                None => None,
+                (None, Some((identity, locale))) if lead.customer_id.is_none() => {
+                    let (id, appends) =
+                        inner.convert_to_customer(new_customer_id, identity, locale)?;
+                    registration = appends;
+                    Some(id)
+                }
+                (None, _) => None,
             };
             let mut opened = opened.clone();
             opened.customer_id = None;
@@ -998,7 +1132,10 @@ impl pb::pipeline_server::Pipeline for PipelineService {
                         expected: expected_of(deal_revision),
                         events: qualified.deal,
                     },
-                ],
+                ]
+                .into_iter()
+                .chain(registration)
+                .collect(),
             })
         });
         self.execute(context, decide).await
