@@ -1107,3 +1107,63 @@ fn a_chunk_and_its_chain_hashes_match_their_golden_bytes() {
     );
     assert_same_bytes("format1/chunk.bin", &current, &golden);
 }
+
+type SalesEnums = (
+    Vec<StageKind>,
+    Vec<SizeBand>,
+    Vec<ContactRole>,
+    Vec<LeadSource>,
+    Vec<TaskKind>,
+);
+
+/// The same for the enums of the sales events (issue 4), in their own fixture.
+#[test]
+fn sales_enum_variants_keep_their_indices() {
+    let all: SalesEnums = (
+        vec![
+            StageKind::Unspecified,
+            StageKind::Open,
+            StageKind::Won,
+            StageKind::Lost,
+        ],
+        vec![
+            SizeBand::Unspecified,
+            SizeBand::Micro,
+            SizeBand::Small,
+            SizeBand::Medium,
+            SizeBand::Large,
+            SizeBand::Enterprise,
+        ],
+        vec![
+            ContactRole::Unspecified,
+            ContactRole::Buyer,
+            ContactRole::DecisionMaker,
+            ContactRole::Billing,
+            ContactRole::Technical,
+            ContactRole::Champion,
+            ContactRole::Other,
+        ],
+        vec![
+            LeadSource::Unspecified,
+            LeadSource::WebForm,
+            LeadSource::Event,
+            LeadSource::Referral,
+            LeadSource::Campaign,
+            LeadSource::Outbound,
+            LeadSource::Other,
+        ],
+        vec![
+            TaskKind::Unspecified,
+            TaskKind::Call,
+            TaskKind::Email,
+            TaskKind::Meeting,
+            TaskKind::Todo,
+        ],
+    );
+    let current = bincode_bytes(&all);
+    let golden = fixture("shared/sales_enums.v1.bin", &current);
+    let decoded: SalesEnums = rapport::domain::events::decode_exact("sales enums", 1, &golden)
+        .expect("the sales enums fixture decodes");
+    assert_eq!(decoded, all);
+    assert_same_bytes("shared/sales_enums.v1.bin", &current, &golden);
+}
