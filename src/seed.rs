@@ -1655,6 +1655,8 @@ async fn seed_server(
     }
     report.customers_written = customers;
     report.events_written = report.events;
+    // Sales pipelines (issue 4): through the Pipeline service, after the customers.
+    crate::seed_sales::seed_server(&url, customers, seed, &mut report).await?;
     Ok(report)
 }
 

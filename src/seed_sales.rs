@@ -11,8 +11,10 @@
 //! stay open. A larger `--customers` extends a smaller seeding (units depend on
 //! `(seed, unit)` only); re-seeding skips the units already in the log.
 //!
-//! Offline only (`--data-dir`): one unit is one atomic multi-stream append, the events
-//! exactly as the Pipeline service would write them.
+//! Offline (`--data-dir`) one unit is one atomic multi-stream append, the events exactly
+//! as the Pipeline service would write them; through a server (`--server`) every fact is
+//! sent as the Pipeline command that records it (so the service's rules check the seeded
+//! history), in business-time order, with the seeded event ids as idempotency keys.
 
 use uuid::Uuid;
 
@@ -28,6 +30,7 @@ use crate::domain::events::{
 use crate::domain::pipeline::{
     account_stream, deal_stream, lead_stream, pipeline_stream, task_stream,
 };
+use crate::grpc::{convert, pb};
 use crate::log::{ExpectedRevision, Log, ProposedEvent, StreamAppend, StreamName};
 use crate::seed::{
     HISTORY_END_US, HISTORY_START_US, SEED_ACTOR, SeedReport, SeededEvent, SplitMix64, customer_id,
@@ -40,6 +43,8 @@ pub const UNIT_CUSTOMERS: u64 = 20;
 const DAY_US: i64 = 86_400_000_000;
 /// Units whose appends are in flight at once.
 const IN_FLIGHT: usize = 64;
+/// Units sent concurrently through a server (each one's commands are sequential).
+const SERVER_IN_FLIGHT: usize = 16;
 const OWNERS: [&str; 6] = [
     "rep-ann", "rep-bob", "rep-cai", "rep-dan", "rep-eve", "rep-fay",
 ];
@@ -537,6 +542,236 @@ pub async fn seed_offline(
             log.append_multi(appends).await?;
             Ok(())
         });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Through a server
+// ---------------------------------------------------------------------------------------
+
+type PipelineClient = crate::grpc::pb::pipeline_client::PipelineClient<tonic::transport::Channel>;
+
+fn context(event: &SeededEvent) -> Option<pb::WriteContext> {
+    Some(pb::WriteContext {
+        event_id: event.id.to_string(),
+        occurred_at: Some(convert::timestamp_from_us(event.occurred_at_us)),
+        actor: SEED_ACTOR.to_owned(),
+        ..Default::default()
+    })
+}
+
+/// The order facts of one unit are sent in: business time, then creations before what
+/// follows them at the same instant.
+fn rank(event: &DomainEvent) -> u8 {
+    match event {
+        DomainEvent::PipelineDefined(_) | DomainEvent::AccountCreated(_) => 0,
+        DomainEvent::LeadCaptured(_) => 1,
+        DomainEvent::LeadQualified(_) => 2,
+        DomainEvent::DealOpened(_) => 3,
+        DomainEvent::TaskCreated(_) => 5,
+        DomainEvent::TaskCompleted(_) | DomainEvent::TaskCancelled(_) => 6,
+        _ => 4,
+    }
+}
+
+/// Sends one unit's facts through the Pipeline service. A deal born from a lead is
+/// opened by QualifyLead (with the seeded deal's details), so its own `DealOpened` is not
+/// sent again.
+async fn send_unit(
+    client: &mut PipelineClient,
+    streams: Vec<SeededStream>,
+) -> Result<(), CliError> {
+    let mut events: Vec<SeededEvent> = streams.into_iter().flat_map(|(_, e)| e).collect();
+    let opened: std::collections::BTreeMap<Uuid, DealOpened> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            DomainEvent::DealOpened(d) => Some((d.deal_id, d.clone())),
+            _ => None,
+        })
+        .collect();
+    events.sort_by_key(|e| (e.occurred_at_us, rank(&e.event)));
+    for event in events {
+        let ctx = context(&event);
+        use crate::grpc::convert_pipeline::Wire;
+        let result = match event.event {
+            DomainEvent::PipelineDefined(e) => client
+                .define_pipeline(pb::DefinePipelineRequest {
+                    context: ctx,
+                    pipeline: Some(e.to_wire()),
+                })
+                .await
+                .map(drop),
+            DomainEvent::AccountCreated(e) => client
+                .create_account(pb::CreateAccountRequest {
+                    context: ctx,
+                    account: Some(e.to_wire()),
+                })
+                .await
+                .map(drop),
+            DomainEvent::AccountOwnerAssigned(e) => client
+                .assign_account_owner(pb::AssignAccountOwnerRequest {
+                    context: ctx,
+                    assignment: Some(e.to_wire()),
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::AccountContactLinked(e) => client
+                .link_contact(pb::LinkContactRequest {
+                    context: ctx,
+                    link: Some(e.to_wire()),
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::LeadCaptured(e) => client
+                .capture_lead(pb::CaptureLeadRequest {
+                    context: ctx,
+                    lead: Some(e.to_wire()),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            DomainEvent::LeadAssigned(e) => client
+                .assign_lead(pb::AssignLeadRequest {
+                    context: ctx,
+                    assignment: Some(e.to_wire()),
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::LeadDisqualified(e) => client
+                .disqualify_lead(pb::DisqualifyLeadRequest {
+                    context: ctx,
+                    disqualification: Some(e.to_wire()),
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::LeadQualified(e) => {
+                let deal = opened
+                    .get(&e.deal_id)
+                    .cloned()
+                    .ok_or("a seeded qualified lead always has its deal")?;
+                client
+                    .qualify_lead(pb::QualifyLeadRequest {
+                        context: ctx,
+                        lead_id: e.lead_id.to_string(),
+                        customer_id: e.customer_id.map(|c| c.to_string()).unwrap_or_default(),
+                        deal: Some(deal.to_wire()),
+                        expected_revision: None,
+                        new_customer: None,
+                    })
+                    .await
+                    .map(drop)
+            }
+            DomainEvent::DealOpened(e) if e.lead_id.is_some() => continue,
+            DomainEvent::DealOpened(e) => client
+                .open_deal(pb::OpenDealRequest {
+                    context: ctx,
+                    deal: Some(e.to_wire()),
+                })
+                .await
+                .map(drop),
+            DomainEvent::DealStageMoved(e) => client
+                .move_deal_stage(pb::MoveDealStageRequest {
+                    context: ctx,
+                    deal_id: e.deal_id.to_string(),
+                    stage_id: e.to_stage_id,
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::DealChanged(e) => client
+                .change_deal(pb::ChangeDealRequest {
+                    context: ctx,
+                    change: Some(e.to_wire()),
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::DealWon(e) => client
+                .win_deal(pb::WinDealRequest {
+                    context: ctx,
+                    deal_id: e.deal_id.to_string(),
+                    stage_id: e.stage_id,
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::DealLost(e) => client
+                .lose_deal(pb::LoseDealRequest {
+                    context: ctx,
+                    deal_id: e.deal_id.to_string(),
+                    stage_id: e.stage_id,
+                    reason: e.reason,
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::TaskCreated(e) => client
+                .create_task(pb::CreateTaskRequest {
+                    context: ctx,
+                    task: Some(e.to_wire()),
+                })
+                .await
+                .map(drop),
+            DomainEvent::TaskCompleted(e) => client
+                .complete_task(pb::CompleteTaskRequest {
+                    context: ctx,
+                    task_id: e.task_id.to_string(),
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            DomainEvent::TaskCancelled(e) => client
+                .cancel_task(pb::CancelTaskRequest {
+                    context: ctx,
+                    task_id: e.task_id.to_string(),
+                    expected_revision: None,
+                })
+                .await
+                .map(drop),
+            other => return Err(format!("the sales seed has no {}", other.event_type()).into()),
+        };
+        result.map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+    }
+    Ok(())
+}
+
+/// Sends the sales history of `customers` customers through a server's Pipeline service
+/// (after the customers exist); counts into `report`.
+pub async fn seed_server(
+    url: &str,
+    customers: u64,
+    seed: u64,
+    report: &mut SeedReport,
+) -> Result<(), CliError> {
+    let client = PipelineClient::connect(url.to_owned())
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    let mut work: Vec<Vec<SeededStream>> = vec![pipelines(seed)];
+    work.extend((0..customers / UNIT_CUSTOMERS).map(|unit| unit_history(seed, unit)));
+    let mut in_flight: tokio::task::JoinSet<Result<(), CliError>> = tokio::task::JoinSet::new();
+    for (i, streams) in work.into_iter().enumerate() {
+        let events: u64 = streams.iter().map(|(_, e)| e.len() as u64).sum();
+        report.events += events;
+        report.events_written += events;
+        let mut client = client.clone();
+        if i == 0 {
+            send_unit(&mut client, streams).await?; // the pipelines, before any deal
+            continue;
+        }
+        while in_flight.len() >= SERVER_IN_FLIGHT {
+            if let Some(done) = in_flight.join_next().await {
+                done??;
+            }
+        }
+        in_flight.spawn(async move { send_unit(&mut client, streams).await });
     }
     while let Some(done) = in_flight.join_next().await {
         done??;

@@ -1678,3 +1678,78 @@ async fn qualifying_a_lead_registers_its_customer_atomically_or_matches_one() {
     assert_eq!(raw.events.len(), 1);
     assert_eq!(raw.events[0].personal_data, pb::PersonalData::Clear as i32);
 }
+
+/// `rapport seed --server` sends the sales history through the Pipeline service, so its
+/// rules check every seeded fact; re-seeding writes nothing new. Offline and through a
+/// server give the same deals.
+#[tokio::test]
+async fn the_seed_grows_a_pipeline_that_the_service_accepts() {
+    let server = TestServer::start().await;
+    let customers = 100;
+    let report = rapport::seed::run(
+        rapport::seed::SeedTarget::Server(server.server.url()),
+        customers,
+        5,
+    )
+    .await
+    .expect("seed through the server");
+    let mut store = server.client().await;
+    let head = store
+        .read_all(pb::ReadAllRequest {
+            backwards: true,
+            max_count: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events[0]
+        .position;
+    let mut c = PipelineClient::new(server.channel().await);
+    let expected_deals: usize = (0..customers / rapport::seed_sales::UNIT_CUSTOMERS)
+        .flat_map(|unit| rapport::seed_sales::unit_history(5, unit))
+        .filter(|(stream, _)| stream.starts_with("deal-"))
+        .count();
+    let deals = c
+        .list_deals(pb::ListDealsRequest {
+            page_size: 500,
+            min_position: head,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deals;
+    assert_eq!(deals.len(), expected_deals);
+    assert!(expected_deals > 0);
+    let board = c
+        .get_pipeline_board(pb::GetPipelineBoardRequest {
+            pipeline_id: rapport::seed_sales::new_business_id(5).to_string(),
+            min_position: head,
+            as_of: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(board.stages.len(), 6);
+    // Seeding again is idempotent: the same commands answer with their first writes.
+    rapport::seed::run(
+        rapport::seed::SeedTarget::Server(server.server.url()),
+        customers,
+        5,
+    )
+    .await
+    .expect("re-seed");
+    let again = store
+        .read_all(pb::ReadAllRequest {
+            backwards: true,
+            max_count: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events[0]
+        .position;
+    assert_eq!(again, head, "re-seeding wrote nothing ({report:?})");
+}
