@@ -325,6 +325,9 @@ fn expected_of(revision: Option<u64>) -> ExpectedRevision {
     revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact)
 }
 
+/// One stream's events with their ids, before sealing.
+type Staged = (String, ExpectedRevision, Vec<(Uuid, DomainEvent)>);
+
 /// Gives the plan's events their ids (the first the command's, the others derived from
 /// it), seals personal parts (only a customer registered by QualifyLead has any) and
 /// encodes them.
@@ -335,7 +338,7 @@ fn encode_plan(
     fields: &Fields,
 ) -> Result<Vec<StreamAppend>, Status> {
     let mut index = 0usize;
-    let mut staged: Vec<(String, ExpectedRevision, Vec<(Uuid, DomainEvent)>)> = Vec::new();
+    let mut staged: Vec<Staged> = Vec::new();
     for planned in &plan.appends {
         let mut events = Vec::new();
         for event in &planned.events {
