@@ -327,9 +327,18 @@ fn run_case(ops: Vec<Op>, restart_at: usize) -> Result<(), TestCaseError> {
         let incremental = digest(&view.tree);
 
         // Live == as of the head, record for record, so every query agrees.
-        let live = pipeline::load_model(&view.tree, view.applied).unwrap();
+        let live = pipeline::load_model(&view.tree)
+            .unwrap()
+            .expect("no writes meanwhile");
+        prop_assert_eq!(live.position, head);
         let as_of = pipeline::fold_log(&log, head, &|_| true).unwrap();
         prop_assert_eq!(&live, &as_of);
+        // The live cache's path: a model at the restart point brought forward by folding
+        // the rest equals both.
+        let mut forward = pipeline::fold_log(&log, split as u64, &|_| true).unwrap();
+        forward.position = split as u64;
+        pipeline::fold_into(&log, &mut forward, head, &|_| true).unwrap();
+        prop_assert_eq!(&forward, &as_of);
         for p in 0..2u8 {
             let pipeline_id = id(0x9, p);
             prop_assert_eq!(

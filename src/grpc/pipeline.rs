@@ -14,10 +14,11 @@
 //! (QualifyLead with `new_customer`), sealed with that customer's key like the Customers
 //! service does, its emails / phones reserved in the same atomic append.
 //!
-//! Reads: the live answer folds the `pipeline` projection (waiting for `min_position`)
-//! into a [`SalesModel`] (cached per checkpoint); an `as_of` answer folds the log's sales
-//! streams up to the bound with the same code ([`read_model::fold_log`]). Every query is
-//! a pure function of the model ([`queries`]).
+//! Reads: the live answer comes from a [`SalesModel`] loaded once from the `pipeline`
+//! projection (after waiting for `min_position`) and then brought forward with the log's
+//! new sales events; an `as_of` answer folds the log's sales streams up to the bound.
+//! Both use the projection's own fold ([`read_model::fold_event`]), and every query is a
+//! pure function of the model ([`queries`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,7 +68,7 @@ struct Inner {
     privacy: Privacy,
     projections: Projections,
     clock: Arc<dyn Clock>,
-    /// The live model of the last read, by (tree name, applied position).
+    /// The live model of the last read and the projection tree it was loaded from.
     cache: Mutex<Option<(Vec<u8>, Arc<SalesModel>)>>,
 }
 
@@ -254,28 +255,39 @@ impl Inner {
         Ok((new_id, appends))
     }
 
-    /// The live model of the projection's view (loaded once per checkpoint).
+    /// The live model at (at least) the projection's view: loaded from the projection's
+    /// tree once (again after a rebuild switched trees), then brought forward by folding
+    /// the log's new sales events with the same fold, so a read after a write costs the
+    /// events since the last read, not the whole model. The answer's position is the
+    /// model's (never below `view.applied`).
     fn live_model(&self, view: &ProjectionView) -> Result<Arc<SalesModel>, Status> {
         let name = view.tree.name().to_vec();
-        {
-            let cache = self
-                .cache
-                .lock()
-                .map_err(|_| internal("model cache poisoned"))?;
-            if let Some((cached_name, model)) = cache.as_ref()
-                && *cached_name == name
-                && model.position == view.applied
-            {
-                return Ok(model.clone());
-            }
-        }
-        let model =
-            Arc::new(read_model::load_model(&view.tree, view.applied).map_err(model_status)?);
-        *self
+        let mut cache = self
             .cache
             .lock()
-            .map_err(|_| internal("model cache poisoned"))? = Some((name, model.clone()));
-        Ok(model)
+            .map_err(|_| internal("model cache poisoned"))?;
+        let usable = cache.as_ref().is_some_and(|(cached, _)| *cached == name);
+        if !usable {
+            let model = match read_model::load_model(&view.tree).map_err(model_status)? {
+                Some(model) => model,
+                // The projection kept committing during every scan: the log is stable.
+                None => read_model::fold_log(&self.log, view.applied, &|_| true)
+                    .map_err(model_status)
+                    .map(|mut m| {
+                        m.position = view.applied;
+                        m
+                    })?,
+            };
+            *cache = Some((name, Arc::new(model)));
+        }
+        let (_, model) = cache.as_mut().expect("filled above");
+        if model.position < view.applied {
+            let model = Arc::make_mut(model);
+            read_model::fold_into(&self.log, model, view.applied, &|_| true)
+                .map_err(model_status)?;
+            model.position = view.applied;
+        }
+        Ok(model.clone())
     }
 }
 
@@ -650,7 +662,7 @@ impl PipelineService {
                 blocking(move || {
                     let model = inner.live_model(&view)?;
                     Ok(Answer {
-                        position: view.applied,
+                        position: model.position,
                         model,
                         now_us,
                     })

@@ -632,47 +632,69 @@ pub enum ModelError {
     Corrupt(String),
 }
 
-/// Loads the projection's tree (the live read model) into memory; `position` is the
-/// checkpoint it reflects.
-pub fn load_model(tree: &sled::Tree, position: u64) -> Result<SalesModel, ModelError> {
-    let mut model = SalesModel {
-        position,
-        ..SalesModel::default()
-    };
-    for item in tree.iter() {
-        let (key, value) = item.map_err(|e| ModelError::Corrupt(e.to_string()))?;
-        if key.first() == Some(&0) {
-            continue; // the engine's checkpoint
-        }
-        if model.len() >= limits::PIPELINE_MODEL_ENTITIES_MAX {
-            return Err(ModelError::TooLarge(format!(
-                "the sales model holds more than {} records",
-                limits::PIPELINE_MODEL_ENTITIES_MAX
-            )));
-        }
-        model.put(decode_record(key[0], &value).map_err(ModelError::Corrupt)?);
+/// Full scans of the tree [`load_model`] tries before it gives up on a projection that
+/// keeps committing underneath it.
+const LOAD_ATTEMPTS: usize = 4;
+
+fn checkpoint_of(tree: &sled::Tree) -> Result<u64, ModelError> {
+    match tree
+        .get(super::CHECKPOINT_KEY)
+        .map_err(|e| ModelError::Corrupt(e.to_string()))?
+    {
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| ModelError::Corrupt("malformed projection checkpoint".into())),
+        None => Ok(0),
     }
-    Ok(model)
 }
 
-/// Replays the sales streams of the log into a model, through the events `include`
-/// accepts up to position `bound` (inclusive): the as-of read, with the projection's own
-/// fold. Bounded by [`limits::PIPELINE_AS_OF_EVENTS_MAX`] events.
-pub fn fold_log(
+/// Loads the projection's tree (the live read model) into memory, at the checkpoint it
+/// holds. A sled scan is not a snapshot, so the checkpoint is read before and after: the
+/// engine commits state and checkpoint in one batch, so an unchanged checkpoint means no
+/// batch landed during the scan. `None` when every attempt saw one land.
+pub fn load_model(tree: &sled::Tree) -> Result<Option<SalesModel>, ModelError> {
+    for _ in 0..LOAD_ATTEMPTS {
+        let before = checkpoint_of(tree)?;
+        let mut model = SalesModel::default();
+        for item in tree.iter() {
+            let (key, value) = item.map_err(|e| ModelError::Corrupt(e.to_string()))?;
+            if key.first() == Some(&0) {
+                continue; // the engine's checkpoint
+            }
+            if model.len() >= limits::PIPELINE_MODEL_ENTITIES_MAX {
+                return Err(ModelError::TooLarge(format!(
+                    "the sales model holds more than {} records",
+                    limits::PIPELINE_MODEL_ENTITIES_MAX
+                )));
+            }
+            model.put(decode_record(key[0], &value).map_err(ModelError::Corrupt)?);
+        }
+        if checkpoint_of(tree)? == before {
+            model.position = before;
+            return Ok(Some(model));
+        }
+    }
+    Ok(None)
+}
+
+/// Folds the sales events after `model.position`, up to position `bound` (inclusive),
+/// that `include` accepts into `model`, with [`fold_event`]. Bounded by
+/// [`limits::PIPELINE_AS_OF_EVENTS_MAX`] events per call.
+pub fn fold_into(
     log: &Log,
+    model: &mut SalesModel,
     bound: u64,
     include: &dyn Fn(&StoredEvent) -> bool,
-) -> Result<SalesModel, ModelError> {
+) -> Result<(), ModelError> {
     let filter = sales_filter();
-    let mut model = SalesModel::default();
-    let mut from = 1;
+    let mut from = model.position + 1;
     let mut folded = 0usize;
     while from <= bound {
         let page = log.read_all(from, false, limits::PROJECTION_READ_PAGE_EVENTS, &filter)?;
         for logged in &page.events {
             let e = &logged.event;
             if e.position > bound {
-                return Ok(model);
+                return Ok(());
             }
             if !include(e) {
                 continue;
@@ -680,7 +702,7 @@ pub fn fold_log(
             folded += 1;
             if folded > limits::PIPELINE_AS_OF_EVENTS_MAX {
                 return Err(ModelError::TooLarge(format!(
-                    "an as-of read folds at most {} events",
+                    "one pipeline read folds at most {} events",
                     limits::PIPELINE_AS_OF_EVENTS_MAX
                 )));
             }
@@ -694,6 +716,19 @@ pub fn fold_log(
         }
         from = page.next_cursor;
     }
+    Ok(())
+}
+
+/// Replays the sales streams of the log into a new model, through the events `include`
+/// accepts up to position `bound` (inclusive): the as-of read, with the projection's own
+/// fold. The model's position is that of the last event folded.
+pub fn fold_log(
+    log: &Log,
+    bound: u64,
+    include: &dyn Fn(&StoredEvent) -> bool,
+) -> Result<SalesModel, ModelError> {
+    let mut model = SalesModel::default();
+    fold_into(log, &mut model, bound, include)?;
     Ok(model)
 }
 
