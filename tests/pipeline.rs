@@ -434,6 +434,50 @@ async fn worked_example_board_forecast_and_metrics_by_hand() {
         ]
     );
 
+    // The forecast as the system knew it when B was lost (an auditor's "quarter end"),
+    // by the log's recorded time of that write. Then: A negotiate (Feb, 70 %), C and E in
+    // proposal (Mar, 40 %), G in proposal (Jan, 40 %), D qualify (Apr SEK, 10 %).
+    // Jan: 12000 × 40 % = 4800. Feb: 10000 × 70 % = 7000. Mar: (5000 + 30000) × 40 % =
+    // 14000 (ann 2000, bob 12000). Apr: 700 SEK. Nothing won yet.
+    let mut store = server.client().await;
+    let recorded_at = store
+        .read_all(pb::ReadAllRequest {
+            from_position: p6,
+            max_count: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events[0]
+        .recorded_at;
+    let then = c
+        .get_forecast(pb::GetForecastRequest {
+            pipeline_id: pipeline.clone(),
+            as_of: Some(pb::SalesAsOf {
+                bound: Some(pb::sales_as_of::Bound::RecordedAt(recorded_at.unwrap())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(then.as_of_position, p6);
+    assert_eq!(
+        then.months,
+        vec![
+            row("2026-01", "", "EUR", 1, 0, 4_800, 12_000, 0),
+            row("2026-01", "ann", "EUR", 1, 0, 4_800, 12_000, 0),
+            row("2026-02", "", "EUR", 1, 0, 7_000, 10_000, 0),
+            row("2026-02", "ann", "EUR", 1, 0, 7_000, 10_000, 0),
+            row("2026-03", "", "EUR", 2, 0, 14_000, 35_000, 0),
+            row("2026-03", "ann", "EUR", 1, 0, 2_000, 5_000, 0),
+            row("2026-03", "bob", "EUR", 1, 0, 12_000, 30_000, 0),
+            row("2026-04", "", "SEK", 1, 0, 700, 7_000, 0),
+            row("2026-04", "bob", "SEK", 1, 0, 700, 7_000, 0),
+        ]
+    );
+
     // Metrics over days [0, 30) of business time.
     // qualify: entered by all 7; left by A B C E G (forward) and F (lost): 5 / 6.
     // proposal: entered by A G C B E; left by A E (to negotiate), B G (lost): 2 / 4.
