@@ -636,7 +636,9 @@ fn optional_id(field: &str, text: &str, v: &mut Violations) -> Option<Uuid> {
     cv::optional_uuid(field, text, v)
 }
 
-fn optional_text(text: String) -> Option<String> {
+/// An optional filter string (empty: no filter), at most `max` bytes.
+fn optional_text(field: &str, text: String, max: usize, v: &mut Violations) -> Option<String> {
+    v.max_len(field, &text, max);
     (!text.is_empty()).then_some(text)
 }
 
@@ -1509,8 +1511,13 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut v = Violations::new("");
         let filter = queries::DealFilter {
             pipeline_id: optional_id("pipeline_id", &pipeline_id, &mut v),
-            stage_id: optional_text(stage_id),
-            owner: optional_text(owner),
+            stage_id: optional_text(
+                "stage_id",
+                stage_id,
+                limits::PIPELINE_CODE_BYTES_MAX,
+                &mut v,
+            ),
+            owner: optional_text("owner", owner, limits::OWNER_BYTES_MAX, &mut v),
             status: cv::deal_status_from("status", status, &mut v),
             account_id: optional_id("account_id", &account_id, &mut v),
             close_from: optional_date("close_from", &close_from, &mut v),
@@ -1582,8 +1589,8 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let filter = queries::LeadFilter {
             status: cv::lead_status_from("status", status, &mut v),
             source: cv::lead_source_filter("source", source, &mut v),
-            owner: optional_text(owner),
-            campaign_id: optional_text(campaign_id),
+            owner: optional_text("owner", owner, limits::OWNER_BYTES_MAX, &mut v),
+            campaign_id: optional_text("campaign_id", campaign_id, limits::FIELD_BYTES_MAX, &mut v),
         };
         let limit = page_size(size, &mut v);
         let after = page_token(&token, &mut v);
@@ -1620,7 +1627,7 @@ impl pb::pipeline_server::Pipeline for PipelineService {
         let mut v = Violations::new("");
         let overdue_at = overdue_at.and_then(|ts| timestamp_to_us("overdue_at", &ts, &mut v));
         let mut filter = queries::TaskFilter {
-            assignee: optional_text(assignee),
+            assignee: optional_text("assignee", assignee, limits::OWNER_BYTES_MAX, &mut v),
             status: cv::task_status_from("status", status, &mut v),
             overdue_at_us: None,
             deal_id: optional_id("deal_id", &deal_id, &mut v),

@@ -623,3 +623,92 @@ impl TaskFilter {
             && self.account_id.is_none_or(|a| Some(a) == task.account_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::pipeline::PipelineDef;
+    use crate::projections::pipeline::{DealView, PipelineView};
+
+    fn deal(n: u128, amount: i64, currency: &str, stage: &str) -> DealView {
+        DealView {
+            deal_id: Uuid::from_u128(n),
+            pipeline_id: Uuid::from_u128(1),
+            title: String::new(),
+            stage_id: stage.into(),
+            status: DealStatus::Open,
+            amount_minor: amount,
+            currency: currency.into(),
+            expected_close: CalendarDate::parse("2026-03-31").unwrap(),
+            owner: String::new(),
+            customer_id: None,
+            account_id: Some(Uuid::from_u128(2)),
+            lead_id: None,
+            opened_at_us: 0,
+            closed_at_us: None,
+            lost_reason: String::new(),
+            lost_from_stage_id: String::new(),
+            history: Vec::new(),
+            last_position: 1,
+        }
+    }
+
+    #[test]
+    fn weighted_amounts_floor_once_per_cell_and_never_mix_currencies() {
+        let mut model = SalesModel::default();
+        model.pipelines.insert(
+            Uuid::from_u128(1),
+            PipelineView {
+                pipeline_id: Uuid::from_u128(1),
+                def: PipelineDef {
+                    name: "p".into(),
+                    currencies: vec![],
+                    stages: vec![Stage {
+                        stage_id: "qualify".into(),
+                        name: "Qualify".into(),
+                        probability: 10,
+                        kind: StageKind::Open,
+                    }],
+                },
+                last_position: 1,
+            },
+        );
+        // Five EUR deals of 15 at 10 %: Σ 75 × 10 / 100 = 7 (not 5 × ⌊1.5⌋ = 5).
+        for n in 0..5 {
+            let d = deal(10 + n, 15, "EUR", "qualify");
+            model.deals.insert(d.deal_id, d);
+        }
+        let d = deal(20, 1_000, "SEK", "qualify");
+        model.deals.insert(d.deal_id, d);
+        let board = board(&model, Uuid::from_u128(1)).unwrap();
+        let cells = &board.stages[0].by_currency;
+        assert_eq!(
+            cells["EUR"],
+            Cell {
+                count: 5,
+                amount_minor: 75,
+                weighted_minor: 7
+            }
+        );
+        assert_eq!(
+            cells["SEK"],
+            Cell {
+                count: 1,
+                amount_minor: 1_000,
+                weighted_minor: 100
+            }
+        );
+        assert!(super::board(&model, Uuid::from_u128(9)).is_none());
+    }
+
+    #[test]
+    fn pages_follow_ids_and_filters() {
+        let ids: BTreeMap<Uuid, u32> = (1..=5).map(|n| (Uuid::from_u128(n), n as u32)).collect();
+        let (first, next) = page(ids.iter(), None, 2, |n| n % 2 == 1);
+        assert_eq!(first, vec![&1, &3]);
+        assert_eq!(next, Some(Uuid::from_u128(3)));
+        let (second, next) = page(ids.iter(), next, 2, |n| n % 2 == 1);
+        assert_eq!(second, vec![&5]);
+        assert_eq!(next, None);
+    }
+}
