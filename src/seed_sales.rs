@@ -5,7 +5,9 @@
 //! Proportions, per unit of 20 customers: one account with 1-3 contacts, four leads
 //! (web form 40 %, campaign 25 %, event 15 %, referral 10 %, outbound 10 %) of which ~30 %
 //! are qualified into a new-business deal and ~20 % disqualified, one renewal deal, and
-//! 0-3 tasks per deal (70 % completed, 10 % cancelled). Deals advance stage by stage
+//! 0-3 tasks per deal (70 % completed, 10 % cancelled). A quarter of the leads come in
+//! the last 90 days and renewals fall on the accounts' last anniversary, so the history
+//! ends with deals in progress. Deals advance stage by stage
 //! with 2-30 days in each; at every open stage ~15 % are lost, the rest of those that
 //! reach the end are won 60 % of the time; deals still running when the history ends
 //! stay open. A larger `--customers` extends a smaller seeding (units depend on
@@ -377,7 +379,14 @@ pub fn unit_history(seed: u64, unit: u64) -> Vec<SeededStream> {
     for n in 0..4u64 {
         let lead_id = uuid_of("lead", &[seed, unit, n]);
         let mut lead = Builder::new(seed, unit, "lead-event", n);
-        let captured = rng.time_in(created, HISTORY_END_US - 60 * DAY_US);
+        // A quarter of the leads arrive in the last 90 days, so the pipeline the history
+        // ends with has work in progress.
+        let captured = if rng.chance(250) {
+            rng.time_in(HISTORY_END_US - 90 * DAY_US, HISTORY_END_US - 5 * DAY_US)
+        } else {
+            rng.time_in(created, HISTORY_END_US - 60 * DAY_US)
+        }
+        .max(created);
         let source = [
             LeadSource::WebForm,
             LeadSource::Campaign,
@@ -454,9 +463,11 @@ pub fn unit_history(seed: u64, unit: u64) -> Vec<SeededStream> {
         streams.push((lead_stream(lead_id), lead.events));
     }
 
-    // One renewal deal per account, a year after it was created.
-    let renewal_at = created + 365 * DAY_US;
-    if renewal_at < HISTORY_END_US {
+    // One renewal deal per account, at the last anniversary of its creation before the
+    // history ends (an account younger than a year has none yet).
+    let years = (HISTORY_END_US - 10 * DAY_US - created) / (365 * DAY_US);
+    let renewal_at = created + years * 365 * DAY_US;
+    if years >= 1 {
         let deal_id = uuid_of("deal", &[seed, unit, 99]);
         let mut deal = Builder::new(seed, unit, "deal-event", 99);
         deal_history(
