@@ -19,9 +19,15 @@
 //!   with derived ids) and the time tick (expiry, tiers) (issue 5).
 //! - [`grpc`]: the tonic edge: proto ⇄ domain conversion, the `EventStore` service, the
 //!   one error → status table, server assembly with health and reflection.
+//! - Sales pipelines (issue 4): [`domain::pipeline`] (accounts, pipelines, leads, deals,
+//!   tasks: states and pure decisions), [`projections::pipeline`] (the one fold, the
+//!   projection and the as-of replay), [`projections::pipeline_queries`] (board,
+//!   forecast, metrics, lists over a model) and [`grpc::pipeline`] (the `Pipeline`
+//!   service).
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
 //! - [`loadgen`]: the load generator behind `rapport bench`.
-//! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos.
+//! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos;
+//!   [`seed_sales`] adds accounts, leads, deals and tasks to it.
 //! - [`replay`]: `rapport replay`, the log as JSON lines, offline or through a server.
 //! - [`import`]: `rapport import`, bulk import of purchases, customers and typed events
 //!   from CSV / JSON lines, offline or through a server; idempotent.
@@ -42,4 +48,5 @@ pub mod privacy;
 pub mod projections;
 pub mod replay;
 pub mod seed;
+pub mod seed_sales;
 pub mod segment_job;

@@ -344,3 +344,38 @@ pub const LOYALTY_POLICY_BATCH_EVENTS: usize = 500;
 /// move on day boundaries in practice, and each tick scans every member of the read
 /// model, so once a minute is plenty (`Loyalty.RunTick` runs one on demand).
 pub const LOYALTY_TICK_MS: u64 = 60_000;
+// --- Sales pipelines (issue 4) ---------------------------------------------------------
+
+/// Length of a stable code (a stage id, a lost or disqualification reason), in bytes:
+/// codes are identifiers that reports group by, not text.
+pub const PIPELINE_CODE_BYTES_MAX: usize = 64;
+
+/// Stages of one pipeline: a board with more columns than this is not readable, and the
+/// board and metrics answers grow with it.
+pub const PIPELINE_STAGES_MAX: usize = 32;
+
+/// Currencies one pipeline allows.
+pub const PIPELINE_CURRENCIES_MAX: usize = 16;
+
+/// Length of an owner or assignee (a user id), in bytes.
+pub const OWNER_BYTES_MAX: usize = 256;
+
+/// Entities (accounts, pipelines, leads, deals, tasks) one pipeline read folds into
+/// memory, live or as of a past position: board, forecast and metrics read every deal,
+/// so past this many the read is refused with `RESOURCE_EXHAUSTED` rather than taking
+/// the server's memory (a sharded, pre-aggregated read model is the next step).
+pub const PIPELINE_MODEL_ENTITIES_MAX: usize = 1_000_000;
+
+/// Log events one as-of pipeline read folds at most (it replays the `account-`,
+/// `pipeline-`, `lead-`, `deal-` and `task-` streams up to its bound).
+pub const PIPELINE_AS_OF_EVENTS_MAX: usize = 5_000_000;
+
+/// Stage spans kept in a deal's history (entered / left); older spans drop out of the
+/// read model (the log keeps them). Bounds a deal bounced between stages forever.
+pub const DEAL_STAGE_HISTORY_MAX: usize = 256;
+
+/// Default page size of `ListDeals`, `ListLeads` and `ListTasks`.
+pub const PIPELINE_PAGE_DEFAULT: usize = 50;
+
+/// Largest page size of the pipeline lists; larger requests are capped.
+pub const PIPELINE_PAGE_MAX: usize = 500;

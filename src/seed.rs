@@ -1251,6 +1251,8 @@ pub async fn seed_into(
         done??;
     }
     merge_offline(log, customers, seed, &mut report).await?;
+    // Sales pipelines (issue 4): accounts, leads, deals and tasks over these customers.
+    crate::seed_sales::seed_offline(log, customers, seed, &mut report).await?;
     Ok(report)
 }
 
@@ -1653,6 +1655,8 @@ async fn seed_server(
     }
     report.customers_written = customers;
     report.events_written = report.events;
+    // Sales pipelines (issue 4): through the Pipeline service, after the customers.
+    crate::seed_sales::seed_server(&url, customers, seed, &mut report).await?;
     Ok(report)
 }
 

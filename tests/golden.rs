@@ -47,6 +47,14 @@ use rapport::domain::events::{
 use rapport::domain::events::{
     CustomerEnteredSegment, CustomerLeftSegment, SegmentArchived, SegmentChanged, SegmentDefined,
 };
+// Sales pipelines (issue 4).
+use rapport::domain::events::{
+    AccountContactLinked, AccountContactUnlinked, AccountCreated, AccountOwnerAssigned,
+    AccountProfile, AccountUpdated, ContactRole, DealChanged, DealLost, DealOpened, DealReopened,
+    DealStageMoved, DealWon, LeadAssigned, LeadCaptured, LeadDisqualified, LeadQualified,
+    LeadSource, PipelineChanged, PipelineDefined, SizeBand, Stage, StageKind, TaskCancelled,
+    TaskCompleted, TaskCreated, TaskKind,
+};
 use rapport::domain::personal::Personal;
 use rapport::keys::DataKey;
 use rapport::log::record::{ChunkBuilder, chain_hash, compress_chunk, decode_chunk, parse_chunk};
@@ -464,6 +472,152 @@ fn customer_left_segment() -> CustomerLeftSegment {
     }
 }
 
+// --- Sales pipelines (issue 4) ---------------------------------------------------------
+
+const ACCOUNT_ID: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_acc1);
+const PIPELINE_ID: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_919e);
+const LEAD_ID: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_1ead);
+const DEAL_ID: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_dea1);
+const TASK_ID: Uuid = Uuid::from_u128(0x0190_a3b2_7c4e_7def_8000_0000_0000_7a5c);
+
+fn account_profile() -> AccountProfile {
+    AccountProfile {
+        name: "ACME GmbH".into(),
+        domain: "acme.example".into(),
+        industry: "manufacturing".into(),
+        size_band: SizeBand::Medium,
+        external_ids: BTreeMap::from([("erp".to_owned(), "K-10042".to_owned())]),
+    }
+}
+
+fn stages() -> Vec<Stage> {
+    let stage = |id: &str, name: &str, probability, kind| Stage {
+        stage_id: id.into(),
+        name: name.into(),
+        probability,
+        kind,
+    };
+    vec![
+        stage("qualify", "Qualify", 10, StageKind::Open),
+        stage("proposal", "Proposal", 50, StageKind::Open),
+        stage("won", "Won", 100, StageKind::Won),
+        stage("lost", "Lost", 0, StageKind::Lost),
+    ]
+}
+
+fn sales_events() -> Vec<DomainEvent> {
+    vec![
+        DomainEvent::AccountCreated(AccountCreated {
+            account_id: ACCOUNT_ID,
+            profile: account_profile(),
+        }),
+        DomainEvent::AccountUpdated(AccountUpdated {
+            account_id: ACCOUNT_ID,
+            profile: AccountProfile {
+                size_band: SizeBand::Enterprise,
+                ..account_profile()
+            },
+        }),
+        DomainEvent::AccountContactLinked(AccountContactLinked {
+            account_id: ACCOUNT_ID,
+            customer_id: CUSTOMER_ID,
+            role: ContactRole::DecisionMaker,
+        }),
+        DomainEvent::AccountContactUnlinked(AccountContactUnlinked {
+            account_id: ACCOUNT_ID,
+            customer_id: CUSTOMER_ID,
+        }),
+        DomainEvent::AccountOwnerAssigned(AccountOwnerAssigned {
+            account_id: ACCOUNT_ID,
+            owner: "rep-7".into(),
+        }),
+        DomainEvent::PipelineDefined(PipelineDefined {
+            pipeline_id: PIPELINE_ID,
+            name: "New business".into(),
+            currencies: vec!["EUR".into(), "SEK".into()],
+            stages: stages(),
+        }),
+        DomainEvent::PipelineChanged(PipelineChanged {
+            pipeline_id: PIPELINE_ID,
+            name: "New business (EU)".into(),
+            currencies: vec!["EUR".into()],
+            stages: stages().into_iter().rev().collect(),
+        }),
+        DomainEvent::LeadCaptured(LeadCaptured {
+            lead_id: LEAD_ID,
+            source: LeadSource::Campaign,
+            campaign_id: "spring-2024".into(),
+            customer_id: Some(CUSTOMER_ID),
+            account_id: Some(ACCOUNT_ID),
+            company_name: "ACME GmbH".into(),
+        }),
+        DomainEvent::LeadAssigned(LeadAssigned {
+            lead_id: LEAD_ID,
+            owner: "rep-7".into(),
+        }),
+        DomainEvent::LeadQualified(LeadQualified {
+            lead_id: LEAD_ID,
+            customer_id: Some(CUSTOMER_ID),
+            deal_id: DEAL_ID,
+        }),
+        DomainEvent::LeadDisqualified(LeadDisqualified {
+            lead_id: LEAD_ID,
+            reason: "no_budget".into(),
+        }),
+        DomainEvent::DealOpened(DealOpened {
+            deal_id: DEAL_ID,
+            pipeline_id: PIPELINE_ID,
+            stage_id: "qualify".into(),
+            title: "ACME, 50 seats".into(),
+            amount_minor: 1_250_000,
+            currency: "EUR".into(),
+            expected_close: CalendarDate::parse("2024-06-30").unwrap(),
+            owner: "rep-7".into(),
+            customer_id: Some(CUSTOMER_ID),
+            account_id: Some(ACCOUNT_ID),
+            lead_id: Some(LEAD_ID),
+        }),
+        DomainEvent::DealStageMoved(DealStageMoved {
+            deal_id: DEAL_ID,
+            from_stage_id: "qualify".into(),
+            to_stage_id: "proposal".into(),
+        }),
+        DomainEvent::DealChanged(DealChanged {
+            deal_id: DEAL_ID,
+            amount_minor: Some(1_500_000),
+            expected_close: CalendarDate::parse("2024-07-15"),
+            owner: Some("rep-8".into()),
+        }),
+        DomainEvent::DealWon(DealWon {
+            deal_id: DEAL_ID,
+            from_stage_id: "proposal".into(),
+            stage_id: "won".into(),
+        }),
+        DomainEvent::DealLost(DealLost {
+            deal_id: DEAL_ID,
+            from_stage_id: "proposal".into(),
+            stage_id: "lost".into(),
+            reason: "competitor".into(),
+        }),
+        DomainEvent::DealReopened(DealReopened {
+            deal_id: DEAL_ID,
+            from_stage_id: "lost".into(),
+            stage_id: "proposal".into(),
+        }),
+        DomainEvent::TaskCreated(TaskCreated {
+            task_id: TASK_ID,
+            deal_id: Some(DEAL_ID),
+            account_id: Some(ACCOUNT_ID),
+            kind: TaskKind::Meeting,
+            title: "Demo for the buying committee".into(),
+            due_at_us: 1_717_149_600_000_000,
+            assignee: "rep-7".into(),
+        }),
+        DomainEvent::TaskCompleted(TaskCompleted { task_id: TASK_ID }),
+        DomainEvent::TaskCancelled(TaskCancelled { task_id: TASK_ID }),
+    ]
+}
+
 /// One clear value per event type (and payload shape), at its current schema version.
 /// A new built-in type must be added here (the `every_built_in_type_has_a_golden_fixture`
 /// test says so).
@@ -511,6 +665,9 @@ fn clear_events() -> Vec<DomainEvent> {
         DomainEvent::PointsAdjusted(loyalty_samples::points_adjusted()),
         DomainEvent::PointsTransferred(loyalty_samples::points_transferred()),
     ]
+    .into_iter()
+    .chain(sales_events())
+    .collect()
 }
 
 /// The golden values as stored: [`clear_events`] sealed for `SEAL_STREAM`/`SEAL_EVENT_ID`.
@@ -1207,4 +1364,64 @@ mod loyalty_samples {
             expires_at_us: Some(1_740_787_200_000_000),
         }
     }
+}
+
+type SalesEnums = (
+    Vec<StageKind>,
+    Vec<SizeBand>,
+    Vec<ContactRole>,
+    Vec<LeadSource>,
+    Vec<TaskKind>,
+);
+
+/// The same for the enums of the sales events (issue 4), in their own fixture.
+#[test]
+fn sales_enum_variants_keep_their_indices() {
+    let all: SalesEnums = (
+        vec![
+            StageKind::Unspecified,
+            StageKind::Open,
+            StageKind::Won,
+            StageKind::Lost,
+        ],
+        vec![
+            SizeBand::Unspecified,
+            SizeBand::Micro,
+            SizeBand::Small,
+            SizeBand::Medium,
+            SizeBand::Large,
+            SizeBand::Enterprise,
+        ],
+        vec![
+            ContactRole::Unspecified,
+            ContactRole::Buyer,
+            ContactRole::DecisionMaker,
+            ContactRole::Billing,
+            ContactRole::Technical,
+            ContactRole::Champion,
+            ContactRole::Other,
+        ],
+        vec![
+            LeadSource::Unspecified,
+            LeadSource::WebForm,
+            LeadSource::Event,
+            LeadSource::Referral,
+            LeadSource::Campaign,
+            LeadSource::Outbound,
+            LeadSource::Other,
+        ],
+        vec![
+            TaskKind::Unspecified,
+            TaskKind::Call,
+            TaskKind::Email,
+            TaskKind::Meeting,
+            TaskKind::Todo,
+        ],
+    );
+    let current = bincode_bytes(&all);
+    let golden = fixture("shared/sales_enums.v1.bin", &current);
+    let decoded: SalesEnums = rapport::domain::events::decode_exact("sales enums", 1, &golden)
+        .expect("the sales enums fixture decodes");
+    assert_eq!(decoded, all);
+    assert_same_bytes("shared/sales_enums.v1.bin", &current, &golden);
 }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod kpis;
 pub mod loyalty;
 pub mod personal;
+pub mod pipeline;
 pub mod profile;
 pub mod rfm;
 pub mod segment;

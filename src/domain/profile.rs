@@ -634,6 +634,27 @@ pub fn apply<S: Profiles>(
         | DomainEvent::PointsExpired(_)
         | DomainEvent::PointsAdjusted(_)
         | DomainEvent::PointsTransferred(_) => {}
+        // Sales events (issue 4) live in their own streams; the profile ignores them.
+        DomainEvent::AccountCreated(_)
+        | DomainEvent::AccountUpdated(_)
+        | DomainEvent::AccountContactLinked(_)
+        | DomainEvent::AccountContactUnlinked(_)
+        | DomainEvent::AccountOwnerAssigned(_)
+        | DomainEvent::PipelineDefined(_)
+        | DomainEvent::PipelineChanged(_)
+        | DomainEvent::LeadCaptured(_)
+        | DomainEvent::LeadAssigned(_)
+        | DomainEvent::LeadQualified(_)
+        | DomainEvent::LeadDisqualified(_)
+        | DomainEvent::DealOpened(_)
+        | DomainEvent::DealStageMoved(_)
+        | DomainEvent::DealChanged(_)
+        | DomainEvent::DealWon(_)
+        | DomainEvent::DealLost(_)
+        | DomainEvent::DealReopened(_)
+        | DomainEvent::TaskCreated(_)
+        | DomainEvent::TaskCompleted(_)
+        | DomainEvent::TaskCancelled(_) => {}
     }
     // Duplicates merged into an erased customer lose their sealed parts too.
     for id in also_erased {

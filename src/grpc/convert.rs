@@ -7,6 +7,7 @@ use prost_types::{ListValue, Struct, Timestamp, value::Kind as ValueKind};
 use uuid::Uuid;
 
 use super::convert_loyalty as loyalty;
+use super::convert_pipeline::Wire;
 use super::pb;
 use crate::domain::common::{
     CalendarDate, Channel, ConsentPurpose, Decimal, Direction, InteractionKind, PostalAddress,
@@ -781,6 +782,29 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
         Kind::PointsTransferred(e) => {
             DomainEvent::PointsTransferred(loyalty::points_transferred_from(e, v))
         }
+        // Sales pipelines (issue 4): conversions in convert_pipeline.rs.
+        Kind::AccountCreated(e) => DomainEvent::AccountCreated(Wire::from_wire(e, v)),
+        Kind::AccountUpdated(e) => DomainEvent::AccountUpdated(Wire::from_wire(e, v)),
+        Kind::AccountContactLinked(e) => DomainEvent::AccountContactLinked(Wire::from_wire(e, v)),
+        Kind::AccountContactUnlinked(e) => {
+            DomainEvent::AccountContactUnlinked(Wire::from_wire(e, v))
+        }
+        Kind::AccountOwnerAssigned(e) => DomainEvent::AccountOwnerAssigned(Wire::from_wire(e, v)),
+        Kind::PipelineDefined(e) => DomainEvent::PipelineDefined(Wire::from_wire(e, v)),
+        Kind::PipelineChanged(e) => DomainEvent::PipelineChanged(Wire::from_wire(e, v)),
+        Kind::LeadCaptured(e) => DomainEvent::LeadCaptured(Wire::from_wire(e, v)),
+        Kind::LeadAssigned(e) => DomainEvent::LeadAssigned(Wire::from_wire(e, v)),
+        Kind::LeadQualified(e) => DomainEvent::LeadQualified(Wire::from_wire(e, v)),
+        Kind::LeadDisqualified(e) => DomainEvent::LeadDisqualified(Wire::from_wire(e, v)),
+        Kind::DealOpened(e) => DomainEvent::DealOpened(Wire::from_wire(e, v)),
+        Kind::DealStageMoved(e) => DomainEvent::DealStageMoved(Wire::from_wire(e, v)),
+        Kind::DealChanged(e) => DomainEvent::DealChanged(Wire::from_wire(e, v)),
+        Kind::DealWon(e) => DomainEvent::DealWon(Wire::from_wire(e, v)),
+        Kind::DealLost(e) => DomainEvent::DealLost(Wire::from_wire(e, v)),
+        Kind::DealReopened(e) => DomainEvent::DealReopened(Wire::from_wire(e, v)),
+        Kind::TaskCreated(e) => DomainEvent::TaskCreated(Wire::from_wire(e, v)),
+        Kind::TaskCompleted(e) => DomainEvent::TaskCompleted(Wire::from_wire(e, v)),
+        Kind::TaskCancelled(e) => DomainEvent::TaskCancelled(Wire::from_wire(e, v)),
     })
 }
 
@@ -1100,6 +1124,27 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
         DomainEvent::PointsTransferred(e) => {
             Kind::PointsTransferred(loyalty::points_transferred_to(e))
         }
+        // Sales pipelines (issue 4): conversions in convert_pipeline.rs.
+        DomainEvent::AccountCreated(e) => Kind::AccountCreated(e.to_wire()),
+        DomainEvent::AccountUpdated(e) => Kind::AccountUpdated(e.to_wire()),
+        DomainEvent::AccountContactLinked(e) => Kind::AccountContactLinked(e.to_wire()),
+        DomainEvent::AccountContactUnlinked(e) => Kind::AccountContactUnlinked(e.to_wire()),
+        DomainEvent::AccountOwnerAssigned(e) => Kind::AccountOwnerAssigned(e.to_wire()),
+        DomainEvent::PipelineDefined(e) => Kind::PipelineDefined(e.to_wire()),
+        DomainEvent::PipelineChanged(e) => Kind::PipelineChanged(e.to_wire()),
+        DomainEvent::LeadCaptured(e) => Kind::LeadCaptured(e.to_wire()),
+        DomainEvent::LeadAssigned(e) => Kind::LeadAssigned(e.to_wire()),
+        DomainEvent::LeadQualified(e) => Kind::LeadQualified(e.to_wire()),
+        DomainEvent::LeadDisqualified(e) => Kind::LeadDisqualified(e.to_wire()),
+        DomainEvent::DealOpened(e) => Kind::DealOpened(e.to_wire()),
+        DomainEvent::DealStageMoved(e) => Kind::DealStageMoved(e.to_wire()),
+        DomainEvent::DealChanged(e) => Kind::DealChanged(e.to_wire()),
+        DomainEvent::DealWon(e) => Kind::DealWon(e.to_wire()),
+        DomainEvent::DealLost(e) => Kind::DealLost(e.to_wire()),
+        DomainEvent::DealReopened(e) => Kind::DealReopened(e.to_wire()),
+        DomainEvent::TaskCreated(e) => Kind::TaskCreated(e.to_wire()),
+        DomainEvent::TaskCompleted(e) => Kind::TaskCompleted(e.to_wire()),
+        DomainEvent::TaskCancelled(e) => Kind::TaskCancelled(e.to_wire()),
     };
     pb::Event { kind: Some(kind) }
 }

@@ -304,6 +304,13 @@ fn proposed_from_proto(
             "the loyalty policy and tick",
             "they follow purchases, refunds and time",
         )),
+        // Sales pipelines (issue 4): the deal, lead, account, pipeline and task rules (stage
+        // moves only within the deal's pipeline, no stage removed while it has deals, a lead
+        // qualified once, linked both ways) hold only if the Pipeline service writes them.
+        event if crate::projections::pipeline::target(event).is_some() => Some((
+            "the Pipeline service",
+            "its commands (CreateAccount, OpenDeal, MoveDealStage, ...)",
+        )),
         _ => None,
     };
     if let Some((who, how)) = service_only {

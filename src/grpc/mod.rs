@@ -8,11 +8,13 @@ pub mod admin;
 pub mod analytics;
 pub mod convert;
 pub mod convert_loyalty;
+pub mod convert_pipeline;
 pub mod customers;
 pub mod deadline;
 pub mod event_store;
 pub mod loyalty;
 pub mod pb;
+pub mod pipeline;
 pub mod server;
 pub mod status;
 

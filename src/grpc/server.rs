@@ -19,6 +19,7 @@ use super::analytics::AnalyticsService;
 use super::customers::CustomersService;
 use super::event_store::EventStoreService;
 use super::pb;
+use super::pipeline::PipelineService;
 use crate::keys::{KeyError, KeyStore, MasterKey};
 use crate::limits;
 use crate::log::{Log, LogConfig, LogError};
@@ -168,7 +169,16 @@ pub async fn serve_log(
     let analytics = pb::analytics_server::AnalyticsServer::new(AnalyticsService::new(
         log.clone(),
         projections.clone(),
-        privacy,
+        privacy.clone(),
+        clock.clone(),
+    ))
+    .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    // Sales pipelines (issue 4): the clock is the default "now" of overdue tasks.
+    let pipeline = pb::pipeline_server::PipelineServer::new(PipelineService::new(
+        log.clone(),
+        privacy.clone(),
+        projections.clone(),
         clock.clone(),
     ))
     .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
@@ -205,6 +215,9 @@ pub async fn serve_log(
         .await;
     health_reporter
         .set_serving::<pb::loyalty_server::LoyaltyServer<crate::grpc::loyalty::LoyaltyService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::pipeline_server::PipelineServer<PipelineService>>()
         .await;
     health_reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
@@ -261,6 +274,7 @@ pub async fn serve_log(
         .add_service(event_store)
         .add_service(customers)
         .add_service(analytics)
+        .add_service(pipeline)
         .add_service(admin)
         .add_service(loyalty)
         .serve_with_incoming_shutdown(incoming, signal);

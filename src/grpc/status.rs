@@ -8,6 +8,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::domain::FieldViolation;
 use crate::domain::customer::RuleError;
+use crate::domain::pipeline::SalesRuleError;
 use crate::log::{AppendError, ExpectedRevision, LogError, ReadError};
 use crate::privacy::PrivacyError;
 use crate::projections::ProjectionError;
@@ -181,6 +182,82 @@ fn rule_reason(error: &RuleError) -> &'static str {
         RuleError::RefundExceedsOrder { .. } => "REFUND_EXCEEDS_ORDER",
         RuleError::DuplicateRefund { .. } => "DUPLICATE_REFUND",
         _ => "RULE_VIOLATED",
+    }
+}
+
+// Sales pipelines (issue 4).
+impl From<SalesRuleError> for Status {
+    fn from(error: SalesRuleError) -> Self {
+        let message = error.to_string();
+        let (code, reason, metadata) = match &error {
+            SalesRuleError::NotFound { what, id } => (
+                Code::NotFound,
+                "NOT_FOUND",
+                HashMap::from([
+                    ("kind".to_owned(), (*what).to_owned()),
+                    ("id".to_owned(), id.to_string()),
+                ]),
+            ),
+            SalesRuleError::AlreadyExists { what, id } => (
+                Code::AlreadyExists,
+                "ALREADY_EXISTS",
+                HashMap::from([
+                    ("kind".to_owned(), (*what).to_owned()),
+                    ("id".to_owned(), id.to_string()),
+                ]),
+            ),
+            SalesRuleError::ContactAlreadyLinked { .. } => (
+                Code::AlreadyExists,
+                "CONTACT_ALREADY_LINKED",
+                HashMap::new(),
+            ),
+            SalesRuleError::ContactNotLinked { .. } => (
+                Code::FailedPrecondition,
+                "CONTACT_NOT_LINKED",
+                HashMap::new(),
+            ),
+            SalesRuleError::StageInUse(stage) => (
+                Code::FailedPrecondition,
+                "STAGE_IN_USE",
+                HashMap::from([("stage_id".to_owned(), stage.clone())]),
+            ),
+            SalesRuleError::UnknownStage(stage) => (
+                Code::FailedPrecondition,
+                "UNKNOWN_STAGE",
+                HashMap::from([("stage_id".to_owned(), stage.clone())]),
+            ),
+            SalesRuleError::WrongStageKind { stage, .. } => (
+                Code::FailedPrecondition,
+                "WRONG_STAGE_KIND",
+                HashMap::from([("stage_id".to_owned(), stage.clone())]),
+            ),
+            SalesRuleError::SameStage(_) => {
+                (Code::FailedPrecondition, "SAME_STAGE", HashMap::new())
+            }
+            SalesRuleError::DealClosed(_) => {
+                (Code::FailedPrecondition, "DEAL_CLOSED", HashMap::new())
+            }
+            SalesRuleError::DealNotClosed(_) => {
+                (Code::FailedPrecondition, "DEAL_NOT_CLOSED", HashMap::new())
+            }
+            SalesRuleError::CurrencyNotAllowed { .. } => (
+                Code::FailedPrecondition,
+                "CURRENCY_NOT_ALLOWED",
+                HashMap::new(),
+            ),
+            SalesRuleError::LeadClosed(_) => {
+                (Code::FailedPrecondition, "LEAD_CLOSED", HashMap::new())
+            }
+            SalesRuleError::LeadWithoutCustomer(_) => (
+                Code::FailedPrecondition,
+                "LEAD_WITHOUT_CUSTOMER",
+                HashMap::new(),
+            ),
+            SalesRuleError::TaskClosed(_) => {
+                (Code::FailedPrecondition, "TASK_CLOSED", HashMap::new())
+            }
+        };
+        with_info(code, message, reason, metadata)
     }
 }
 

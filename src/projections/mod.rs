@@ -30,6 +30,8 @@ pub mod customers;
 pub mod engine;
 pub mod log_stats;
 pub mod loyalty;
+pub mod pipeline;
+pub mod pipeline_queries;
 pub mod runner;
 pub mod segments;
 #[cfg(test)]
@@ -246,5 +248,6 @@ pub fn builtin() -> Vec<Arc<dyn Projection>> {
         Arc::new(segments::SegmentsProjection),
         // Loyalty (issue 5).
         Arc::new(loyalty::LoyaltyProjection),
+        Arc::new(pipeline::PipelineProjection),
     ]
 }

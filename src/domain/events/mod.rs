@@ -25,6 +25,12 @@ mod purchase_completed;
 mod purchase_refunded;
 mod segment_defined;
 mod tag_added;
+// Sales pipelines (issue 4).
+mod account_created;
+mod deal_opened;
+mod lead_captured;
+mod pipeline_defined;
+mod task_created;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -56,6 +62,17 @@ pub use segment_defined::{
     CustomerEnteredSegment, CustomerLeftSegment, SegmentArchived, SegmentChanged, SegmentDefined,
 };
 pub use tag_added::{TagAdded, TagRemoved};
+// Sales pipelines (issue 4).
+pub use account_created::{
+    AccountContactLinked, AccountContactUnlinked, AccountCreated, AccountOwnerAssigned,
+    AccountProfile, AccountUpdated, ContactRole, SizeBand,
+};
+pub use deal_opened::{DealChanged, DealLost, DealOpened, DealReopened, DealStageMoved, DealWon};
+pub use lead_captured::{LeadAssigned, LeadCaptured, LeadDisqualified, LeadQualified, LeadSource};
+pub use pipeline_defined::{
+    PipelineChanged, PipelineDefined, Stage, StageKind, validate_code, validate_definition,
+};
+pub use task_created::{TaskCancelled, TaskCompleted, TaskCreated, TaskKind};
 
 use super::personal::{Opener, PersonalField, Sealer};
 use super::violations::{FieldViolation, Violations};
@@ -307,4 +324,25 @@ domain_events! {
     PointsExpired(PointsExpired),
     PointsAdjusted(PointsAdjusted),
     PointsTransferred(PointsTransferred),
+    // Sales pipelines (issue 4).
+    AccountCreated(AccountCreated),
+    AccountUpdated(AccountUpdated),
+    AccountContactLinked(AccountContactLinked),
+    AccountContactUnlinked(AccountContactUnlinked),
+    AccountOwnerAssigned(AccountOwnerAssigned),
+    PipelineDefined(PipelineDefined),
+    PipelineChanged(PipelineChanged),
+    LeadCaptured(LeadCaptured),
+    LeadAssigned(LeadAssigned),
+    LeadQualified(LeadQualified),
+    LeadDisqualified(LeadDisqualified),
+    DealOpened(DealOpened),
+    DealStageMoved(DealStageMoved),
+    DealChanged(DealChanged),
+    DealWon(DealWon),
+    DealLost(DealLost),
+    DealReopened(DealReopened),
+    TaskCreated(TaskCreated),
+    TaskCompleted(TaskCompleted),
+    TaskCancelled(TaskCancelled),
 }
