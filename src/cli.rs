@@ -46,7 +46,7 @@ pub async fn serve(
         addr = %listener.local_addr()?,
         data_dir = %data_dir.display(),
         head_position = head.position,
-        "rapport serving (gRPC EventStore, Customers, Analytics, Loyalty, Admin, health, reflection)"
+        "rapport serving (gRPC EventStore, Customers, Analytics, Pipeline, Loyalty, Admin, health, reflection)"
     );
     let served = crate::grpc::serve_log(
         log.clone(),

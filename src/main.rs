@@ -36,7 +36,7 @@ enum ImportKindArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the log over gRPC (EventStore, Customers, Analytics, Loyalty, Admin, health, reflection) until
+    /// Serve the log over gRPC (EventStore, Customers, Analytics, Pipeline, Loyalty, Admin, health, reflection) until
     /// SIGINT/SIGTERM.
     Serve {
         /// Data directory (created if missing).
