@@ -589,12 +589,17 @@ pub fn keys_rotate(
 /// with the log (awarding what it has not yet, exactly once), then the tick appends the
 /// expiry and tier changes due at `as_of_us` for every enrolled member.
 pub async fn loyalty_tick(data_dir: PathBuf, as_of_us: i64) -> Result<(), CliError> {
+    // Birth dates are sealed: the default master key beside the data directory opens them
+    // (no key store: birthday bonuses wait for the server's tick).
+    let privacy = crate::replay::open_privacy(&data_dir, None)?;
     let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(data_dir))).await??;
     let result = async {
         let mut policy = crate::loyalty_job::Policy::open(&log)?;
         let followed = crate::loyalty_job::follow(&log, &mut policy).await?;
+        let birthdays = crate::loyalty_job::birthdays_from_log(log.clone(), privacy);
         let ticked =
-            crate::loyalty_job::tick(&log, policy.members().clone(), as_of_us).await?;
+            crate::loyalty_job::tick(&log, policy.members().clone(), as_of_us, &birthdays)
+                .await?;
         println!(
             "policy: {} sources, {} awards (through position {}); tick: {} members, {} points expired, {} tier changes",
             followed.sources,

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::domain::DomainEvent;
 use crate::domain::events::BUILT_IN_EVENT_TYPES;
+use crate::domain::events::CustomerIdentity;
 use crate::domain::loyalty::decide::{self, Source, SourceKind, derived_event_id};
 use crate::domain::loyalty::ledger::{self, member_of_stream, member_stream};
 use crate::domain::loyalty::{Member, ProgrammeHistory};
@@ -37,6 +38,7 @@ use crate::log::{
     AppendError, ExpectedRevision, Log, LoggedEvent, ProposedEvent, ReadFilter, StreamAppend,
     StreamName,
 };
+use crate::privacy::Privacy;
 use crate::projections::Projections;
 use crate::projections::loyalty::{fold_member_as_of, fold_programme};
 
@@ -516,6 +518,7 @@ pub async fn tick(
     log: &Log,
     members: impl IntoIterator<Item = Uuid>,
     as_of_us: i64,
+    birthdays: &BirthdayLookup,
 ) -> Result<Ticked, String> {
     let programme = {
         let log2 = log.clone();
@@ -529,7 +532,13 @@ pub async fn tick(
             let log2 = log.clone();
             let (state, revision): (Member, Option<u64>) =
                 blocking(move || fold_member_as_of(&log2, member, &|_| true)).await?;
-            let events = decide::tick(&state, programme.at(as_of_us), as_of_us);
+            let birthday = if programme.at(as_of_us).is_some_and(has_birthday_bonus) {
+                let (lookup, id) = (birthdays.clone(), member);
+                blocking(move || Ok::<_, String>(lookup(id))).await?
+            } else {
+                None
+            };
+            let events = decide::tick(&state, programme.at(as_of_us), as_of_us, birthday);
             if events.is_empty() {
                 break;
             }
@@ -574,17 +583,75 @@ pub async fn tick(
     Ok(done)
 }
 
+/// Where a tick finds a member's birthday (month, day): read from the birth date of the
+/// customer's registration, which is sealed personal data, so only code holding the key
+/// store can answer. `None`: unknown (no birth date, erased, or no keys).
+pub type BirthdayLookup = Arc<dyn Fn(Uuid) -> Option<decide::Birthday> + Send + Sync>;
+
+fn has_birthday_bonus(programme: &crate::domain::loyalty::Programme) -> bool {
+    programme
+        .bonuses
+        .iter()
+        .any(|b| b.trigger == crate::domain::loyalty::config::BonusTrigger::Birthday)
+}
+
+fn birthday_of(
+    privacy: &Privacy,
+    profile: &crate::domain::profile::Profile,
+) -> Option<decide::Birthday> {
+    let identity: CustomerIdentity = privacy.open_ref(profile.identity.as_ref()?)?;
+    let date = identity.birth_date?;
+    Some((u32::from(date.month), u32::from(date.day)))
+}
+
+/// Birthdays from the `customers` read model, opened with `privacy` (the server's tick).
+pub fn birthdays_from_profiles(projections: Projections, privacy: Privacy) -> BirthdayLookup {
+    Arc::new(move |id| {
+        let view = projections
+            .reader(crate::projections::customers::NAME)
+            .ok()?;
+        let profile = crate::projections::customers::read(&view.tree, id).ok()??;
+        birthday_of(&privacy, &profile)
+    })
+}
+
+/// Birthdays folded from the customers' own streams, opened with `privacy` (the offline
+/// tick, which has no running read model). No key store: no birthdays.
+pub fn birthdays_from_log(log: Log, privacy: Option<Privacy>) -> BirthdayLookup {
+    Arc::new(move |id| {
+        let privacy = privacy.as_ref()?;
+        let (profile, _) =
+            crate::projections::customers::fold_as_of(&log, id, &|_| true).ok()??;
+        birthday_of(privacy, &profile)
+    })
+}
+
+/// No birthdays known: birthday bonuses are not awarded.
+pub fn no_birthdays() -> BirthdayLookup {
+    Arc::new(|_| None)
+}
+
 /// The members of the `loyalty` read model for which a tick at `as_of_us` would append
 /// something (points lapsed with some left, or a tier move), in id order: a cheap scan
 /// of folded members, so a tick reads and re-decides only their streams. A lagging read
 /// model only delays a member to the next tick; the tick itself decides on the stream.
-pub fn due_members(tree: &sled::Tree, as_of_us: i64) -> Result<Vec<Uuid>, String> {
+pub fn due_members(
+    tree: &sled::Tree,
+    as_of_us: i64,
+    birthdays: &BirthdayLookup,
+) -> Result<Vec<Uuid>, String> {
     let history = crate::projections::loyalty::read_programme(tree)?;
     let programme = history.at(as_of_us);
+    let birthday_bonus = programme.is_some_and(has_birthday_bonus);
     let mut due = Vec::new();
     for member in crate::projections::loyalty::scan_members(tree, None) {
         let member = member?;
-        if !decide::tick(&member, programme, as_of_us).is_empty() {
+        let birthday = if birthday_bonus && member.is_active() {
+            birthdays(member.customer_id)
+        } else {
+            None
+        };
+        if !decide::tick(&member, programme, as_of_us, birthday).is_empty() {
             due.push(member.customer_id);
         }
     }
@@ -597,9 +664,11 @@ pub fn due_members(tree: &sled::Tree, as_of_us: i64) -> Result<Vec<Uuid>, String
 pub async fn run(
     log: Log,
     projections: Projections,
+    privacy: Privacy,
     clock: Arc<dyn Clock>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let birthdays = birthdays_from_profiles(projections.clone(), privacy);
     let mut policy = match Policy::open(&log) {
         Ok(policy) => policy,
         Err(error) => {
@@ -623,8 +692,8 @@ pub async fn run(
             let now = clock.now_us();
             let due = match projections.reader(crate::projections::loyalty::NAME) {
                 Ok(view) => {
-                    let tree = view.tree.clone();
-                    blocking(move || due_members(&tree, now)).await
+                    let (tree, lookup) = (view.tree.clone(), birthdays.clone());
+                    blocking(move || due_members(&tree, now, &lookup)).await
                 }
                 Err(error) => Err(error.to_string()),
             };
@@ -632,7 +701,7 @@ pub async fn run(
                 tracing::warn!(%error, "loyalty read model unreadable; ticking every member");
                 policy.members().iter().copied().collect()
             });
-            match tick(&log, members, now).await {
+            match tick(&log, members, now, &birthdays).await {
                 Ok(done) if done.expired_points + done.tier_changes > 0 => {
                     tracing::debug!(?done, "loyalty tick");
                 }

@@ -193,7 +193,10 @@ fn finish(out: &mut impl Write) -> Result<(), CliError> {
 
 /// Opens the key store of `dir` for reading personal data, without ever creating one or
 /// a master key: a data directory without a key store has no sealed data to open.
-fn open_privacy(dir: &Path, master_key_file: Option<&Path>) -> Result<Option<Privacy>, CliError> {
+pub(crate) fn open_privacy(
+    dir: &Path,
+    master_key_file: Option<&Path>,
+) -> Result<Option<Privacy>, CliError> {
     if !KeyStore::exists(dir) {
         return Ok(None);
     }

@@ -804,3 +804,79 @@ async fn custom_events_merges_transfers_leaving_and_lists() {
     assert_eq!(entries, 6);
     env.server.stop().await.unwrap();
 }
+
+/// The birthday bonus: the tick reads the birth date from the customer's sealed
+/// registration and awards once a year, from the day on (and only then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn birthday_bonus_from_the_sealed_birth_date() {
+    let mut env = Env::start(midnight(2024, 1, 1)).await;
+    let mut with_birthday = programme(None, 0);
+    with_birthday.bonuses.push(pb::LoyaltyBonus {
+        name: "birthday".into(),
+        trigger: pb::BonusTrigger::Birthday as i32,
+        points: 250,
+        ..Default::default()
+    });
+    env.loyalty
+        .define_programme(pb::DefineProgrammeRequest {
+            programme: Some(with_birthday),
+            context: at(midnight(2024, 1, 1)),
+        })
+        .await
+        .unwrap();
+    let ada = env
+        .customers
+        .register_customer(pb::RegisterCustomerRequest {
+            given_name: "Ada".into(),
+            birth_date: "1815-12-10".into(),
+            context: at(midnight(2023, 12, 1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_id;
+    let no_date = env.register().await;
+    env.enrol(&ada, midnight(2024, 1, 2)).await;
+    env.enrol(&no_date, midnight(2024, 1, 2)).await;
+
+    // The day before: nothing.
+    env.tick(noon(2024, 12, 9)).await;
+    assert_eq!(env.member(&ada, None).await.lifetime_earned, 0);
+    // On the day: 250 points, available at once; a member without a birth date gets none.
+    env.tick(noon(2024, 12, 10)).await;
+    let member = env.member(&ada, None).await;
+    assert_eq!(member.lifetime_earned, 250);
+    assert_eq!(member.available, 250);
+    assert_eq!(env.member(&no_date, None).await.lifetime_earned, 0);
+    // Once a year.
+    env.tick(noon(2024, 12, 11)).await;
+    assert_eq!(env.member(&ada, None).await.lifetime_earned, 250);
+    env.tick(noon(2025, 12, 10)).await;
+    assert_eq!(env.member(&ada, None).await.lifetime_earned, 500);
+    // The ledger line names the rule and its business time.
+    let ledger = env
+        .loyalty
+        .get_ledger(pb::GetLedgerRequest {
+            customer_id: ada.clone(),
+            min_position: env.server.log.head().position,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let birthdays: Vec<_> = ledger
+        .entries
+        .iter()
+        .filter_map(|e| e.line.as_ref())
+        .filter(|line| line.rule == "birthday")
+        .map(|line| line.earned_at)
+        .collect();
+    assert_eq!(
+        birthdays,
+        [
+            Some(ts(midnight(2024, 12, 10))),
+            Some(ts(midnight(2025, 12, 10)))
+        ]
+    );
+}

@@ -175,9 +175,14 @@ async fn loyalty_policy_and_projection_throughput() {
     );
 
     let started = Instant::now();
-    let ticked = loyalty_job::tick(&log, policy.members().clone(), HISTORY_END_US)
-        .await
-        .unwrap();
+    let ticked = loyalty_job::tick(
+        &log,
+        policy.members().clone(),
+        HISTORY_END_US,
+        &loyalty_job::no_birthdays(),
+    )
+    .await
+    .unwrap();
     println!(
         "tick at the end of the history: {} members in {:.2} s ({} points expired, {} tier changes)",
         ticked.members,

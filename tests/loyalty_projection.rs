@@ -249,7 +249,9 @@ fn run_case(
                 }
                 Op::Tick => {
                     let members: Vec<Uuid> = (0..3).map(customer).collect();
-                    loyalty_job::tick(&log, members, now).await.unwrap();
+                    loyalty_job::tick(&log, members, now, &loyalty_job::no_birthdays())
+                        .await
+                        .unwrap();
                 }
                 Op::Follow => {
                     loyalty_job::follow(&log, &mut policy).await.unwrap();
@@ -258,9 +260,14 @@ fn run_case(
             }
         }
         loyalty_job::follow(&log, &mut policy).await.unwrap();
-        loyalty_job::tick(&log, (0..3).map(customer).collect::<Vec<_>>(), now)
-            .await
-            .unwrap();
+        loyalty_job::tick(
+            &log,
+            (0..3).map(customer).collect::<Vec<_>>(),
+            now,
+            &loyalty_job::no_birthdays(),
+        )
+        .await
+        .unwrap();
 
         // A replay of the policy from position 1 awards nothing new.
         let head = log.head().position;

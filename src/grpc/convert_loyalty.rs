@@ -98,6 +98,7 @@ pub fn programme_from(f: &str, p: pb::LoyaltyProgramme, v: &mut Violations) -> P
                 Ok(pb::BonusTrigger::FirstPurchase) => BonusTrigger::FirstPurchase,
                 Ok(pb::BonusTrigger::SignUp) => BonusTrigger::SignUp,
                 Ok(pb::BonusTrigger::CustomEvent) => BonusTrigger::CustomEvent(custom_event_type),
+                Ok(pb::BonusTrigger::Birthday) => BonusTrigger::Birthday,
                 _ => {
                     v.add(&format!("{at}.trigger"), "must be set");
                     BonusTrigger::SignUp
@@ -220,6 +221,7 @@ pub fn programme_to(p: Programme) -> pb::LoyaltyProgramme {
                     BonusTrigger::FirstPurchase => (pb::BonusTrigger::FirstPurchase, String::new()),
                     BonusTrigger::SignUp => (pb::BonusTrigger::SignUp, String::new()),
                     BonusTrigger::CustomEvent(t) => (pb::BonusTrigger::CustomEvent, t),
+                    BonusTrigger::Birthday => (pb::BonusTrigger::Birthday, String::new()),
                 };
                 pb::LoyaltyBonus {
                     name: b.name,

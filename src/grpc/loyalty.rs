@@ -49,17 +49,25 @@ pub struct LoyaltyService {
 struct Inner {
     log: Log,
     projections: Projections,
+    privacy: crate::privacy::Privacy,
     clock: Arc<dyn Clock>,
 }
 
 impl LoyaltyService {
     /// Over the log and the running projections; `clock` gives the default business time
-    /// of commands and the default query time of reads (the domain never reads it).
-    pub fn new(log: Log, projections: Projections, clock: Arc<dyn Clock>) -> Self {
+    /// of commands and the default query time of reads (the domain never reads it);
+    /// `privacy` opens the birth dates the tick's birthday bonuses need.
+    pub fn new(
+        log: Log,
+        projections: Projections,
+        privacy: crate::privacy::Privacy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 log,
                 projections,
+                privacy,
                 clock,
             }),
         }
@@ -1038,10 +1046,16 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
             .wait_for(read_model::NAME, head, wait)
             .await?;
         let tree = view.tree.clone();
+        let birthdays = crate::loyalty_job::birthdays_from_profiles(
+            self.inner.projections.clone(),
+            self.inner.privacy.clone(),
+        );
+        let lookup = birthdays.clone();
         let members =
-            blocking(move || crate::loyalty_job::due_members(&tree, at).map_err(internal)).await?;
+            blocking(move || crate::loyalty_job::due_members(&tree, at, &lookup).map_err(internal))
+                .await?;
         drop(view);
-        let done = crate::loyalty_job::tick(&self.inner.log, members, at)
+        let done = crate::loyalty_job::tick(&self.inner.log, members, at, &birthdays)
             .await
             .map_err(internal)?;
         Ok(Response::new(pb::RunTickResponse {

@@ -184,14 +184,19 @@ pub async fn serve_log(
     .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
     .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
     // Loyalty (issue 5): the service, and the policy + tick job on the injected clock.
-    let loyalty = pb::loyalty_server::LoyaltyServer::new(
-        crate::grpc::loyalty::LoyaltyService::new(log.clone(), projections.clone(), clock.clone()),
-    )
-    .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    let loyalty =
+        pb::loyalty_server::LoyaltyServer::new(crate::grpc::loyalty::LoyaltyService::new(
+            log.clone(),
+            projections.clone(),
+            privacy.clone(),
+            clock.clone(),
+        ))
+        .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
     let loyalty_job = tokio::spawn(crate::loyalty_job::run(
         log.clone(),
         projections.clone(),
+        privacy.clone(),
         clock.clone(),
         stop_tx.subscribe(),
     ));

@@ -44,6 +44,10 @@ pub enum BonusTrigger {
     SignUp,
     /// A custom event of this type in the customer's stream (`review.written`).
     CustomEvent(String),
+    /// The member's birthday (from the birth date of their registration; 29 February is
+    /// the 28th in other years), awarded by the time tick once the day has begun (UTC),
+    /// for members enrolled by then; once per year (the cap may limit it further).
+    Birthday,
 }
 
 /// The period a usage cap counts in (calendar periods, UTC, business time).

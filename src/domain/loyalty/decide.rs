@@ -355,10 +355,83 @@ pub fn qualifying(member: &Member, programme: &Programme, at_us: i64) -> i64 {
     }
 }
 
+/// A member's birthday, (month, day): all the decisions see of their birth date, read by
+/// the caller from the customer's sealed registration.
+pub type Birthday = (u32, u32);
+
+/// The source id of `customer`'s birthday bonus of `year` (what makes it once a year).
+pub fn birthday_source(customer: Uuid, year: i64) -> Uuid {
+    derived_event_id(customer, &format!("birthday {year}"))
+}
+
+/// The birthday bonuses due for `member` at `at_us`: this year's birthday has begun, the
+/// member was enrolled by then, and this year's award (of each birthday bonus) is not in
+/// the ledger yet. A year whose birthday passed while no tick ran is awarded late, within
+/// the same year; earlier years are not.
+fn birthday_awards(
+    member: &Member,
+    programme: &Programme,
+    at_us: i64,
+    birthday: Option<Birthday>,
+) -> Vec<DomainEvent> {
+    let Some((month, day)) = birthday else {
+        return Vec::new();
+    };
+    let (year, _, _) = time::date_of(at_us);
+    if !(1..=12).contains(&month) || day == 0 {
+        return Vec::new();
+    }
+    let day = day.min(time::days_in_month(year, month));
+    let begins = time::midnight(year, month, day);
+    if at_us < begins || member.enrolment.is_none_or(|e| e.at_us > begins) {
+        return Vec::new();
+    }
+    let source = birthday_source(member.customer_id, year);
+    let mut out = Vec::new();
+    for b in &programme.bonuses {
+        if b.trigger != BonusTrigger::Birthday {
+            continue;
+        }
+        let awarded = member
+            .lines
+            .iter()
+            .any(|l| l.rule == b.name && l.source_event_id == Some(source));
+        let capped = b.cap.is_some_and(|cap| {
+            member
+                .lines
+                .iter()
+                .filter(|l| l.rule == b.name && same_period(l.earned_at_us, begins, cap.period))
+                .count()
+                >= cap.count as usize
+        });
+        if awarded || capped {
+            continue;
+        }
+        out.push(DomainEvent::PointsEarned(PointsEarned {
+            customer_id: member.customer_id,
+            rule: b.name.clone(),
+            points: b.points,
+            order_id: String::new(),
+            spend_minor: 0,
+            earned_at_us: begins,
+            available_at_us: begins,
+            expires_at_us: programme.lifetime.expires_at(begins),
+            source_event_id: source,
+        }));
+    }
+    out
+}
+
 /// What the time tick appends for `member` at `at_us`: expiry of every lapsed line
-/// still holding points, and a tier change when the window says so (upgrades at once;
-/// downgrades per the programme's policy).
-pub fn tick(member: &Member, programme: Option<&Programme>, at_us: i64) -> Vec<DomainEvent> {
+/// still holding points, the birthday bonus when `birthday` (month, day) has come, and a
+/// tier change when the window says so (upgrades at once; downgrades per the programme's
+/// policy).
+pub fn tick(
+    member: &Member,
+    programme: Option<&Programme>,
+    at_us: i64,
+    birthday: Option<Birthday>,
+) -> Vec<DomainEvent> {
     let mut out = Vec::new();
     if !member.is_active() {
         return out;
@@ -382,6 +455,7 @@ pub fn tick(member: &Member, programme: Option<&Programme>, at_us: i64) -> Vec<D
     let Some(programme) = programme else {
         return out;
     };
+    out.extend(birthday_awards(member, programme, at_us, birthday));
     if programme.tiers.is_empty() {
         return out;
     }

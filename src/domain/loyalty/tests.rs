@@ -145,7 +145,15 @@ impl World {
     }
 
     fn tick(&mut self, at_us: i64) -> Vec<DomainEvent> {
-        let events = decide::tick(&self.member, self.programme.at(at_us), at_us);
+        self.tick_with_birthday(at_us, None)
+    }
+
+    fn tick_with_birthday(
+        &mut self,
+        at_us: i64,
+        birthday: Option<decide::Birthday>,
+    ) -> Vec<DomainEvent> {
+        let events = decide::tick(&self.member, self.programme.at(at_us), at_us, birthday);
         self.fold_plain(at_us, events.clone());
         events
     }
@@ -621,4 +629,114 @@ fn lifetime_end_of_month_and_year() {
         Some(midnight(2026, 1, 1))
     );
     assert_eq!(PointsLifetime::Never.expires_at(earned), None);
+}
+
+fn birthday_programme(cap: Option<Cap>) -> Programme {
+    let mut p = programme();
+    p.tiers.clear();
+    p.bonuses.push(Bonus {
+        name: "birthday".into(),
+        trigger: BonusTrigger::Birthday,
+        points: 100,
+        cap,
+    });
+    p
+}
+
+fn awarded(events: &[DomainEvent]) -> Vec<(String, u64, i64, i64)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            DomainEvent::PointsEarned(p) => {
+                Some((p.rule.clone(), p.points, p.earned_at_us, p.available_at_us))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn birthday_bonus_once_a_year_from_the_day_it_begins() {
+    // Given a member enrolled in 2024 with a birthday on 10 December,
+    let mut w = World::new();
+    w.define(midnight(2024, 1, 1), birthday_programme(None));
+    w.enrol(noon(2024, 3, 1));
+    let birthday = Some((12, 10));
+    // when the tick runs the day before, nothing is due;
+    assert!(awarded(&w.tick_with_birthday(noon(2024, 12, 9), birthday)).is_empty());
+    // from midnight of the day on, the bonus is awarded, earned and available that
+    // midnight (no holding period: it is no purchase), expiring after the lifetime;
+    let begins = midnight(2024, 12, 10);
+    let events = w.tick_with_birthday(begins, birthday);
+    assert_eq!(awarded(&events), [("birthday".into(), 100, begins, begins)]);
+    let DomainEvent::PointsEarned(award) = &events[0] else {
+        unreachable!()
+    };
+    assert_eq!(award.expires_at_us, Some(begins + 365 * 24 * HOUR_US));
+    assert_eq!(
+        award.source_event_id,
+        decide::birthday_source(w.member.customer_id, 2024)
+    );
+    assert_eq!(w.member.balance(begins).available, 100);
+    // then later ticks that year award nothing more,
+    assert!(awarded(&w.tick_with_birthday(noon(2024, 12, 31), birthday)).is_empty());
+    // and the next year's birthday awards again, late if no tick ran on the day.
+    let next = w.tick_with_birthday(noon(2025, 12, 20), birthday);
+    assert_eq!(
+        awarded(&next),
+        [(
+            "birthday".into(),
+            100,
+            midnight(2025, 12, 10),
+            midnight(2025, 12, 10)
+        )]
+    );
+}
+
+#[test]
+fn birthday_bonus_rules() {
+    // Enrolled after this year's birthday: not due until next year.
+    let mut w = World::new();
+    w.define(midnight(2024, 1, 1), birthday_programme(None));
+    w.enrol(noon(2024, 6, 2));
+    assert!(awarded(&w.tick_with_birthday(noon(2024, 6, 3), Some((6, 1)))).is_empty());
+    // No birth date known (or erased): nothing.
+    assert!(awarded(&w.tick_with_birthday(noon(2025, 6, 3), None)).is_empty());
+    // 29 February is the 28th in a year without one.
+    let mut w = World::new();
+    w.define(midnight(2024, 1, 1), birthday_programme(None));
+    w.enrol(noon(2024, 1, 2));
+    let leap = Some((2, 29));
+    assert!(awarded(&w.tick_with_birthday(noon(2025, 2, 27), leap)).is_empty());
+    assert_eq!(
+        awarded(&w.tick_with_birthday(midnight(2025, 2, 28), leap)),
+        [(
+            "birthday".into(),
+            100,
+            midnight(2025, 2, 28),
+            midnight(2025, 2, 28)
+        )]
+    );
+    // A lifetime cap of one award: the second year awards nothing.
+    let mut w = World::new();
+    w.define(
+        midnight(2024, 1, 1),
+        birthday_programme(Some(Cap {
+            count: 1,
+            period: CapPeriod::Lifetime,
+        })),
+    );
+    w.enrol(noon(2024, 1, 2));
+    assert_eq!(
+        awarded(&w.tick_with_birthday(noon(2024, 5, 5), Some((5, 5)))).len(),
+        1
+    );
+    assert!(awarded(&w.tick_with_birthday(noon(2025, 5, 5), Some((5, 5)))).is_empty());
+    // A member who left gets nothing.
+    let mut w = World::new();
+    w.define(midnight(2024, 1, 1), birthday_programme(None));
+    w.enrol(noon(2024, 1, 2));
+    let left = decide::leave(&w.member, "moved away").unwrap();
+    w.fold_plain(noon(2024, 2, 1), left);
+    assert!(awarded(&w.tick_with_birthday(noon(2024, 5, 5), Some((5, 5)))).is_empty());
 }
