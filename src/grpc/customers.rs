@@ -436,15 +436,16 @@ impl CustomersService {
 
 /// The envelope fields, cloned for a blocking task.
 #[derive(Clone)]
-struct ContextFields {
-    occurred_at_us: Option<i64>,
-    actor: String,
-    correlation_id: String,
-    causation_id: String,
-    source_channel: String,
+pub(crate) struct ContextFields {
+    pub(crate) occurred_at_us: Option<i64>,
+    pub(crate) actor: String,
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: String,
+    pub(crate) source_channel: String,
 }
 
-fn context_ref(context: &Context) -> ContextFields {
+/// The envelope fields of `context`, for a blocking task.
+pub(crate) fn context_ref(context: &Context) -> ContextFields {
     ContextFields {
         occurred_at_us: context.occurred_at_us,
         actor: context.actor.clone(),
@@ -473,11 +474,32 @@ fn seal_and_encode(
     base_id: Uuid,
     context: &ContextFields,
 ) -> Result<Vec<StreamAppend>, Status> {
+    seal_and_encode_streams(
+        privacy,
+        plan.appends
+            .iter()
+            .map(|p| (p.stream.as_str(), p.expected, p.events.as_slice())),
+        base_id,
+        context,
+    )
+}
+
+/// A command's appends made ready for the log, for every service that writes customer
+/// data: the events get their ids (the first the command's `base_id`, the others derived
+/// from it, so a re-sent command makes the same ids), personal parts are sealed with
+/// their owners' keys, and each event is encoded within the payload limit with the
+/// command's envelope fields.
+pub(crate) fn seal_and_encode_streams<'a>(
+    privacy: &Privacy,
+    appends: impl IntoIterator<Item = (&'a str, ExpectedRevision, &'a [DomainEvent])>,
+    base_id: Uuid,
+    context: &ContextFields,
+) -> Result<Vec<StreamAppend>, Status> {
     let mut index = 0usize;
     let mut staged: Vec<Staged> = Vec::new();
-    for planned in &plan.appends {
+    for (stream, expected, planned) in appends {
         let mut events = Vec::new();
-        for event in &planned.events {
+        for event in planned {
             let id = if index == 0 {
                 base_id
             } else {
@@ -486,7 +508,7 @@ fn seal_and_encode(
             index += 1;
             events.push((id, event.clone()));
         }
-        staged.push((planned.stream.clone(), planned.expected, events));
+        staged.push((stream.to_owned(), expected, events));
     }
     {
         let mut refs: Vec<(&str, Uuid, &mut DomainEvent)> = Vec::new();

@@ -28,9 +28,12 @@ use uuid::Uuid;
 
 use super::convert::{timestamp_to_us, uuid_field};
 use super::convert_pipeline::{self as cv, Wire};
-use super::customers::{Context, context_from, derived_id, wait_bound};
+use super::customers::{
+    Context, ContextFields, context_from, context_ref, derived_id, seal_and_encode_streams,
+    wait_bound,
+};
 use super::pb;
-use super::status::{invalid_argument, invalid_field};
+use super::status::invalid_argument;
 use crate::clock::Clock;
 use crate::domain::common::{CalendarDate, Channel};
 use crate::domain::customer::{self, Customer, Identifier};
@@ -48,9 +51,7 @@ use crate::domain::pipeline::{
 use crate::domain::profile::customer_stream;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
-use crate::log::{
-    AppendError, ExpectedRevision, Log, LoggedEvent, ProposedEvent, StreamAppend, StreamName,
-};
+use crate::log::{AppendError, ExpectedRevision, Log, LoggedEvent, StreamAppend, StreamName};
 use crate::privacy::Privacy;
 use crate::projections::customers::{HistoryError, decode_event, read_stream_all};
 use crate::projections::pipeline::{self as read_model, ModelError, SalesModel};
@@ -309,16 +310,6 @@ struct Plan {
     appends: Vec<Planned>,
 }
 
-/// The envelope fields, cloned for a blocking task.
-#[derive(Clone)]
-struct Fields {
-    occurred_at_us: Option<i64>,
-    actor: String,
-    correlation_id: String,
-    causation_id: String,
-    source_channel: String,
-}
-
 /// `ABORTED` when the request pinned a revision the stream is not at.
 fn check_pinned(stream: &str, revision: Option<u64>, pinned: Option<u64>) -> Result<(), Status> {
     match pinned {
@@ -337,78 +328,23 @@ fn expected_of(revision: Option<u64>) -> ExpectedRevision {
     revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact)
 }
 
-/// One stream's events with their ids, before sealing.
-type Staged = (String, ExpectedRevision, Vec<(Uuid, DomainEvent)>);
-
 /// Gives the plan's events their ids (the first the command's, the others derived from
 /// it), seals personal parts (only a customer registered by QualifyLead has any) and
-/// encodes them.
+/// encodes them, as the Customers service does.
 fn encode_plan(
     privacy: &Privacy,
     plan: &Plan,
     base_id: Uuid,
-    fields: &Fields,
+    fields: &ContextFields,
 ) -> Result<Vec<StreamAppend>, Status> {
-    let mut index = 0usize;
-    let mut staged: Vec<Staged> = Vec::new();
-    for planned in &plan.appends {
-        let mut events = Vec::new();
-        for event in &planned.events {
-            let id = if index == 0 {
-                base_id
-            } else {
-                derived_id(base_id, index)
-            };
-            index += 1;
-            events.push((id, event.clone()));
-        }
-        staged.push((planned.stream.clone(), planned.expected, events));
-    }
-    {
-        let mut refs: Vec<(&str, Uuid, &mut DomainEvent)> = Vec::new();
-        for (stream, _, events) in &mut staged {
-            for (id, event) in events.iter_mut() {
-                refs.push((stream.as_str(), *id, event));
-            }
-        }
-        privacy.seal_events(&mut refs)?;
-    }
-    let mut out = Vec::new();
-    for (stream, expected, staged_events) in staged {
-        let stream = StreamName::parse(&stream).map_err(internal)?;
-        let mut events = Vec::new();
-        for (id, event) in staged_events {
-            let payload = event.encode().map_err(internal)?;
-            if payload.len() > limits::PAYLOAD_BYTES_MAX {
-                return Err(invalid_field(
-                    "",
-                    format!(
-                        "the event is {} bytes encoded; the limit is {}",
-                        payload.len(),
-                        limits::PAYLOAD_BYTES_MAX
-                    ),
-                ));
-            }
-            events.push(ProposedEvent {
-                event_id: Some(id),
-                event_type: event.event_type().to_owned(),
-                schema_version: event.schema_version(),
-                payload,
-                occurred_at_us: fields.occurred_at_us,
-                metadata: Vec::new(),
-                correlation_id: fields.correlation_id.clone(),
-                causation_id: fields.causation_id.clone(),
-                actor: fields.actor.clone(),
-                source_channel: fields.source_channel.clone(),
-            });
-        }
-        out.push(StreamAppend {
-            stream,
-            expected,
-            events,
-        });
-    }
-    Ok(out)
+    seal_and_encode_streams(
+        privacy,
+        plan.appends
+            .iter()
+            .map(|p| (p.stream.as_str(), p.expected, p.events.as_slice())),
+        base_id,
+        fields,
+    )
 }
 
 /// The answer to a re-sent command: from the event its `event_id` names.
@@ -442,13 +378,7 @@ impl PipelineService {
         decide: Arc<Decide>,
     ) -> Result<Response<pb::PipelineWriteResponse>, Status> {
         let base_id = context.event_id.unwrap_or_else(Uuid::now_v7);
-        let fields = Fields {
-            occurred_at_us: context.occurred_at_us,
-            actor: context.actor,
-            correlation_id: context.correlation_id,
-            causation_id: context.causation_id,
-            source_channel: context.source_channel,
-        };
+        let fields = context_ref(&context);
         for _ in 0..limits::WRITE_RETRIES_MAX {
             if context.event_id.is_some() {
                 let inner = self.inner.clone();
