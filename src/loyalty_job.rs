@@ -235,10 +235,6 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
                 .map_err(|e| e.to_string())
         })
         .await?;
-        let programme = {
-            let log2 = log.clone();
-            blocking(move || fold_programme(&log2, &|_| true).map(|(h, _)| h)).await?
-        };
         let mut new_merges = Vec::new();
         let mut new_members = Vec::new();
         let mut sources = Vec::new();
@@ -296,6 +292,14 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
                 body,
             });
         }
+        // The programme's versions, read only when the page has something to decide (a
+        // log busy with other streams costs no programme read per round).
+        let programme = if sources.is_empty() {
+            ProgrammeHistory::default()
+        } else {
+            let log2 = log.clone();
+            blocking(move || fold_programme(&log2, &|_| true).map(|(h, _)| h)).await?
+        };
         // Decide a batch of sources against the members' streams, append all their awards
         // in one atomic multi-stream append (one group commit), and fall back to one
         // source at a time when a member changed meanwhile.
@@ -711,10 +715,15 @@ pub async fn run(
             next_tick =
                 tokio::time::Instant::now() + Duration::from_millis(limits::LOYALTY_TICK_MS);
         }
-        tokio::select! {
-            _ = heads.changed() => {}
-            _ = tokio::time::sleep_until(next_tick) => {}
-            _ = stop.changed() => {}
+        let moved = tokio::select! {
+            _ = heads.changed() => true,
+            _ = tokio::time::sleep_until(next_tick) => false,
+            _ = stop.changed() => false,
+        };
+        // As the projection runners do: on a busy log, let a few appends gather so that one
+        // round reads (and checkpoints) several of them.
+        if moved {
+            tokio::time::sleep(Duration::from_millis(limits::PROJECTION_FOLLOW_GATHER_MS)).await;
         }
     }
 }
