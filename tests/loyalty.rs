@@ -880,3 +880,56 @@ async fn birthday_bonus_from_the_sealed_birth_date() {
         ]
     );
 }
+
+/// A merged duplicate's id stands for its survivor in loyalty commands and reads, as it
+/// does everywhere else (when the duplicate has no loyalty ledger of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merged_duplicates_id_stands_for_the_survivor() {
+    let mut env = Env::start(midnight(2024, 1, 1)).await;
+    env.loyalty
+        .define_programme(pb::DefineProgrammeRequest {
+            programme: Some(programme(None, 0)),
+            context: at(midnight(2024, 1, 1)),
+        })
+        .await
+        .unwrap();
+    let survivor = env.register().await;
+    let duplicate = env.register().await;
+    let merged = env
+        .customers
+        .merge_customers(pb::MergeCustomersRequest {
+            survivor_id: survivor.clone(),
+            duplicate_id: duplicate.clone(),
+            context: at(midnight(2024, 1, 2)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .position;
+    // The customer read model has the merge before loyalty resolves through it.
+    env.customers
+        .get_customer(pb::GetCustomerRequest {
+            customer_id: duplicate.clone(),
+            min_position: merged,
+        })
+        .await
+        .unwrap();
+    // Enrolling the duplicate's id enrols the survivor.
+    env.enrol(&duplicate, midnight(2024, 1, 3)).await;
+    let by_survivor = env.member(&survivor, None).await;
+    assert!(by_survivor.enrolled);
+    let by_duplicate = env.member(&duplicate, None).await;
+    assert_eq!(by_duplicate.customer_id, survivor);
+    // A transfer between the two ids is a transfer to oneself.
+    let status = env
+        .loyalty
+        .transfer_points(pb::TransferPointsRequest {
+            from_customer_id: survivor.clone(),
+            to_customer_id: duplicate.clone(),
+            points: 1,
+            context: at(midnight(2024, 1, 4)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}

@@ -200,6 +200,28 @@ impl LoyaltyService {
         ))
     }
 
+    /// The member a customer id stands for: a merged duplicate's survivor, as everywhere
+    /// else (by the `customers` read model), unless the duplicate has a loyalty ledger of
+    /// its own — moving a ledger on a merge is not built yet, so that ledger stays
+    /// reachable under the duplicate's id.
+    async fn resolve_member(&self, id: Uuid) -> Result<Uuid, Status> {
+        let (log, projections) = (self.inner.log.clone(), self.inner.projections.clone());
+        blocking(move || {
+            let own = StreamName::parse(&member_stream(id)).map_err(internal)?;
+            if log.stream_head(&own).map_err(Status::from)?.is_some() {
+                return Ok(id);
+            }
+            let Ok(view) = projections.reader(crate::projections::customers::NAME) else {
+                return Ok(id);
+            };
+            let survivor = crate::projections::customers::read_resolved(&view.tree, id)
+                .map_err(internal)?
+                .map_or(id, |profile| profile.customer_id);
+            Ok(survivor)
+        })
+        .await
+    }
+
     /// The member at a query time: from the read model (at the clock's now), or folded
     /// from the log up to `as_of` (business time). With the query time and the position.
     async fn member_at(
@@ -584,6 +606,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let id = id_field("customer_id", &customer_id, &mut v);
         let channel = channel_from("channel", channel, &mut v);
         finish(v)?;
+        let id = self.resolve_member(id).await?;
         self.execute(context, id.to_string(), move |log, _, _| {
             let customer = StreamName::parse(&customer_stream(id)).map_err(internal)?;
             if log.stream_head(&customer).map_err(Status::from)?.is_none() {
@@ -615,6 +638,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let id = id_field("customer_id", &customer_id, &mut v);
         v.max_len("reason", &reason, limits::FIELD_BYTES_MAX);
         finish(v)?;
+        let id = self.resolve_member(id).await?;
         self.execute(context, id.to_string(), move |log, _, _| {
             let (member, revision) = member(log, id)?;
             Ok(vec![Planned {
@@ -642,6 +666,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         points_field("points", points, &mut v);
         v.max_len("reason", &reason, limits::FIELD_BYTES_MAX);
         finish(v)?;
+        let id = self.resolve_member(id).await?;
         self.execute(context, String::new(), move |log, at, redemption| {
             let (history, _) = load_programme(log)?;
             let (member, revision) = member(log, id)?;
@@ -668,6 +693,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let id = id_field("customer_id", &customer_id, &mut v);
         let reward_id = id_field("reward_id", &reward_id, &mut v);
         finish(v)?;
+        let id = self.resolve_member(id).await?;
         self.execute(context, String::new(), move |log, at, redemption| {
             let (history, _) = load_programme(log)?;
             let (member, revision) = member(log, id)?;
@@ -724,6 +750,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         }
         let expires_at_us = expires_at.and_then(|ts| timestamp_to_us("expires_at", &ts, &mut v));
         finish(v)?;
+        let id = self.resolve_member(id).await?;
         self.execute(context, id.to_string(), move |log, at, _| {
             let (member, revision) = member(log, id)?;
             Ok(vec![Planned {
@@ -754,6 +781,18 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         }
         points_field("points", points, &mut v);
         finish(v)?;
+        let (from, to) = (
+            self.resolve_member(from).await?,
+            self.resolve_member(to).await?,
+        );
+        if from == to {
+            return Err(invalid_argument(vec![
+                crate::domain::violations::FieldViolation {
+                    field: "to_customer_id".into(),
+                    description: "is the same member as from_customer_id (merged)".into(),
+                },
+            ]));
+        }
         self.execute(context, String::new(), move |log, at, transfer_id| {
             let (sender, from_revision) = member(log, from)?;
             let (receiver, to_revision) = member(log, to)?;
@@ -788,6 +827,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
         let id = id_field("customer_id", &customer_id, &mut v);
         let as_of_us = as_of_field(as_of, &mut v);
         finish(v)?;
+        let id = self.resolve_member(id).await?;
         let (member, history, at, position) =
             self.member_at(id, min_position, as_of_us, wait).await?;
         if member.enrolment.is_none() {
@@ -825,6 +865,7 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
             })
         };
         finish(v)?;
+        let id = self.resolve_member(id).await?;
         let (member, _, at, _) = self.member_at(id, min_position, as_of_us, wait).await?;
         if member.enrolment.is_none() && member.entries.is_empty() {
             return Err(RuleError::NotEnrolled(id).into());
