@@ -344,6 +344,21 @@ pub const LOYALTY_POLICY_BATCH_EVENTS: usize = 500;
 /// move on day boundaries in practice, and each tick scans every member of the read
 /// model, so once a minute is plenty (`Loyalty.RunTick` runs one on demand).
 pub const LOYALTY_TICK_MS: u64 = 60_000;
+
+/// Ledger lines (and, separately, tier spend entries) in one `LedgerMerged` event. A
+/// part is also cut at [`LOYALTY_MERGE_PART_BYTES`] of estimated payload, so its payload
+/// stays under [`PAYLOAD_BYTES_MAX`] whatever the lines' strings.
+pub const LOYALTY_MERGE_LINES_PER_EVENT: usize = 512;
+
+/// Estimated payload bytes of one `LedgerMerged` part (three quarters of
+/// [`PAYLOAD_BYTES_MAX`]; a line is estimated at 128 bytes plus its strings).
+pub const LOYALTY_MERGE_PART_BYTES: usize = 48 * 1024;
+
+/// `LedgerMerged` parts of one merge: they go to both streams in one atomic append, so
+/// twice this stays below [`EVENTS_PER_APPEND_MAX`]. With real lines (~100 bytes) that
+/// moves ~150 000 lines; a bigger ledger is not moved (the policy logs it, and the
+/// duplicate's ledger stays reachable under its own id).
+pub const LOYALTY_MERGE_PARTS_MAX: usize = 400;
 // --- Sales pipelines (issue 4) ---------------------------------------------------------
 
 /// Length of a stable code (a stage id, a lost or disqualification reason), in bytes:

@@ -170,20 +170,40 @@ enum Body {
     Refund(crate::domain::events::PurchaseRefunded),
     Custom(String),
     Enrolment,
+    /// A `CustomersMerged` of this duplicate into `member` (the survivor, resolved): its
+    /// ledger moves, between the sources before and after it.
+    Merge {
+        duplicate: Uuid,
+    },
 }
 
 impl Owned {
-    fn source(&self) -> Source<'_> {
-        Source {
+    /// The source to decide; `None` for a merge (not a source: it moves a ledger).
+    fn source(&self) -> Option<Source<'_>> {
+        let kind = match &self.body {
+            Body::Purchase(p) => SourceKind::Purchase(p),
+            Body::Refund(r) => SourceKind::Refund(r),
+            Body::Custom(t) => SourceKind::Custom(t),
+            Body::Enrolment => SourceKind::Enrolment,
+            Body::Merge { .. } => return None,
+        };
+        Some(Source {
             event_id: self.event_id,
             position: self.position,
             occurred_at_us: self.occurred_at_us,
-            kind: match &self.body {
-                Body::Purchase(p) => SourceKind::Purchase(p),
-                Body::Refund(r) => SourceKind::Refund(r),
-                Body::Custom(t) => SourceKind::Custom(t),
-                Body::Enrolment => SourceKind::Enrolment,
-            },
+            kind,
+        })
+    }
+
+    fn is_merge(&self) -> bool {
+        matches!(self.body, Body::Merge { .. })
+    }
+
+    fn correlation(&self) -> String {
+        if self.correlation_id.is_empty() {
+            self.event_id.to_string()
+        } else {
+            self.correlation_id.clone()
         }
     }
 }
@@ -246,16 +266,19 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
             done.scanned += 1;
             let owned = if let Some(customer) = customer_of_stream(&e.stream) {
                 let body = match e.event_type.as_str() {
-                    "CustomersMerged" => {
-                        if let DomainEvent::CustomersMerged(m) = decode(logged)?
-                            && m.duplicate_id != m.survivor_id
-                            && !policy.merges.contains_key(&m.duplicate_id)
-                        {
-                            policy.merges.insert(m.duplicate_id, m.survivor_id);
-                            new_merges.push((m.duplicate_id, m.survivor_id));
+                    "CustomersMerged" => match decode(logged)? {
+                        DomainEvent::CustomersMerged(m) if m.duplicate_id != m.survivor_id => {
+                            if !policy.merges.contains_key(&m.duplicate_id) {
+                                policy.merges.insert(m.duplicate_id, m.survivor_id);
+                                new_merges.push((m.duplicate_id, m.survivor_id));
+                            }
+                            // Resolved below: to the survivor, or where it was merged since.
+                            Some(Body::Merge {
+                                duplicate: m.duplicate_id,
+                            })
                         }
-                        None
-                    }
+                        _ => None,
+                    },
                     "PurchaseCompleted" => match decode(logged)? {
                         DomainEvent::PurchaseCompleted(p) => Some(Body::Purchase(p)),
                         _ => None,
@@ -269,7 +292,13 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
                     }
                     _ => None,
                 };
-                body.map(|body| (policy.resolve(customer), body))
+                body.map(|body| {
+                    let member = match &body {
+                        Body::Merge { duplicate } => policy.resolve(*duplicate),
+                        _ => policy.resolve(customer),
+                    };
+                    (member, body)
+                })
             } else if let Some(member) = member_of_stream(&e.stream)
                 && e.event_type == "MemberEnrolled"
             {
@@ -294,7 +323,7 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
         }
         // The programme's versions, read only when the page has something to decide (a
         // log busy with other streams costs no programme read per round).
-        let programme = if sources.is_empty() {
+        let programme = if sources.iter().all(Owned::is_merge) {
             ProgrammeHistory::default()
         } else {
             let log2 = log.clone();
@@ -305,6 +334,19 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
         // source at a time when a member changed meanwhile.
         let mut rest: Vec<Owned> = sources;
         while !rest.is_empty() {
+            if rest[0].is_merge() {
+                // A merge ends a batch: the sources before it are written to the
+                // duplicate's ledger, the move follows, then the ones after it.
+                let merge = rest.remove(0);
+                let survivor = merge.member;
+                if merge_ledger(log, &merge).await? > 0 {
+                    done.awards += 1;
+                    if policy.members.insert(survivor) {
+                        new_members.push(survivor);
+                    }
+                }
+                continue;
+            }
             let (decided, staged, left) = stage(log, &programme, rest).await?;
             rest = left;
             if staged.is_empty() {
@@ -364,8 +406,11 @@ async fn stage(
         let mut staged: BTreeMap<Uuid, Vec<ProposedEvent>> = BTreeMap::new();
         let mut count = 0;
         let mut decided = Vec::new();
-        let mut sources = sources.into_iter();
-        for source in sources.by_ref() {
+        let mut sources = sources.into_iter().peekable();
+        while let Some(source) = sources.next_if(|s| !s.is_merge()) {
+            let Some(decided_source) = source.source() else {
+                continue;
+            };
             let state = match states.entry(source.member) {
                 Entry::Occupied(found) => found.into_mut(),
                 Entry::Vacant(slot) => {
@@ -383,16 +428,9 @@ async fn stage(
                 }
             };
             if let Some((member, _)) = state {
-                let awards = decide::earn(
-                    member,
-                    programme.at(source.occurred_at_us),
-                    &source.source(),
-                );
-                let correlation = if source.correlation_id.is_empty() {
-                    source.event_id.to_string()
-                } else {
-                    source.correlation_id.clone()
-                };
+                let awards =
+                    decide::earn(member, programme.at(source.occurred_at_us), &decided_source);
+                let correlation = source.correlation();
                 for (id, event) in &awards {
                     // Provisional envelope: the decisions of later sources in this batch
                     // need the award, not its final position.
@@ -443,6 +481,9 @@ async fn award(
 ) -> Result<Option<usize>, String> {
     let stream = StreamName::parse(&member_stream(source.member)).map_err(|e| e.to_string())?;
     let source = Arc::new(source);
+    let Some(decided_source) = source.source() else {
+        return Ok(None);
+    };
     for _ in 0..limits::WRITE_RETRIES_MAX {
         let (log2, stream2, id) = (log.clone(), stream.clone(), source.member);
         let loaded = blocking(move || {
@@ -462,16 +503,12 @@ async fn award(
         let awards = decide::earn(
             &member,
             programme.at(source.occurred_at_us),
-            &source.source(),
+            &decided_source,
         );
         if awards.is_empty() {
             return Ok(Some(0));
         }
-        let correlation = if source.correlation_id.is_empty() {
-            source.event_id.to_string()
-        } else {
-            source.correlation_id.clone()
-        };
+        let correlation = source.correlation();
         let events: Vec<ProposedEvent> = awards
             .iter()
             .map(|(id, event)| ProposedEvent {
@@ -500,6 +537,97 @@ async fn award(
     Err(format!(
         "member {} changed concurrently too many times while awarding {}",
         source.member, source.event_id
+    ))
+}
+
+/// Moves a merged duplicate's ledger into its survivor's (see
+/// [`decide::merge_ledger`]): the `LedgerMerged` parts go to both member streams in one
+/// atomic append, each expecting the revision read, with ids derived from the merge event,
+/// so a replay or a crash never moves a ledger twice (the duplicate's moved ledger decides
+/// nothing more). Returns the parts written (0: nothing to move).
+async fn merge_ledger(log: &Log, merge: &Owned) -> Result<usize, String> {
+    let Body::Merge { duplicate } = merge.body else {
+        return Ok(0);
+    };
+    let survivor = merge.member;
+    if duplicate == survivor {
+        return Ok(0);
+    }
+    let from = StreamName::parse(&member_stream(duplicate)).map_err(|e| e.to_string())?;
+    let to = StreamName::parse(&member_stream(survivor)).map_err(|e| e.to_string())?;
+    for _ in 0..limits::WRITE_RETRIES_MAX {
+        let (log2, from2) = (log.clone(), from.clone());
+        let loaded = blocking(move || {
+            if log2
+                .stream_head(&from2)
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            let dup = fold_member_as_of(&log2, duplicate, &|_| true)?;
+            let (_, to_revision) = fold_member_as_of(&log2, survivor, &|_| true)?;
+            Ok(Some((dup, to_revision)))
+        })
+        .await?;
+        let Some(((dup, from_revision), to_revision)) = loaded else {
+            return Ok(0);
+        };
+        let parts = match decide::merge_ledger(&dup, survivor, merge.event_id) {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(%error, "loyalty ledger not moved on merge");
+                return Ok(0);
+            }
+        };
+        if parts.is_empty() {
+            return Ok(0);
+        }
+        let events = |side: &str| -> Vec<ProposedEvent> {
+            parts
+                .iter()
+                .map(|part| {
+                    let event = DomainEvent::LedgerMerged(part.clone());
+                    ProposedEvent {
+                        causation_id: merge.event_id.to_string(),
+                        correlation_id: merge.correlation(),
+                        ..proposed(
+                            derived_event_id(
+                                merge.event_id,
+                                &format!("ledger {side} {}", part.part),
+                            ),
+                            &event,
+                            merge.occurred_at_us,
+                            POLICY_ACTOR,
+                        )
+                    }
+                })
+                .collect()
+        };
+        let appends = vec![
+            StreamAppend {
+                stream: from.clone(),
+                expected: from_revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+                events: events("out"),
+            },
+            StreamAppend {
+                stream: to.clone(),
+                expected: to_revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+                events: events("in"),
+            },
+        ];
+        match log.append_multi(appends).await {
+            Ok(_) => return Ok(parts.len()),
+            Err(AppendError::WrongExpectedRevision { .. }) => continue,
+            Err(AppendError::EventIdConflict { ids }) => {
+                tracing::warn!(?ids, merge = %merge.event_id, "loyalty ledger move already written");
+                return Ok(0);
+            }
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Err(format!(
+        "members {duplicate} / {survivor} changed concurrently too many times while moving the ledger"
     ))
 }
 

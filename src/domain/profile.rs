@@ -633,7 +633,8 @@ pub fn apply<S: Profiles>(
         | DomainEvent::PointsSpent(_)
         | DomainEvent::PointsExpired(_)
         | DomainEvent::PointsAdjusted(_)
-        | DomainEvent::PointsTransferred(_) => {}
+        | DomainEvent::PointsTransferred(_)
+        | DomainEvent::LedgerMerged(_) => {}
         // Sales events (issue 4) live in their own streams; the profile ignores them.
         DomainEvent::AccountCreated(_)
         | DomainEvent::AccountUpdated(_)

@@ -782,6 +782,7 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
         Kind::PointsTransferred(e) => {
             DomainEvent::PointsTransferred(loyalty::points_transferred_from(e, v))
         }
+        Kind::LedgerMerged(e) => DomainEvent::LedgerMerged(loyalty::ledger_merged_from(e, v)),
         // Sales pipelines (issue 4): conversions in convert_pipeline.rs.
         Kind::AccountCreated(e) => DomainEvent::AccountCreated(Wire::from_wire(e, v)),
         Kind::AccountUpdated(e) => DomainEvent::AccountUpdated(Wire::from_wire(e, v)),
@@ -1124,6 +1125,7 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
         DomainEvent::PointsTransferred(e) => {
             Kind::PointsTransferred(loyalty::points_transferred_to(e))
         }
+        DomainEvent::LedgerMerged(e) => Kind::LedgerMerged(loyalty::ledger_merged_to(e)),
         // Sales pipelines (issue 4): conversions in convert_pipeline.rs.
         DomainEvent::AccountCreated(e) => Kind::AccountCreated(e.to_wire()),
         DomainEvent::AccountUpdated(e) => Kind::AccountUpdated(e.to_wire()),

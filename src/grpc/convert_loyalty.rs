@@ -8,9 +8,9 @@ use super::pb;
 use crate::domain::Violations;
 use crate::domain::common::Channel;
 use crate::domain::events::{
-    ExpiredLine, MemberEnrolled, MemberLeft, PointsAdjusted, PointsCancelled, PointsEarned,
-    PointsExpired, PointsSpent, PointsTransferred, ProgrammeChanged, ProgrammeDefined,
-    RewardClaimed, RewardDefined, RewardRetired, TierChanged,
+    ExpiredLine, LedgerMerged, MemberEnrolled, MemberLeft, MovedLine, MovedSpend, PointsAdjusted,
+    PointsCancelled, PointsEarned, PointsExpired, PointsSpent, PointsTransferred, ProgrammeChanged,
+    ProgrammeDefined, RewardClaimed, RewardDefined, RewardRetired, TierChanged,
 };
 use crate::domain::loyalty::config::{
     Bonus, BonusTrigger, Cap, CapPeriod, DowngradePolicy, Multiplier, MultiplierScope,
@@ -576,6 +576,138 @@ pub fn points_transferred_to(e: PointsTransferred) -> pb::PointsTransferred {
     }
 }
 
+/// `LedgerMerged` from proto (destructured, so a new field fails to compile here).
+pub fn ledger_merged_from(e: pb::LedgerMerged, v: &mut Violations) -> LedgerMerged {
+    let f = "ledger_merged";
+    let pb::LedgerMerged {
+        duplicate_id,
+        survivor_id,
+        merge_event_id,
+        part,
+        parts,
+        lines,
+        spend,
+        debt_points,
+        enrolled_at,
+        channel,
+        tier,
+    } = e;
+    LedgerMerged {
+        duplicate_id: uuid_field(&format!("{f}.duplicate_id"), &duplicate_id, v),
+        survivor_id: uuid_field(&format!("{f}.survivor_id"), &survivor_id, v),
+        merge_event_id: uuid_field(&format!("{f}.merge_event_id"), &merge_event_id, v),
+        part,
+        parts,
+        lines: lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let at = format!("{f}.lines[{i}]");
+                let pb::MovedLine {
+                    line_id,
+                    position,
+                    rule,
+                    order_id,
+                    source_event_id,
+                    points,
+                    spent,
+                    expired,
+                    cancelled,
+                    forfeited,
+                    recovered,
+                    spend_minor,
+                    earned_at,
+                    available_at,
+                    expires_at,
+                    refunded_minor,
+                    refund_points,
+                } = l;
+                MovedLine {
+                    line_id: uuid_field(&format!("{at}.line_id"), &line_id, v),
+                    position,
+                    rule,
+                    order_id,
+                    source_event_id: optional_uuid(
+                        &format!("{at}.source_event_id"),
+                        &source_event_id,
+                        v,
+                    ),
+                    points,
+                    spent,
+                    expired,
+                    cancelled,
+                    forfeited,
+                    recovered,
+                    spend_minor,
+                    earned_at_us: time_from(&format!("{at}.earned_at"), earned_at, v),
+                    available_at_us: time_from(&format!("{at}.available_at"), available_at, v),
+                    expires_at_us: optional_time_from(&format!("{at}.expires_at"), expires_at, v),
+                    refunded_minor,
+                    refund_points,
+                }
+            })
+            .collect(),
+        spend: spend
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| MovedSpend {
+                at_us: time_from(&format!("{f}.spend[{i}].at"), s.at, v),
+                minor: s.minor,
+            })
+            .collect(),
+        debt_points,
+        enrolled_at_us: time_from(&format!("{f}.enrolled_at"), enrolled_at, v),
+        channel: channel_from(&format!("{f}.channel"), channel, v),
+        tier,
+    }
+}
+
+/// `LedgerMerged` to proto.
+pub fn ledger_merged_to(e: LedgerMerged) -> pb::LedgerMerged {
+    pb::LedgerMerged {
+        duplicate_id: e.duplicate_id.to_string(),
+        survivor_id: e.survivor_id.to_string(),
+        merge_event_id: e.merge_event_id.to_string(),
+        part: e.part,
+        parts: e.parts,
+        lines: e
+            .lines
+            .into_iter()
+            .map(|l| pb::MovedLine {
+                line_id: l.line_id.to_string(),
+                position: l.position,
+                rule: l.rule,
+                order_id: l.order_id,
+                source_event_id: l.source_event_id.map(|s| s.to_string()).unwrap_or_default(),
+                points: l.points,
+                spent: l.spent,
+                expired: l.expired,
+                cancelled: l.cancelled,
+                forfeited: l.forfeited,
+                recovered: l.recovered,
+                spend_minor: l.spend_minor,
+                earned_at: Some(timestamp_from_us(l.earned_at_us)),
+                available_at: Some(timestamp_from_us(l.available_at_us)),
+                expires_at: l.expires_at_us.map(timestamp_from_us),
+                refunded_minor: l.refunded_minor,
+                refund_points: l.refund_points,
+            })
+            .collect(),
+        spend: e
+            .spend
+            .into_iter()
+            .map(|s| pb::MovedSpend {
+                at: Some(timestamp_from_us(s.at_us)),
+                minor: s.minor,
+            })
+            .collect(),
+        debt_points: e.debt_points,
+        enrolled_at: Some(timestamp_from_us(e.enrolled_at_us)),
+        channel: channel_to(e.channel),
+        tier: e.tier,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::convert::{event_from_proto, event_to_proto};
@@ -774,6 +906,61 @@ mod tests {
                 points: 300,
                 transfer_id: id(9),
                 expires_at_us: Some(1_800_000_000_000_000),
+            }),
+            DomainEvent::LedgerMerged(LedgerMerged {
+                duplicate_id: id(2),
+                survivor_id: id(8),
+                merge_event_id: id(10),
+                part: 0,
+                parts: 2,
+                lines: vec![
+                    MovedLine {
+                        line_id: id(7),
+                        position: 12,
+                        rule: "base".into(),
+                        order_id: "o-1".into(),
+                        source_event_id: Some(id(5)),
+                        points: 120,
+                        spent: 20,
+                        expired: 1,
+                        cancelled: 2,
+                        forfeited: 0,
+                        recovered: 3,
+                        spend_minor: 6_000,
+                        earned_at_us: 1_700_000_000_000_000,
+                        available_at_us: 1_701_000_000_000_000,
+                        expires_at_us: Some(1_800_000_000_000_000),
+                        refunded_minor: 100,
+                        refund_points: 2,
+                    },
+                    MovedLine {
+                        line_id: id(11),
+                        position: 14,
+                        rule: "adjustment".into(),
+                        order_id: String::new(),
+                        source_event_id: None,
+                        points: 5,
+                        spent: 0,
+                        expired: 0,
+                        cancelled: 0,
+                        forfeited: 0,
+                        recovered: 0,
+                        spend_minor: 0,
+                        earned_at_us: 1_700_000_000_000_000,
+                        available_at_us: 1_700_000_000_000_000,
+                        expires_at_us: None,
+                        refunded_minor: 0,
+                        refund_points: 0,
+                    },
+                ],
+                spend: vec![MovedSpend {
+                    at_us: 1_700_000_000_000_000,
+                    minor: -100,
+                }],
+                debt_points: 7,
+                enrolled_at_us: 1_690_000_000_000_000,
+                channel: Channel::Web,
+                tier: "Silver".into(),
             }),
         ];
         for event in events {

@@ -300,9 +300,10 @@ fn proposed_from_proto(
         DomainEvent::PointsEarned(_)
         | DomainEvent::PointsCancelled(_)
         | DomainEvent::PointsExpired(_)
-        | DomainEvent::TierChanged(_) => Some((
+        | DomainEvent::TierChanged(_)
+        | DomainEvent::LedgerMerged(_) => Some((
             "the loyalty policy and tick",
-            "they follow purchases, refunds and time",
+            "they follow purchases, refunds, merges and time",
         )),
         // Sales pipelines (issue 4): the deal, lead, account, pipeline and task rules (stage
         // moves only within the deal's pipeline, no stage removed while it has deals, a lead

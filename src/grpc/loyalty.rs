@@ -201,23 +201,31 @@ impl LoyaltyService {
     }
 
     /// The member a customer id stands for: a merged duplicate's survivor, as everywhere
-    /// else (by the `customers` read model), unless the duplicate has a loyalty ledger of
-    /// its own — moving a ledger on a merge is not built yet, so that ledger stays
-    /// reachable under the duplicate's id.
+    /// else (by the `customers` read model). A duplicate that was an enrolled member keeps
+    /// its own ledger until the loyalty policy has moved it (`LedgerMerged`, right after
+    /// the merge in log order); until then its id still names that ledger.
     async fn resolve_member(&self, id: Uuid) -> Result<Uuid, Status> {
         let (log, projections) = (self.inner.log.clone(), self.inner.projections.clone());
         blocking(move || {
-            let own = StreamName::parse(&member_stream(id)).map_err(internal)?;
-            if log.stream_head(&own).map_err(Status::from)?.is_some() {
-                return Ok(id);
-            }
             let Ok(view) = projections.reader(crate::projections::customers::NAME) else {
                 return Ok(id);
             };
             let survivor = crate::projections::customers::read_resolved(&view.tree, id)
                 .map_err(internal)?
                 .map_or(id, |profile| profile.customer_id);
-            Ok(survivor)
+            if survivor == id {
+                return Ok(id);
+            }
+            let own = StreamName::parse(&member_stream(id)).map_err(internal)?;
+            if log.stream_head(&own).map_err(Status::from)?.is_none() {
+                return Ok(survivor);
+            }
+            let (ledger, _) = member(&log, id)?;
+            Ok(if ledger.merged_into.is_some() || !ledger.is_active() {
+                survivor
+            } else {
+                id
+            })
         })
         .await
     }
@@ -377,6 +385,12 @@ fn member_to_proto(
         expiring_90_days: balance.expiring[2],
         as_of: Some(timestamp_from_us(at)),
         as_of_position: position,
+        merged_in: t.merged_in,
+        merged_out: t.merged_out,
+        merged_into: member
+            .merged_into
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
     }
 }
 

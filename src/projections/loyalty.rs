@@ -99,7 +99,8 @@ impl Projection for LoyaltyProjection {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: members carry merges (`LedgerMerged`): new fields in the stored `Member`.
+        2
     }
 
     fn filter(&self) -> ReadFilter {

@@ -17,6 +17,7 @@ mod feedback_given;
 mod identifier_claimed;
 mod interaction_logged;
 // Loyalty (issue 5).
+mod ledger_merged;
 mod loyalty_member;
 mod loyalty_points;
 mod loyalty_programme;
@@ -47,6 +48,7 @@ pub use feedback_given::{FeedbackGiven, FeedbackMetric};
 pub use identifier_claimed::{IdentifierClaimed, IdentifierKind, IdentifierReleased};
 pub use interaction_logged::{InteractionLogged, InteractionText};
 // Loyalty (issue 5).
+pub use ledger_merged::{LedgerMerged, MovedLine, MovedSpend};
 pub use loyalty_member::{MemberEnrolled, MemberLeft, TierChanged};
 pub use loyalty_points::{
     ExpiredLine, PointsAdjusted, PointsCancelled, PointsEarned, PointsExpired, PointsSpent,
@@ -324,6 +326,7 @@ domain_events! {
     PointsExpired(PointsExpired),
     PointsAdjusted(PointsAdjusted),
     PointsTransferred(PointsTransferred),
+    LedgerMerged(LedgerMerged),
     // Sales pipelines (issue 4).
     AccountCreated(AccountCreated),
     AccountUpdated(AccountUpdated),

@@ -12,11 +12,14 @@ use super::ledger::{BASE_RULE, Member, Reward};
 use super::time;
 use crate::domain::common::Channel;
 use crate::domain::events::{
-    DomainEvent, ExpiredLine, MemberEnrolled, MemberLeft, PointsAdjusted, PointsCancelled,
-    PointsEarned, PointsExpired, PointsSpent, PointsTransferred, PurchaseCompleted,
-    PurchaseRefunded, RewardClaimed, TierChanged,
+    DomainEvent, ExpiredLine, LedgerMerged, MemberEnrolled, MemberLeft, MovedLine, MovedSpend,
+    PointsAdjusted, PointsCancelled, PointsEarned, PointsExpired, PointsSpent, PointsTransferred,
+    PurchaseCompleted, PurchaseRefunded, RewardClaimed, TierChanged,
 };
-use crate::limits::{LOYALTY_POINTS_MAX, REPEATED_ITEMS_MAX};
+use crate::limits::{
+    LOYALTY_MERGE_LINES_PER_EVENT, LOYALTY_MERGE_PART_BYTES, LOYALTY_MERGE_PARTS_MAX,
+    LOYALTY_POINTS_MAX, REPEATED_ITEMS_MAX,
+};
 
 /// A loyalty rule refused a command. Each variant says how the edge answers it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -674,4 +677,110 @@ pub fn transfer(
         transfer_id,
         expires_at_us: from.earliest_expiry_of_spend(points, at_us),
     }))
+}
+
+/// A duplicate's ledger is too large to move in one atomic append (see
+/// [`LOYALTY_MERGE_PARTS_MAX`]); the policy logs it and leaves the ledger in place.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the ledger of {duplicate} has {lines} lines: too many to move in one append")]
+pub struct MergeTooLarge {
+    /// The duplicate.
+    pub duplicate: Uuid,
+    /// Its lines that would move.
+    pub lines: usize,
+}
+
+/// The ledger move a merge of `duplicate` into `survivor_id` causes (the merge event is
+/// `merge_event_id`): nothing when the duplicate is not an enrolled member (never
+/// enrolled, left, or already moved); else the parts of one `LedgerMerged`, for both
+/// member streams. Every line with points left moves, and every earned line (its order
+/// may still be refunded, its points count for tiers); spent-out manual credits stay.
+pub fn merge_ledger(
+    duplicate: &Member,
+    survivor_id: Uuid,
+    merge_event_id: Uuid,
+) -> Result<Vec<LedgerMerged>, MergeTooLarge> {
+    if duplicate.customer_id == survivor_id
+        || duplicate.merged_into.is_some()
+        || !duplicate.is_active()
+    {
+        return Ok(Vec::new());
+    }
+    let lines: Vec<MovedLine> = duplicate
+        .lines
+        .iter()
+        .filter(|l| l.remaining() > 0 || l.source_event_id.is_some())
+        .map(|l| MovedLine {
+            line_id: l.line_id,
+            position: l.position,
+            rule: l.rule.clone(),
+            order_id: l.order_id.clone(),
+            source_event_id: l.source_event_id,
+            points: l.points,
+            spent: l.spent,
+            expired: l.expired,
+            cancelled: l.cancelled,
+            forfeited: l.forfeited,
+            recovered: l.recovered,
+            spend_minor: l.spend_minor,
+            earned_at_us: l.earned_at_us,
+            available_at_us: l.available_at_us,
+            expires_at_us: l.expires_at_us,
+            refunded_minor: l.refunded_minor,
+            refund_points: l.refund_points,
+        })
+        .collect();
+    let line_count = lines.len();
+    // Parts cut by count and by estimated size (a line's fixed fields plus its strings).
+    let mut line_parts: Vec<Vec<MovedLine>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for line in lines {
+        let size = 128 + line.rule.len() + line.order_id.len();
+        let current = line_parts.last_mut().expect("starts with one part");
+        if !current.is_empty()
+            && (current.len() >= LOYALTY_MERGE_LINES_PER_EVENT
+                || bytes + size > LOYALTY_MERGE_PART_BYTES)
+        {
+            line_parts.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        line_parts.last_mut().expect("not empty").push(line);
+    }
+    let spend: Vec<MovedSpend> = duplicate
+        .spend
+        .iter()
+        .map(|(at_us, minor)| MovedSpend {
+            at_us: *at_us,
+            minor: *minor,
+        })
+        .collect();
+    let spend_parts: Vec<&[MovedSpend]> = spend.chunks(LOYALTY_MERGE_LINES_PER_EVENT).collect();
+    let parts = line_parts.len().max(spend_parts.len());
+    if parts > LOYALTY_MERGE_PARTS_MAX {
+        return Err(MergeTooLarge {
+            duplicate: duplicate.customer_id,
+            lines: line_count,
+        });
+    }
+    let enrolment = duplicate.enrolment.expect("an active member is enrolled");
+    let mut line_parts = line_parts.into_iter();
+    Ok((0..parts)
+        .map(|part| {
+            let first = part == 0;
+            LedgerMerged {
+                duplicate_id: duplicate.customer_id,
+                survivor_id,
+                merge_event_id,
+                part: part as u32,
+                parts: parts as u32,
+                lines: line_parts.next().unwrap_or_default(),
+                spend: spend_parts.get(part).map_or_else(Vec::new, |s| s.to_vec()),
+                debt_points: if first { duplicate.debt } else { 0 },
+                enrolled_at_us: enrolment.at_us,
+                channel: enrolment.channel,
+                tier: duplicate.tier.clone(),
+            }
+        })
+        .collect())
 }

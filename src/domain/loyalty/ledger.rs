@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::time::add_days;
 use crate::domain::common::Channel;
-use crate::domain::events::DomainEvent;
+use crate::domain::events::{DomainEvent, LedgerMerged};
 
 /// The stream category of member ledgers.
 pub const MEMBER_CATEGORY: &str = "loyalty";
@@ -103,6 +103,8 @@ pub struct Line {
     pub forfeited: u64,
     /// Points that paid off debt.
     pub recovered: u64,
+    /// Points moved to the survivor's ledger when this member was merged into another.
+    pub moved: u64,
     /// Refunded amount of this line's order so far (base lines), minor units.
     pub refunded_minor: i64,
     /// Points the refunds of this line's order accounted for (taken, owed or forgiven).
@@ -113,7 +115,12 @@ impl Line {
     /// Points still on the line.
     pub fn remaining(&self) -> u64 {
         self.points.saturating_sub(
-            self.spent + self.expired + self.cancelled + self.forfeited + self.recovered,
+            self.spent
+                + self.expired
+                + self.cancelled
+                + self.forfeited
+                + self.recovered
+                + self.moved,
         )
     }
 
@@ -123,7 +130,8 @@ impl Line {
     }
 
     /// Its state at `at_us`: `pending`, `available`, `expired` (lapsed or expired by
-    /// the tick), else what took most of it (`spent`, `cancelled`, `forfeited`).
+    /// the tick), else what took most of it (`spent`, `cancelled`, `forfeited`,
+    /// `merged`: moved to the survivor's ledger).
     pub fn state_at(&self, at_us: i64) -> &'static str {
         if self.remaining() > 0 {
             if !self.live_at(at_us) {
@@ -139,6 +147,7 @@ impl Line {
                 (self.cancelled, "cancelled"),
                 (self.expired, "expired"),
                 (self.forfeited, "forfeited"),
+                (self.moved, "merged"),
             ]
             .into_iter()
             .max_by_key(|(n, _)| *n)
@@ -170,6 +179,10 @@ pub enum EntryKind {
     TransferredOut,
     /// Tier changed.
     TierChanged,
+    /// A merged duplicate's ledger was received.
+    MergedIn,
+    /// This ledger was moved to the survivor of a merge.
+    MergedOut,
 }
 
 impl EntryKind {
@@ -186,6 +199,8 @@ impl EntryKind {
             Self::TransferredIn => "transferred_in",
             Self::TransferredOut => "transferred_out",
             Self::TierChanged => "tier_changed",
+            Self::MergedIn => "merged_in",
+            Self::MergedOut => "merged_out",
         }
     }
 }
@@ -234,6 +249,10 @@ pub struct Totals {
     pub transferred_out: u64,
     /// Redemptions (spend events).
     pub redemptions: u64,
+    /// Points received from merged duplicates' ledgers.
+    pub merged_in: u64,
+    /// Points moved to a survivor's ledger.
+    pub merged_out: u64,
 }
 
 /// A member's balance at a query time.
@@ -276,6 +295,8 @@ pub struct Member {
     pub spend: Vec<(i64, i64)>,
     /// Position of the last event folded.
     pub last_position: u64,
+    /// The survivor this member's ledger was moved to (a merged duplicate).
+    pub merged_into: Option<Uuid>,
 }
 
 impl Member {
@@ -449,6 +470,7 @@ fn line(
         cancelled: 0,
         forfeited: 0,
         recovered: 0,
+        moved: 0,
         refunded_minor: 0,
         refund_points: 0,
     }
@@ -604,7 +626,86 @@ pub fn apply(member: &mut Member, env: &Envelope, event: &DomainEvent) {
                 );
             }
         }
+        DomainEvent::LedgerMerged(e) => merge(member, env, e),
         _ => {}
+    }
+}
+
+/// Folds a ledger move: out of the duplicate's ledger, or into the survivor's.
+fn merge(member: &mut Member, env: &Envelope, e: &LedgerMerged) {
+    let at = env.occurred_at_us;
+    let points = e.points();
+    if member.customer_id == e.duplicate_id {
+        for moved in &e.lines {
+            if let Some(l) = member.lines.iter_mut().find(|l| l.line_id == moved.line_id) {
+                l.moved += l.remaining().min(moved.remaining());
+            }
+        }
+        if e.part == 0 {
+            member.debt = member.debt.saturating_sub(e.debt_points);
+            member.merged_into = Some(e.survivor_id);
+            member.left = Some((at, env.position));
+        }
+        member.totals.merged_out += points;
+        member.entry(
+            env,
+            EntryKind::MergedOut,
+            e.debt_points as i64 - points as i64,
+            &e.survivor_id.to_string(),
+            Some(e.merge_event_id),
+        );
+    } else if member.customer_id == e.survivor_id {
+        for moved in &e.lines {
+            if let Some(source) = moved.source_event_id {
+                member.sources.insert(source);
+            }
+            member.lines.push(Line {
+                line_id: moved.line_id,
+                position: moved.position,
+                rule: moved.rule.clone(),
+                order_id: moved.order_id.clone(),
+                source_event_id: moved.source_event_id,
+                points: moved.points,
+                spend_minor: moved.spend_minor,
+                earned_at_us: moved.earned_at_us,
+                available_at_us: moved.available_at_us,
+                expires_at_us: moved.expires_at_us,
+                spent: moved.spent,
+                expired: moved.expired,
+                cancelled: moved.cancelled,
+                forfeited: moved.forfeited,
+                recovered: moved.recovered,
+                moved: 0,
+                refunded_minor: moved.refunded_minor,
+                refund_points: moved.refund_points,
+            });
+        }
+        member
+            .spend
+            .extend(e.spend.iter().map(|s| (s.at_us, s.minor)));
+        if e.part == 0 {
+            member.debt += e.debt_points;
+            if !member.is_active() {
+                member.enrolment = Some(Enrolment {
+                    at_us: e.enrolled_at_us,
+                    position: env.position,
+                    channel: e.channel,
+                });
+                member.left = None;
+                if !e.tier.is_empty() {
+                    member.tier = e.tier.clone();
+                    member.tier_history.push((at, e.tier.clone()));
+                }
+            }
+        }
+        member.totals.merged_in += points;
+        member.entry(
+            env,
+            EntryKind::MergedIn,
+            points as i64 - e.debt_points as i64,
+            &e.duplicate_id.to_string(),
+            Some(e.merge_event_id),
+        );
     }
 }
 

@@ -4,6 +4,8 @@
 
 use uuid::Uuid;
 
+mod merge;
+
 use super::config::*;
 use super::decide::{self, RuleError, Source, SourceKind};
 use super::ledger::{self, Envelope, Member, Reward};
