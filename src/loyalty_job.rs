@@ -14,6 +14,11 @@
 //! a member's ledger remembers every source it accounted for, and a replay after a crash
 //! (or from position 1) proposes the same ids, so nothing is ever awarded twice.
 //!
+//! **Merges.** A `CustomersMerged` whose duplicate is an enrolled member ends the batch it
+//! falls in: the duplicate's earlier sources are written first, then its ledger moves to
+//! the survivor ([`decide::merge_ledger`], `LedgerMerged` in both member streams, one
+//! atomic append, ids derived from the merge event), then later sources are decided.
+//!
 //! The policy's checkpoint, the merges and the enrolled members it has seen live in the
 //! sled tree `loyalty_policy`, saved after each page; losing them only costs a replay.
 
@@ -268,8 +273,8 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
                 let body = match e.event_type.as_str() {
                     "CustomersMerged" => match decode(logged)? {
                         DomainEvent::CustomersMerged(m) if m.duplicate_id != m.survivor_id => {
-                            if !policy.merges.contains_key(&m.duplicate_id) {
-                                policy.merges.insert(m.duplicate_id, m.survivor_id);
+                            if let Entry::Vacant(slot) = policy.merges.entry(m.duplicate_id) {
+                                slot.insert(m.survivor_id);
                                 new_merges.push((m.duplicate_id, m.survivor_id));
                             }
                             // Resolved below: to the survivor, or where it was merged since.
@@ -323,7 +328,7 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
         }
         // The programme's versions, read only when the page has something to decide (a
         // log busy with other streams costs no programme read per round).
-        let programme = if sources.iter().all(Owned::is_merge) {
+        let programme = if sources.is_empty() {
             ProgrammeHistory::default()
         } else {
             let log2 = log.clone();
@@ -339,7 +344,7 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
                 // duplicate's ledger, the move follows, then the ones after it.
                 let merge = rest.remove(0);
                 let survivor = merge.member;
-                if merge_ledger(log, &merge).await? > 0 {
+                if merge_ledger(log, &programme, &merge).await? > 0 {
                     done.awards += 1;
                     if policy.members.insert(survivor) {
                         new_members.push(survivor);
@@ -545,7 +550,11 @@ async fn award(
 /// atomic append, each expecting the revision read, with ids derived from the merge event,
 /// so a replay or a crash never moves a ledger twice (the duplicate's moved ledger decides
 /// nothing more). Returns the parts written (0: nothing to move).
-async fn merge_ledger(log: &Log, merge: &Owned) -> Result<usize, String> {
+async fn merge_ledger(
+    log: &Log,
+    programme: &ProgrammeHistory,
+    merge: &Owned,
+) -> Result<usize, String> {
     let Body::Merge { duplicate } = merge.body else {
         return Ok(0);
     };
@@ -566,14 +575,19 @@ async fn merge_ledger(log: &Log, merge: &Owned) -> Result<usize, String> {
                 return Ok(None);
             }
             let dup = fold_member_as_of(&log2, duplicate, &|_| true)?;
-            let (_, to_revision) = fold_member_as_of(&log2, survivor, &|_| true)?;
-            Ok(Some((dup, to_revision)))
+            let to = fold_member_as_of(&log2, survivor, &|_| true)?;
+            Ok(Some((dup, to)))
         })
         .await?;
-        let Some(((dup, from_revision), to_revision)) = loaded else {
+        let Some(((dup, from_revision), (to_member, to_revision))) = loaded else {
             return Ok(0);
         };
-        let parts = match decide::merge_ledger(&dup, survivor, merge.event_id) {
+        let parts = match decide::merge_ledger(
+            &dup,
+            &to_member,
+            programme.at(merge.occurred_at_us),
+            merge.event_id,
+        ) {
             Ok(parts) => parts,
             Err(error) => {
                 tracing::warn!(%error, "loyalty ledger not moved on merge");

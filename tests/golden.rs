@@ -664,6 +664,7 @@ fn clear_events() -> Vec<DomainEvent> {
         DomainEvent::PointsExpired(loyalty_samples::points_expired()),
         DomainEvent::PointsAdjusted(loyalty_samples::points_adjusted()),
         DomainEvent::PointsTransferred(loyalty_samples::points_transferred()),
+        DomainEvent::LedgerMerged(loyalty_samples::ledger_merged()),
     ]
     .into_iter()
     .chain(sales_events())
@@ -1128,9 +1129,10 @@ fn a_chunk_and_its_chain_hashes_match_their_golden_bytes() {
 mod loyalty_samples {
     use rapport::domain::common::Channel;
     use rapport::domain::events::{
-        ExpiredLine, MemberEnrolled, MemberLeft, PointsAdjusted, PointsCancelled, PointsEarned,
-        PointsExpired, PointsSpent, PointsTransferred, ProgrammeChanged, ProgrammeDefined,
-        RewardClaimed, RewardDefined, RewardRetired, TierChanged,
+        ExpiredLine, LedgerMerged, MemberEnrolled, MemberLeft, MovedLine, MovedSpend,
+        PointsAdjusted, PointsCancelled, PointsEarned, PointsExpired, PointsSpent,
+        PointsTransferred, ProgrammeChanged, ProgrammeDefined, RewardClaimed, RewardDefined,
+        RewardRetired, TierChanged,
     };
     use rapport::domain::loyalty::config::{
         Bonus, BonusTrigger, Cap, CapPeriod, DowngradePolicy, Multiplier, MultiplierScope,
@@ -1362,6 +1364,71 @@ mod loyalty_samples {
             points: 300,
             transfer_id: SOURCE,
             expires_at_us: Some(1_740_787_200_000_000),
+        }
+    }
+
+    pub fn ledger_merged() -> LedgerMerged {
+        LedgerMerged {
+            duplicate_id: MEMBER,
+            survivor_id: OTHER,
+            merge_event_id: SOURCE,
+            part: 0,
+            parts: 2,
+            lines: vec![
+                MovedLine {
+                    line_id: REWARD,
+                    position: 1_234,
+                    rule: "base".into(),
+                    order_id: "o-1001".into(),
+                    source_event_id: Some(SOURCE),
+                    points: 240,
+                    spent: 100,
+                    expired: 5,
+                    cancelled: 10,
+                    forfeited: 1,
+                    recovered: 4,
+                    spend_minor: 12_000,
+                    earned_at_us: 1_709_287_200_000_000,
+                    available_at_us: 1_710_496_800_000_000,
+                    expires_at_us: Some(1_740_787_200_000_000),
+                    refunded_minor: 500,
+                    refund_points: 10,
+                },
+                MovedLine {
+                    line_id: MEMBER,
+                    position: 1_240,
+                    rule: "adjustment".into(),
+                    order_id: String::new(),
+                    source_event_id: None,
+                    points: 30,
+                    spent: 0,
+                    expired: 0,
+                    cancelled: 0,
+                    forfeited: 0,
+                    recovered: 0,
+                    spend_minor: 0,
+                    earned_at_us: 1_709_287_200_000_000,
+                    available_at_us: 1_709_287_200_000_000,
+                    expires_at_us: None,
+                    refunded_minor: 0,
+                    refund_points: 0,
+                },
+            ],
+            spend: vec![
+                MovedSpend {
+                    at_us: 1_709_287_200_000_000,
+                    minor: 12_000,
+                },
+                MovedSpend {
+                    at_us: 1_709_373_600_000_000,
+                    minor: -500,
+                },
+            ],
+            debt_points: 25,
+            debt_forgiven_points: 5,
+            enrolled_at_us: 1_704_067_200_000_000,
+            channel: Channel::MobileApp,
+            tier: "Gold".into(),
         }
     }
 }

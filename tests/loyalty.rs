@@ -933,3 +933,134 @@ async fn a_merged_duplicates_id_stands_for_the_survivor() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 }
+
+/// A merged duplicate that was a member: the policy moves its ledger to the survivor
+/// (`LedgerMerged` in both member streams), pending points stay pending, the survivor
+/// becomes a member, the duplicate's id then names the survivor, and a later refund of
+/// the duplicate's order cancels the moved points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merged_members_ledger_moves_to_the_survivor() {
+    let mut env = Env::start(midnight(2024, 1, 1)).await;
+    env.loyalty
+        .define_programme(pb::DefineProgrammeRequest {
+            programme: Some(programme(None, 0)),
+            context: at(midnight(2024, 1, 1)),
+        })
+        .await
+        .unwrap();
+    let survivor = env.register().await;
+    let duplicate = env.register().await;
+    env.enrol(&duplicate, midnight(2024, 1, 1)).await;
+    // 100 base + 50 first purchase, available from 01-16; 200 base pending to 02-02.
+    env.buy(&duplicate, "D1", "x", 1, 10_000, noon(2024, 1, 2))
+        .await;
+    env.set_clock(noon(2024, 1, 18));
+    env.eventually(&duplicate, |m| m.available == 150).await;
+    env.loyalty
+        .spend_points(pb::SpendPointsRequest {
+            customer_id: duplicate.clone(),
+            points: 40,
+            reason: "coffee".into(),
+            context: at(noon(2024, 1, 18)),
+        })
+        .await
+        .unwrap();
+    env.buy(&duplicate, "D2", "x", 1, 20_000, noon(2024, 1, 19))
+        .await;
+    env.eventually(&duplicate, |m| m.pending == 200).await;
+
+    let merged = env
+        .customers
+        .merge_customers(pb::MergeCustomersRequest {
+            survivor_id: survivor.clone(),
+            duplicate_id: duplicate.clone(),
+            context: at(noon(2024, 1, 20)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .position;
+    env.set_clock(noon(2024, 1, 21));
+    // The survivor is no member until the policy has moved the ledger.
+    let mut moved = Vec::new();
+    for _ in 0..400 {
+        moved = env
+            .server
+            .log
+            .read_all(merged, false, 100, &Default::default())
+            .unwrap()
+            .events
+            .into_iter()
+            .filter(|e| e.event.event_type == "LedgerMerged")
+            .collect::<Vec<_>>();
+        if !moved.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(moved.len(), 2, "one event in each member stream");
+    let streams: Vec<&str> = moved.iter().map(|e| e.event.stream.as_str()).collect();
+    assert!(streams.contains(&format!("loyalty-{duplicate}").as_str()));
+    assert!(streams.contains(&format!("loyalty-{survivor}").as_str()));
+    let m = env.member(&survivor, None).await;
+    assert_eq!(m.merged_in, 310);
+    assert!(m.enrolled, "the survivor becomes a member");
+    assert_eq!((m.available, m.pending), (110, 200));
+    assert_eq!(
+        m.lifetime_earned, 0,
+        "earned in the duplicate's ledger, not here"
+    );
+
+    // The duplicate's id now stands for the survivor.
+    let by_duplicate = env.member(&duplicate, None).await;
+    assert_eq!(by_duplicate.customer_id, survivor);
+    assert_eq!(by_duplicate.available, 110);
+    // The survivor's ledger shows the move; the pending line is still pending.
+    let ledger = env
+        .loyalty
+        .get_ledger(pb::GetLedgerRequest {
+            customer_id: survivor.clone(),
+            min_position: env.server.log.head().position,
+            page_size: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let entry = ledger
+        .entries
+        .iter()
+        .find(|e| e.kind == "merged_in")
+        .expect("a merged_in entry");
+    assert_eq!(entry.points, 310);
+    assert_eq!(entry.detail, duplicate);
+    // After the holding period the moved points become available, in the survivor's
+    // ledger, on the duplicate's own dates.
+    env.set_clock(noon(2024, 2, 3));
+    assert_eq!(env.member(&survivor, None).await.available, 310);
+
+    // A refund of the duplicate's order D2 cancels the moved points.
+    env.customers
+        .record_refund(pb::RecordRefundRequest {
+            customer_id: duplicate.clone(),
+            order_id: "D2".into(),
+            refund_id: "R2".into(),
+            amount_minor: 20_000,
+            currency: "EUR".into(),
+            context: at(noon(2024, 2, 3)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = env
+        .eventually(&survivor, |m| m.lifetime_cancelled == 200)
+        .await;
+    assert_eq!(m.available, 110);
+    // Its next purchase earns no second first-purchase bonus.
+    env.buy(&survivor, "S1", "x", 1, 1_000, noon(2024, 2, 4))
+        .await;
+    env.set_clock(noon(2024, 2, 20));
+    let m = env.eventually(&survivor, |m| m.available == 120).await;
+    assert_eq!(m.lifetime_earned, 10);
+    env.server.stop().await.unwrap();
+}

@@ -1,5 +1,6 @@
 //! Invariants of the loyalty ledger, the policy and the read model, for random histories
-//! of enrolments, purchases, refunds, spends, ticks and policy rounds (with a restart of
+//! of enrolments, purchases, refunds, spends, merges of customers (the duplicate's ledger
+//! moves to the survivor), ticks and policy rounds (with a restart of
 //! the projection runner and a replay of the policy from position 1):
 //! - balance = Σ ledger: every member's entries add up to its lines' remaining points
 //!   less its debt, and after a tick at time T to its available + pending at T;
@@ -18,7 +19,8 @@ use proptest::prelude::*;
 use rapport::domain::DomainEvent;
 use rapport::domain::common::Channel;
 use rapport::domain::events::{
-    MemberEnrolled, ProgrammeDefined, PurchaseCompleted, PurchaseLine, PurchaseRefunded,
+    CustomersMerged, MemberEnrolled, ProgrammeDefined, PurchaseCompleted, PurchaseLine,
+    PurchaseRefunded,
 };
 use rapport::domain::loyalty::config::{
     Bonus, BonusTrigger, DowngradePolicy, PointsLifetime, Programme, Tier, TierBasis,
@@ -39,6 +41,8 @@ enum Op {
     /// Refund of the customer's n-th order (mod orders), in percent of it.
     Refund(u8, u8, u8),
     Spend(u8, u16),
+    /// The first customer is merged into the second (when neither is merged yet).
+    Merge(u8, u8),
     Tick,
     Follow,
     /// Days pass.
@@ -51,6 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..3, 1u32..40_000).prop_map(|(c, a)| Op::Purchase(c, a)),
         2 => (0u8..3, 0u8..8, 1u8..=100).prop_map(|(c, o, p)| Op::Refund(c, o, p)),
         3 => (0u8..3, 1u16..500).prop_map(|(c, p)| Op::Spend(c, p)),
+        1 => (0u8..3, 0u8..3).prop_map(|(d, s)| Op::Merge(d, s)),
         1 => Just(Op::Tick),
         2 => Just(Op::Follow),
         3 => (1u8..40).prop_map(Op::Wait),
@@ -153,6 +158,15 @@ fn run_case(
         )
         .await;
         let mut orders: Vec<Vec<(String, i64)>> = vec![Vec::new(); 3];
+        // Customer → the customer it was merged into (no chains into merged ones).
+        let mut merged_into: [Option<u8>; 3] = [None; 3];
+        // Where the services send a command for customer c: its survivor, as they resolve.
+        let resolve = |merged_into: &[Option<u8>; 3], mut c: u8| {
+            while let Some(next) = merged_into[c as usize] {
+                c = next;
+            }
+            c
+        };
         for (i, op) in ops.iter().enumerate() {
             if i == restart_at {
                 running.shutdown();
@@ -161,6 +175,7 @@ fn run_case(
             now += DAY_US / 4;
             match *op {
                 Op::Enrol(c) => {
+                    let c = resolve(&merged_into, c);
                     if !member(&log, c).0.is_active() {
                         let e = DomainEvent::MemberEnrolled(MemberEnrolled {
                             customer_id: customer(c),
@@ -229,6 +244,7 @@ fn run_case(
                 }
                 Op::Spend(c, points) => {
                     // As the service does: decide on the stream at revision r, append expecting r.
+                    let c = resolve(&merged_into, c);
                     let (m, revision) = member(&log, c);
                     if let Ok(events) =
                         decide::spend(&m, Some(&p), u64::from(points), "prop", Uuid::now_v7(), now)
@@ -245,6 +261,26 @@ fn run_case(
                             )
                             .await
                         );
+                    }
+                }
+                Op::Merge(d, survivor) => {
+                    if d != survivor
+                        && merged_into[d as usize].is_none()
+                        && merged_into[survivor as usize].is_none()
+                    {
+                        merged_into[d as usize] = Some(survivor);
+                        let e = DomainEvent::CustomersMerged(CustomersMerged {
+                            survivor_id: customer(survivor),
+                            duplicate_id: customer(d),
+                        });
+                        append(
+                            &log,
+                            &format!("customer-{}", customer(d)),
+                            e,
+                            now,
+                            ExpectedRevision::Any,
+                        )
+                        .await;
                     }
                 }
                 Op::Tick => {
@@ -296,6 +332,15 @@ fn run_case(
                 "read model equals the stream's fold"
             );
             let m = folded;
+            if let Some(s) = merged_into[c as usize]
+                && m.merged_into.is_some()
+            {
+                // (A duplicate that was no member at the merge keeps what it had.)
+                // A moved ledger: nothing left, its id names the survivor.
+                prop_assert_eq!(m.merged_into, Some(customer(s)));
+                prop_assert_eq!(m.remaining(), 0);
+                prop_assert_eq!(m.debt, 0);
+            }
             // Balance = Σ ledger.
             let sum: i64 = m.entries.iter().map(|e| e.points).sum();
             prop_assert_eq!(sum, m.remaining() as i64 - m.debt as i64);

@@ -588,6 +588,7 @@ pub fn ledger_merged_from(e: pb::LedgerMerged, v: &mut Violations) -> LedgerMerg
         lines,
         spend,
         debt_points,
+        debt_forgiven_points,
         enrolled_at,
         channel,
         tier,
@@ -656,6 +657,7 @@ pub fn ledger_merged_from(e: pb::LedgerMerged, v: &mut Violations) -> LedgerMerg
             })
             .collect(),
         debt_points,
+        debt_forgiven_points,
         enrolled_at_us: time_from(&format!("{f}.enrolled_at"), enrolled_at, v),
         channel: channel_from(&format!("{f}.channel"), channel, v),
         tier,
@@ -702,6 +704,7 @@ pub fn ledger_merged_to(e: LedgerMerged) -> pb::LedgerMerged {
             })
             .collect(),
         debt_points: e.debt_points,
+        debt_forgiven_points: e.debt_forgiven_points,
         enrolled_at: Some(timestamp_from_us(e.enrolled_at_us)),
         channel: channel_to(e.channel),
         tier: e.tier,
@@ -958,6 +961,7 @@ mod tests {
                     minor: -100,
                 }],
                 debt_points: 7,
+                debt_forgiven_points: 3,
                 enrolled_at_us: 1_690_000_000_000_000,
                 channel: Channel::Web,
                 tier: "Silver".into(),

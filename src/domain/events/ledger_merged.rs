@@ -102,8 +102,11 @@ pub struct LedgerMerged {
     pub lines: Vec<MovedLine>,
     /// Tier-qualifying spend of this part.
     pub spend: Vec<MovedSpend>,
-    /// Points the duplicate owed (part 0; 0 in the others).
+    /// Points the duplicate owed that the survivor now owes (part 0; 0 in the others).
     pub debt_points: u64,
+    /// Points the duplicate owed that are forgiven, because the survivor's debt would
+    /// exceed the programme's limit (part 0).
+    pub debt_forgiven_points: u64,
     /// When the duplicate enrolled (part 0): a survivor that is not a member becomes
     /// one with this enrolment time.
     pub enrolled_at_us: i64,
@@ -176,11 +179,16 @@ impl TypedEvent for LedgerMerged {
                 );
             }
         }
-        if self.debt_points > LOYALTY_POINTS_MAX {
-            v.add(
-                &format!("{f}.debt_points"),
-                format!("must be at most {LOYALTY_POINTS_MAX}"),
-            );
+        for (name, value) in [
+            ("debt_points", self.debt_points),
+            ("debt_forgiven_points", self.debt_forgiven_points),
+        ] {
+            if value > LOYALTY_POINTS_MAX {
+                v.add(
+                    &format!("{f}.{name}"),
+                    format!("must be at most {LOYALTY_POINTS_MAX}"),
+                );
+            }
         }
         v.max_len(&format!("{f}.tier"), &self.tier, FIELD_BYTES_MAX);
     }

@@ -690,16 +690,20 @@ pub struct MergeTooLarge {
     pub lines: usize,
 }
 
-/// The ledger move a merge of `duplicate` into `survivor_id` causes (the merge event is
-/// `merge_event_id`): nothing when the duplicate is not an enrolled member (never
-/// enrolled, left, or already moved); else the parts of one `LedgerMerged`, for both
-/// member streams. Every line with points left moves, and every earned line (its order
-/// may still be refunded, its points count for tiers); spent-out manual credits stay.
+/// The ledger move a merge of `duplicate` into `survivor` causes (the merge event is
+/// `merge_event_id`, under `programme`, the version in force at the merge): nothing when
+/// the duplicate is not an enrolled member (never enrolled, left, or already moved); else
+/// the parts of one `LedgerMerged`, for both member streams. Every line with points left
+/// moves, and every earned line (its order may still be refunded, its points count for
+/// tiers); spent-out manual credits stay. The duplicate's debt moves as far as the
+/// programme's debt limit allows on top of the survivor's; the rest is forgiven.
 pub fn merge_ledger(
     duplicate: &Member,
-    survivor_id: Uuid,
+    survivor: &Member,
+    programme: Option<&Programme>,
     merge_event_id: Uuid,
 ) -> Result<Vec<LedgerMerged>, MergeTooLarge> {
+    let survivor_id = survivor.customer_id;
     if duplicate.customer_id == survivor_id
         || duplicate.merged_into.is_some()
         || !duplicate.is_active()
@@ -763,7 +767,13 @@ pub fn merge_ledger(
             lines: line_count,
         });
     }
-    let enrolment = duplicate.enrolment.expect("an active member is enrolled");
+    let Some(enrolment) = duplicate.enrolment else {
+        return Ok(Vec::new());
+    };
+    let debt_room = programme
+        .map_or(0, |p| p.debt_max_points)
+        .saturating_sub(survivor.debt);
+    let debt_moved = duplicate.debt.min(debt_room);
     let mut line_parts = line_parts.into_iter();
     Ok((0..parts)
         .map(|part| {
@@ -776,7 +786,12 @@ pub fn merge_ledger(
                 parts: parts as u32,
                 lines: line_parts.next().unwrap_or_default(),
                 spend: spend_parts.get(part).map_or_else(Vec::new, |s| s.to_vec()),
-                debt_points: if first { duplicate.debt } else { 0 },
+                debt_points: if first { debt_moved } else { 0 },
+                debt_forgiven_points: if first {
+                    duplicate.debt - debt_moved
+                } else {
+                    0
+                },
                 enrolled_at_us: enrolment.at_us,
                 channel: enrolment.channel,
                 tier: duplicate.tier.clone(),

@@ -641,8 +641,10 @@ fn merge(member: &mut Member, env: &Envelope, e: &LedgerMerged) {
                 l.moved += l.remaining().min(moved.remaining());
             }
         }
+        let settled = e.debt_points + e.debt_forgiven_points;
         if e.part == 0 {
-            member.debt = member.debt.saturating_sub(e.debt_points);
+            member.debt = member.debt.saturating_sub(settled);
+            member.totals.forgiven += e.debt_forgiven_points;
             member.merged_into = Some(e.survivor_id);
             member.left = Some((at, env.position));
         }
@@ -650,7 +652,7 @@ fn merge(member: &mut Member, env: &Envelope, e: &LedgerMerged) {
         member.entry(
             env,
             EntryKind::MergedOut,
-            e.debt_points as i64 - points as i64,
+            settled as i64 - points as i64,
             &e.survivor_id.to_string(),
             Some(e.merge_event_id),
         );

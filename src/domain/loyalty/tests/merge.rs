@@ -8,7 +8,6 @@ use crate::domain::events::LedgerMerged;
 use crate::domain::loyalty::Balance;
 use crate::limits::{LOYALTY_MERGE_LINES_PER_EVENT, PAYLOAD_BYTES_MAX};
 
-const DUPLICATE: u128 = 7;
 const SURVIVOR: u128 = 8;
 
 fn merge_id() -> Uuid {
@@ -45,6 +44,19 @@ fn apply_merge(dup: &mut World, survivor: &mut World, at_us: i64, parts: &[Ledge
     survivor.position = 30_000;
 }
 
+/// The policy's decision for a merge into `survivor`, under its current programme.
+fn decide_merge(
+    duplicate: &Member,
+    survivor: &World,
+) -> Result<Vec<LedgerMerged>, decide::MergeTooLarge> {
+    decide::merge_ledger(
+        duplicate,
+        &survivor.member,
+        survivor.programme.current(),
+        merge_id(),
+    )
+}
+
 fn entries_sum(member: &Member) -> i64 {
     member.entries.iter().map(|e| e.points).sum()
 }
@@ -53,6 +65,7 @@ fn entries_sum(member: &Member) -> i64 {
 /// purchase bonus), 120 of them spent, then O2's 200 points still pending; Silver.
 fn duplicate_with_history() -> World {
     let mut w = World::new();
+    assert_eq!(w.member.customer_id, Uuid::from_u128(7), "the duplicate");
     w.define(0, programme());
     w.enrol(0);
     w.buy(noon(2024, 1, 1), "O1", &[("x", 1, 10_000)]);
@@ -75,7 +88,7 @@ fn given_a_member_duplicate_when_merged_into_a_non_member_then_the_ledger_moves_
     let at = noon(2024, 3, 5);
     let before = dup.member.clone();
 
-    let parts = decide::merge_ledger(&dup.member, survivor.member.customer_id, merge_id()).unwrap();
+    let parts = decide_merge(&dup.member, &survivor).unwrap();
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0].points(), 230, "30 available + 200 pending move");
     apply_merge(&mut dup, &mut survivor, at, &parts);
@@ -130,30 +143,24 @@ fn given_a_moved_ledger_when_the_duplicate_is_decided_again_then_nothing_moves_t
     let mut dup = duplicate_with_history();
     let mut survivor = survivor_world(programme());
     let at = noon(2024, 3, 5);
-    let parts = decide::merge_ledger(&dup.member, survivor.member.customer_id, merge_id()).unwrap();
+    let parts = decide_merge(&dup.member, &survivor).unwrap();
     apply_merge(&mut dup, &mut survivor, at, &parts);
     assert_eq!(
-        decide::merge_ledger(&dup.member, survivor.member.customer_id, merge_id()),
+        decide_merge(&dup.member, &survivor),
         Ok(Vec::new()),
         "a replayed or crashed policy finds the ledger already moved"
     );
     // Merging into itself, or a customer who is not a member: nothing.
-    assert_eq!(
-        decide::merge_ledger(&survivor.member, survivor.member.customer_id, merge_id()),
-        Ok(Vec::new())
-    );
+    assert_eq!(decide_merge(&survivor.member, &survivor), Ok(Vec::new()));
     let stranger = Member::new(Uuid::from_u128(9));
-    assert_eq!(
-        decide::merge_ledger(&stranger, survivor.member.customer_id, merge_id()),
-        Ok(Vec::new())
-    );
+    assert_eq!(decide_merge(&stranger, &survivor), Ok(Vec::new()));
 }
 
 #[test]
 fn given_a_moved_ledger_when_a_duplicate_order_is_refunded_then_the_survivor_loses_its_points() {
     let mut dup = duplicate_with_history();
     let mut survivor = survivor_world(programme());
-    let parts = decide::merge_ledger(&dup.member, survivor.member.customer_id, merge_id()).unwrap();
+    let parts = decide_merge(&dup.member, &survivor).unwrap();
     apply_merge(&mut dup, &mut survivor, noon(2024, 3, 5), &parts);
 
     // The refund of O2 (the duplicate's order) now resolves to the survivor.
@@ -180,7 +187,7 @@ fn given_an_enrolled_survivor_when_a_duplicate_merges_then_the_ledgers_combine()
         90,
         "40 base + 50 bonus"
     );
-    let parts = decide::merge_ledger(&dup.member, survivor.member.customer_id, merge_id()).unwrap();
+    let parts = decide_merge(&dup.member, &survivor).unwrap();
     apply_merge(&mut dup, &mut survivor, at, &parts);
     let s = &survivor.member;
     assert_eq!(
@@ -231,7 +238,7 @@ fn given_a_duplicate_in_debt_when_merged_then_the_debt_moves() {
     survivor.enrol(0);
     survivor.buy(noon(2024, 1, 1), "S1", &[("x", 1, 30_000)]);
     let at = noon(2024, 1, 5);
-    let parts = decide::merge_ledger(&dup.member, survivor.member.customer_id, merge_id()).unwrap();
+    let parts = decide_merge(&dup.member, &survivor).unwrap();
     assert_eq!(parts[0].debt_points, 100);
     apply_merge(&mut dup, &mut survivor, at, &parts);
     assert_eq!(dup.member.debt, 0);
@@ -240,6 +247,44 @@ fn given_a_duplicate_in_debt_when_merged_then_the_debt_moves() {
     assert_eq!(survivor.member.balance(at).available, 350 - 100);
     assert_eq!(entries_sum(&survivor.member), 250);
     assert_eq!(entries_sum(&dup.member), 0);
+}
+
+#[test]
+fn given_a_survivor_near_the_debt_limit_when_a_debtor_merges_then_the_excess_is_forgiven() {
+    let mut p = programme();
+    p.debt_max_points = 120;
+    p.holding_days = 0;
+    let mut dup = World::new();
+    dup.define(0, p.clone());
+    dup.enrol(0);
+    dup.buy(noon(2024, 1, 1), "O1", &[("x", 1, 10_000)]);
+    dup.spend(noon(2024, 1, 2), 150).unwrap();
+    dup.refund(noon(2024, 1, 3), "O1", 10_000);
+    assert_eq!(dup.member.debt, 100);
+    let mut survivor = survivor_world(p.clone());
+    survivor.enrol(0);
+    survivor.buy(noon(2024, 1, 1), "S1", &[("x", 1, 10_000)]);
+    survivor.spend(noon(2024, 1, 2), 150).unwrap();
+    survivor.refund(noon(2024, 1, 3), "S1", 6_000);
+    assert_eq!(survivor.member.debt, 60, "60 of S1's spent points refunded");
+    let at = noon(2024, 1, 5);
+    let parts = decide_merge(&dup.member, &survivor).unwrap();
+    assert_eq!(
+        (parts[0].debt_points, parts[0].debt_forgiven_points),
+        (60, 40)
+    );
+    apply_merge(&mut dup, &mut survivor, at, &parts);
+    assert_eq!(
+        survivor.member.debt, 120,
+        "never past the programme's limit"
+    );
+    assert_eq!(dup.member.debt, 0);
+    assert_eq!(dup.member.totals.forgiven, 40);
+    assert_eq!(entries_sum(&dup.member), 0);
+    assert_eq!(
+        entries_sum(&survivor.member),
+        survivor.member.remaining() as i64 - 120
+    );
 }
 
 #[test]
@@ -256,7 +301,7 @@ fn given_a_large_ledger_when_merged_then_it_moves_in_bounded_parts() {
         );
     }
     let mut survivor = survivor_world(programme());
-    let parts = decide::merge_ledger(&dup.member, survivor.member.customer_id, merge_id()).unwrap();
+    let parts = decide_merge(&dup.member, &survivor).unwrap();
     assert_eq!(parts.len(), 2);
     for (i, part) in parts.iter().enumerate() {
         assert_eq!((part.part, part.parts), (i as u32, 2));
