@@ -345,6 +345,10 @@ pub const LOYALTY_POLICY_BATCH_EVENTS: usize = 500;
 /// model, so once a minute is plenty (`Loyalty.RunTick` runs one on demand).
 pub const LOYALTY_TICK_MS: u64 = 60_000;
 
+/// Members one tick batch decides before appending their expiries and tier changes in
+/// one atomic multi-stream append (one group commit per batch, not per member).
+pub const LOYALTY_TICK_BATCH_MEMBERS: usize = 256;
+
 /// Ledger lines (and, separately, tier spend entries) in one `LedgerMerged` event. A
 /// part is also cut at [`LOYALTY_MERGE_PART_BYTES`] of estimated payload, so its payload
 /// stays under [`PAYLOAD_BYTES_MAX`] whatever the lines' strings.

@@ -659,7 +659,10 @@ pub struct Ticked {
 /// Appends, for each of `members`, the expiry and tier changes due at `as_of_us`
 /// (business time; the events carry it as `occurred_at`). Exactly once per member
 /// state: each append expects the revision it read, with ids derived from (member,
-/// revision).
+/// revision). Members are decided in batches (up to [`limits::LOYALTY_TICK_BATCH_MEMBERS`]
+/// members or [`limits::LOYALTY_POLICY_BATCH_EVENTS`] events) whose appends go to the log
+/// in one atomic multi-stream append — one group commit per batch instead of one per
+/// member; a batch that meets a concurrent write is redone member by member.
 pub async fn tick(
     log: &Log,
     members: impl IntoIterator<Item = Uuid>,
@@ -668,65 +671,136 @@ pub async fn tick(
 ) -> Result<Ticked, String> {
     let programme = {
         let log2 = log.clone();
-        blocking(move || fold_programme(&log2, &|_| true).map(|(h, _)| h)).await?
+        Arc::new(blocking(move || fold_programme(&log2, &|_| true).map(|(h, _)| h)).await?)
     };
     let mut done = Ticked::default();
-    for member in members {
-        done.members += 1;
-        let stream = StreamName::parse(&member_stream(member)).map_err(|e| e.to_string())?;
-        for _ in 0..limits::WRITE_RETRIES_MAX {
-            let log2 = log.clone();
-            let (state, revision): (Member, Option<u64>) =
-                blocking(move || fold_member_as_of(&log2, member, &|_| true)).await?;
-            let birthday = if programme.at(as_of_us).is_some_and(has_birthday_bonus) {
-                let (lookup, id) = (birthdays.clone(), member);
-                blocking(move || Ok::<_, String>(lookup(id))).await?
-            } else {
-                None
-            };
-            let events = decide::tick(&state, programme.at(as_of_us), as_of_us, birthday);
-            if events.is_empty() {
-                break;
-            }
-            let base = derived_event_id(member, &format!("tick {revision:?}"));
-            let proposed_events = events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| {
-                    proposed(
-                        derived_event_id(base, &i.to_string()),
-                        e,
-                        as_of_us,
-                        TICK_ACTOR,
-                    )
-                })
-                .collect();
-            let append = StreamAppend {
-                stream: stream.clone(),
-                expected: revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
-                events: proposed_events,
-            };
-            match log.append(append).await {
-                Ok(_) => {
-                    for e in &events {
-                        match e {
-                            DomainEvent::PointsExpired(x) => {
-                                done.expired_points +=
-                                    x.lines.iter().map(|l| l.points).sum::<u64>();
-                            }
-                            DomainEvent::TierChanged(_) => done.tier_changes += 1,
-                            _ => {}
-                        }
-                    }
+    let mut members: std::collections::VecDeque<Uuid> = members.into_iter().collect();
+    while !members.is_empty() {
+        let (log2, programme2, lookup) = (log.clone(), programme.clone(), birthdays.clone());
+        let (batch, decided) = blocking(move || {
+            let mut batch = Vec::new();
+            let mut decided = Vec::new();
+            let mut events = 0;
+            while let Some(member) = members.pop_front() {
+                batch.push(member);
+                if let Some(found) = decide_tick(&log2, &programme2, member, as_of_us, &lookup)? {
+                    events += found.1.len();
+                    decided.push(found);
+                }
+                if batch.len() >= limits::LOYALTY_TICK_BATCH_MEMBERS
+                    || events >= limits::LOYALTY_POLICY_BATCH_EVENTS
+                {
                     break;
                 }
-                Err(AppendError::WrongExpectedRevision { .. }) => continue,
-                Err(AppendError::EventIdConflict { .. }) => break,
-                Err(error) => return Err(error.to_string()),
             }
+            Ok(((batch, members), decided))
+        })
+        .await?;
+        let (batch, rest) = batch;
+        members = rest;
+        done.members += batch.len() as u64;
+        if decided.is_empty() {
+            continue;
+        }
+        let (appends, events): (Vec<StreamAppend>, Vec<Vec<DomainEvent>>) =
+            decided.into_iter().unzip();
+        match log.append_multi(appends).await {
+            Ok(_) => events
+                .iter()
+                .flatten()
+                .for_each(|e| count_tick(&mut done, e)),
+            Err(
+                AppendError::WrongExpectedRevision { .. } | AppendError::EventIdConflict { .. },
+            ) => {
+                for member in batch {
+                    tick_one(log, &programme, member, as_of_us, birthdays, &mut done).await?;
+                }
+            }
+            Err(error) => return Err(error.to_string()),
         }
     }
     Ok(done)
+}
+
+fn count_tick(done: &mut Ticked, event: &DomainEvent) {
+    match event {
+        DomainEvent::PointsExpired(x) => {
+            done.expired_points += x.lines.iter().map(|l| l.points).sum::<u64>();
+        }
+        DomainEvent::TierChanged(_) => done.tier_changes += 1,
+        _ => {}
+    }
+}
+
+/// What the tick appends for one member now: its stream's append (expecting the
+/// revision folded) and the events, or `None` when nothing is due.
+fn decide_tick(
+    log: &Log,
+    programme: &ProgrammeHistory,
+    member: Uuid,
+    as_of_us: i64,
+    birthdays: &BirthdayLookup,
+) -> Result<Option<(StreamAppend, Vec<DomainEvent>)>, String> {
+    let stream = StreamName::parse(&member_stream(member)).map_err(|e| e.to_string())?;
+    let (state, revision): (Member, Option<u64>) = fold_member_as_of(log, member, &|_| true)?;
+    let in_force = programme.at(as_of_us);
+    let birthday = if in_force.is_some_and(has_birthday_bonus) && state.is_active() {
+        birthdays(member)
+    } else {
+        None
+    };
+    let events = decide::tick(&state, in_force, as_of_us, birthday);
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let base = derived_event_id(member, &format!("tick {revision:?}"));
+    let proposed_events = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            proposed(
+                derived_event_id(base, &i.to_string()),
+                e,
+                as_of_us,
+                TICK_ACTOR,
+            )
+        })
+        .collect();
+    let append = StreamAppend {
+        stream,
+        expected: revision.map_or(ExpectedRevision::NoStream, ExpectedRevision::Exact),
+        events: proposed_events,
+    };
+    Ok(Some((append, events)))
+}
+
+/// One member's tick, re-decided on a concurrent write (the fallback of a batch).
+async fn tick_one(
+    log: &Log,
+    programme: &Arc<ProgrammeHistory>,
+    member: Uuid,
+    as_of_us: i64,
+    birthdays: &BirthdayLookup,
+    done: &mut Ticked,
+) -> Result<(), String> {
+    for _ in 0..limits::WRITE_RETRIES_MAX {
+        let (log2, programme2, lookup) = (log.clone(), programme.clone(), birthdays.clone());
+        let Some((append, events)) =
+            blocking(move || decide_tick(&log2, &programme2, member, as_of_us, &lookup)).await?
+        else {
+            return Ok(());
+        };
+        match log.append(append).await {
+            Ok(_) => {
+                events.iter().for_each(|e| count_tick(done, e));
+                return Ok(());
+            }
+            Err(AppendError::WrongExpectedRevision { .. }) => continue,
+            Err(AppendError::EventIdConflict { .. }) => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Ok(())
 }
 
 /// Where a tick finds a member's birthday (month, day): read from the birth date of the
