@@ -669,6 +669,26 @@ pub async fn tick(
     as_of_us: i64,
     birthdays: &BirthdayLookup,
 ) -> Result<Ticked, String> {
+    tick_batched(
+        log,
+        members,
+        as_of_us,
+        birthdays,
+        limits::LOYALTY_TICK_BATCH_MEMBERS,
+    )
+    .await
+}
+
+/// [`tick`] with batches of at most `batch_members` members (at least 1; the benchmark
+/// compares 1, one append per member, with the default).
+pub async fn tick_batched(
+    log: &Log,
+    members: impl IntoIterator<Item = Uuid>,
+    as_of_us: i64,
+    birthdays: &BirthdayLookup,
+    batch_members: usize,
+) -> Result<Ticked, String> {
+    let batch_members = batch_members.clamp(1, limits::LOYALTY_TICK_BATCH_MEMBERS);
     let programme = {
         let log2 = log.clone();
         Arc::new(blocking(move || fold_programme(&log2, &|_| true).map(|(h, _)| h)).await?)
@@ -687,9 +707,7 @@ pub async fn tick(
                     events += found.1.len();
                     decided.push(found);
                 }
-                if batch.len() >= limits::LOYALTY_TICK_BATCH_MEMBERS
-                    || events >= limits::LOYALTY_POLICY_BATCH_EVENTS
-                {
+                if batch.len() >= batch_members || events >= limits::LOYALTY_POLICY_BATCH_EVENTS {
                     break;
                 }
             }

@@ -8,8 +8,9 @@
 //! Every seeded customer is enrolled first (a programme with a tier multiplier, a
 //! category multiplier, a first-purchase bonus, a holding period and a lifetime), then
 //! `rapport seed` writes the history; the earning policy then follows the whole log
-//! (timed), the `loyalty` projection is rebuilt offline (timed), and one tick runs at the
-//! end of the history (timed).
+//! (timed), the `loyalty` projection is rebuilt offline (timed), and the tick runs at the
+//! end of the history on two copies of the log (timed): one append per member, then in
+//! batches.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -174,23 +175,44 @@ async fn loyalty_policy_and_projection_throughput() {
         (followed.awards + customers + 1) as f64 / rebuild_s,
     );
 
-    let started = Instant::now();
-    let ticked = loyalty_job::tick(
-        &log,
-        policy.members().clone(),
-        HISTORY_END_US,
-        &loyalty_job::no_birthdays(),
-    )
-    .await
-    .unwrap();
-    println!(
-        "tick at the end of the history: {} members in {:.2} s ({} points expired, {} tier changes)",
-        ticked.members,
-        started.elapsed().as_secs_f64(),
-        ticked.expired_points,
-        ticked.tier_changes
-    );
+    let members = policy.members().clone();
+    drop(policy);
+    drop(fresh);
     tokio::task::spawn_blocking(move || log.shutdown())
         .await
         .unwrap();
+    // The tick over copies of the same log: one append per member, then in batches.
+    for batch in [1, rapport::limits::LOYALTY_TICK_BATCH_MEMBERS] {
+        let copy = dir.path().join(format!("tick-{batch}"));
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&data)
+            .arg(&copy)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let log = Log::open(LogConfig::new(&copy)).unwrap();
+        let started = Instant::now();
+        let ticked = loyalty_job::tick_batched(
+            &log,
+            members.clone(),
+            HISTORY_END_US,
+            &loyalty_job::no_birthdays(),
+            batch,
+        )
+        .await
+        .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "tick at the end of the history, batches of {batch}: {} members in {seconds:.2} s \
+             = {:.0} members/s ({} points expired, {} tier changes)",
+            ticked.members,
+            ticked.members as f64 / seconds,
+            ticked.expired_points,
+            ticked.tier_changes
+        );
+        tokio::task::spawn_blocking(move || log.shutdown())
+            .await
+            .unwrap();
+    }
 }
