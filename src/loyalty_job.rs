@@ -154,7 +154,7 @@ pub struct Followed {
     pub scanned: u64,
     /// Source events decided (purchases, refunds, custom events, enrolments).
     pub sources: u64,
-    /// Points events appended.
+    /// Points events appended (awards, and the `LedgerMerged` events of merges).
     pub awards: u64,
     /// The checkpoint afterwards.
     pub through: u64,
@@ -344,8 +344,10 @@ pub async fn follow(log: &Log, policy: &mut Policy) -> Result<Followed, String> 
                 // duplicate's ledger, the move follows, then the ones after it.
                 let merge = rest.remove(0);
                 let survivor = merge.member;
-                if merge_ledger(log, &programme, &merge).await? > 0 {
-                    done.awards += 1;
+                let parts = merge_ledger(log, &programme, &merge).await?;
+                if parts > 0 {
+                    // One `LedgerMerged` per part in each of the two member streams.
+                    done.awards += 2 * parts as u64;
                     if policy.members.insert(survivor) {
                         new_members.push(survivor);
                     }

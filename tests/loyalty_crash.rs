@@ -3,6 +3,9 @@
 //! several times. After each kill the log holds purchases the policy had not yet awarded
 //! (the crash landed between a purchase and its award); after the last restart every
 //! purchase of a member has its award exactly once, and no source was awarded twice.
+//! One member is merged into another during the first round: its ledger moves to the
+//! survivor exactly once (one `LedgerMerged` in each of the two streams), whatever the
+//! kills interrupted.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -96,12 +99,15 @@ struct Audit {
     purchases: usize,
     unawarded: usize,
     awards_per_source: BTreeMap<(Uuid, String), usize>,
+    /// (merge event, member stream) → `LedgerMerged` events.
+    ledger_moves: BTreeMap<(Uuid, String), usize>,
 }
 
 fn audit(dir: &Path) -> Audit {
     let log = Log::open(LogConfig::new(dir)).expect("reopen after kill");
     let mut purchases = Vec::new();
     let mut awards_per_source: BTreeMap<(Uuid, String), usize> = BTreeMap::new();
+    let mut ledger_moves: BTreeMap<(Uuid, String), usize> = BTreeMap::new();
     let mut cursor = 1;
     loop {
         let page = log
@@ -115,6 +121,12 @@ fn audit(dir: &Path) -> Audit {
                     assert_eq!(e.causation_id, p.source_event_id.to_string());
                     *awards_per_source
                         .entry((p.source_event_id, p.rule))
+                        .or_default() += 1;
+                }
+                DomainEvent::LedgerMerged(m) => {
+                    assert_eq!(e.causation_id, m.merge_event_id.to_string());
+                    *ledger_moves
+                        .entry((m.merge_event_id, e.stream.clone()))
                         .or_default() += 1;
                 }
                 _ => {}
@@ -134,6 +146,7 @@ fn audit(dir: &Path) -> Audit {
         purchases: purchases.len(),
         unawarded,
         awards_per_source,
+        ledger_moves,
     }
 }
 
@@ -262,6 +275,34 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
     for round in 0..ROUNDS {
         let server = Server::start(&data);
         let buyers = spawn_buyers(server.url(), ids.clone(), counter.clone());
+        if round == 0 {
+            // The last member is merged into the first while the buyers run, once it
+            // has earned (so each of the members has its first-purchase bonus).
+            let mut loyalty = LoyaltyClient::connect(server.url()).await.unwrap();
+            for _ in 0..400 {
+                let earned = loyalty
+                    .get_member(pb::GetMemberRequest {
+                        customer_id: ids[CUSTOMERS - 1].clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|m| m.into_inner().lifetime_earned)
+                    .unwrap_or(0);
+                if earned > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut customers = CustomersClient::connect(server.url()).await.unwrap();
+            customers
+                .merge_customers(pb::MergeCustomersRequest {
+                    survivor_id: ids[0].clone(),
+                    duplicate_id: ids[CUSTOMERS - 1].clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
         tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
         server.kill();
         for buyer in buyers {
@@ -274,6 +315,11 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
         assert!(
             found.awards_per_source.values().all(|n| *n == 1),
             "a source was awarded twice"
+        );
+        assert!(
+            found.ledger_moves.values().all(|n| *n == 1),
+            "a ledger moved twice: {:?}",
+            found.ledger_moves
         );
         caught_between += found.unawarded;
     }
@@ -303,6 +349,21 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
         found.awards_per_source.values().all(|n| *n == 1),
         "exactly once"
     );
+    // The merged member's ledger moved once, into both streams.
+    let streams: Vec<&str> = found
+        .ledger_moves
+        .keys()
+        .map(|(_, stream)| stream.as_str())
+        .collect();
+    assert_eq!(
+        streams.len(),
+        2,
+        "one move of the merged ledger: {:?}",
+        found.ledger_moves
+    );
+    assert!(streams.contains(&format!("loyalty-{}", ids[0]).as_str()));
+    assert!(streams.contains(&format!("loyalty-{}", ids[CUSTOMERS - 1]).as_str()));
+    assert!(found.ledger_moves.values().all(|n| *n == 1), "exactly once");
     let first_bonuses = found
         .awards_per_source
         .keys()
