@@ -837,6 +837,26 @@ fn every_committed_event_fixture_still_decodes() {
     );
 }
 
+/// The programme events' version 1 (before base caps) upcasts to today's type: the same
+/// programme, uncapped.
+#[test]
+fn version_1_programmes_read_back_uncapped() {
+    let defined = std::fs::read(fixtures_dir().join("ProgrammeDefined.v1.bin")).unwrap();
+    let changed = std::fs::read(fixtures_dir().join("ProgrammeChanged.v1.bin")).unwrap();
+    let mut want_defined = loyalty_samples::programme_defined();
+    want_defined.programme.base_cap = None;
+    let mut want_changed = loyalty_samples::programme_changed();
+    want_changed.programme.base_cap = None;
+    assert_eq!(
+        DomainEvent::decode("ProgrammeDefined", 1, &defined).unwrap(),
+        DomainEvent::ProgrammeDefined(want_defined)
+    );
+    assert_eq!(
+        DomainEvent::decode("ProgrammeChanged", 1, &changed).unwrap(),
+        DomainEvent::ProgrammeChanged(want_changed)
+    );
+}
+
 /// bincode stores an enum variant as its index: reordering variants of a shared enum
 /// would silently turn every stored `Store` into another channel.
 #[test]
@@ -1136,7 +1156,7 @@ mod loyalty_samples {
     };
     use rapport::domain::loyalty::config::{
         Bonus, BonusTrigger, Cap, CapPeriod, DowngradePolicy, Multiplier, MultiplierScope,
-        PointsLifetime, Programme, Tier, TierBasis,
+        PointsCap, PointsLifetime, Programme, Tier, TierBasis,
     };
     use uuid::Uuid;
 
@@ -1226,27 +1246,34 @@ mod loyalty_samples {
             tier_basis: basis,
             tier_window_months: 12,
             downgrade,
+            base_cap: None,
         }
     }
 
     pub fn programme_defined() -> ProgrammeDefined {
-        ProgrammeDefined {
-            programme: programme(
-                PointsLifetime::EndOfMonthAfterDays(365),
-                TierBasis::PointsEarned,
-                DowngradePolicy::PeriodEnd,
-            ),
-        }
+        let mut programme = programme(
+            PointsLifetime::EndOfMonthAfterDays(365),
+            TierBasis::PointsEarned,
+            DowngradePolicy::PeriodEnd,
+        );
+        programme.base_cap = Some(PointsCap {
+            points: 5_000,
+            period: CapPeriod::Month,
+        });
+        ProgrammeDefined { programme }
     }
 
     pub fn programme_changed() -> ProgrammeChanged {
-        ProgrammeChanged {
-            programme: programme(
-                PointsLifetime::EndOfYearAfterDays(30),
-                TierBasis::Spend,
-                DowngradePolicy::WindowDrop,
-            ),
-        }
+        let mut programme = programme(
+            PointsLifetime::EndOfYearAfterDays(30),
+            TierBasis::Spend,
+            DowngradePolicy::WindowDrop,
+        );
+        programme.base_cap = Some(PointsCap {
+            points: 20_000,
+            period: CapPeriod::Year,
+        });
+        ProgrammeChanged { programme }
     }
 
     pub fn reward_defined() -> RewardDefined {

@@ -218,6 +218,8 @@ fn programme(shoes_percent: Option<u32>, debt_max_points: u64) -> pb::LoyaltyPro
         tier_basis: pb::TierBasis::PointsEarned as i32,
         tier_window_months: 12,
         downgrade: pb::DowngradePolicy::WindowDrop as i32,
+        base_cap_points: 0,
+        base_cap_period: 0,
     }
 }
 
@@ -1062,5 +1064,96 @@ async fn a_merged_members_ledger_moves_to_the_survivor() {
     env.set_clock(noon(2024, 2, 20));
     let m = env.eventually(&survivor, |m| m.available == 120).await;
     assert_eq!(m.lifetime_earned, 10);
+    env.server.stop().await.unwrap();
+}
+
+/// A base-points cap per member per month, set over gRPC: purchases past it earn only
+/// what is left; the next month earns again; `GetProgramme` returns the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn base_points_are_capped_per_member_per_period() {
+    let mut env = Env::start(midnight(2024, 1, 1)).await;
+    let mut p = programme(None, 0);
+    p.holding_days = 0;
+    p.bonuses.clear();
+    p.base_cap_points = 150;
+    p.base_cap_period = pb::CapPeriod::Month as i32;
+    env.loyalty
+        .define_programme(pb::DefineProgrammeRequest {
+            programme: Some(p),
+            context: at(midnight(2024, 1, 1)),
+        })
+        .await
+        .unwrap();
+    let c = env.register().await;
+    env.enrol(&c, midnight(2024, 1, 1)).await;
+    env.buy(&c, "C1", "x", 1, 10_000, noon(2024, 1, 5)).await;
+    env.buy(&c, "C2", "x", 1, 10_000, noon(2024, 1, 6)).await;
+    env.buy(&c, "C3", "x", 1, 10_000, noon(2024, 1, 7)).await;
+    env.set_clock(noon(2024, 1, 20));
+    // Wait for all three orders' lines (the third earns 0 but is recorded).
+    let ledger_lines = |env: &mut Env| {
+        let (mut loyalty, c, head) = (
+            env.loyalty.clone(),
+            c.clone(),
+            env.server.log.head().position,
+        );
+        async move {
+            loyalty
+                .get_ledger(pb::GetLedgerRequest {
+                    customer_id: c,
+                    min_position: head,
+                    page_size: 50,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries
+                .into_iter()
+                .filter(|e| e.kind == "earned")
+                .map(|e| e.points)
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut earned = Vec::new();
+    for _ in 0..400 {
+        earned = ledger_lines(&mut env).await;
+        if earned.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(earned, vec![100, 50, 0]);
+    let m = env.member(&c, None).await;
+    assert_eq!((m.lifetime_earned, m.available), (150, 150));
+    // February: the cap starts again.
+    env.buy(&c, "C4", "x", 1, 10_000, noon(2024, 2, 1)).await;
+    env.set_clock(noon(2024, 2, 2));
+    let m = env.eventually(&c, |m| m.lifetime_earned == 250).await;
+    assert_eq!(m.available, 250);
+    let read = env
+        .loyalty
+        .get_programme(pb::GetProgrammeRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let current = read.versions.last().unwrap().programme.as_ref().unwrap();
+    assert_eq!(
+        (current.base_cap_points, current.base_cap_period),
+        (150, pb::CapPeriod::Month as i32)
+    );
+    // A cap without its period is refused with the field named.
+    let mut bad = programme(None, 0);
+    bad.base_cap_points = 10;
+    let status = env
+        .loyalty
+        .define_programme(pb::DefineProgrammeRequest {
+            programme: Some(bad),
+            context: at(midnight(2024, 3, 1)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("base_cap_period"), "{status:?}");
     env.server.stop().await.unwrap();
 }

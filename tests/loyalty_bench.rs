@@ -84,6 +84,7 @@ async fn loyalty_policy_and_projection_throughput() {
         tier_basis: TierBasis::PointsEarned,
         tier_window_months: 12,
         downgrade: DowngradePolicy::WindowDrop,
+        base_cap: None,
     };
     {
         let log = Log::open(LogConfig::new(&data)).unwrap();

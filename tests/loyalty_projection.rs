@@ -98,6 +98,7 @@ fn programme(debt_max_points: u64, holding_days: u32) -> Programme {
         tier_basis: TierBasis::PointsEarned,
         tier_window_months: 2,
         downgrade: DowngradePolicy::WindowDrop,
+        base_cap: None,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::domain::events::{
     ProgrammeDefined, RewardClaimed, RewardDefined, RewardRetired, TierChanged,
 };
 use crate::domain::loyalty::config::{
-    Bonus, BonusTrigger, Cap, CapPeriod, DowngradePolicy, Multiplier, MultiplierScope,
+    Bonus, BonusTrigger, Cap, CapPeriod, DowngradePolicy, Multiplier, MultiplierScope, PointsCap,
     PointsLifetime, Programme, Tier, TierBasis,
 };
 
@@ -52,6 +52,8 @@ pub fn programme_from(f: &str, p: pb::LoyaltyProgramme, v: &mut Violations) -> P
         tier_basis,
         tier_window_months,
         downgrade,
+        base_cap_points,
+        base_cap_period,
     } = p;
     let multipliers = multipliers
         .into_iter()
@@ -106,16 +108,7 @@ pub fn programme_from(f: &str, p: pb::LoyaltyProgramme, v: &mut Violations) -> P
             };
             let cap = (cap_count > 0).then(|| Cap {
                 count: cap_count,
-                period: match pb::CapPeriod::try_from(cap_period) {
-                    Ok(pb::CapPeriod::Day) => CapPeriod::Day,
-                    Ok(pb::CapPeriod::Month) => CapPeriod::Month,
-                    Ok(pb::CapPeriod::Year) => CapPeriod::Year,
-                    Ok(pb::CapPeriod::Lifetime) => CapPeriod::Lifetime,
-                    _ => {
-                        v.add(&format!("{at}.cap_period"), "must be set with cap_count");
-                        CapPeriod::Lifetime
-                    }
-                },
+                period: cap_period_from(&format!("{at}.cap_period"), "cap_count", cap_period, v),
             });
             Bonus {
                 name,
@@ -181,6 +174,37 @@ pub fn programme_from(f: &str, p: pb::LoyaltyProgramme, v: &mut Violations) -> P
         tier_basis,
         tier_window_months,
         downgrade,
+        base_cap: (base_cap_points > 0).then(|| PointsCap {
+            points: base_cap_points,
+            period: cap_period_from(
+                &format!("{f}.base_cap_period"),
+                "base_cap_points",
+                base_cap_period,
+                v,
+            ),
+        }),
+    }
+}
+
+fn cap_period_from(field: &str, with: &str, period: i32, v: &mut Violations) -> CapPeriod {
+    match pb::CapPeriod::try_from(period) {
+        Ok(pb::CapPeriod::Day) => CapPeriod::Day,
+        Ok(pb::CapPeriod::Month) => CapPeriod::Month,
+        Ok(pb::CapPeriod::Year) => CapPeriod::Year,
+        Ok(pb::CapPeriod::Lifetime) => CapPeriod::Lifetime,
+        _ => {
+            v.add(field, format!("must be set with {with}"));
+            CapPeriod::Lifetime
+        }
+    }
+}
+
+fn cap_period_to(period: CapPeriod) -> pb::CapPeriod {
+    match period {
+        CapPeriod::Day => pb::CapPeriod::Day,
+        CapPeriod::Month => pb::CapPeriod::Month,
+        CapPeriod::Year => pb::CapPeriod::Year,
+        CapPeriod::Lifetime => pb::CapPeriod::Lifetime,
     }
 }
 
@@ -231,12 +255,8 @@ pub fn programme_to(p: Programme) -> pb::LoyaltyProgramme {
                     cap_count: b.cap.map_or(0, |c| c.count),
                     cap_period: b
                         .cap
-                        .map_or(pb::CapPeriod::Unspecified, |c| match c.period {
-                            CapPeriod::Day => pb::CapPeriod::Day,
-                            CapPeriod::Month => pb::CapPeriod::Month,
-                            CapPeriod::Year => pb::CapPeriod::Year,
-                            CapPeriod::Lifetime => pb::CapPeriod::Lifetime,
-                        }) as i32,
+                        .map_or(pb::CapPeriod::Unspecified, |c| cap_period_to(c.period))
+                        as i32,
                 }
             })
             .collect(),
@@ -264,6 +284,11 @@ pub fn programme_to(p: Programme) -> pb::LoyaltyProgramme {
             DowngradePolicy::PeriodEnd => pb::DowngradePolicy::PeriodEnd,
             DowngradePolicy::WindowDrop => pb::DowngradePolicy::WindowDrop,
         } as i32,
+        base_cap_points: p.base_cap.map_or(0, |c| c.points),
+        base_cap_period: p
+            .base_cap
+            .map_or(pb::CapPeriod::Unspecified, |c| cap_period_to(c.period))
+            as i32,
     }
 }
 
@@ -786,6 +811,7 @@ mod tests {
             tier_basis: basis,
             tier_window_months: 12,
             downgrade,
+            base_cap: None,
         }
     }
 

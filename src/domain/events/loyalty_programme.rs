@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::TypedEvent;
+use super::{DecodeError, decode_exact};
 use crate::domain::common::validate_id;
-use crate::domain::loyalty::config::Programme;
+use crate::domain::loyalty::config::{Programme, ProgrammeV1};
 use crate::domain::violations::Violations;
 use crate::limits::{FIELD_BYTES_MAX, LOYALTY_POINTS_MAX};
 
@@ -20,12 +21,40 @@ pub struct ProgrammeDefined {
     pub programme: Programme,
 }
 
+/// Version 1 of both programme events: the programme before base caps.
+#[derive(Deserialize)]
+struct ProgrammeEventV1 {
+    programme: ProgrammeV1,
+}
+
+/// Decodes a programme event's payload of schema `version` (1 is upcast: no base cap).
+fn decode_programme(
+    event_type: &str,
+    version: u16,
+    bytes: &[u8],
+) -> Result<Programme, DecodeError> {
+    match version {
+        1 => decode_exact::<ProgrammeEventV1>(event_type, version, bytes)
+            .map(|e| Programme::from(e.programme)),
+        2 => decode_exact::<ProgrammeDefined>(event_type, version, bytes).map(|e| e.programme),
+        _ => Err(DecodeError::UnknownVersion {
+            event_type: event_type.to_owned(),
+            version,
+        }),
+    }
+}
+
 impl TypedEvent for ProgrammeDefined {
     const EVENT_TYPE: &'static str = "ProgrammeDefined";
-    const SCHEMA_VERSION: u16 = 1;
+    /// 2: the programme has `base_cap`.
+    const SCHEMA_VERSION: u16 = 2;
 
     fn validate(&self, v: &mut Violations) {
         self.programme.validate("programme_defined.programme", v);
+    }
+
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_programme(Self::EVENT_TYPE, version, bytes).map(|programme| Self { programme })
     }
 }
 
@@ -38,10 +67,15 @@ pub struct ProgrammeChanged {
 
 impl TypedEvent for ProgrammeChanged {
     const EVENT_TYPE: &'static str = "ProgrammeChanged";
-    const SCHEMA_VERSION: u16 = 1;
+    /// 2: the programme has `base_cap`.
+    const SCHEMA_VERSION: u16 = 2;
 
     fn validate(&self, v: &mut Violations) {
         self.programme.validate("programme_changed.programme", v);
+    }
+
+    fn decode_version(version: u16, bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode_programme(Self::EVENT_TYPE, version, bytes).map(|programme| Self { programme })
     }
 }
 

@@ -72,6 +72,17 @@ pub struct Cap {
     pub period: CapPeriod,
 }
 
+/// At most `points` base points (points on spend) per member per calendar period: a
+/// purchase that would pass it earns only what is left (possibly 0; its spend still
+/// counts for spend-based tiers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointsCap {
+    /// Base points allowed per period, at least 1.
+    pub points: u64,
+    /// The period.
+    pub period: CapPeriod,
+}
+
 /// A fixed bonus.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bonus {
@@ -177,6 +188,82 @@ pub struct Programme {
     pub tier_window_months: u32,
     /// When members drop a tier.
     pub downgrade: DowngradePolicy,
+    /// Cap on base points per member per period (schema version 2 of the programme
+    /// events); `None`: uncapped.
+    pub base_cap: Option<PointsCap>,
+}
+
+/// A programme as stored by schema version 1 of `ProgrammeDefined` / `ProgrammeChanged`
+/// (before base caps): frozen, so stored version-1 payloads stay readable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgrammeV1 {
+    /// As [`Programme::name`].
+    pub name: String,
+    /// As [`Programme::currency`].
+    pub currency: String,
+    /// As [`Programme::points_per_unit`].
+    pub points_per_unit: u32,
+    /// As [`Programme::minor_per_unit`].
+    pub minor_per_unit: u32,
+    /// As [`Programme::multipliers`].
+    pub multipliers: Vec<Multiplier>,
+    /// As [`Programme::bonuses`].
+    pub bonuses: Vec<Bonus>,
+    /// As [`Programme::lifetime`].
+    pub lifetime: PointsLifetime,
+    /// As [`Programme::holding_days`].
+    pub holding_days: u32,
+    /// As [`Programme::min_redemption_points`].
+    pub min_redemption_points: u64,
+    /// As [`Programme::debt_max_points`].
+    pub debt_max_points: u64,
+    /// As [`Programme::tiers`].
+    pub tiers: Vec<Tier>,
+    /// As [`Programme::tier_basis`].
+    pub tier_basis: TierBasis,
+    /// As [`Programme::tier_window_months`].
+    pub tier_window_months: u32,
+    /// As [`Programme::downgrade`].
+    pub downgrade: DowngradePolicy,
+}
+
+impl From<ProgrammeV1> for Programme {
+    /// The upcast: a version-1 programme has no base cap.
+    fn from(p: ProgrammeV1) -> Self {
+        let ProgrammeV1 {
+            name,
+            currency,
+            points_per_unit,
+            minor_per_unit,
+            multipliers,
+            bonuses,
+            lifetime,
+            holding_days,
+            min_redemption_points,
+            debt_max_points,
+            tiers,
+            tier_basis,
+            tier_window_months,
+            downgrade,
+        } = p;
+        Self {
+            name,
+            currency,
+            points_per_unit,
+            minor_per_unit,
+            multipliers,
+            bonuses,
+            lifetime,
+            holding_days,
+            min_redemption_points,
+            debt_max_points,
+            tiers,
+            tier_basis,
+            tier_window_months,
+            downgrade,
+            base_cap: None,
+        }
+    }
 }
 
 impl Programme {
@@ -253,6 +340,14 @@ impl Programme {
             | PointsLifetime::EndOfYearAfterDays(n) => days("lifetime_days", n, v),
         }
         days("holding_days", self.holding_days, v);
+        if let Some(cap) = self.base_cap
+            && (cap.points == 0 || cap.points > LOYALTY_POINTS_MAX)
+        {
+            v.add(
+                &format!("{f}.base_cap_points"),
+                format!("must be 1..={LOYALTY_POINTS_MAX}"),
+            );
+        }
         if self.min_redemption_points > LOYALTY_POINTS_MAX {
             v.add(&format!("{f}.min_redemption_points"), "is too large");
         }

@@ -118,7 +118,8 @@ pub fn tier_percent(member: &Member, programme: &Programme, at_us: i64) -> u32 {
         .map_or(100, |(_, t)| t.multiplier_percent)
 }
 
-/// Base points of a purchase: Σ line amount × line multiplier (largest matching
+/// Base points of a purchase (before the programme's base cap, which [`earn`] applies):
+/// Σ line amount × line multiplier (largest matching
 /// category / SKU multiplier), × the channel multiplier (largest matching) × the tier
 /// multiplier, × points per unit ÷ minor units per unit, rounded down once for the
 /// order. An order without lines earns on its total.
@@ -234,7 +235,17 @@ pub fn earn(
                 .lines
                 .iter()
                 .any(|l| l.rule == BASE_RULE && !l.order_id.is_empty());
-            let points = base_points(p, programme, tier_percent(member, programme, at));
+            let mut points = base_points(p, programme, tier_percent(member, programme, at));
+            if let Some(cap) = programme.base_cap {
+                // Base points of this period so far (less what refunds cancelled of them).
+                let used: u64 = member
+                    .lines
+                    .iter()
+                    .filter(|l| l.rule == BASE_RULE && same_period(l.earned_at_us, at, cap.period))
+                    .map(|l| l.points.saturating_sub(l.refund_points))
+                    .sum();
+                points = points.min(cap.points.saturating_sub(used));
+            }
             out.push((
                 derived_event_id(source.event_id, BASE_RULE),
                 DomainEvent::PointsEarned(PointsEarned {

@@ -55,6 +55,7 @@ fn programme() -> Programme {
         tier_basis: TierBasis::PointsEarned,
         tier_window_months: 12,
         downgrade: DowngradePolicy::WindowDrop,
+        base_cap: None,
     }
 }
 
@@ -741,4 +742,131 @@ fn birthday_bonus_rules() {
     let left = decide::leave(&w.member, "moved away").unwrap();
     w.fold_plain(noon(2024, 2, 1), left);
     assert!(awarded(&w.tick_with_birthday(noon(2024, 5, 5), Some((5, 5)))).is_empty());
+}
+
+fn capped_programme(points: u64, period: CapPeriod) -> Programme {
+    Programme {
+        base_cap: Some(PointsCap { points, period }),
+        ..programme()
+    }
+}
+
+#[test]
+fn given_a_monthly_base_cap_when_purchases_pass_it_then_only_what_is_left_is_earned() {
+    let mut w = World::new();
+    w.define(0, capped_programme(150, CapPeriod::Month));
+    w.enrol(0);
+    let first = w.buy(noon(2024, 1, 5), "O1", &[("x", 1, 10_000)]);
+    assert_eq!(
+        earned(&first),
+        vec![("base".into(), 100), ("first_purchase".into(), 50)],
+        "bonuses are not base points: the cap leaves them alone"
+    );
+    let second = w.buy(noon(2024, 1, 10), "O2", &[("x", 1, 10_000)]);
+    assert_eq!(earned(&second), vec![("base".into(), 50)], "up to the cap");
+    let third = w.buy(noon(2024, 1, 31), "O3", &[("x", 1, 10_000)]);
+    assert_eq!(
+        earned(&third),
+        vec![("base".into(), 0)],
+        "capped: a 0-point line still records the order and its spend"
+    );
+    let third_line = w.member.lines.iter().find(|l| l.order_id == "O3").unwrap();
+    assert_eq!(third_line.spend_minor, 10_000);
+    // A new calendar month earns again.
+    let fourth = w.buy(noon(2024, 2, 1), "O4", &[("x", 1, 20_000)]);
+    assert_eq!(earned(&fourth), vec![("base".into(), 150)]);
+}
+
+#[test]
+fn given_a_capped_order_when_refunded_then_only_its_credited_points_are_cancelled_and_the_cap_frees_up()
+ {
+    let mut w = World::new();
+    let mut p = capped_programme(150, CapPeriod::Month);
+    p.bonuses.clear();
+    w.define(0, p);
+    w.enrol(0);
+    w.buy(noon(2024, 1, 5), "O1", &[("x", 1, 10_000)]);
+    w.buy(noon(2024, 1, 6), "O2", &[("x", 1, 10_000)]);
+    // O2 was credited 50 of its 100: a full refund cancels those 50.
+    let cancelled = w.refund(noon(2024, 1, 7), "O2", 10_000);
+    assert!(
+        matches!(&cancelled[..], [DomainEvent::PointsCancelled(c)] if c.points == 50),
+        "{cancelled:?}"
+    );
+    // The refunded points no longer count against the month's cap.
+    let again = w.buy(noon(2024, 1, 8), "O3", &[("x", 1, 10_000)]);
+    assert_eq!(earned(&again), vec![("base".into(), 50)]);
+    assert_eq!(w.member.balance(noon(2024, 2, 1)).available, 150);
+}
+
+#[test]
+fn base_caps_per_day_year_and_lifetime_and_a_version_without_one() {
+    for (period, second_day, next) in [
+        (CapPeriod::Day, noon(2024, 1, 5) + HOUR_US, noon(2024, 1, 6)),
+        (CapPeriod::Year, noon(2024, 12, 31), noon(2025, 1, 1)),
+        (CapPeriod::Lifetime, noon(2030, 1, 1), noon(2031, 1, 1)),
+    ] {
+        let mut w = World::new();
+        let mut p = capped_programme(60, period);
+        p.bonuses.clear();
+        p.lifetime = PointsLifetime::Never;
+        w.define(0, p);
+        w.enrol(0);
+        assert_eq!(
+            earned(&w.buy(noon(2024, 1, 5), "O1", &[("x", 1, 10_000)])),
+            vec![("base".into(), 60)]
+        );
+        assert_eq!(
+            earned(&w.buy(second_day, "O2", &[("x", 1, 10_000)])),
+            vec![("base".into(), 0)],
+            "{period:?}"
+        );
+        let later = earned(&w.buy(next, "O3", &[("x", 1, 10_000)]));
+        let expected = if period == CapPeriod::Lifetime { 0 } else { 60 };
+        assert_eq!(later, vec![("base".into(), expected)], "{period:?}");
+    }
+    // A later version without the cap earns in full again.
+    let mut w = World::new();
+    w.define(0, capped_programme(10, CapPeriod::Year));
+    w.enrol(0);
+    w.buy(noon(2024, 1, 5), "O1", &[("x", 1, 10_000)]);
+    w.define(noon(2024, 2, 1), programme());
+    let uncapped = w.buy(noon(2024, 2, 2), "O2", &[("x", 1, 10_000)]);
+    assert_eq!(earned(&uncapped), vec![("base".into(), 100)]);
+}
+
+#[test]
+fn given_a_spend_based_tier_then_capped_orders_still_count_their_spend() {
+    let mut w = World::new();
+    let mut p = capped_programme(100, CapPeriod::Month);
+    p.tier_basis = TierBasis::Spend;
+    p.tiers[1].threshold = 25_000;
+    w.define(0, p);
+    w.enrol(0);
+    w.buy(noon(2024, 1, 5), "O1", &[("x", 1, 10_000)]);
+    w.buy(noon(2024, 1, 6), "O2", &[("x", 1, 20_000)]);
+    let programme = w.programme.at(noon(2024, 1, 7)).unwrap().clone();
+    assert_eq!(
+        decide::qualifying(&w.member, &programme, noon(2024, 1, 7)),
+        30_000
+    );
+    let ticked = w.tick(noon(2024, 1, 7));
+    assert!(
+        ticked
+            .iter()
+            .any(|e| matches!(e, DomainEvent::TierChanged(t) if t.to_tier == "Silver")),
+        "{ticked:?}"
+    );
+}
+
+#[test]
+fn a_base_cap_must_allow_at_least_one_point() {
+    let p = capped_programme(0, CapPeriod::Month);
+    let mut v = crate::domain::violations::Violations::new("");
+    p.validate("programme", &mut v);
+    let found = v.into_vec();
+    assert!(
+        found.iter().any(|f| f.field == "programme.base_cap_points"),
+        "{found:?}"
+    );
 }
