@@ -1,6 +1,7 @@
 //! Invariants of the loyalty ledger, the policy and the read model, for random histories
 //! of enrolments, purchases, refunds, spends, merges of customers (the duplicate's ledger
-//! moves to the survivor), ticks and policy rounds (with a restart of
+//! moves to the survivor), ticks and policy rounds, with and without a monthly cap on
+//! base points (with a restart of
 //! the projection runner and a replay of the policy from position 1):
 //! - balance = Σ ledger: every member's entries add up to its lines' remaining points
 //!   less its debt, and after a tick at time T to its available + pending at T;
@@ -23,7 +24,8 @@ use rapport::domain::events::{
     PurchaseRefunded,
 };
 use rapport::domain::loyalty::config::{
-    Bonus, BonusTrigger, DowngradePolicy, PointsLifetime, Programme, Tier, TierBasis,
+    Bonus, BonusTrigger, CapPeriod, DowngradePolicy, PointsCap, PointsLifetime, Programme, Tier,
+    TierBasis,
 };
 use rapport::domain::loyalty::decide;
 use rapport::domain::loyalty::ledger::{EntryKind, PROGRAMME_STREAM, member_stream};
@@ -66,7 +68,7 @@ fn customer(n: u8) -> Uuid {
     Uuid::from_u128(0xc0 << 64 | u128::from(n))
 }
 
-fn programme(debt_max_points: u64, holding_days: u32) -> Programme {
+fn programme(debt_max_points: u64, holding_days: u32, base_cap: Option<u64>) -> Programme {
     Programme {
         name: "prop".into(),
         currency: "EUR".into(),
@@ -98,7 +100,10 @@ fn programme(debt_max_points: u64, holding_days: u32) -> Programme {
         tier_basis: TierBasis::PointsEarned,
         tier_window_months: 2,
         downgrade: DowngradePolicy::WindowDrop,
-        base_cap: None,
+        base_cap: base_cap.map(|points| PointsCap {
+            points,
+            period: CapPeriod::Month,
+        }),
     }
 }
 
@@ -133,6 +138,7 @@ fn run_case(
     ops: Vec<Op>,
     debt_max: u64,
     holding: u32,
+    base_cap: Option<u64>,
     restart_at: usize,
 ) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +153,7 @@ fn run_case(
         let mut running = Projections::start(log.clone(), vec![projection.clone()]).unwrap();
         let mut policy = Policy::open(&log).unwrap();
         let mut now = midnight(2024, 1, 1);
-        let p = programme(debt_max, holding);
+        let p = programme(debt_max, holding, base_cap);
         append(
             &log,
             PROGRAMME_STREAM,
@@ -402,8 +408,9 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..60),
         debt_max in prop_oneof![Just(0u64), Just(100u64), Just(1_000u64)],
         holding in prop_oneof![Just(0u32), Just(10u32)],
+        base_cap in prop_oneof![Just(None), Just(Some(500u64))],
         restart_at in 0usize..60,
     ) {
-        run_case(ops, debt_max, holding, restart_at)?;
+        run_case(ops, debt_max, holding, base_cap, restart_at)?;
     }
 }

@@ -83,6 +83,14 @@ pub struct PointsCap {
     pub period: CapPeriod,
 }
 
+/// Rule names of ledger lines that are not bonuses: a bonus may not take them (its lines
+/// would count as points on spend, or as manual credits).
+const RESERVED_RULE_NAMES: &[&str] = &[
+    super::ledger::BASE_RULE,
+    super::ledger::ADJUSTMENT_RULE,
+    super::ledger::TRANSFER_RULE,
+];
+
 /// A fixed bonus.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bonus {
@@ -304,6 +312,12 @@ impl Programme {
             v.required(&format!("{at}.name"), &b.name, FIELD_BYTES_MAX);
             if !names.insert(b.name.as_str()) {
                 v.add(&format!("{at}.name"), "is used by another bonus");
+            }
+            if RESERVED_RULE_NAMES.contains(&b.name.as_str()) {
+                v.add(
+                    &format!("{at}.name"),
+                    "is the name of a built-in rule (base, adjustment, transfer)",
+                );
             }
             if b.points == 0 || b.points > LOYALTY_POINTS_MAX {
                 v.add(

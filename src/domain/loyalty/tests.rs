@@ -870,3 +870,16 @@ fn a_base_cap_must_allow_at_least_one_point() {
         "{found:?}"
     );
 }
+
+#[test]
+fn a_bonus_may_not_take_a_built_in_rule_name() {
+    let mut p = programme();
+    p.bonuses[0].name = "base".into();
+    let mut v = crate::domain::violations::Violations::new("");
+    p.validate("programme", &mut v);
+    let found = v.into_vec();
+    assert!(
+        found.iter().any(|f| f.field == "programme.bonuses[0].name"),
+        "{found:?}"
+    );
+}
