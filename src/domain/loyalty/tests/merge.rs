@@ -219,10 +219,11 @@ fn given_an_enrolled_survivor_when_a_duplicate_merges_then_the_ledgers_combine()
     assert_eq!(bonus.remaining(), 0);
 }
 
-#[test]
-fn given_a_duplicate_in_debt_when_merged_then_the_debt_moves() {
+/// A programme allowing `debt_max` points of debt (no holding period), and a duplicate
+/// that owes 100 under it: O1's 150 points spent, then O1 refunded in full.
+fn duplicate_in_debt(debt_max: u64) -> (Programme, World) {
     let mut p = programme();
-    p.debt_max_points = 1_000;
+    p.debt_max_points = debt_max;
     p.holding_days = 0;
     let mut dup = World::new();
     dup.define(0, p.clone());
@@ -234,6 +235,12 @@ fn given_a_duplicate_in_debt_when_merged_then_the_debt_moves() {
         dup.member.debt, 100,
         "the refunded order's 100 points were spent"
     );
+    (p, dup)
+}
+
+#[test]
+fn given_a_duplicate_in_debt_when_merged_then_the_debt_moves() {
+    let (p, mut dup) = duplicate_in_debt(1_000);
     let mut survivor = survivor_world(p);
     survivor.enrol(0);
     survivor.buy(noon(2024, 1, 1), "S1", &[("x", 1, 30_000)]);
@@ -251,16 +258,7 @@ fn given_a_duplicate_in_debt_when_merged_then_the_debt_moves() {
 
 #[test]
 fn given_a_survivor_near_the_debt_limit_when_a_debtor_merges_then_the_excess_is_forgiven() {
-    let mut p = programme();
-    p.debt_max_points = 120;
-    p.holding_days = 0;
-    let mut dup = World::new();
-    dup.define(0, p.clone());
-    dup.enrol(0);
-    dup.buy(noon(2024, 1, 1), "O1", &[("x", 1, 10_000)]);
-    dup.spend(noon(2024, 1, 2), 150).unwrap();
-    dup.refund(noon(2024, 1, 3), "O1", 10_000);
-    assert_eq!(dup.member.debt, 100);
+    let (p, mut dup) = duplicate_in_debt(120);
     let mut survivor = survivor_world(p.clone());
     survivor.enrol(0);
     survivor.buy(noon(2024, 1, 1), "S1", &[("x", 1, 10_000)]);
