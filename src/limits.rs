@@ -354,14 +354,16 @@ pub const LOYALTY_TICK_BATCH_MEMBERS: usize = 256;
 /// stays under [`PAYLOAD_BYTES_MAX`] whatever the lines' strings.
 pub const LOYALTY_MERGE_LINES_PER_EVENT: usize = 512;
 
-/// Estimated payload bytes of one `LedgerMerged` part (three quarters of
-/// [`PAYLOAD_BYTES_MAX`]; a line is estimated at 128 bytes plus its strings).
+/// Bytes of lines in one `LedgerMerged` part, each counted at an upper bound of 192 bytes
+/// plus its strings. With at most [`LOYALTY_MERGE_LINES_PER_EVENT`] spend entries
+/// (≤ 19 bytes each, ~10 KiB) the part stays under [`PAYLOAD_BYTES_MAX`].
 pub const LOYALTY_MERGE_PART_BYTES: usize = 48 * 1024;
 
 /// `LedgerMerged` parts of one merge: they go to both streams in one atomic append, so
-/// twice this stays below [`EVENTS_PER_APPEND_MAX`]. With real lines (~100 bytes) that
-/// moves ~150 000 lines; a bigger ledger is not moved (the policy logs it, and the
-/// duplicate's ledger stays reachable under its own id).
+/// twice this stays below [`EVENTS_PER_APPEND_MAX`]. Real lines (short rule and order
+/// strings) are counted at ~210 bytes, ~230 to a part, so that moves ~90 000 lines; a
+/// bigger ledger is not moved (the policy logs it, and the duplicate's ledger stays
+/// reachable under its own id).
 pub const LOYALTY_MERGE_PARTS_MAX: usize = 400;
 // --- Sales pipelines (issue 4) ---------------------------------------------------------
 

@@ -699,7 +699,9 @@ pub async fn tick_batched(
     let mut members: std::collections::VecDeque<Uuid> = members.into_iter().collect();
     while !members.is_empty() {
         let (log2, programme2, lookup) = (log.clone(), programme.clone(), birthdays.clone());
-        let (batch, decided) = blocking(move || {
+        // The queue goes into the blocking task and comes back with what is left: how many
+        // members a batch takes depends on how many events their decisions make.
+        let ((batch, rest), decided) = blocking(move || {
             let mut batch = Vec::new();
             let mut decided = Vec::new();
             let mut events = 0;
@@ -716,7 +718,6 @@ pub async fn tick_batched(
             Ok(((batch, members), decided))
         })
         .await?;
-        let (batch, rest) = batch;
         members = rest;
         done.members += batch.len() as u64;
         if decided.is_empty() {

@@ -636,8 +636,17 @@ fn merge(member: &mut Member, env: &Envelope, e: &LedgerMerged) {
     let at = env.occurred_at_us;
     let points = e.points();
     if member.customer_id == e.duplicate_id {
+        // One index of the ledger per part, not a scan per moved line: a part carries
+        // up to `LOYALTY_MERGE_LINES_PER_EVENT` lines of a ledger of any length.
+        let index: std::collections::HashMap<Uuid, usize> = member
+            .lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.line_id, i))
+            .collect();
         for moved in &e.lines {
-            if let Some(l) = member.lines.iter_mut().find(|l| l.line_id == moved.line_id) {
+            if let Some(&i) = index.get(&moved.line_id) {
+                let l = &mut member.lines[i];
                 l.moved += l.remaining().min(moved.remaining());
             }
         }
