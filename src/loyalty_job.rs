@@ -131,6 +131,15 @@ impl Policy {
     }
 
     fn save(&self, new_merges: &[(Uuid, Uuid)], new_members: &[Uuid]) -> Result<(), String> {
+        if new_merges.is_empty() && new_members.is_empty() {
+            // One key: a plain insert is atomic, and unlike a sled batch it does not seal
+            // sled's I/O buffer (see `StateBatch::commit`).
+            return self
+                .tree
+                .insert(CHECKPOINT_KEY, &self.checkpoint.to_be_bytes())
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
         let mut batch = sled::Batch::default();
         for (dup, survivor) in new_merges {
             let mut key = vec![MERGE_PREFIX];

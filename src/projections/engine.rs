@@ -421,8 +421,7 @@ pub fn step_prefetched(
     let mut batch = StateBatch::new(tree);
     match apply_guarded(projection, &mut batch, &events) {
         Ok(()) => {
-            tree.apply_batch(batch.into_sled_batch(reached))
-                .map_err(ProjectionError::from)?;
+            batch.commit(reached).map_err(ProjectionError::from)?;
             let count = events.len();
             if let Some(prefetcher) = prefetcher {
                 prefetcher.recycle(events);
@@ -452,8 +451,7 @@ pub fn step_prefetched(
             {
                 return Err(StepError::Apply(again));
             }
-            tree.apply_batch(batch.into_sled_batch(position - 1))
-                .map_err(ProjectionError::from)?;
+            batch.commit(position - 1).map_err(ProjectionError::from)?;
             Err(StepError::Apply(error))
         }
     }
