@@ -27,7 +27,7 @@ use proptest::test_runner::{Config, RngSeed, TestRunner};
 use rapport::clock::{Clock, ManualClock};
 use rapport::log::record::chain_hash;
 use rapport::log::store::{Store, stream_key};
-use rapport::log::verify::{VerifyReport, verify_dir, verify_store};
+use rapport::log::verify::{VerifyReport, verify_exact, verify_store, verify_streaming};
 use rapport::log::{
     AppendError, AppendOutcome, ExpectedRevision, Hash, Head, Log, LogConfig, LogError,
     LoggedEvent, ProposedEvent, ReadError, ReadFilter, StoredEvent, StreamAppend, StreamHead,
@@ -578,10 +578,26 @@ fn open_log(dir: &Path, clock: &ManualClock) -> Log {
     panic!("the data directory stayed locked after shutdown")
 }
 
+/// Verifies a closed directory with both passes, which must agree; returns the exact one.
 fn verify_closed(dir: &Path) -> VerifyReport {
     for _ in 0..100 {
-        match verify_dir(dir) {
-            Ok(report) => return report,
+        match Store::open(dir) {
+            Ok(store) => {
+                let streaming = verify_streaming(&store).expect("streaming pass runs");
+                let exact = verify_exact(&store).expect("exact pass runs");
+                assert_eq!(
+                    streaming.is_ok(),
+                    exact.is_ok(),
+                    "the passes disagree: {:?} / {:?}",
+                    streaming.faults,
+                    exact.faults
+                );
+                let summary = |r: &VerifyReport| {
+                    (r.events, r.chunks, r.streams, r.head_position, r.head_hash)
+                };
+                assert_eq!(summary(&streaming), summary(&exact));
+                return exact;
+            }
             Err(LogError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(20)),
             Err(error) => panic!("verify failed to run: {error}"),
         }
@@ -1499,6 +1515,115 @@ fn a_rejection_is_answered_only_once_what_it_saw_is_durable() {
              head was {}",
             won.last_position,
             durable_when_lost.position
+        );
+    }
+}
+
+/// Each kind of damage to an index is caught by the streaming pass, and the report
+/// (from the exact pass) names the entry.
+#[test]
+fn verify_catches_every_kind_of_index_damage() {
+    type Damage = fn(&Store);
+    let damages: [(&str, Damage, &str); 6] = [
+        (
+            "an id moved to another position",
+            |store| {
+                store
+                    .event_ids
+                    .insert(Uuid::from_u128(31).as_bytes(), &3u64.to_be_bytes())
+                    .expect("insert");
+            },
+            "event id index maps",
+        ),
+        (
+            "an id no event carries",
+            |store| {
+                store
+                    .event_ids
+                    .insert(Uuid::from_u128(99).as_bytes(), &1u64.to_be_bytes())
+                    .expect("insert");
+            },
+            "which no event carries",
+        ),
+        (
+            "an id missing",
+            |store| {
+                store
+                    .event_ids
+                    .remove(Uuid::from_u128(32).as_bytes())
+                    .expect("remove");
+            },
+            "event id index lacks",
+        ),
+        (
+            "a run pointing at other positions",
+            |store| {
+                store
+                    .streams
+                    .insert(
+                        stream_key("deal-4", 0),
+                        &rapport::log::store::stream_value(2, 1),
+                    )
+                    .expect("insert");
+            },
+            "stream index maps deal-4@0",
+        ),
+        (
+            "an overlapping run",
+            |store| {
+                store
+                    .streams
+                    .insert(
+                        stream_key("customer-4", 1),
+                        &rapport::log::store::stream_value(2, 1),
+                    )
+                    .expect("insert");
+            },
+            "stream index",
+        ),
+        (
+            "a run missing",
+            |store| {
+                store
+                    .streams
+                    .remove(stream_key("customer-4", 2))
+                    .expect("remove");
+            },
+            "customer-4@2",
+        ),
+    ];
+    for (what, damage, named) in damages {
+        let mut h = Harness::new();
+        h.append(to(
+            "customer-4",
+            ExpectedRevision::NoStream,
+            vec![proposed(30, b"a"), proposed(31, b"b")],
+        ))
+        .expect("first");
+        h.append(to(
+            "deal-4",
+            ExpectedRevision::NoStream,
+            vec![proposed(32, b"c")],
+        ))
+        .expect("second");
+        h.append(to(
+            "customer-4",
+            ExpectedRevision::Exact(1),
+            vec![proposed(33, b"d")],
+        ))
+        .expect("third");
+        assert!(h.close().is_ok(), "{what}: sound before the damage");
+        let store = Store::open(h.dir.path()).expect("open store");
+        damage(&store);
+        assert!(
+            !verify_streaming(&store).expect("runs").is_ok(),
+            "{what}: the streaming pass misses it"
+        );
+        let report = verify_store(&store).expect("runs");
+        assert!(
+            report.faults.iter().any(|f| f.contains(named)),
+            "{what}: no fault names it: {:?}",
+            report.faults
         );
     }
 }

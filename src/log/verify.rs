@@ -127,7 +127,298 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, LogError> {
 
 /// Verifies an open store: the chain, density of positions and revisions, and that the
 /// `streams` and `event_ids` indices hold exactly the entries the events imply.
+///
+/// Runs the streaming pass ([`verify_streaming`]), which proves a sound log sound; when it
+/// finds anything wrong, the exact pass ([`verify_exact`]) runs and its report, which
+/// names every faulty entry, is returned.
 pub fn verify_store(store: &Store) -> Result<VerifyReport, LogError> {
+    let started = std::time::Instant::now();
+    let report = verify_streaming(store)?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        sound = report.is_ok(),
+        "streaming verify pass"
+    );
+    if report.is_ok() {
+        return Ok(report);
+    }
+    verify_exact(store)
+}
+
+/// A keyed, order-independent digest of a set of index entries: their number and the sum
+/// (mod 2^256) of each entry's keyed BLAKE3 hash. Two multisets with equal digests under a
+/// key drawn at random for this run are equal but with negligible probability, and
+/// nobody who altered the store can aim at a collision without knowing the key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Digest {
+    count: u64,
+    sum: [u64; 4],
+}
+
+impl Digest {
+    fn add(&mut self, key: &[u8; 32], entry: &[u8]) {
+        let hash = blake3::keyed_hash(key, entry);
+        let mut limbs = [0u64; 4];
+        for (limb, bytes) in limbs.iter_mut().zip(hash.as_bytes().chunks_exact(8)) {
+            *limb = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        }
+        self.add_sum(1, &limbs);
+    }
+
+    fn merge(&mut self, other: &Digest) {
+        self.add_sum(other.count, &other.sum);
+    }
+
+    fn add_sum(&mut self, count: u64, limbs: &[u64; 4]) {
+        self.count = self.count.wrapping_add(count);
+        let mut carry = false;
+        for (mine, theirs) in self.sum.iter_mut().zip(limbs) {
+            let (partial, c1) = mine.overflowing_add(*theirs);
+            let (total, c2) = partial.overflowing_add(u64::from(carry));
+            *mine = total;
+            carry = c1 || c2;
+        }
+    }
+}
+
+/// The digest entry of an `event_ids` index entry (id → position).
+fn id_entry(id: &[u8; 16], position: u64) -> [u8; 24] {
+    let mut entry = [0u8; 24];
+    entry[..16].copy_from_slice(id);
+    entry[16..].copy_from_slice(&position.to_be_bytes());
+    entry
+}
+
+/// The digest entry of one (stream, revision, position) triple; `buf` is reused.
+fn stream_entry<'b>(buf: &'b mut Vec<u8>, stream: &[u8], revision: u64, position: u64) -> &'b [u8] {
+    buf.clear();
+    buf.extend_from_slice(&revision.to_be_bytes());
+    buf.extend_from_slice(&position.to_be_bytes());
+    buf.extend_from_slice(stream);
+    buf
+}
+
+/// What a worker of the streaming pass makes of one chunk: its layout and the digests of
+/// the index entries its events imply.
+struct ParsedForDigest {
+    layout: ChunkLayout,
+    ids: Digest,
+    streams: Digest,
+}
+
+fn parse_and_digest(first: u64, value: &[u8], key: &[u8; 32]) -> Result<ParsedForDigest, String> {
+    let layout = parse_chunk(first, value).map_err(|e| e.to_string())?;
+    let mut ids = Digest::default();
+    let mut streams = Digest::default();
+    let mut buf = Vec::with_capacity(64);
+    for event in event_heads(&layout, value)? {
+        ids.add(key, &id_entry(&event.event_id, event.position));
+        streams.add(
+            key,
+            stream_entry(
+                &mut buf,
+                event.stream.as_bytes(),
+                event.revision,
+                event.position,
+            ),
+        );
+    }
+    Ok(ParsedForDigest {
+        layout,
+        ids,
+        streams,
+    })
+}
+
+/// The digest of the `event_ids` tree, or the first malformed entry.
+fn digest_id_index(store: &Store, key: &[u8; 32]) -> Result<Result<Digest, String>, LogError> {
+    let mut digest = Digest::default();
+    for entry in store.event_ids.iter() {
+        let (id, position) = entry?;
+        let (Ok(id), Ok(position)) = (<[u8; 16]>::try_from(id.as_ref()), be_u64(&position)) else {
+            return Ok(Err("malformed event id index entry".into()));
+        };
+        digest.add(key, &id_entry(&id, position));
+    }
+    Ok(Ok(digest))
+}
+
+/// The digest of the `streams` tree's runs expanded to triples, or the first malformed
+/// entry.
+fn digest_stream_index(store: &Store, key: &[u8; 32]) -> Result<Result<Digest, String>, LogError> {
+    let mut digest = Digest::default();
+    let mut buf = Vec::with_capacity(64);
+    for entry in store.streams.iter() {
+        let (entry_key, value) = entry?;
+        let (stream, run) = match decode_stream_entry(&entry_key, &value) {
+            Ok(decoded) => decoded,
+            Err(error) => return Ok(Err(error.to_string())),
+        };
+        for offset in 0..u64::from(run.count) {
+            let entry = stream_entry(
+                &mut buf,
+                stream.as_bytes(),
+                run.first_revision + offset,
+                run.first_position + offset,
+            );
+            digest.add(key, entry);
+        }
+    }
+    Ok(Ok(digest))
+}
+
+/// A key for this run's digests, from the system's random source (UUIDv4).
+fn digest_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key
+}
+
+/// The streaming pass: checks the chain and the density of positions and revisions while
+/// it reads the events, and compares each index with the events through [`Digest`]s, so
+/// it holds one entry per stream in memory instead of one per event and sorts nothing.
+/// Both index trees are read on threads of their own while the events are read, and the
+/// chunks are parsed on all cores. Its report lists only what it can tell (a mismatching
+/// index is one fault for the whole tree); [`verify_store`] then runs [`verify_exact`].
+pub fn verify_streaming(store: &Store) -> Result<VerifyReport, LogError> {
+    let key = digest_key();
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    std::thread::scope(|scope| {
+        let key = &key;
+        let ids = scope.spawn(move || digest_id_index(store, key));
+        let streams = scope.spawn(move || digest_stream_index(store, key));
+
+        let mut faults = Vec::new();
+        let mut previous = ZERO_HASH;
+        let mut expected_position = 1u64;
+        let mut chunks = 0u64;
+        let mut events = 0u64;
+        let mut next_revision: HashMap<String, u64> = HashMap::new();
+        let mut id_digest = Digest::default();
+        let mut stream_digest = Digest::default();
+        let mut batch: Vec<(u64, sled::IVec)> = Vec::with_capacity(VERIFY_BATCH_CHUNKS);
+        let mut entries = store.events.iter();
+        loop {
+            batch.clear();
+            for entry in entries.by_ref().take(VERIFY_BATCH_CHUNKS) {
+                let (chunk_key, value) = entry?;
+                batch.push((be_u64(&chunk_key)?, value));
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let per_worker = batch.len().div_ceil(workers).max(1);
+            let parsed: Vec<Result<ParsedForDigest, String>> = std::thread::scope(|inner| {
+                let handles: Vec<_> = batch
+                    .chunks(per_worker)
+                    .map(|part| {
+                        inner.spawn(move || {
+                            part.iter()
+                                .map(|(first, value)| parse_and_digest(*first, value, key))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("verify worker panicked"))
+                    .collect()
+            });
+            for ((first, value), result) in batch.iter().zip(parsed) {
+                chunks += 1;
+                if *first != expected_position {
+                    faults.push(format!(
+                        "gap: expected a chunk at position {expected_position}, found {first}"
+                    ));
+                }
+                let parsed = match result {
+                    Ok(parsed) => parsed,
+                    Err(error) => {
+                        faults.push(error);
+                        expected_position = first + 1;
+                        continue;
+                    }
+                };
+                if parsed.layout.prev_hash != previous {
+                    faults.push(format!(
+                        "chain broken before position {first}: chunk starts from another hash"
+                    ));
+                }
+                previous = parsed.layout.last_hash();
+                expected_position = first + parsed.layout.len() as u64;
+                events += parsed.layout.len() as u64;
+                id_digest.merge(&parsed.ids);
+                stream_digest.merge(&parsed.streams);
+                // The heads decode again here (cheap, borrowed): the workers' copies
+                // cannot outlive their threads.
+                let heads = match event_heads(&parsed.layout, value) {
+                    Ok(heads) => heads,
+                    Err(error) => {
+                        faults.push(error);
+                        continue;
+                    }
+                };
+                for event in heads {
+                    if !next_revision.contains_key(event.stream) {
+                        next_revision.insert(event.stream.to_owned(), 0);
+                    }
+                    let expected = next_revision.get_mut(event.stream).expect("just inserted");
+                    if event.revision != *expected {
+                        faults.push(format!(
+                            "position {}: {} revision {} where {} was expected",
+                            event.position, event.stream, event.revision, expected
+                        ));
+                    }
+                    *expected = event.revision + 1;
+                }
+            }
+            if faults.len() > FAULTS_LISTED_MAX {
+                break;
+            }
+        }
+        let head_position = expected_position - 1;
+        let id_index = ids.join().expect("verify index reader panicked")?;
+        let stream_index = streams.join().expect("verify index reader panicked")?;
+        match id_index {
+            Ok(digest) if digest == id_digest => {}
+            Ok(digest) => faults.push(format!(
+                "the event id index ({} entries) does not hold exactly the {} events' ids",
+                digest.count, id_digest.count
+            )),
+            Err(error) => faults.push(error),
+        }
+        match stream_index {
+            Ok(digest) if digest == stream_digest => {}
+            Ok(digest) => faults.push(format!(
+                "the stream index ({} revisions) does not map exactly the {} events",
+                digest.count, stream_digest.count
+            )),
+            Err(error) => faults.push(error),
+        }
+        let indexed = store.indexed_through()?;
+        if indexed != head_position {
+            faults.push(format!(
+                "index watermark is {indexed}, the head is {head_position}"
+            ));
+        }
+        Ok(VerifyReport {
+            events,
+            chunks,
+            streams: next_revision.len() as u64,
+            head_position,
+            head_hash: previous,
+            faults,
+        })
+    })
+}
+
+/// The exact pass: like [`verify_streaming`], but it keeps every event's index entries,
+/// sorts them and merges them with both index trees, so its report names each missing,
+/// extra or wrong entry. Holds ~48 bytes per event in memory.
+pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
     let mut faults = Faults {
         list: Vec::new(),
         total: 0,
