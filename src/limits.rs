@@ -119,6 +119,11 @@ pub const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// cleared and refills from sled; memory stays bounded whatever the number of streams.
 pub const STREAM_HEAD_CACHE_ENTRIES: usize = 100_000;
 
+/// Memory for the writer's filter of known event ids (16 bits per id: this is 256 Mi
+/// ids). Past it the filter stops growing; it then sends more new ids to a sled lookup,
+/// never a wrong answer.
+pub const ID_FILTER_BYTES_MAX: usize = 512 * 1024 * 1024;
+
 /// Groups written to the journal and waiting for the syncer's fdatasync. When the disk
 /// is this far behind, the writer waits instead of writing further ahead.
 pub const UNSYNCED_GROUPS_MAX: usize = 64;

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::error::{AppendError, LogError};
+use super::id_filter::IdFilter;
 use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash, compress_chunk};
 use super::store::{Head, Store, stream_key, stream_value};
 use super::wal::ChunkEntry;
@@ -79,6 +80,8 @@ pub(super) struct Writer {
     failure: Failure,
     /// Heads of recently written streams (bounded by `STREAM_HEAD_CACHE_ENTRIES`).
     head_cache: HashMap<String, (u64, u64)>,
+    /// Which ids are certainly not in the `event_ids` tree (saves the lookup).
+    id_filter: IdFilter,
     /// Counters for the periodic debug line (groups, events, time spent).
     stats: WriterStats,
 }
@@ -103,8 +106,10 @@ impl Writer {
         let syncer = std::thread::Builder::new()
             .name("rapport-log-sync".into())
             .spawn(move || sync_loop(journal, head_tx, syncer_failure, written, synced))?;
+        let id_filter = IdFilter::start(store.clone(), head.position);
         Ok(Self {
             store,
+            id_filter,
             head,
             last_recorded_us,
             clock,
@@ -153,8 +158,10 @@ impl Writer {
             to_sync,
             syncer,
             failure,
+            mut id_filter,
             ..
         } = self;
+        id_filter.stop();
         drop(to_sync);
         if let Some(syncer) = syncer {
             let _ = syncer.join();
@@ -221,7 +228,7 @@ impl Writer {
 
     /// Looks up an existing event by id: in the group, in this job's draft, then on disk.
     fn find_by_id(
-        &self,
+        &mut self,
         id: &[u8; 16],
         group: &Overlay,
         draft: &Overlay,
@@ -238,6 +245,9 @@ impl Writer {
         }
         if let Some(event) = in_overlay(group, base) {
             return Ok(Some(event));
+        }
+        if !self.id_filter.may_contain(id) {
+            return Ok(None);
         }
         Ok(self
             .store
@@ -267,7 +277,7 @@ impl Writer {
     }
 
     fn check(
-        &self,
+        &mut self,
         append: StreamAppend,
         group: &Overlay,
         draft: &mut Overlay,
@@ -434,10 +444,12 @@ impl Writer {
             )?;
         }
         for record in &group.records {
+            self.id_filter.insert(&record.event_id);
             self.store
                 .event_ids
                 .insert(record.event_id, &record.position.to_be_bytes())?;
         }
+        self.id_filter.grow_if_full();
         self.head = Head {
             position: last_position,
             hash: previous,
