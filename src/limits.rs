@@ -119,10 +119,10 @@ pub const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// cleared and refills from sled; memory stays bounded whatever the number of streams.
 pub const STREAM_HEAD_CACHE_ENTRIES: usize = 100_000;
 
-/// Memory for the writer's filter of known event ids (16 bits per id: this is 256 Mi
-/// ids). Past it the filter stops growing; it then sends more new ids to a sled lookup,
-/// never a wrong answer.
-pub const ID_FILTER_BYTES_MAX: usize = 512 * 1024 * 1024;
+/// Memory for each of the writer's filters of known keys (event ids, stream names; 16
+/// bits per key: this is 256 Mi keys). Past it a filter stops growing; it then sends more
+/// new keys to a sled lookup, never a wrong answer.
+pub const KEY_FILTER_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// Groups written to the journal and waiting for the syncer's fdatasync. When the disk
 /// is this far behind, the writer waits instead of writing further ahead.

@@ -8,7 +8,7 @@
 //! the CRM: an event is a type name, a schema version and payload bytes.
 
 pub mod error;
-mod id_filter;
+mod key_filter;
 pub mod record;
 pub mod store;
 pub mod stream_name;

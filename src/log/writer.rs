@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::error::{AppendError, LogError};
-use super::id_filter::IdFilter;
+use super::key_filter::{Indexed, KeyFilter};
 use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash, compress_chunk};
 use super::store::{Head, Store, stream_key, stream_value};
 use super::wal::ChunkEntry;
@@ -81,7 +81,9 @@ pub(super) struct Writer {
     /// Heads of recently written streams (bounded by `STREAM_HEAD_CACHE_ENTRIES`).
     head_cache: HashMap<String, (u64, u64)>,
     /// Which ids are certainly not in the `event_ids` tree (saves the lookup).
-    id_filter: IdFilter,
+    id_filter: KeyFilter,
+    /// Which streams certainly do not exist yet (saves reading their last run).
+    stream_filter: KeyFilter,
     /// Counters for the periodic debug line (groups, events, time spent).
     stats: WriterStats,
 }
@@ -106,10 +108,18 @@ impl Writer {
         let syncer = std::thread::Builder::new()
             .name("rapport-log-sync".into())
             .spawn(move || sync_loop(journal, head_tx, syncer_failure, written, synced))?;
-        let id_filter = IdFilter::start(store.clone(), head.position);
+        // Sized for twice the ids there are, and for as many streams as there are events
+        // (an upper bound); both grow when full.
+        let id_filter = KeyFilter::start(
+            store.clone(),
+            Indexed::EventIds,
+            head.position.saturating_mul(2),
+        );
+        let stream_filter = KeyFilter::start(store.clone(), Indexed::Streams, head.position);
         Ok(Self {
             store,
             id_filter,
+            stream_filter,
             head,
             last_recorded_us,
             clock,
@@ -159,9 +169,11 @@ impl Writer {
             syncer,
             failure,
             mut id_filter,
+            mut stream_filter,
             ..
         } = self;
         id_filter.stop();
+        stream_filter.stop();
         drop(to_sync);
         if let Some(syncer) = syncer {
             let _ = syncer.join();
@@ -256,7 +268,7 @@ impl Writer {
     }
 
     fn current_head(
-        &self,
+        &mut self,
         stream: &str,
         group: &Overlay,
         draft: &Overlay,
@@ -268,6 +280,9 @@ impl Writer {
             .or_else(|| self.head_cache.get(stream))
         {
             return Ok(Some(*head));
+        }
+        if !self.stream_filter.may_contain(stream.as_bytes()) {
+            return Ok(None);
         }
         Ok(self
             .store
@@ -438,6 +453,7 @@ impl Writer {
             self.store.events.insert(first.to_be_bytes(), value)?;
         }
         for (stream, first_revision, first_position, count) in &group.runs {
+            self.stream_filter.insert(stream.as_bytes());
             self.store.streams.insert(
                 stream_key(stream, *first_revision),
                 &stream_value(*first_position, *count),
@@ -450,6 +466,7 @@ impl Writer {
                 .insert(record.event_id, &record.position.to_be_bytes())?;
         }
         self.id_filter.grow_if_full();
+        self.stream_filter.grow_if_full();
         self.head = Head {
             position: last_position,
             hash: previous,

@@ -1,25 +1,31 @@
-//! A Bloom filter over the keys of the `event_ids` tree, so that the writer's
-//! idempotency check skips the sled lookup for an id the log has never seen — the usual
-//! case, and otherwise a third of the writer's time per event (measured with batches of
-//! 100: a sled `get` of a random 16-byte key costs about what its insert does).
+//! Bloom filters over the keys of two index trees, so that the writer skips a sled
+//! lookup whose answer is "not there" — the usual case for both:
 //!
-//! The filter only ever answers "certainly absent" or "maybe present"; "maybe" goes to
+//! - **event ids** (`event_ids`): the idempotency check of each event looks its id up;
+//!   for an id never seen (nearly all of them) that `get` of a random 16-byte key was a
+//!   third of the writer's time per event with batches of 100;
+//! - **stream names** (`streams`): the expectation check of an append to a stream the
+//!   writer has not cached reads the stream's last run, a reverse `scan_prefix` in sled;
+//!   for a stream that does not exist yet (a new customer, a new deal) that was a quarter
+//!   of the writer's time with 64 single-event clients.
+//!
+//! A filter only ever answers "certainly absent" or "maybe present"; "maybe" goes to
 //! sled as before, so a false positive costs one lookup and never a wrong answer. It has
-//! no false negatives because every id in the tree is in it before the writer asks:
+//! no false negatives because every key in the tree is in it before the writer asks:
 //!
-//! - the ids already in the tree when the log opens (after the journal replay and the
+//! - the keys already in the tree when the log opens (after the journal replay and the
 //!   index repair) are added by a scan on a background thread; until the scan is done
 //!   the writer has no filter and asks sled every time;
-//! - every id the writer inserts afterwards it adds itself, to the filter in use and to
+//! - every key the writer inserts afterwards it adds itself, to the filter in use and to
 //!   the one being built, before it checks the next group.
 //!
-//! The filter is sized for twice the ids at open (16 bits per id, six probes: about
-//! 0.1 % false positives when full). Once it holds more ids than it was sized for, a
-//! filter twice as large is built the same way while the full one keeps answering, and
-//! replaces it when its scan ends. Memory stays bounded by
-//! [`limits::ID_FILTER_BYTES_MAX`]: past it the filter stops growing and only answers
-//! "maybe" more often.
+//! A filter has 16 bits per key and six probes (about 0.1 % false positives when full).
+//! Once it holds more keys than it was sized for, a filter twice as large is built the
+//! same way while the full one keeps answering, and replaces it when its scan ends.
+//! Memory stays bounded by [`limits::KEY_FILTER_BYTES_MAX`] per filter: past it a filter
+//! stops growing and only answers "maybe" more often.
 
+use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -28,9 +34,9 @@ use super::error::LogError;
 use super::store::Store;
 use crate::limits;
 
-/// Bits per id a filter is sized with.
+/// Bits per key a filter is sized with.
 const BITS_PER_ID: u64 = 16;
-/// Probes per id.
+/// Probes per key.
 const PROBES: u64 = 6;
 /// The smallest filter, in bits (1 MiB, for 512 Ki ids): a young log does not rebuild
 /// it every few thousand events.
@@ -42,22 +48,22 @@ const BITS_MIN: u64 = 1 << 16;
 /// How many tree entries a scan reads between looks at its stop flag.
 const SCAN_STOP_CHECK_EVERY: usize = 4_096;
 
-/// A fixed-size Bloom filter of 16-byte ids, shared between the writer and one scan.
+/// A fixed-size Bloom filter of byte keys, shared between the writer and one scan.
 #[derive(Debug)]
 pub(super) struct Bloom {
     words: Box<[AtomicU64]>,
     /// Bit count minus one (the bit count is a power of two).
     mask: u64,
-    /// Ids it was sized for.
+    /// Keys it was sized for.
     capacity: u64,
-    /// Ids added (repeats included), from both the scan and the writer.
+    /// Keys added (repeats included), from both the scan and the writer.
     added: AtomicU64,
 }
 
 impl Bloom {
-    /// A filter sized for `ids` ids, within the memory limit.
-    pub(super) fn with_capacity(ids: u64) -> Self {
-        let bits = ids
+    /// A filter sized for `keys` keys, within the memory limit.
+    pub(super) fn with_capacity(keys: u64) -> Self {
+        let bits = keys
             .saturating_mul(BITS_PER_ID)
             .checked_next_power_of_two()
             .unwrap_or(u64::MAX)
@@ -71,38 +77,48 @@ impl Bloom {
         }
     }
 
-    /// The two base hashes of an id (double hashing gives the probes). Ids are chosen by
-    /// clients, so they are mixed rather than trusted to be random; ids aimed at
-    /// collisions only cost lookups.
-    fn hashes(id: &[u8; 16]) -> (u64, u64) {
-        let low = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
-        let high = u64::from_le_bytes(id[8..].try_into().expect("8 bytes"));
-        let first = mix(low ^ high.rotate_left(32));
-        let second = mix(high ^ 0x9e37_79b9_7f4a_7c15 ^ first) | 1;
-        (first, second)
+    /// The two base hashes of a key (double hashing gives the probes). Keys are chosen
+    /// by clients, so they are mixed rather than trusted to be random; keys aimed at
+    /// collisions only cost lookups. A 16-byte key (an event id) is mixed directly; any
+    /// other (a stream name) goes through SipHash with fixed keys, twice.
+    fn hashes(key: &[u8]) -> (u64, u64) {
+        if let Ok(id) = <&[u8; 16]>::try_from(key) {
+            let low = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
+            let high = u64::from_le_bytes(id[8..].try_into().expect("8 bytes"));
+            let first = mix(low ^ high.rotate_left(32));
+            let second = mix(high ^ 0x9e37_79b9_7f4a_7c15 ^ first) | 1;
+            return (first, second);
+        }
+        let sip = |seed: u8| {
+            let mut hasher = DefaultHasher::new();
+            hasher.write_u8(seed);
+            hasher.write(key);
+            hasher.finish()
+        };
+        (sip(0), sip(1) | 1)
     }
 
-    fn probes(&self, id: &[u8; 16]) -> impl Iterator<Item = u64> + '_ {
-        let (first, second) = Self::hashes(id);
+    fn probes(&self, key: &[u8]) -> impl Iterator<Item = u64> + '_ {
+        let (first, second) = Self::hashes(key);
         (0..PROBES).map(move |i| first.wrapping_add(i.wrapping_mul(second)) & self.mask)
     }
 
-    /// Adds an id.
-    pub(super) fn insert(&self, id: &[u8; 16]) {
-        for bit in self.probes(id) {
+    /// Adds a key.
+    pub(super) fn insert(&self, key: &[u8]) {
+        for bit in self.probes(key) {
             self.words[(bit / 64) as usize].fetch_or(1 << (bit % 64), Ordering::Relaxed);
         }
         self.added.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// False only if the id was certainly never added.
-    pub(super) fn may_contain(&self, id: &[u8; 16]) -> bool {
-        self.probes(id).all(|bit| {
+    /// False only if the key was certainly never added.
+    pub(super) fn may_contain(&self, key: &[u8]) -> bool {
+        self.probes(key).all(|bit| {
             self.words[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
         })
     }
 
-    /// Whether it holds more ids than it was sized for.
+    /// Whether it holds more keys than it was sized for.
     fn is_full(&self) -> bool {
         self.added.load(Ordering::Relaxed) > self.capacity
     }
@@ -120,7 +136,7 @@ impl Bloom {
 
 /// The largest filter in bits: the largest power of two within the memory limit.
 fn bits_max() -> u64 {
-    let limit = (limits::ID_FILTER_BYTES_MAX as u64)
+    let limit = (limits::KEY_FILTER_BYTES_MAX as u64)
         .saturating_mul(8)
         .max(BITS_MIN);
     1 << (63 - limit.leading_zeros())
@@ -142,23 +158,34 @@ struct Build {
     scan: JoinHandle<Result<u64, LogError>>,
 }
 
-/// The writer's view: the filter in use (none until the first scan ends) and the one
-/// being built.
-pub(super) struct IdFilter {
+/// The index tree a filter covers, and so what its keys are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Indexed {
+    /// `event_ids`: keys are event ids.
+    EventIds,
+    /// `streams`: keys are stream names (the tree's keys less their revision suffix).
+    Streams,
+}
+
+/// The writer's view of one filter: the one in use (none until the first scan ends) and
+/// the one being built.
+pub(super) struct KeyFilter {
     store: Arc<Store>,
+    indexed: Indexed,
     active: Option<Arc<Bloom>>,
     building: Option<Build>,
 }
 
-impl IdFilter {
-    /// Starts the first scan, sized for twice the `ids` the log holds.
-    pub(super) fn start(store: Arc<Store>, ids: u64) -> Self {
+impl KeyFilter {
+    /// Starts the first scan of `indexed`, sized for `capacity` keys.
+    pub(super) fn start(store: Arc<Store>, indexed: Indexed, capacity: u64) -> Self {
         let mut filter = Self {
             store,
+            indexed,
             active: None,
             building: None,
         };
-        filter.build(ids.saturating_mul(2));
+        filter.build(capacity);
         filter
     }
 
@@ -166,13 +193,16 @@ impl IdFilter {
         let bloom = Arc::new(Bloom::with_capacity(capacity));
         let stop = Arc::new(AtomicBool::new(false));
         let (scan_bloom, scan_stop, store) = (bloom.clone(), stop.clone(), self.store.clone());
+        let indexed = self.indexed;
         let spawned = std::thread::Builder::new()
-            .name("rapport-id-filter".into())
-            .spawn(move || scan(&store, &scan_bloom, &scan_stop));
+            .name("rapport-key-filter".into())
+            .spawn(move || scan(&store, indexed, &scan_bloom, &scan_stop));
         match spawned {
             Ok(scan) => self.building = Some(Build { bloom, stop, scan }),
-            // Without a thread there is no filter: every id goes to sled, as it always could.
-            Err(error) => tracing::warn!(%error, "could not start the id filter's scan"),
+            // Without a thread there is no filter: every key goes to sled, as it always could.
+            Err(error) => {
+                tracing::warn!(%error, indexed = ?self.indexed, "could not start a key filter's scan");
+            }
         }
     }
 
@@ -188,31 +218,33 @@ impl IdFilter {
         let build = self.building.take().expect("checked above");
         match build.scan.join() {
             Ok(Ok(scanned)) => {
-                tracing::debug!(scanned, bytes = build.bloom.bytes(), "id filter in use");
+                tracing::debug!(scanned, bytes = build.bloom.bytes(), indexed = ?self.indexed, "key filter in use");
                 self.active = Some(build.bloom);
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, "the id filter's scan failed; ids are looked up in sled");
+                tracing::warn!(%error, indexed = ?self.indexed, "a key filter's scan failed; its keys are looked up in sled");
             }
-            Err(_) => tracing::warn!("the id filter's scan panicked; ids are looked up in sled"),
+            Err(_) => {
+                tracing::warn!(indexed = ?self.indexed, "a key filter's scan panicked; its keys are looked up in sled");
+            }
         }
     }
 
-    /// False only if no event with this id is in the `event_ids` tree.
-    pub(super) fn may_contain(&mut self, id: &[u8; 16]) -> bool {
+    /// False only if the key (an event id, or a stream name) is certainly not in the tree.
+    pub(super) fn may_contain(&mut self, key: &[u8]) -> bool {
         self.poll();
         self.active
             .as_ref()
-            .is_none_or(|bloom| bloom.may_contain(id))
+            .is_none_or(|bloom| bloom.may_contain(key))
     }
 
-    /// Records an id the writer is putting into the tree.
-    pub(super) fn insert(&mut self, id: &[u8; 16]) {
+    /// Records a key the writer is putting into the tree.
+    pub(super) fn insert(&mut self, key: &[u8]) {
         if let Some(bloom) = &self.active {
-            bloom.insert(id);
+            bloom.insert(key);
         }
         if let Some(build) = &self.building {
-            build.bloom.insert(id);
+            build.bloom.insert(key);
         }
     }
 
@@ -236,34 +268,58 @@ impl IdFilter {
     }
 }
 
-impl Drop for IdFilter {
+impl Drop for KeyFilter {
     fn drop(&mut self) {
         self.stop();
     }
 }
 
-/// Adds every key of the `event_ids` tree to `bloom`; returns how many.
-fn scan(store: &Store, bloom: &Bloom, stop: &AtomicBool) -> Result<u64, LogError> {
-    let mut scanned = 0u64;
-    for (index, entry) in store.event_ids.iter().keys().enumerate() {
+/// Adds every key of the `indexed` tree to `bloom`; returns how many it added.
+fn scan(
+    store: &Store,
+    indexed: Indexed,
+    bloom: &Bloom,
+    stop: &AtomicBool,
+) -> Result<u64, LogError> {
+    let tree = match indexed {
+        Indexed::EventIds => &store.event_ids,
+        Indexed::Streams => &store.streams,
+    };
+    let mut added = 0u64;
+    let mut previous: Option<sled::IVec> = None;
+    for (index, entry) in tree.iter().keys().enumerate() {
         if index % SCAN_STOP_CHECK_EVERY == 0 && stop.load(Ordering::Relaxed) {
             return Err(LogError::Unavailable("the log is closing".into()));
         }
         let key = entry?;
-        match <&[u8; 16]>::try_from(key.as_ref()) {
-            Ok(id) => bloom.insert(id),
-            // A malformed key is verify's to report; the filter must still not miss it, so
-            // no filter at all rather than one that could.
-            Err(_) => {
-                return Err(LogError::Corrupt(format!(
-                    "event id index key of {} bytes",
-                    key.len()
-                )));
+        // A malformed key is verify's to report; the filter must still not miss it, so
+        // no filter at all rather than one that could.
+        let malformed =
+            || LogError::Corrupt(format!("{indexed:?} index key of {} bytes", key.len()));
+        match indexed {
+            Indexed::EventIds => {
+                if key.len() != 16 {
+                    return Err(malformed());
+                }
+                bloom.insert(&key);
+                added += 1;
+            }
+            Indexed::Streams => {
+                // stream ‖ 0x00 ‖ first revision (8 bytes); a stream's runs are adjacent.
+                let Some(name_len) = key.len().checked_sub(9).filter(|n| key[*n] == 0) else {
+                    return Err(malformed());
+                };
+                let name = &key[..name_len];
+                if previous.as_ref().is_some_and(|p| p.as_ref() == name) {
+                    continue;
+                }
+                bloom.insert(name);
+                previous = Some(sled::IVec::from(name));
+                added += 1;
             }
         }
-        scanned += 1;
     }
-    Ok(scanned)
+    Ok(added)
 }
 
 #[cfg(test)]
@@ -293,7 +349,7 @@ mod tests {
     }
 
     /// Waits (bounded) until the first scan's filter is in use.
-    fn settled(filter: &mut IdFilter) {
+    fn settled(filter: &mut KeyFilter) {
         for _ in 0..2_000 {
             filter.poll();
             if filter.building.is_none() {
@@ -314,7 +370,7 @@ mod tests {
                 .insert(id(n), &n.to_be_bytes())
                 .expect("insert");
         }
-        let mut filter = IdFilter::start(store.clone(), 1_000);
+        let mut filter = KeyFilter::start(store.clone(), Indexed::EventIds, 2_000);
         // While the scan runs there is no filter: everything is "maybe".
         assert!(filter.active.is_none() || (0..1_000).all(|n| filter.may_contain(&id(n))));
         settled(&mut filter);
@@ -348,6 +404,60 @@ mod tests {
     }
 
     #[test]
+    fn the_stream_filter_holds_each_stream_of_the_tree_once() {
+        use crate::log::store::{stream_key, stream_value};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        // Three runs per stream, and names that are prefixes of one another.
+        let names: Vec<String> = (0..500).map(|n| format!("customer-{n}")).collect();
+        for (n, name) in names.iter().enumerate() {
+            for run in 0..3u64 {
+                let value = stream_value(n as u64 * 10 + run, 1);
+                store
+                    .streams
+                    .insert(stream_key(name, run), &value)
+                    .expect("insert");
+            }
+        }
+        let mut filter = KeyFilter::start(store.clone(), Indexed::Streams, 500);
+        settled(&mut filter);
+        let active = filter.active.clone().expect("in use");
+        assert_eq!(
+            active.added.load(Ordering::Relaxed),
+            500,
+            "each stream counted once"
+        );
+        assert!(names.iter().all(|name| filter.may_contain(name.as_bytes())));
+        let absent = (500..10_500)
+            .filter(|n| filter.may_contain(format!("customer-{n}").as_bytes()))
+            .count();
+        assert!(absent < 100, "{absent} false positives");
+        // What the writer adds is found at once.
+        filter.insert(b"deal-1");
+        assert!(filter.may_contain(b"deal-1"));
+    }
+
+    #[test]
+    fn a_malformed_key_leaves_no_filter_rather_than_one_that_misses() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        store
+            .streams
+            .insert(b"no-separator", &[0u8; 12])
+            .expect("insert");
+        store.event_ids.insert(b"short", &[0u8; 8]).expect("insert");
+        for indexed in [Indexed::Streams, Indexed::EventIds] {
+            let mut filter = KeyFilter::start(store.clone(), indexed, 10);
+            settled(&mut filter);
+            assert!(filter.active.is_none(), "{indexed:?}");
+            assert!(
+                filter.may_contain(b"anything"),
+                "without a filter everything is maybe"
+            );
+        }
+    }
+
+    #[test]
     fn stop_ends_a_scan_in_progress() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::open(dir.path()).expect("store"));
@@ -357,7 +467,7 @@ mod tests {
                 .insert(id(n), &n.to_be_bytes())
                 .expect("insert");
         }
-        let mut filter = IdFilter::start(store.clone(), 20_000);
+        let mut filter = KeyFilter::start(store.clone(), Indexed::EventIds, 40_000);
         filter.stop();
         assert!(filter.building.is_none());
         drop(filter);
@@ -371,7 +481,7 @@ mod tests {
             let bits = bloom.mask + 1;
             assert!(bits.is_power_of_two(), "{ids}: {bits}");
             assert!(bits >= BITS_MIN);
-            assert!(bloom.bytes() <= limits::ID_FILTER_BYTES_MAX.max(BITS_MIN as usize / 8));
+            assert!(bloom.bytes() <= limits::KEY_FILTER_BYTES_MAX.max(BITS_MIN as usize / 8));
         }
     }
 
