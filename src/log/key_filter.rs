@@ -35,10 +35,10 @@ use super::store::Store;
 use crate::limits;
 
 /// Bits per key a filter is sized with.
-const BITS_PER_ID: u64 = 16;
+const BITS_PER_KEY: u64 = 16;
 /// Probes per key.
 const PROBES: u64 = 6;
-/// The smallest filter, in bits (1 MiB, for 512 Ki ids): a young log does not rebuild
+/// The smallest filter, in bits (1 MiB, for 512 Ki keys): a young log does not rebuild
 /// it every few thousand events.
 #[cfg(not(test))]
 const BITS_MIN: u64 = 1 << 23;
@@ -64,7 +64,7 @@ impl Bloom {
     /// A filter sized for `keys` keys, within the memory limit.
     pub(super) fn with_capacity(keys: u64) -> Self {
         let bits = keys
-            .saturating_mul(BITS_PER_ID)
+            .saturating_mul(BITS_PER_KEY)
             .checked_next_power_of_two()
             .unwrap_or(u64::MAX)
             .clamp(BITS_MIN, bits_max());
@@ -72,7 +72,7 @@ impl Bloom {
         Self {
             words,
             mask: bits - 1,
-            capacity: bits / BITS_PER_ID,
+            capacity: bits / BITS_PER_KEY,
             added: AtomicU64::new(0),
         }
     }

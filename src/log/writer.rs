@@ -453,7 +453,11 @@ impl Writer {
             self.store.events.insert(first.to_be_bytes(), value)?;
         }
         for (stream, first_revision, first_position, count) in &group.runs {
-            self.stream_filter.insert(stream.as_bytes());
+            // A stream enters the tree with its revision-0 run; later runs add nothing
+            // new to the filter (and would only make it look full sooner).
+            if *first_revision == 0 {
+                self.stream_filter.insert(stream.as_bytes());
+            }
             self.store.streams.insert(
                 stream_key(stream, *first_revision),
                 &stream_value(*first_position, *count),
