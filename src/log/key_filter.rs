@@ -348,6 +348,19 @@ mod tests {
         assert!(!bloom.is_full());
     }
 
+    /// A store in a temp dir whose `event_ids` tree holds `id(0..count)`.
+    fn store_with_ids(count: u64) -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        for n in 0..count {
+            store
+                .event_ids
+                .insert(id(n), &n.to_be_bytes())
+                .expect("insert");
+        }
+        (dir, store)
+    }
+
     /// Waits (bounded) until the first scan's filter is in use.
     fn settled(filter: &mut KeyFilter) {
         for _ in 0..2_000 {
@@ -362,14 +375,7 @@ mod tests {
 
     #[test]
     fn the_writers_filter_never_misses_an_id_of_the_tree_before_during_or_after_a_rebuild() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        for n in 0..1_000 {
-            store
-                .event_ids
-                .insert(id(n), &n.to_be_bytes())
-                .expect("insert");
-        }
+        let (_dir, store) = store_with_ids(1_000);
         let mut filter = KeyFilter::start(store.clone(), Indexed::EventIds, 2_000);
         // While the scan runs there is no filter: everything is "maybe".
         assert!(filter.active.is_none() || (0..1_000).all(|n| filter.may_contain(&id(n))));
@@ -459,14 +465,7 @@ mod tests {
 
     #[test]
     fn stop_ends_a_scan_in_progress() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
-        for n in 0..20_000 {
-            store
-                .event_ids
-                .insert(id(n), &n.to_be_bytes())
-                .expect("insert");
-        }
+        let (_dir, store) = store_with_ids(20_000);
         let mut filter = KeyFilter::start(store.clone(), Indexed::EventIds, 40_000);
         filter.stop();
         assert!(filter.building.is_none());
