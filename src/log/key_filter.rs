@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use super::error::LogError;
-use super::store::Store;
+use super::store::{Store, stream_key_name};
 use crate::limits;
 
 /// Bits per key a filter is sized with.
@@ -305,11 +305,10 @@ fn scan(
                 added += 1;
             }
             Indexed::Streams => {
-                // stream ‖ 0x00 ‖ first revision (8 bytes); a stream's runs are adjacent.
-                let Some(name_len) = key.len().checked_sub(9).filter(|n| key[*n] == 0) else {
+                // A stream's runs are adjacent in the tree: each name is added once.
+                let Some(name) = stream_key_name(&key) else {
                     return Err(malformed());
                 };
-                let name = &key[..name_len];
                 if previous.as_ref().is_some_and(|p| p.as_ref() == name) {
                     continue;
                 }

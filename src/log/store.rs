@@ -162,10 +162,10 @@ pub fn stream_value(first_position: u64, count: u32) -> [u8; 12] {
 
 /// Decodes a stream index entry into (stream name, run).
 pub fn decode_stream_entry(key: &[u8], value: &[u8]) -> Result<(String, StreamRun), LogError> {
-    if key.len() < 10 || key[key.len() - 9] != 0 || value.len() != 12 {
+    let (Some(name), 12) = (stream_key_name(key), value.len()) else {
         return Err(LogError::Corrupt("malformed stream index entry".into()));
-    }
-    let stream = std::str::from_utf8(&key[..key.len() - 9])
+    };
+    let stream = std::str::from_utf8(name)
         .map_err(|_| LogError::Corrupt("stream index key is not UTF-8".into()))?
         .to_owned();
     let first_revision = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"));
@@ -179,6 +179,16 @@ pub fn decode_stream_entry(key: &[u8], value: &[u8]) -> Result<(String, StreamRu
             count,
         },
     ))
+}
+
+/// The stream-name bytes of a stream index key (`stream ‖ 0x00 ‖ revision u64 BE`), or
+/// `None` if the key does not have that shape.
+pub fn stream_key_name(key: &[u8]) -> Option<&[u8]> {
+    let name_len = key
+        .len()
+        .checked_sub(9)
+        .filter(|n| *n > 0 && key[*n] == 0)?;
+    Some(&key[..name_len])
 }
 
 /// Decodes a big-endian u64 value.
