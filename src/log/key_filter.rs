@@ -79,8 +79,10 @@ impl Bloom {
 
     /// The two base hashes of a key (double hashing gives the probes). Keys are chosen
     /// by clients, so they are mixed rather than trusted to be random; keys aimed at
-    /// collisions only cost lookups. A 16-byte key (an event id) is mixed directly; any
-    /// other (a stream name) goes through SipHash with fixed keys, twice.
+    /// collisions only cost lookups. A 16-byte key (every event id, and a stream name
+    /// that happens to be 16 bytes long) is mixed directly; any other goes through
+    /// SipHash with fixed keys, twice. The choice depends on the key alone, so inserts
+    /// and lookups of one key always take the same path.
     fn hashes(key: &[u8]) -> (u64, u64) {
         if let Ok(id) = <&[u8; 16]>::try_from(key) {
             let low = u64::from_le_bytes(id[..8].try_into().expect("8 bytes"));
