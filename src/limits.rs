@@ -99,12 +99,14 @@ pub const GROUP_COMMIT_EVENTS_MAX: usize = 8_192;
 /// blob file each).
 pub const CHUNK_BYTES_TARGET: usize = 8 * 1024;
 
-/// Events buffered between the disk reader and the network for one subscription. A slow
-/// subscriber blocks its own reader at this depth; nothing else waits for it.
-pub const SUBSCRIPTION_BUFFER_EVENTS: usize = 256;
+/// Converted batches buffered between the disk reader and the network for one
+/// subscription. With one batch being sent and one being read, a subscription holds at
+/// most 3 × `SUBSCRIPTION_READ_BATCH` events; a slow subscriber blocks its own reader at
+/// this depth, and nothing else waits for it.
+pub const SUBSCRIPTION_BUFFER_BATCHES: usize = 1;
 
-/// Events one subscription reads from disk per step.
-pub const SUBSCRIPTION_READ_BATCH: u32 = 512;
+/// Events one subscription reads from disk and converts to protobuf per step.
+pub const SUBSCRIPTION_READ_BATCH: u32 = 256;
 
 /// Concurrent subscriptions; one more is refused with `RESOURCE_EXHAUSTED`.
 pub const SUBSCRIPTIONS_MAX: usize = 1_024;

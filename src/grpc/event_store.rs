@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -536,7 +535,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
                     limits::SUBSCRIPTIONS_MAX
                 ))
             })?;
-        let (sender, receiver) = mpsc::channel(limits::SUBSCRIPTION_BUFFER_EVENTS);
+        let (sender, receiver) = mpsc::channel(limits::SUBSCRIPTION_BUFFER_BATCHES);
         let log = self.log.clone();
         let privacy = self.privacy.clone();
         let shutdown = self.shutdown.clone();
@@ -544,7 +543,10 @@ impl pb::event_store_server::EventStore for EventStoreService {
             let _permit = permit;
             follow(log, privacy, after_position, filter, sender, shutdown).await;
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Ok(Response::new(Box::pin(BatchStream {
+            receiver,
+            current: Vec::new().into_iter(),
+        })))
     }
 
     async fn get_head(&self, _request: Request<()>) -> Result<Response<pb::LogHead>, Status> {
@@ -556,15 +558,19 @@ impl pb::event_store_server::EventStore for EventStoreService {
     }
 }
 
-/// Feeds one subscription: reads from disk in batches at the subscriber's pace (the
-/// bounded channel blocks this task when the subscriber is slow), then waits for the
-/// writer to publish a new head. Ends when the subscriber goes away or on shutdown.
+/// Feeds one subscription: reads from disk in batches at the subscriber's pace and
+/// converts each batch to protobuf on a blocking thread (the bounded channel blocks this
+/// task when the subscriber is slow), then waits for the writer to publish a new head.
+/// Ends when the subscriber goes away or on shutdown.
+///
+/// A batch travels as one channel message: per-event sends cost a wake-up each and
+/// kept the network task from batching its writes (measured in BENCHMARKS.md).
 async fn follow(
     log: Log,
     privacy: Privacy,
     after_position: u64,
     filter: ReadFilter,
-    sender: mpsc::Sender<Result<pb::RecordedEvent, Status>>,
+    sender: mpsc::Sender<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut heads = log.watch_head();
@@ -577,33 +583,31 @@ async fn follow(
         if cursor <= head {
             let reader = log.clone();
             let batch_filter = filter.clone();
+            let batch_privacy = privacy.clone();
             let read = tokio::task::spawn_blocking(move || {
-                reader.read_all(
-                    cursor,
-                    false,
-                    limits::SUBSCRIPTION_READ_BATCH as usize,
-                    &batch_filter,
-                )
+                reader
+                    .read_all(
+                        cursor,
+                        false,
+                        limits::SUBSCRIPTION_READ_BATCH as usize,
+                        &batch_filter,
+                    )
+                    .map(|page| (page.next_cursor, to_batch(page.events, &batch_privacy)))
             })
             .await;
-            let page = match read {
-                Ok(Ok(page)) => page,
-                Ok(Err(error)) => {
-                    let _ = sender.send(Err(error.into())).await;
-                    return;
+            let (batch, ended) = match read {
+                Ok(Ok((next_cursor, (batch, failed)))) => {
+                    cursor = next_cursor;
+                    (batch, failed)
                 }
-                Err(error) => {
-                    let _ = sender
-                        .send(Err(Status::internal(format!("read task failed: {error}"))))
-                        .await;
-                    return;
-                }
+                Ok(Err(error)) => (vec![Err(error.into())], true),
+                Err(error) => (
+                    vec![Err(Status::internal(format!("read task failed: {error}")))],
+                    true,
+                ),
             };
-            cursor = page.next_cursor;
-            for logged in page.events {
-                if !send(&sender, logged, &privacy, &mut shutdown).await {
-                    return;
-                }
+            if !send(&sender, batch, &mut shutdown).await || ended {
+                return;
             }
             continue;
         }
@@ -615,18 +619,62 @@ async fn follow(
     }
 }
 
-/// Sends one event, waiting for the subscriber's buffer to have room — but not past a
+/// Events on their way to one subscriber, in order; an `Err` is the last item.
+type Batch = Vec<Result<pb::RecordedEvent, Status>>;
+
+/// Converts a page to protobuf, stopping after the first event that fails; the flag says
+/// whether one did (the subscription then ends with that error).
+fn to_batch(events: Vec<LoggedEvent>, privacy: &Privacy) -> (Batch, bool) {
+    let mut batch = Vec::with_capacity(events.len());
+    for logged in events {
+        let item = recorded_event(logged, Some(privacy));
+        let failed = item.is_err();
+        batch.push(item);
+        if failed {
+            return (batch, true);
+        }
+    }
+    (batch, false)
+}
+
+/// Sends one batch, waiting for the subscriber's buffer to have room — but not past a
 /// shutdown: a subscriber that stopped reading must not hold the server's drain up.
 async fn send(
-    sender: &mpsc::Sender<Result<pb::RecordedEvent, Status>>,
-    logged: LoggedEvent,
-    privacy: &Privacy,
+    sender: &mpsc::Sender<Batch>,
+    batch: Batch,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
-    let item = recorded_event(logged, Some(privacy));
-    let failed = item.is_err();
+    if batch.is_empty() {
+        return true;
+    }
     tokio::select! {
-        sent = sender.send(item) => sent.is_ok() && !failed,
+        sent = sender.send(batch) => sent.is_ok(),
         _ = shutdown.wait_for(|stopping| *stopping) => false,
     }
 }
+
+/// The subscriber's side of the channel: yields the events of each batch in turn.
+struct BatchStream {
+    receiver: mpsc::Receiver<Batch>,
+    current: std::vec::IntoIter<Result<pb::RecordedEvent, Status>>,
+}
+
+impl Stream for BatchStream {
+    type Item = Result<pb::RecordedEvent, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            if let Some(item) = self.current.next() {
+                return std::task::Poll::Ready(Some(item));
+            }
+            match std::task::ready!(self.receiver.poll_recv(cx)) {
+                Some(batch) => self.current = batch.into_iter(),
+                None => return std::task::Poll::Ready(None),
+            }
+        }
+    }
+}
+
