@@ -677,4 +677,3 @@ impl Stream for BatchStream {
         }
     }
 }
-
