@@ -950,6 +950,26 @@ async fn invalid_appends_are_invalid_argument_with_field_violations_and_change_n
             ),
             vec!["events[0].metadata"],
         ),
+        (
+            "oversize metadata value",
+            append(
+                target,
+                None,
+                vec![
+                    proposed("", 1.0),
+                    pb::ProposedEvent {
+                        metadata: [(
+                            "note".to_owned(),
+                            "v".repeat(limits::METADATA_VALUE_BYTES_MAX + 1),
+                        )]
+                        .into(),
+                        actor: "a".repeat(limits::ENVELOPE_STRING_BYTES_MAX + 1),
+                        ..proposed("", 2.0)
+                    },
+                ],
+            ),
+            vec!["events[1].metadata[note]", "events[1].actor"],
+        ),
         // Custom events.
         (
             "custom event with a built-in type",
