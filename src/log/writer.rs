@@ -3,10 +3,12 @@
 //! The writer thread takes every append waiting in the queue (up to the group limits),
 //! checks each in arrival order against the stored state plus what the earlier appends
 //! of the same group will write, writes the group's chunks to the journal and its
-//! batches to sled, and hands the group to the syncer thread. The syncer takes every
-//! group handed to it, fdatasyncs the journal once, publishes the new durable head and
-//! answers them all — while the writer already checks and writes the next group, so the
-//! disk's sync latency overlaps the CPU work instead of adding to it.
+//! hands the group to the syncer thread as soon as the journal has it, then writes its
+//! entries to sled. The syncer takes every group handed to it, fdatasyncs the journal
+//! once, waits until sled holds those groups too (readers must find every event up to
+//! the head they see), publishes the new durable head and answers them all. The sync
+//! overlaps the writer's sled inserts of the same group and its checks of the next one,
+//! so the disk's sync latency overlaps the CPU work instead of adding to it.
 //!
 //! A rejected append changes nothing. Every answer — accepted, idempotent re-send or
 //! rejected — is given only after a sync that covers the state it was checked against:
@@ -18,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
@@ -67,6 +69,18 @@ struct Written {
 /// until a restart (which replays the journal and repairs the indices).
 type Failure = Arc<Mutex<Option<String>>>;
 
+/// The last position whose group sled holds (chunks and indices), and the condition the
+/// syncer waits on for it. The writer moves it after each group's sled inserts, and
+/// notifies it after a failure too, so the syncer never waits on a writer that stopped.
+type Applied = Arc<(Mutex<u64>, Condvar)>;
+
+/// What the journal phase of a group leaves for the sled phase: its chunks and the
+/// position of its last event.
+struct Journaled {
+    chunks: Vec<ChunkEntry>,
+    last_position: u64,
+}
+
 pub(super) struct Writer {
     store: Arc<Store>,
     /// Head of what is written (journal and sled), possibly not yet synced.
@@ -78,6 +92,7 @@ pub(super) struct Writer {
     to_sync: std::sync::mpsc::SyncSender<Written>,
     syncer: Option<std::thread::JoinHandle<()>>,
     failure: Failure,
+    applied: Applied,
     /// Heads of recently written streams (bounded by `STREAM_HEAD_CACHE_ENTRIES`).
     head_cache: HashMap<String, (u64, u64)>,
     /// Which ids are certainly not in the `event_ids` tree (saves the lookup).
@@ -105,9 +120,20 @@ impl Writer {
         let (to_sync, written) = std::sync::mpsc::sync_channel(limits::UNSYNCED_GROUPS_MAX);
         let syncer_failure = failure.clone();
         let synced = head.position;
+        let applied: Applied = Arc::new((Mutex::new(head.position), Condvar::new()));
+        let syncer_applied = applied.clone();
         let syncer = std::thread::Builder::new()
             .name("rapport-log-sync".into())
-            .spawn(move || sync_loop(journal, head_tx, syncer_failure, written, synced))?;
+            .spawn(move || {
+                sync_loop(
+                    journal,
+                    head_tx,
+                    syncer_failure,
+                    syncer_applied,
+                    written,
+                    synced,
+                )
+            })?;
         // Sized for twice the ids there are, and for as many streams as there are events
         // (an upper bound); both grow when full.
         let id_filter = KeyFilter::start(
@@ -126,6 +152,7 @@ impl Writer {
             to_sync,
             syncer: Some(syncer),
             failure,
+            applied,
             head_cache: HashMap::new(),
             stats: WriterStats::default(),
         })
@@ -140,6 +167,17 @@ impl Writer {
             .lock()
             .expect("failure lock poisoned")
             .get_or_insert(reason);
+        // Wake a syncer waiting for this writer's sled inserts: they will not come.
+        let (lock, condvar) = &*self.applied;
+        let _guard = lock.lock().expect("applied lock poisoned");
+        condvar.notify_all();
+    }
+
+    /// Records that sled holds everything through `position`.
+    fn mark_applied(&self, position: u64) {
+        let (lock, condvar) = &*self.applied;
+        *lock.lock().expect("applied lock poisoned") = position;
+        condvar.notify_all();
     }
 
     pub(super) fn run(mut self, mut queue: mpsc::Receiver<Job>) {
@@ -212,19 +250,26 @@ impl Writer {
             }
             answers.push((job.reply, result));
         }
-        if !group.records.is_empty()
-            && let Err(error) = self.write(&group, now_us)
-        {
-            tracing::error!(%error, "group commit failed; the writer stops accepting appends");
-            let reason = format!("a write failed ({error}); restart the server to recover");
-            self.fail(reason.clone());
-            for (reply, _) in answers {
-                let _ = reply.send(Err(LogError::Unavailable(reason.clone()).into()));
+        let journaled = if group.records.is_empty() {
+            None
+        } else {
+            match self.journal(&group, now_us) {
+                Ok(journaled) => Some(journaled),
+                Err(error) => {
+                    tracing::error!(%error, "group commit failed; the writer stops accepting appends");
+                    let reason = format!("a write failed ({error}); restart the server to recover");
+                    self.fail(reason.clone());
+                    for (reply, _) in answers {
+                        let _ = reply.send(Err(LogError::Unavailable(reason.clone()).into()));
+                    }
+                    return;
+                }
             }
-            return;
-        }
-        // Accepted appends, idempotent re-sends and rejections alike wait for a sync that
-        // covers what they were checked against (tests/log_model.rs,
+        };
+        // The group goes to the syncer as soon as the journal has it: its fdatasync runs
+        // while this thread writes the group to sled below. Accepted appends, idempotent
+        // re-sends and rejections alike wait for a sync that covers what they were
+        // checked against (tests/log_model.rs,
         // a_rejection_is_answered_only_once_what_it_saw_is_durable).
         if let Err(std::sync::mpsc::SendError(written)) = self.to_sync.send(Written {
             head: self.head,
@@ -234,6 +279,19 @@ impl Writer {
                 let _ = reply.send(Err(
                     LogError::Unavailable("the syncer stopped".into()).into()
                 ));
+            }
+        }
+        if let Some(journaled) = journaled {
+            match self.apply(&group, journaled) {
+                Ok(last_position) => self.mark_applied(last_position),
+                Err(error) => {
+                    // The group is in the journal (a restart replays it) but not in sled:
+                    // the syncer answers it with this failure and publishes no head.
+                    tracing::error!(%error, "group commit failed; the writer stops accepting appends");
+                    self.fail(format!(
+                        "a write failed ({error}); restart the server to recover"
+                    ));
+                }
             }
         }
     }
@@ -413,11 +471,10 @@ impl Writer {
         })
     }
 
-    /// Writes the group: its chunks go to the journal and are made durable with one
-    /// fdatasync (the acknowledgement point), then into sled with the indices and the
-    /// index watermark. sled itself is made durable at checkpoints; if a crash comes
-    /// first, opening the log replays the journal and re-derives the indices.
-    fn write(&mut self, group: &Overlay, now_us: i64) -> Result<(), LogError> {
+    /// The journal phase of a group: chains and packs its events into chunks, writes
+    /// them to the journal (made durable by the syncer's fdatasync, the acknowledgement
+    /// point) and moves the writer's head past them.
+    fn journal(&mut self, group: &Overlay, now_us: i64) -> Result<Journaled, LogError> {
         let mut chunks: Vec<ChunkEntry> = Vec::new();
         let mut previous: Hash = self.head.hash;
         let mut chunk_first = self.head.position + 1;
@@ -436,13 +493,36 @@ impl Writer {
             chunks.push((chunk_first, compress_chunk(chunk.finish())));
         }
         let last_position = self.head.position + group.records.len() as u64;
-
-        let journal_bytes = {
-            let mut wal = self.store.wal.lock().expect("journal lock poisoned");
-            wal.write_record(&chunks)?;
-            wal.len_bytes()
+        self.store
+            .wal
+            .lock()
+            .expect("journal lock poisoned")
+            .write_record(&chunks)?;
+        self.head = Head {
+            position: last_position,
+            hash: previous,
         };
+        self.last_recorded_us = now_us;
+        if self.head_cache.len() + group.heads.len() > limits::STREAM_HEAD_CACHE_ENTRIES {
+            self.head_cache.clear();
+        }
+        self.head_cache
+            .extend(group.heads.iter().map(|(s, h)| (s.clone(), *h)));
+        Ok(Journaled {
+            chunks,
+            last_position,
+        })
+    }
 
+    /// The sled phase of a group: its chunks, stream runs and event ids, then a
+    /// checkpoint if the journal is full. sled itself is made durable at checkpoints; if
+    /// a crash comes first, opening the log replays the journal and re-derives the
+    /// indices. Returns the group's last position.
+    fn apply(&mut self, group: &Overlay, journaled: Journaled) -> Result<u64, LogError> {
+        let Journaled {
+            chunks,
+            last_position,
+        } = journaled;
         // Plain inserts, not sled batches: a sled batch seals sled's I/O buffer and hands
         // a write to its thread pool every time (~2/3 of a single-event group's cost,
         // measured), and its atomicity buys nothing here. The journal already holds the
@@ -471,16 +551,12 @@ impl Writer {
         }
         self.id_filter.grow_if_full();
         self.stream_filter.grow_if_full();
-        self.head = Head {
-            position: last_position,
-            hash: previous,
-        };
-        self.last_recorded_us = now_us;
-        if self.head_cache.len() + group.heads.len() > limits::STREAM_HEAD_CACHE_ENTRIES {
-            self.head_cache.clear();
-        }
-        self.head_cache
-            .extend(group.heads.iter().map(|(s, h)| (s.clone(), *h)));
+        let journal_bytes = self
+            .store
+            .wal
+            .lock()
+            .expect("journal lock poisoned")
+            .len_bytes();
         if journal_bytes >= limits::JOURNAL_CHECKPOINT_BYTES
             && let Err(error) = self.store.checkpoint()
         {
@@ -491,7 +567,7 @@ impl Writer {
                 "a checkpoint failed ({error}); restart the server to recover"
             ));
         }
-        Ok(())
+        Ok(last_position)
     }
 }
 
@@ -501,6 +577,7 @@ fn sync_loop(
     journal: File,
     head_tx: watch::Sender<Head>,
     failure: Failure,
+    applied: Applied,
     written: std::sync::mpsc::Receiver<Written>,
     mut synced: u64,
 ) {
@@ -520,6 +597,10 @@ fn sync_loop(
                     .expect("failure lock poisoned")
                     .get_or_insert(reason.clone());
                 outcome = Some(reason);
+            } else if let Some(reason) = wait_applied(&applied, &failure, head.position) {
+                // Durable in the journal, but sled lacks it: not readable, so not
+                // published; a restart replays it.
+                outcome = Some(reason);
             } else {
                 synced = head.position;
                 head_tx.send_replace(head);
@@ -534,6 +615,24 @@ fn sync_loop(
                 let _ = reply.send(answer);
             }
         }
+    }
+}
+
+/// Waits until sled holds everything through `position` (the writer's inserts of the
+/// groups just synced). Returns the writer's failure instead if it failed before it got
+/// there.
+fn wait_applied(applied: &Applied, failure: &Failure, position: u64) -> Option<String> {
+    let (lock, condvar) = &**applied;
+    let mut through = lock.lock().expect("applied lock poisoned");
+    loop {
+        if *through >= position {
+            return None;
+        }
+        // The writer sets a failure before it notifies, under this lock: no lost wake-up.
+        if let Some(reason) = failure.lock().expect("failure lock poisoned").clone() {
+            return Some(reason);
+        }
+        through = condvar.wait(through).expect("applied lock poisoned");
     }
 }
 
