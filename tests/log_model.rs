@@ -578,6 +578,19 @@ fn open_log(dir: &Path, clock: &ManualClock) -> Log {
     panic!("the data directory stayed locked after shutdown")
 }
 
+/// Opens the store of a closed directory, retrying briefly while the previous handle's
+/// background threads (sled's I/O pool) let go of the file lock.
+fn open_store_closed(dir: &Path) -> Store {
+    for _ in 0..100 {
+        match Store::open(dir) {
+            Ok(store) => return store,
+            Err(LogError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(error) => panic!("opening the store failed: {error}"),
+        }
+    }
+    panic!("the data directory stayed locked after shutdown")
+}
+
 /// Verifies a closed directory with both passes, which must agree; returns the exact one.
 fn verify_closed(dir: &Path) -> VerifyReport {
     for _ in 0..100 {
@@ -1394,7 +1407,7 @@ fn repair_indices_rederives_what_a_crash_left_behind() {
 
     // Simulate the crash: the events are there, their index entries are not.
     {
-        let store = Store::open(h.dir.path()).expect("open store");
+        let store = open_store_closed(h.dir.path());
         for id in [23u128, 24, 25] {
             store
                 .event_ids
@@ -1613,7 +1626,7 @@ fn verify_catches_every_kind_of_index_damage() {
         ))
         .expect("third");
         assert!(h.close().is_ok(), "{what}: sound before the damage");
-        let store = Store::open(h.dir.path()).expect("open store");
+        let store = open_store_closed(h.dir.path());
         damage(&store);
         assert!(
             !verify_streaming(&store).expect("runs").is_ok(),
