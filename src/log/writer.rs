@@ -560,8 +560,9 @@ impl Writer {
         if journal_bytes >= limits::JOURNAL_CHECKPOINT_BYTES
             && let Err(error) = self.store.checkpoint()
         {
-            // This group is durable in the journal and will be answered OK; the writer
-            // stops taking new appends because sled's state is now in doubt.
+            // This group is in the journal: it is answered OK, or unavailable if the
+            // syncer sees this failure first (a retry with the same ids then finds it).
+            // The writer stops taking new appends because sled's state is now in doubt.
             tracing::error!(%error, "checkpoint failed; the writer stops accepting appends");
             self.fail(format!(
                 "a checkpoint failed ({error}); restart the server to recover"
