@@ -593,29 +593,19 @@ fn open_store_closed(dir: &Path) -> Store {
 
 /// Verifies a closed directory with both passes, which must agree; returns the exact one.
 fn verify_closed(dir: &Path) -> VerifyReport {
-    for _ in 0..100 {
-        match Store::open(dir) {
-            Ok(store) => {
-                let streaming = verify_streaming(&store).expect("streaming pass runs");
-                let exact = verify_exact(&store).expect("exact pass runs");
-                assert_eq!(
-                    streaming.is_ok(),
-                    exact.is_ok(),
-                    "the passes disagree: {:?} / {:?}",
-                    streaming.faults,
-                    exact.faults
-                );
-                let summary = |r: &VerifyReport| {
-                    (r.events, r.chunks, r.streams, r.head_position, r.head_hash)
-                };
-                assert_eq!(summary(&streaming), summary(&exact));
-                return exact;
-            }
-            Err(LogError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            Err(error) => panic!("verify failed to run: {error}"),
-        }
-    }
-    panic!("the data directory stayed locked after shutdown")
+    let store = open_store_closed(dir);
+    let streaming = verify_streaming(&store).expect("streaming pass runs");
+    let exact = verify_exact(&store).expect("exact pass runs");
+    assert_eq!(
+        streaming.is_ok(),
+        exact.is_ok(),
+        "the passes disagree: {:?} / {:?}",
+        streaming.faults,
+        exact.faults
+    );
+    let summary = |r: &VerifyReport| (r.events, r.chunks, r.streams, r.head_position, r.head_hash);
+    assert_eq!(summary(&streaming), summary(&exact));
+    exact
 }
 
 impl Harness {
