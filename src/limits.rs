@@ -126,6 +126,23 @@ pub const STREAM_HEAD_CACHE_ENTRIES: usize = 100_000;
 /// new keys to a sled lookup, never a wrong answer.
 pub const KEY_FILTER_BYTES_MAX: usize = 512 * 1024 * 1024;
 
+/// Event ids the id index holds in memory (its tail) before the writer seals them into
+/// a sorted run on disk. Bounds that memory (~2 MiB) and the events opening the log reads
+/// back to refill it; larger tails mean fewer, larger runs.
+pub const ID_TAIL_ENTRIES: usize = 32_768;
+
+/// Runs of one level of the id index merged into one run of the next level: an id is
+/// rewritten once per level (about log8 of the log's size over the tail), and a lookup
+/// that passes the writer's filter reads at most this many runs per level.
+pub const ID_RUN_FANOUT: usize = 8;
+
+/// Entries (24 bytes each) per block of an id run: one sled value of 3 KiB, the size of
+/// a compressed chunk of events.
+pub const ID_BLOCK_ENTRIES: usize = 128;
+
+/// The largest block an id index shape may ask for (24 KiB values).
+pub const ID_BLOCK_ENTRIES_MAX: usize = 1_024;
+
 /// Groups written to the journal and waiting for the syncer's fdatasync. When the disk
 /// is this far behind, the writer waits instead of writing further ahead.
 pub const UNSYNCED_GROUPS_MAX: usize = 64;

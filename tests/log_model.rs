@@ -25,6 +25,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 use rapport::clock::{Clock, ManualClock};
+use rapport::log::id_index::IdIndexShape;
 use rapport::log::record::chain_hash;
 use rapport::log::store::{Store, stream_key};
 use rapport::log::verify::{VerifyReport, verify_exact, verify_store, verify_streaming};
@@ -566,6 +567,12 @@ fn copy_tree(from: &Path, to: &Path) {
 fn open_log(dir: &Path, clock: &ManualClock) -> Log {
     let config = LogConfig {
         clock: Arc::new(clock.clone()),
+        // A tiny id index, so that the model's few events seal runs and merge them.
+        id_index: IdIndexShape {
+            tail_entries: 3,
+            fanout: 2,
+            block_entries: 2,
+        },
         ..LogConfig::new(dir)
     };
     for _ in 0..100 {
@@ -1365,9 +1372,10 @@ fn resend_with_an_exact_expectation_now_wrong_returns_the_original_positions() {
     assert!(h.close().is_ok());
 }
 
-/// A crash between the events batch and the index batches leaves the `event_ids` and
-/// `streams` entries of the last group missing and `indexed_through` behind. Opening
-/// re-derives them from the events tree; lookups by id and by stream work again.
+/// A crash between the events and the index inserts leaves the `streams` entries of the
+/// last group missing and `indexed_through` behind (the group's ids live in the id
+/// index's tail, which every open reads back from the events). Opening re-derives them
+/// from the events tree; lookups by id and by stream work again.
 #[test]
 fn repair_indices_rederives_what_a_crash_left_behind() {
     let mut h = Harness::new();
@@ -1398,12 +1406,6 @@ fn repair_indices_rederives_what_a_crash_left_behind() {
     // Simulate the crash: the events are there, their index entries are not.
     {
         let store = open_store_closed(h.dir.path());
-        for id in [23u128, 24, 25] {
-            store
-                .event_ids
-                .remove(Uuid::from_u128(id).as_bytes())
-                .expect("remove id");
-        }
         store
             .streams
             .remove(stream_key("customer-9", 2))
@@ -1412,7 +1414,7 @@ fn repair_indices_rederives_what_a_crash_left_behind() {
         store.sync().expect("sync");
         let damaged = verify_store(&store).expect("verify runs");
         assert!(
-            damaged.faults.len() >= 3,
+            damaged.faults.len() >= 2,
             "the simulated crash is visible to verify: {:?}",
             damaged.faults
         );
@@ -1466,6 +1468,137 @@ fn repair_indices_rederives_what_a_crash_left_behind() {
     let report = h.close();
     assert!(report.is_ok(), "{:?}", report.faults);
     assert_eq!(report.head_position, 7);
+}
+
+/// Appends `count` single-event groups over three streams (ids from `first_id`) and
+/// returns each outcome with its append, for re-sending.
+fn append_singles(h: &Harness, first_id: u128, count: u128) -> Vec<(StreamAppend, AppendOutcome)> {
+    (0..count)
+        .map(|n| {
+            let append = to(
+                &format!("customer-{}", n % 3),
+                ExpectedRevision::Any,
+                vec![proposed(first_id + n, format!("event {n}").as_bytes())],
+            );
+            let outcome = h.append(append.clone()).expect("append");
+            (append, outcome)
+        })
+        .collect()
+}
+
+/// The id index's manifest as it is stored: 25 bytes per run (run id BE, level, first
+/// and last position BE), oldest first.
+fn manifest_bytes(runs: &[rapport::log::id_index::Run]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for run in runs {
+        bytes.extend_from_slice(&run.id.to_be_bytes());
+        bytes.push(run.level);
+        bytes.extend_from_slice(&run.first.to_be_bytes());
+        bytes.extend_from_slice(&run.last.to_be_bytes());
+    }
+    bytes
+}
+
+/// A crash can keep a run's blocks but lose the manifest write that named it (a seal or
+/// a merge cut short). Opening deletes the unnamed blocks and reads those positions' ids
+/// back from the events: every re-send still finds its original positions.
+#[test]
+fn ids_of_a_run_the_manifest_lost_are_read_back_from_the_events() {
+    let mut h = Harness::new();
+    let sent = append_singles(&h, 500, 40);
+    let log = h.log.take().expect("open");
+    log.shutdown();
+    drop(log);
+    let dropped = {
+        let store = open_store_closed(h.dir.path());
+        let runs = store.ids.runs();
+        assert!(runs.len() >= 2, "the tiny shape seals and merges: {runs:?}");
+        let kept = &runs[..runs.len() - 1];
+        store
+            .meta
+            .insert(rapport::log::id_index::MANIFEST_KEY, manifest_bytes(kept))
+            .expect("an older manifest");
+        store.sync().expect("sync");
+        runs[runs.len() - 1]
+    };
+    h.reopen();
+    let head = {
+        for (append, outcome) in &sent {
+            assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
+        }
+        h.log().head()
+    };
+    assert_eq!(head.position, 40, "re-sends write nothing");
+    let report = h.close();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    let store = open_store_closed(h.dir.path());
+    let tree = store.db.open_tree("id_runs").expect("id runs");
+    assert!(
+        tree.scan_prefix(dropped.id.to_be_bytes()).next().is_none(),
+        "the unnamed run's blocks are gone"
+    );
+}
+
+/// A version-2 directory (one `event_ids` entry per event) opens: its index is packed
+/// into a run, the format moves to 3 and the old tree is dropped; ids are found.
+#[test]
+fn a_format_2_directory_is_converted_when_it_opens() {
+    let mut h = Harness::new();
+    let sent = append_singles(&h, 700, 25);
+    let log = h.log.take().expect("open");
+    log.shutdown();
+    drop(log);
+    {
+        // Turn the directory back into format 2.
+        let store = open_store_closed(h.dir.path());
+        let old = store.db.open_tree("event_ids").expect("event_ids");
+        for position in 1..=25u64 {
+            let event = store.event_at(position).expect("read").expect("event");
+            old.insert(event.event.event_id, &position.to_be_bytes())
+                .expect("insert");
+        }
+        store
+            .db
+            .open_tree("id_runs")
+            .expect("id runs")
+            .clear()
+            .expect("clear");
+        store
+            .meta
+            .remove(rapport::log::id_index::MANIFEST_KEY)
+            .expect("remove manifest");
+        store
+            .meta
+            .insert("format_version", &2u32.to_be_bytes())
+            .expect("format 2");
+        store.sync().expect("sync");
+    }
+    h.reopen();
+    for (append, outcome) in &sent {
+        assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
+    }
+    append_singles(&h, 900, 5);
+    let report = h.close();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.head_position, 30);
+    let store = open_store_closed(h.dir.path());
+    assert_eq!(
+        store
+            .meta
+            .get("format_version")
+            .expect("read")
+            .expect("set")
+            .as_ref(),
+        rapport::log::store::FORMAT_VERSION.to_be_bytes()
+    );
+    assert!(
+        !store
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name.as_ref() == b"event_ids"),
+        "the old tree is dropped"
+    );
 }
 
 /// Post-mortem: with the journal sync pipelined (a syncer thread acknowledges a group
@@ -1522,41 +1655,93 @@ fn a_rejection_is_answered_only_once_what_it_saw_is_durable() {
     }
 }
 
+/// Seals the id index's tail of an open store into a run, then rewrites the runs'
+/// entries through `edit`: each entry goes back to the run whose positions cover it, and
+/// each run becomes one sorted block. Damage done below the index's API.
+fn rewrite_id_run(store: &Store, edit: impl FnOnce(&mut Vec<([u8; 16], u64)>)) {
+    store.ids.seal().expect("seal the tail");
+    let runs = store.ids.runs();
+    let tree = store.db.open_tree("id_runs").expect("id runs");
+    let mut entries = Vec::new();
+    for block in tree.iter() {
+        let (key, value) = block.expect("read block");
+        for entry in value.chunks_exact(24) {
+            let id: [u8; 16] = entry[..16].try_into().expect("16 bytes");
+            entries.push((id, u64::from_be_bytes(entry[16..].try_into().expect("8"))));
+        }
+        tree.remove(key).expect("remove block");
+    }
+    edit(&mut entries);
+    entries.sort_unstable();
+    for run in runs {
+        let mut value = Vec::new();
+        let mut last = None;
+        for (id, position) in entries
+            .iter()
+            .filter(|(_, p)| (run.first..=run.last).contains(p))
+        {
+            value.extend_from_slice(id);
+            value.extend_from_slice(&position.to_be_bytes());
+            last = Some(*id);
+        }
+        if let Some(last) = last {
+            tree.insert(rapport::log::id_index::block_key(run.id, &last), value)
+                .expect("write block");
+        }
+    }
+}
+
 /// Each kind of damage to an index is caught by the streaming pass, and the report
 /// (from the exact pass) names the entry.
 #[test]
 fn verify_catches_every_kind_of_index_damage() {
     type Damage = fn(&Store);
-    let damages: [(&str, Damage, &str); 6] = [
+    let damages: [(&str, Damage, &str); 7] = [
         (
             "an id moved to another position",
             |store| {
-                store
-                    .event_ids
-                    .insert(Uuid::from_u128(31).as_bytes(), &3u64.to_be_bytes())
-                    .expect("insert");
+                rewrite_id_run(store, |entries| {
+                    for entry in entries.iter_mut() {
+                        if entry.0 == *Uuid::from_u128(31).as_bytes() {
+                            entry.1 = 3;
+                        }
+                    }
+                });
             },
             "event id index maps",
         ),
         (
             "an id no event carries",
             |store| {
-                store
-                    .event_ids
-                    .insert(Uuid::from_u128(99).as_bytes(), &1u64.to_be_bytes())
-                    .expect("insert");
+                rewrite_id_run(store, |entries| {
+                    entries.push((*Uuid::from_u128(99).as_bytes(), 1));
+                });
             },
             "which no event carries",
         ),
         (
             "an id missing",
             |store| {
-                store
-                    .event_ids
-                    .remove(Uuid::from_u128(32).as_bytes())
-                    .expect("remove");
+                rewrite_id_run(store, |entries| {
+                    entries.retain(|e| e.0 != *Uuid::from_u128(32).as_bytes());
+                });
             },
             "event id index lacks",
+        ),
+        (
+            "an id held twice",
+            |store| {
+                // The id of position 1 also given for position 4 (whose own is gone).
+                rewrite_id_run(store, |entries| {
+                    let twice = entries[0].0;
+                    for entry in entries.iter_mut() {
+                        if entry.1 == 4 {
+                            entry.0 = twice;
+                        }
+                    }
+                });
+            },
+            "twice",
         ),
         (
             "a run pointing at other positions",

@@ -1,7 +1,7 @@
 //! Bloom filters over the keys of two index trees, so that the writer skips a sled
 //! lookup whose answer is "not there" — the usual case for both:
 //!
-//! - **event ids** (`event_ids`): the idempotency check of each event looks its id up;
+//! - **event ids** (the id index): the idempotency check of each event looks its id up;
 //!   for an id never seen (nearly all of them) that `get` of a random 16-byte key was a
 //!   third of the writer's time per event with batches of 100;
 //! - **stream names** (`streams`): the expectation check of an append to a stream the
@@ -163,7 +163,7 @@ struct Build {
 /// The index tree a filter covers, and so what its keys are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Indexed {
-    /// `event_ids`: keys are event ids.
+    /// The id index: keys are event ids.
     EventIds,
     /// `streams`: keys are stream names (the tree's keys less their revision suffix).
     Streams,
@@ -283,42 +283,37 @@ fn scan(
     bloom: &Bloom,
     stop: &AtomicBool,
 ) -> Result<u64, LogError> {
-    let tree = match indexed {
-        Indexed::EventIds => &store.event_ids,
-        Indexed::Streams => &store.streams,
-    };
+    match indexed {
+        // The id index is packed; it passes its ids itself (tail and runs as of now).
+        Indexed::EventIds => store.ids.for_each_id(stop, |id| bloom.insert(id)),
+        Indexed::Streams => scan_streams(store, bloom, stop),
+    }
+}
+
+/// Adds every stream name of the `streams` tree to `bloom`; returns how many it added.
+fn scan_streams(store: &Store, bloom: &Bloom, stop: &AtomicBool) -> Result<u64, LogError> {
     let mut added = 0u64;
     let mut previous: Option<sled::IVec> = None;
-    for (index, entry) in tree.iter().keys().enumerate() {
+    for (index, entry) in store.streams.iter().keys().enumerate() {
         if index % SCAN_STOP_CHECK_EVERY == 0 && stop.load(Ordering::Relaxed) {
             return Err(LogError::Unavailable("the log is closing".into()));
         }
         let key = entry?;
         // A malformed key is verify's to report; the filter must still not miss it, so
         // no filter at all rather than one that could.
-        let malformed =
-            || LogError::Corrupt(format!("{indexed:?} index key of {} bytes", key.len()));
-        match indexed {
-            Indexed::EventIds => {
-                if key.len() != 16 {
-                    return Err(malformed());
-                }
-                bloom.insert(&key);
-                added += 1;
-            }
-            Indexed::Streams => {
-                // A stream's runs are adjacent in the tree: each name is added once.
-                let Some(name) = stream_key_name(&key) else {
-                    return Err(malformed());
-                };
-                if previous.as_ref().is_some_and(|p| p.as_ref() == name) {
-                    continue;
-                }
-                bloom.insert(name);
-                previous = Some(sled::IVec::from(name));
-                added += 1;
-            }
+        let Some(name) = stream_key_name(&key) else {
+            return Err(LogError::Corrupt(format!(
+                "stream index key of {} bytes",
+                key.len()
+            )));
+        };
+        // A stream's runs are adjacent in the tree: each name is added once.
+        if previous.as_ref().is_some_and(|p| p.as_ref() == name) {
+            continue;
         }
+        bloom.insert(name);
+        previous = Some(sled::IVec::from(name));
+        added += 1;
     }
     Ok(added)
 }
@@ -349,16 +344,14 @@ mod tests {
         assert!(!bloom.is_full());
     }
 
-    /// A store in a temp dir whose `event_ids` tree holds `id(0..count)`.
+    /// A store in a temp dir whose id index holds `id(0..count)` at positions from 1,
+    /// half of them sealed into a run and the rest in the tail.
     fn store_with_ids(count: u64) -> (tempfile::TempDir, Arc<Store>) {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::open(dir.path()).expect("store"));
-        for n in 0..count {
-            store
-                .event_ids
-                .insert(id(n), &n.to_be_bytes())
-                .expect("insert");
-        }
+        store.ids.insert((0..count / 2).map(|n| (id(n), n + 1)));
+        store.ids.seal().expect("seal");
+        store.ids.insert((count / 2..count).map(|n| (id(n), n + 1)));
         (dir, store)
     }
 
@@ -389,10 +382,7 @@ mod tests {
         let mut rebuilt = false;
         for n in 1_000..capacity + 50_000 {
             filter.insert(&id(n));
-            store
-                .event_ids
-                .insert(id(n), &n.to_be_bytes())
-                .expect("insert");
+            store.ids.insert([(id(n), n + 1)]);
             if n % 1_000 == 0 {
                 filter.grow_if_full();
                 rebuilt |= filter.building.is_some();
@@ -452,7 +442,12 @@ mod tests {
             .streams
             .insert(b"no-separator", &[0u8; 12])
             .expect("insert");
-        store.event_ids.insert(b"short", &[0u8; 8]).expect("insert");
+        // A run whose only block has a length no entry fits.
+        store.ids.insert([(id(1), 1)]);
+        let run = store.ids.seal().expect("seal").expect("a run");
+        let tree = store.db.open_tree("id_runs").expect("tree");
+        tree.insert(crate::log::id_index::block_key(run.id, &id(1)), &[0u8; 5])
+            .expect("damage");
         for indexed in [Indexed::Streams, Indexed::EventIds] {
             let mut filter = KeyFilter::start(store.clone(), indexed, 10);
             settled(&mut filter);

@@ -8,6 +8,7 @@
 //! the CRM: an event is a type name, a schema version and payload bytes.
 
 pub mod error;
+pub mod id_index;
 mod key_filter;
 pub mod record;
 pub mod store;
@@ -116,6 +117,9 @@ pub struct LogConfig {
     /// How long an append waits for room in a full queue before `Overloaded`
     /// (default [`limits::APPEND_QUEUE_WAIT_MS_MAX`]).
     pub queue_wait: Duration,
+    /// How the event id index packs ids (default: the bounds of [`limits`]). Tests make
+    /// it small so that seals and merges happen within a few events.
+    pub id_index: id_index::IdIndexShape,
 }
 
 impl LogConfig {
@@ -126,6 +130,7 @@ impl LogConfig {
             clock: Arc::new(SystemClock),
             queue_depth: limits::APPEND_QUEUE_DEPTH_MAX,
             queue_wait: Duration::from_millis(limits::APPEND_QUEUE_WAIT_MS_MAX),
+            id_index: id_index::IdIndexShape::default(),
         }
     }
 }
@@ -152,7 +157,7 @@ pub struct Log {
 impl Log {
     /// Opens the log, repairs indices a crash left behind, and starts the writer thread.
     pub fn open(config: LogConfig) -> Result<Self, LogError> {
-        let store = Arc::new(store::Store::open(&config.dir)?);
+        let store = Arc::new(store::Store::open_with(&config.dir, config.id_index)?);
         let head = store.head()?;
         let last_recorded_us = match store.event_at(head.position)? {
             Some(event) => event.event.recorded_at_us,
@@ -287,7 +292,8 @@ impl Log {
     }
 
     /// The sled database the log lives in. Projections open their own trees in it (never
-    /// the log's trees: `events`, `streams`, `event_ids`, `meta`), so one process-wide
+    /// the log's trees: `events`, `streams`, `id_runs`, `meta`, nor `event_ids`, which
+    /// format 2 used), so one process-wide
     /// lock and one cache serve both.
     pub fn db(&self) -> &sled::Db {
         &self.inner.store.db

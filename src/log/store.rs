@@ -6,9 +6,12 @@
 //! - `streams`: stream ‖ 0x00 ‖ first revision (u64 BE) → first position (u64 BE) ‖ count
 //!   (u32 BE). One entry per append: an append's events have contiguous positions and
 //!   revisions, so one insert indexes all of them. A stream's head is its last entry.
-//! - `event_ids`: event id (16 bytes) → position (u64 BE).
-//! - `meta`: `format_version` (u32 BE) and `indexed_through` (u64 BE, a position up to
-//!   which index entries are known to be durable; moved at checkpoints).
+//! - `id_runs`: the event id index, packed into sorted runs of many ids per sled entry
+//!   (see `id_index`); the newest ids are held in memory and re-read from the events
+//!   when the log opens.
+//! - `meta`: `format_version` (u32 BE), `indexed_through` (u64 BE, a position up to
+//!   which stream index entries are known to be durable; moved at checkpoints) and
+//!   `id_runs` (the id index's manifest).
 //!
 //! Beside sled (`dir/sled/`) lives the journal (`dir/wal`, see `wal`): a group commit is
 //! durable once its chunks are journaled; sled is made durable at checkpoints.
@@ -21,13 +24,20 @@ use std::sync::{Arc, Mutex};
 use sled::{IVec, Tree};
 
 use super::error::{LogError, ReadError};
+use super::id_index::{IdIndex, IdIndexShape};
 use super::record::{ChunkLayout, Hash, LoggedEvent, ZERO_HASH, parse_chunk};
 use super::wal::{ChunkEntry, Wal};
 
-/// The on-disk format this build writes and reads. 2: customer events carry their
-/// personal data sealed (1 had it in clear; the envelope and chunk layout are unchanged,
-/// but a version-1 directory's customer payloads would not decode as today's types).
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format this build writes and reads. 3: the event id index is packed
+/// into runs (`id_runs` and its manifest) instead of one `event_ids` entry per event.
+/// 2: customer events carry their personal data sealed (1 had it in clear; the envelope
+/// and chunk layout are unchanged, but a version-1 directory's customer payloads would
+/// not decode as today's types).
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The older format this build converts when it opens it: version 2 differs only in
+/// its id index, which opening packs into runs.
+pub const CONVERTED_FORMAT_VERSION: u32 = 2;
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through";
@@ -107,8 +117,8 @@ pub struct Store {
     pub events: Tree,
     /// `streams` tree.
     pub streams: Tree,
-    /// `event_ids` tree.
-    pub event_ids: Tree,
+    /// The event id index.
+    pub ids: IdIndex,
     /// `meta` tree.
     pub meta: Tree,
     db_file: File,
@@ -212,10 +222,16 @@ fn map_open_error(dir: &Path, error: sled::Error) -> LogError {
 }
 
 impl Store {
-    /// Opens (or creates) the log in `dir`: sled in `dir/sled`, the journal in
-    /// `dir/wal`. Checks the format version, replays journal chunks sled lacks, and
-    /// re-derives indices a crash left behind the events.
+    /// Opens (or creates) the log in `dir` with the default id index shape.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
+        Self::open_with(dir, IdIndexShape::default())
+    }
+
+    /// Opens (or creates) the log in `dir`: sled in `dir/sled`, the journal in
+    /// `dir/wal`. Checks the format version (converting version 2), replays journal
+    /// chunks sled lacks, re-derives stream index entries a crash left behind the events
+    /// and reads the ids of the events past the id index's runs into its tail.
+    pub fn open_with(dir: &Path, id_shape: IdIndexShape) -> Result<Self, LogError> {
         let sled_dir = dir.join("sled");
         std::fs::create_dir_all(&sled_dir)?;
         let db = sled::Config::new()
@@ -225,6 +241,7 @@ impl Store {
             .open()
             .map_err(|e| map_open_error(dir, e))?;
         let meta = db.open_tree("meta")?;
+        let mut convert = false;
         match meta.get(FORMAT_VERSION_KEY)? {
             Some(bytes) => {
                 let found = bytes
@@ -232,7 +249,8 @@ impl Store {
                     .try_into()
                     .map(u32::from_be_bytes)
                     .map_err(|_| LogError::Corrupt("malformed format version".into()))?;
-                if found != FORMAT_VERSION {
+                convert = found == CONVERTED_FORMAT_VERSION;
+                if found != FORMAT_VERSION && !convert {
                     return Err(LogError::UnsupportedFormat {
                         found,
                         supported: FORMAT_VERSION,
@@ -257,7 +275,7 @@ impl Store {
         let store = Self {
             events: db.open_tree("events")?,
             streams: db.open_tree("streams")?,
-            event_ids: db.open_tree("event_ids")?,
+            ids: IdIndex::open(&db, meta.clone(), id_shape)?,
             meta,
             db,
             db_file,
@@ -265,9 +283,61 @@ impl Store {
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CHUNKS)),
         };
         store.replay_journal(journal)?;
+        if convert {
+            store.convert_format_2()?;
+        }
         store.repair_indices()?;
+        store.load_id_tail()?;
         store.checkpoint()?;
         Ok(store)
+    }
+
+    /// Packs a version-2 `event_ids` tree into the id index and moves the directory to
+    /// this format. Its entries are complete up to `indexed_through`; later ones come
+    /// from the events, like every tail. Safe to repeat after a crash part way.
+    fn convert_format_2(&self) -> Result<(), LogError> {
+        let old = self.db.open_tree("event_ids")?;
+        let through = self.indexed_through()?;
+        self.ids.convert_tree(&old, through)?;
+        self.meta
+            .insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+        self.sync()?;
+        drop(old);
+        self.db.drop_tree("event_ids")?;
+        tracing::info!(
+            through,
+            from = CONVERTED_FORMAT_VERSION,
+            to = FORMAT_VERSION,
+            "converted the event id index to this format"
+        );
+        Ok(())
+    }
+
+    /// Puts the ids of the events past the id index's runs into its tail.
+    fn load_id_tail(&self) -> Result<(), LogError> {
+        let head = self.head()?;
+        let through = self.ids.through();
+        if through > head.position {
+            return Err(LogError::Corrupt(format!(
+                "the event id index covers positions up to {through}, past the head at {}",
+                head.position
+            )));
+        }
+        let mut position = through + 1;
+        while position <= head.position {
+            let page =
+                self.read_all_forward(position, 4_096, &ReadFilter::default(), head.position)?;
+            self.ids.insert(
+                page.events
+                    .iter()
+                    .map(|e| (e.event.event_id, e.event.position)),
+            );
+            if page.events.is_empty() {
+                break;
+            }
+            position = page.next_cursor;
+        }
+        Ok(())
     }
 
     /// Puts journal chunks that sled does not have (it was not flushed before a crash)
@@ -353,8 +423,8 @@ impl Store {
         Ok(())
     }
 
-    /// Re-derives the index entries of events past `indexed_through` (a crash between
-    /// the events batch and the index batches leaves them missing). Returns how many
+    /// Re-derives the stream index entries of events past `indexed_through` (a crash
+    /// between the events and the index inserts leaves them missing). Returns how many
     /// events were re-indexed.
     pub fn repair_indices(&self) -> Result<u64, LogError> {
         let head = self.head()?;
@@ -369,8 +439,6 @@ impl Store {
                 self.read_all_forward(position, 1_000, &ReadFilter::default(), head.position)?;
             for logged in &page.events {
                 let event = &logged.event;
-                self.event_ids
-                    .insert(event.event_id, &event.position.to_be_bytes())?;
                 if self.stream_position(&event.stream, event.revision)? != Some(event.position) {
                     self.streams.insert(
                         stream_key(&event.stream, event.revision),
@@ -456,10 +524,9 @@ impl Store {
     /// Position of the event with `id`, checked against the event itself so a dangling
     /// index entry is never believed.
     pub fn id_position(&self, id: &[u8; 16], head: u64) -> Result<Option<LoggedEvent>, LogError> {
-        let Some(value) = self.event_ids.get(id)? else {
+        let Some(position) = self.ids.get(id)? else {
             return Ok(None);
         };
-        let position = be_u64(&value)?;
         if position > head {
             return Ok(None);
         }

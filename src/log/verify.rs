@@ -127,7 +127,7 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, LogError> {
 }
 
 /// Verifies an open store: the chain, density of positions and revisions, and that the
-/// `streams` and `event_ids` indices hold exactly the entries the events imply.
+/// `streams` index and the id index hold exactly the entries the events imply.
 ///
 /// Runs the streaming pass ([`verify_streaming`]), which proves a sound log sound; when it
 /// finds anything wrong, the exact pass ([`verify_exact`]) runs and its report, which
@@ -192,7 +192,7 @@ impl Digest {
     }
 }
 
-/// The digest entry of an `event_ids` index entry (id → position).
+/// The digest entry of an id index entry (id → position).
 fn id_entry(id: &[u8; 16], position: u64) -> [u8; 24] {
     let mut entry = [0u8; 24];
     entry[..16].copy_from_slice(id);
@@ -241,15 +241,27 @@ fn parse_and_digest(first: u64, value: &[u8], key: &DigestKey) -> Result<ParsedF
     })
 }
 
-/// The digest of the `event_ids` tree, or the first malformed entry.
+/// The digest of the id index (its runs and its tail), or what is wrong with it: the
+/// first fault of a run's shape, or an id it holds twice.
 fn digest_id_index(store: &Store, key: &DigestKey) -> Result<Result<Digest, String>, LogError> {
     let mut digest = Digest::default();
-    for entry in store.event_ids.iter() {
-        let (id, position) = entry?;
-        let (Ok(id), Ok(position)) = (<[u8; 16]>::try_from(id.as_ref()), be_u64(&position)) else {
-            return Ok(Err("malformed event id index entry".into()));
-        };
-        digest.add(key, &id_entry(&id, position));
+    let mut previous: Option<[u8; 16]> = None;
+    let mut twice: Option<[u8; 16]> = None;
+    let faults = store.ids.check_all(|id, position| {
+        if previous == Some(*id) {
+            twice.get_or_insert(*id);
+        }
+        previous = Some(*id);
+        digest.add(key, &id_entry(id, position));
+    })?;
+    if let Some(fault) = faults.first() {
+        return Ok(Err(fault.clone()));
+    }
+    if let Some(id) = twice {
+        return Ok(Err(format!(
+            "the event id index holds {} twice",
+            uuid::Uuid::from_bytes(id)
+        )));
     }
     Ok(Ok(digest))
 }
@@ -520,7 +532,7 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
     let head_position = expected_position - 1;
     let events = by_id.len() as u64;
 
-    // event_ids: exactly one entry per event, pointing at it.
+    // the id index: exactly one entry per event, pointing at it.
     by_id.sort_unstable();
     for pair in by_id.windows(2) {
         if pair[0].0 == pair[1].0 {
@@ -533,19 +545,20 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
         }
     }
     let mut expected_ids = by_id.iter().peekable();
-    for entry in store.event_ids.iter() {
-        let (key, value) = entry?;
-        let position = be_u64(&value)?;
-        let id: [u8; 16] = match key.as_ref().try_into() {
-            Ok(id) => id,
-            Err(_) => {
-                faults.push("malformed event id index key".into());
-                continue;
-            }
-        };
+    let mut id_faults = Vec::new();
+    let mut previous_id: Option<[u8; 16]> = None;
+    let shape_faults = store.ids.check_all(|&id, position| {
+        if previous_id == Some(id) {
+            id_faults.push(format!(
+                "the event id index holds {} twice (once at {position})",
+                uuid::Uuid::from_bytes(id)
+            ));
+            return;
+        }
+        previous_id = Some(id);
         while expected_ids.peek().is_some_and(|(e, _)| *e < id) {
             let (missing, at) = expected_ids.next().expect("peeked");
-            faults.push(format!(
+            id_faults.push(format!(
                 "event id index lacks {} (position {at})",
                 uuid::Uuid::from_bytes(*missing)
             ));
@@ -553,18 +566,21 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
         match expected_ids.peek() {
             Some((e, p)) if *e == id => {
                 if *p != position {
-                    faults.push(format!(
+                    id_faults.push(format!(
                         "event id index maps {} to {position}, the event is at {p}",
                         uuid::Uuid::from_bytes(id)
                     ));
                 }
                 expected_ids.next();
             }
-            _ => faults.push(format!(
+            _ => id_faults.push(format!(
                 "event id index has {} → {position}, which no event carries",
                 uuid::Uuid::from_bytes(id)
             )),
         }
+    })?;
+    for fault in shape_faults.into_iter().chain(id_faults) {
+        faults.push(fault);
     }
     for (missing, at) in expected_ids {
         faults.push(format!(

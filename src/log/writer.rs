@@ -95,12 +95,99 @@ pub(super) struct Writer {
     applied: Applied,
     /// Heads of recently written streams (bounded by `STREAM_HEAD_CACHE_ENTRIES`).
     head_cache: HashMap<String, (u64, u64)>,
-    /// Which ids are certainly not in the `event_ids` tree (saves the lookup).
+    /// Which ids are certainly not in the id index (saves the lookup).
     id_filter: KeyFilter,
     /// Which streams certainly do not exist yet (saves reading their last run).
     stream_filter: KeyFilter,
     /// Counters for the periodic debug line (groups, events, time spent).
     stats: WriterStats,
+    /// The id index's merging thread, told after each seal.
+    compactor: Option<Compactor>,
+}
+
+/// The thread that merges the id index's runs in the background (see `id_index`), and
+/// how to wake and stop it.
+struct Compactor {
+    signal: Arc<(Mutex<CompactorState>, Condvar)>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct CompactorState {
+    /// A seal happened since the thread last looked.
+    sealed: bool,
+    stopping: bool,
+}
+
+impl Compactor {
+    fn start(store: Arc<Store>) -> std::io::Result<Self> {
+        let signal: Arc<(Mutex<CompactorState>, Condvar)> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (thread_signal, thread_stop) = (signal.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("rapport-id-compact".into())
+            .spawn(move || compact_loop(&store, &thread_signal, &thread_stop))?;
+        Ok(Self {
+            signal,
+            stop,
+            thread,
+        })
+    }
+
+    fn sealed(&self) {
+        let (state, condvar) = &*self.signal;
+        state.lock().unwrap_or_else(|e| e.into_inner()).sealed = true;
+        condvar.notify_one();
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (state, condvar) = &*self.signal;
+        state.lock().unwrap_or_else(|e| e.into_inner()).stopping = true;
+        condvar.notify_one();
+        let _ = self.thread.join();
+    }
+}
+
+/// Merges runs while a level is full, then sleeps until the next seal (or a second, to
+/// retry deleting blocks a scan kept). A merge that fails leaves the runs as they were:
+/// lookups stay right, only slower, and verify reports what is wrong.
+fn compact_loop(
+    store: &Store,
+    signal: &(Mutex<CompactorState>, Condvar),
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let (state, condvar) = signal;
+    loop {
+        loop {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            match store.ids.compact_once(stop) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(error) => {
+                    tracing::error!(%error, "merging id index runs failed; runs are left as they are");
+                    break;
+                }
+            }
+        }
+        if let Err(error) = store.ids.collect_garbage() {
+            tracing::warn!(%error, "deleting merged id index runs failed");
+        }
+        let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+        if !guard.sealed && !guard.stopping {
+            guard = condvar
+                .wait_timeout(guard, std::time::Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if guard.stopping {
+            return;
+        }
+        guard.sealed = false;
+    }
 }
 
 impl Writer {
@@ -142,7 +229,9 @@ impl Writer {
             head.position.saturating_mul(2),
         );
         let stream_filter = KeyFilter::start(store.clone(), Indexed::Streams, head.position);
+        let compactor = Compactor::start(store.clone())?;
         Ok(Self {
+            compactor: Some(compactor),
             store,
             id_filter,
             stream_filter,
@@ -208,10 +297,14 @@ impl Writer {
             failure,
             mut id_filter,
             mut stream_filter,
+            compactor,
             ..
         } = self;
         id_filter.stop();
         stream_filter.stop();
+        if let Some(compactor) = compactor {
+            compactor.stop();
+        }
         drop(to_sync);
         if let Some(syncer) = syncer {
             let _ = syncer.join();
@@ -514,8 +607,9 @@ impl Writer {
         })
     }
 
-    /// The sled phase of a group: its chunks, stream runs and event ids, then a
-    /// checkpoint if the journal is full. sled itself is made durable at checkpoints; if
+    /// The sled phase of a group: its chunks and stream runs, its ids into the id
+    /// index's tail (sealed into a run when full), then a checkpoint if the journal is
+    /// full. sled itself is made durable at checkpoints; if
     /// a crash comes first, opening the log replays the journal and re-derives the
     /// indices. Returns the group's last position.
     fn apply(&mut self, group: &Overlay, journaled: Journaled) -> Result<u64, LogError> {
@@ -545,9 +639,20 @@ impl Writer {
         }
         for record in &group.records {
             self.id_filter.insert(&record.event_id);
-            self.store
-                .event_ids
-                .insert(record.event_id, &record.position.to_be_bytes())?;
+        }
+        self.store.ids.insert(
+            group
+                .records
+                .iter()
+                .map(|record| (record.event_id, record.position)),
+        );
+        // The group's chunks are in sled, so a sealed run never names positions sled
+        // could lose while keeping the run (sled recovers a prefix of its writes).
+        if self.store.ids.tail_full() {
+            self.store.ids.seal()?;
+            if let Some(compactor) = &self.compactor {
+                compactor.sealed();
+            }
         }
         self.id_filter.grow_if_full();
         self.stream_filter.grow_if_full();
