@@ -501,8 +501,13 @@ impl IdIndex {
         runs.push(run);
         self.meta.insert(MANIFEST_KEY, encode_manifest(&runs))?;
         state.runs = runs;
-        for (id, _) in &entries {
-            state.tail.remove(id);
+        if state.tail.len() == entries.len() {
+            // Only the writer adds to the tail, and it is the caller: nothing came since.
+            state.tail.clear();
+        } else {
+            for (id, _) in &entries {
+                state.tail.remove(id);
+            }
         }
         Ok(Some(run))
     }

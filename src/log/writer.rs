@@ -151,8 +151,9 @@ impl Compactor {
 }
 
 /// Merges runs while a level is full, then sleeps until the next seal (or a second, to
-/// retry deleting blocks a scan kept). A merge that fails leaves the runs as they were:
-/// lookups stay right, only slower, and verify reports what is wrong.
+/// retry deleting blocks a scan kept). After a merge fails the thread stops merging until
+/// a restart: the runs stay as they were, so lookups stay right (only slower as runs
+/// accumulate) and verify reports what is wrong.
 fn compact_loop(
     store: &Store,
     signal: &(Mutex<CompactorState>, Condvar),
@@ -168,8 +169,8 @@ fn compact_loop(
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(error) => {
-                    tracing::error!(%error, "merging id index runs failed; runs are left as they are");
-                    break;
+                    tracing::error!(%error, "merging id index runs failed; no more merges until a restart");
+                    return;
                 }
             }
         }
