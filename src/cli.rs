@@ -22,10 +22,15 @@ pub async fn serve(
     data_dir: PathBuf,
     listen: std::net::SocketAddr,
     master_key_file: Option<PathBuf>,
+    id_index: crate::log::id_index::IdIndexShape,
 ) -> Result<(), CliError> {
     let keys = crate::grpc::server::open_keys(data_dir.clone(), master_key_file).await?;
     let dir = data_dir.clone();
-    let log = tokio::task::spawn_blocking(move || Log::open(LogConfig::new(dir))).await??;
+    let config = LogConfig {
+        id_index,
+        ..LogConfig::new(dir)
+    };
+    let log = tokio::task::spawn_blocking(move || Log::open(config)).await??;
     let head = log.head();
     let started = {
         let log = log.clone();

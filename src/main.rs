@@ -49,6 +49,10 @@ enum Command {
         /// data directory, created on the first start.
         #[arg(long, env = "RAPPORT_MASTER_KEY_FILE")]
         master_key_file: Option<PathBuf>,
+        /// Testing only: the event id index's shape as TAIL,FANOUT,BLOCK (default
+        /// 32768,8,128). Crash tests make it tiny so that kills cut seals and merges.
+        #[arg(long, hide = true)]
+        id_index_shape: Option<rapport::log::id_index::IdIndexShape>,
     },
     /// Offline audit: recompute the hash chain and check every index; exits 1 on a fault.
     Verify {
@@ -348,9 +352,15 @@ fn main() -> ExitCode {
                 data_dir,
                 listen,
                 master_key_file,
-            } => rapport::cli::serve(data_dir, listen, master_key_file)
-                .await
-                .map(|()| true),
+                id_index_shape,
+            } => rapport::cli::serve(
+                data_dir,
+                listen,
+                master_key_file,
+                id_index_shape.unwrap_or_default(),
+            )
+            .await
+            .map(|()| true),
             Command::Verify { data_dir } => rapport::cli::verify(&data_dir),
             Command::Tail {
                 server,

@@ -103,15 +103,24 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
+/// A tail of 4 ids, merges of 2 runs, blocks of 2 entries (`--id-index-shape`).
+const TINY_ID_INDEX: &str = "4,2,2";
+
 impl Server {
-    /// Starts `rapport serve` on 127.0.0.1:0 and reads the bound address from its log.
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
+    /// Starts `rapport serve` on 127.0.0.1:0 and reads the bound address from its log;
+    /// `id_index_shape` (TAIL,FANOUT,BLOCK) overrides the id index's default shape.
+    fn start(dir: &Path, id_index_shape: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rapport"));
+        command
             .arg("serve")
             .arg("--data-dir")
             .arg(dir)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg("127.0.0.1:0");
+        if let Some(shape) = id_index_shape {
+            command.arg("--id-index-shape").arg(shape);
+        }
+        let mut child = command
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -407,13 +416,20 @@ async fn crash_loop(iterations: u64) {
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().expect("temp dir");
     let acks = Arc::new(Mutex::new(Vec::<Ack>::new()));
-    let mut server = Server::start(&dir.path().join("data"));
+    // Every other session runs with a tiny id index, so that the kills also cut seals of
+    // its tail and merges of its runs (on the merging thread); the sessions between run
+    // the default shape over what those left behind.
+    let shape = |iteration: u64| iteration.is_multiple_of(2).then_some(TINY_ID_INDEX);
+    let mut server = Server::start(&dir.path().join("data"), shape(0));
     // Appends in flight at a kill that had landed / had not (both must happen to be sure
     // the kills hit mid-write).
     let (mut landed, mut lost) = (0u64, 0u64);
     // Restarts whose log said it replayed the journal or re-derived indices (reported,
     // not asserted: the wording is the server's business).
     let mut recoveries = 0u64;
+    // Restarts that found blocks of an id run no manifest named: a kill that cut a seal
+    // or a merge (reported, not asserted: whether a kill lands there is timing).
+    let mut cut_runs = 0u64;
 
     for iteration in 0..iterations {
         let killed = Arc::new(AtomicBool::new(false));
@@ -438,6 +454,9 @@ async fn crash_loop(iterations: u64) {
         {
             recoveries += 1;
         }
+        if stderr.iter().any(|l| l.contains("unfinished id run")) {
+            cut_runs += 1;
+        }
         let mut in_flight = Vec::new();
         for task in clients {
             match task.await {
@@ -458,7 +477,7 @@ async fn crash_loop(iterations: u64) {
             );
         }
 
-        server = Server::start(&dir.path().join("data"));
+        server = Server::start(&dir.path().join("data"), shape(iteration + 1));
         let mut client = connect(&server.url()).await;
         let acked_so_far = acks.lock().expect("acks").clone();
         let positions = check_log(&mut client, &acked_so_far).await;
@@ -523,7 +542,8 @@ async fn crash_loop(iterations: u64) {
     eprintln!(
         "crash test: {acked} acknowledged appends, head {} after {iterations} kills; \
          in flight at a kill: {landed} had landed, {lost} had not; \
-         {recoveries} restarts logged a journal replay or index repair; {}",
+         {recoveries} restarts logged a journal replay or index repair, \
+         {cut_runs} deleted an id run a kill had cut short; {}",
         head.position,
         text.lines().last().unwrap_or_default()
     );

@@ -74,6 +74,39 @@ impl Default for IdIndexShape {
     }
 }
 
+impl std::str::FromStr for IdIndexShape {
+    type Err = String;
+
+    /// `TAIL,FANOUT,BLOCK`, e.g. `32768,8,128` (the default).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let fields: Vec<&str> = text.split(',').map(str::trim).collect();
+        let [tail, fanout, block] = fields.as_slice() else {
+            return Err(format!("expected TAIL,FANOUT,BLOCK, got {text:?}"));
+        };
+        let number = |name: &str, field: &str| {
+            field
+                .parse::<usize>()
+                .map_err(|e| format!("{name} {field:?}: {e}"))
+        };
+        let shape = Self {
+            tail_entries: number("tail", tail)?,
+            fanout: number("fanout", fanout)?,
+            block_entries: number("block", block)?,
+        };
+        if shape.tail_entries == 0
+            || shape.fanout < 2
+            || shape.block_entries == 0
+            || shape.block_entries > limits::ID_BLOCK_ENTRIES_MAX
+        {
+            return Err(format!(
+                "tail ≥ 1, fanout ≥ 2 and 1 ≤ block ≤ {} are needed, got {text:?}",
+                limits::ID_BLOCK_ENTRIES_MAX
+            ));
+        }
+        Ok(shape)
+    }
+}
+
 impl IdIndexShape {
     /// The shape with every field at least its smallest workable value.
     fn sane(self) -> Self {
@@ -939,6 +972,30 @@ mod tests {
         index.insert((46..=50).map(|p| (id(p), p)));
         check(&index, 50);
         assert!(index.runs()[0].level >= 2);
+    }
+
+    #[test]
+    fn shapes_parse_and_refuse_what_cannot_work() {
+        assert_eq!(
+            "4, 2,2".parse::<IdIndexShape>(),
+            Ok(IdIndexShape {
+                tail_entries: 4,
+                fanout: 2,
+                block_entries: 2,
+            })
+        );
+        for bad in [
+            "",
+            "4,2",
+            "4,1,2",
+            "0,2,2",
+            "4,2,0",
+            "4,2,100000",
+            "a,2,2",
+            "4,2,2,2",
+        ] {
+            assert!(bad.parse::<IdIndexShape>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]
