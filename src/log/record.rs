@@ -45,8 +45,14 @@ const COMPRESS_BYTES_MIN: usize = 1024;
 /// chunk when compression does not make it smaller. The hash chain covers the raw event
 /// bytes, never the compressed form, so compression is invisible to auditors.
 pub fn compress_chunk(raw: Vec<u8>) -> Vec<u8> {
+    compressed_value(&raw).unwrap_or(raw)
+}
+
+/// The compressed stored value of the raw chunk `raw`, or `None` when the raw chunk is
+/// stored as it is (small, or compression would not save bytes).
+fn compressed_value(raw: &[u8]) -> Option<Vec<u8>> {
     if raw.len() < COMPRESS_BYTES_MIN {
-        return raw;
+        return None;
     }
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -54,18 +60,15 @@ pub fn compress_chunk(raw: Vec<u8>) -> Vec<u8> {
             *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
         slot.as_mut().and_then(|c| c.compress(&raw[1..]).ok())
-    });
-    let Some(compressed) = compressed else {
-        return raw;
-    };
+    })?;
     if compressed.len() + 5 >= raw.len() {
-        return raw;
+        return None;
     }
     let mut value = Vec::with_capacity(compressed.len() + 5);
     value.push(COMPRESSED_CHUNK_TAG);
     value.extend_from_slice(&(raw.len() as u32).to_le_bytes());
     value.extend_from_slice(&compressed);
-    value
+    Some(value)
 }
 
 thread_local! {
@@ -166,7 +169,10 @@ pub fn chain_hash(previous: &Hash, position: u64, event_bytes: &[u8]) -> Hash {
 pub struct ChunkBuilder {
     bytes: Vec<u8>,
     count: u32,
+    prev_hash: Hash,
     last_hash: Hash,
+    spans: Vec<(usize, usize)>,
+    hashes: Vec<Hash>,
 }
 
 impl ChunkBuilder {
@@ -179,7 +185,10 @@ impl ChunkBuilder {
         Self {
             bytes,
             count: 0,
+            prev_hash,
             last_hash: prev_hash,
+            spans: Vec::new(),
+            hashes: Vec::new(),
         }
     }
 
@@ -187,7 +196,9 @@ impl ChunkBuilder {
     pub fn push(&mut self, event_bytes: &[u8], hash: Hash) {
         let len = u32::try_from(event_bytes.len()).expect("events are bounded far below 4 GiB");
         self.bytes.extend_from_slice(&len.to_le_bytes());
+        self.spans.push((self.bytes.len(), event_bytes.len()));
         self.bytes.extend_from_slice(event_bytes);
+        self.hashes.push(hash);
         self.count += 1;
         self.last_hash = hash;
     }
@@ -208,11 +219,36 @@ impl ChunkBuilder {
         self.bytes.extend_from_slice(&self.last_hash);
         self.bytes
     }
+
+    /// The finished chunk as it is stored (compressed when that pays, as
+    /// [`compress_chunk`] does), with the layout a reader's [`parse_chunk`] of that stored
+    /// value would compute: the writer knows every span and chain hash already, so fresh
+    /// chunks reach readers parsed without being decompressed and re-hashed.
+    pub fn finish_parsed(mut self, first_position: u64) -> (Vec<u8>, ChunkLayout) {
+        let spans = std::mem::take(&mut self.spans);
+        let hashes = std::mem::take(&mut self.hashes);
+        let prev_hash = self.prev_hash;
+        let raw = self.finish();
+        let mut layout = ChunkLayout {
+            first_position,
+            prev_hash,
+            spans,
+            hashes,
+            raw: None,
+        };
+        match compressed_value(&raw) {
+            Some(stored) => {
+                layout.raw = Some(raw);
+                (stored, layout)
+            }
+            None => (raw, layout),
+        }
+    }
 }
 
 /// Where each event of a chunk lies, with its recomputed chain hash. Parsing checks the
 /// whole chunk against its stored last hash; events are decoded on demand.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct ChunkLayout {
     /// Position of the first event.
     pub first_position: u64,
@@ -439,6 +475,28 @@ mod tests {
         let events = decode_chunk(1, &value).unwrap();
         assert_eq!(events[2].event, event(3));
         assert_eq!(events[2].hash, hash);
+    }
+
+    #[test]
+    fn the_writers_layout_is_what_a_reader_parses() {
+        // 20 events compress; 1 event is stored raw (below the compression threshold).
+        for count in [20u64, 1] {
+            let mut builder = ChunkBuilder::new(ZERO_HASH);
+            let mut hash = ZERO_HASH;
+            for position in 5..5 + count {
+                let bytes = event(position).encode();
+                hash = chain_hash(&hash, position, &bytes);
+                builder.push(&bytes, hash);
+            }
+            let (stored, layout) = builder.finish_parsed(5);
+            assert_eq!(stored[0] == COMPRESSED_CHUNK_TAG, count == 20);
+            let parsed = parse_chunk(5, &stored).unwrap();
+            assert_eq!(layout, parsed);
+            assert_eq!(
+                layout.decode(&stored, 0).unwrap(),
+                parsed.decode(&stored, 0).unwrap()
+            );
+        }
     }
 
     #[test]

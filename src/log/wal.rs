@@ -99,8 +99,11 @@ impl Wal {
     }
 
     /// Writes one record holding `chunks`, without syncing it: the caller syncs.
-    pub fn write_record(&mut self, chunks: &[ChunkEntry]) -> Result<(), LogError> {
-        let body_len: usize = 4 + chunks.iter().map(|(_, c)| 8 + 4 + c.len()).sum::<usize>();
+    pub fn write_record<C: AsRef<[u8]>>(&mut self, chunks: &[(u64, C)]) -> Result<(), LogError> {
+        let body_len: usize = 4 + chunks
+            .iter()
+            .map(|(_, c)| 8 + 4 + c.as_ref().len())
+            .sum::<usize>();
         let mut record = Vec::with_capacity(HEADER_BYTES + body_len);
         record.extend_from_slice(&MAGIC.to_le_bytes());
         record.extend_from_slice(
@@ -112,6 +115,7 @@ impl Wal {
         let body_start = record.len();
         record.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
         for (first_position, chunk) in chunks {
+            let chunk = chunk.as_ref();
             record.extend_from_slice(&first_position.to_le_bytes());
             record.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
             record.extend_from_slice(chunk);

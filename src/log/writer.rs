@@ -22,14 +22,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex};
 
+use sled::IVec;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use super::error::{AppendError, LogError};
 use super::key_filter::{Indexed, KeyFilter};
-use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash, compress_chunk};
-use super::store::{Head, Store, stream_key, stream_value};
-use super::wal::ChunkEntry;
+use super::record::{ChunkBuilder, Hash, StoredEvent, chain_hash};
+use super::store::{Head, ParsedChunk, Store, stream_key, stream_value};
 use super::{AppendOutcome, ExpectedRevision, Job, ProposedEvent, StreamAppend};
 use crate::clock::Clock;
 use crate::limits;
@@ -77,7 +77,8 @@ type Applied = Arc<(Mutex<u64>, Condvar)>;
 /// What the journal phase of a group leaves for the sled phase: its chunks and the
 /// position of its last event.
 struct Journaled {
-    chunks: Vec<ChunkEntry>,
+    /// The group's chunks as stored, with the layouts readers will use.
+    chunks: Vec<ParsedChunk>,
     last_position: u64,
 }
 
@@ -569,7 +570,15 @@ impl Writer {
     /// them to the journal (made durable by the syncer's fdatasync, the acknowledgement
     /// point) and moves the writer's head past them.
     fn journal(&mut self, group: &Overlay, now_us: i64) -> Result<Journaled, LogError> {
-        let mut chunks: Vec<ChunkEntry> = Vec::new();
+        let mut chunks: Vec<ParsedChunk> = Vec::new();
+        let packed = |first: u64, full: ChunkBuilder| {
+            let (value, layout) = full.finish_parsed(first);
+            ParsedChunk {
+                first,
+                value: IVec::from(value),
+                layout,
+            }
+        };
         let mut previous: Hash = self.head.hash;
         let mut chunk_first = self.head.position + 1;
         let mut chunk = ChunkBuilder::new(previous);
@@ -579,19 +588,20 @@ impl Writer {
             chunk.push(&bytes, previous);
             if chunk.len_bytes() >= limits::CHUNK_BYTES_TARGET {
                 let full = std::mem::replace(&mut chunk, ChunkBuilder::new(previous));
-                chunks.push((chunk_first, compress_chunk(full.finish())));
+                chunks.push(packed(chunk_first, full));
                 chunk_first = record.position + 1;
             }
         }
         if chunk.count() > 0 {
-            chunks.push((chunk_first, compress_chunk(chunk.finish())));
+            chunks.push(packed(chunk_first, chunk));
         }
         let last_position = self.head.position + group.records.len() as u64;
+        let entries: Vec<(u64, &[u8])> = chunks.iter().map(|c| (c.first, &c.value[..])).collect();
         self.store
             .wal
             .lock()
             .expect("journal lock poisoned")
-            .write_record(&chunks)?;
+            .write_record(&entries)?;
         self.head = Head {
             position: last_position,
             hash: previous,
@@ -624,9 +634,7 @@ impl Writer {
         // group; sled recovers a prefix of its operations after a crash, so what it lacks
         // is a suffix: journal replay restores missing chunks, and the index repair starts
         // from `indexed_through`, which only checkpoints move.
-        for (first, value) in chunks {
-            self.store.events.insert(first.to_be_bytes(), value)?;
-        }
+        self.store.insert_chunks(chunks)?;
         for (stream, first_revision, first_position, count) in &group.runs {
             // A stream enters the tree with its revision-0 run; later runs add nothing
             // new to the filter (and would only make it look full sooner).
