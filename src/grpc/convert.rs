@@ -203,10 +203,35 @@ pub fn address_to(address: PostalAddress) -> Option<pb::PostalAddress> {
     })
 }
 
-fn value_from(field: &str, value: prost_types::Value, depth: usize, v: &mut Violations) -> Value {
+/// Where a value sits inside custom data (`custom.data.items[2].sku`), formatted only
+/// when a violation names it: formatting every key's path of every event was ~2.5 % of a
+/// batched append's server CPU.
+#[derive(Clone, Copy)]
+enum DataPath<'a> {
+    Root(&'a str),
+    Key(&'a DataPath<'a>, &'a str),
+    Index(&'a DataPath<'a>, usize),
+}
+
+impl std::fmt::Display for DataPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Root(field) => f.write_str(field),
+            Self::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Self::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+fn value_from(
+    path: DataPath<'_>,
+    value: prost_types::Value,
+    depth: usize,
+    v: &mut Violations,
+) -> Value {
     if depth > CUSTOM_DATA_DEPTH_MAX {
         v.add(
-            field,
+            &path.to_string(),
             format!("nests deeper than {CUSTOM_DATA_DEPTH_MAX} levels"),
         );
         return Value::Null;
@@ -216,7 +241,7 @@ fn value_from(field: &str, value: prost_types::Value, depth: usize, v: &mut Viol
         Some(ValueKind::BoolValue(b)) => Value::Bool(b),
         Some(ValueKind::NumberValue(n)) => {
             if !n.is_finite() {
-                v.add(field, "numbers must be finite");
+                v.add(&path.to_string(), "numbers must be finite");
             }
             Value::Number(n)
         }
@@ -225,15 +250,15 @@ fn value_from(field: &str, value: prost_types::Value, depth: usize, v: &mut Viol
             list.values
                 .into_iter()
                 .enumerate()
-                .map(|(i, item)| value_from(&format!("{field}[{i}]"), item, depth + 1, v))
+                .map(|(i, item)| value_from(DataPath::Index(&path, i), item, depth + 1, v))
                 .collect(),
         ),
-        Some(ValueKind::StructValue(s)) => Value::Object(struct_from(field, s, depth + 1, v)),
+        Some(ValueKind::StructValue(s)) => Value::Object(struct_from(path, s, depth + 1, v)),
     }
 }
 
 fn struct_from(
-    field: &str,
+    path: DataPath<'_>,
     s: Struct,
     depth: usize,
     v: &mut Violations,
@@ -241,8 +266,8 @@ fn struct_from(
     s.fields
         .into_iter()
         .map(|(key, value)| {
-            let path = format!("{field}.{key}");
-            (key, value_from(&path, value, depth, v))
+            let value = value_from(DataPath::Key(&path, &key), value, depth, v);
+            (key, value)
         })
         .collect()
 }
@@ -478,7 +503,12 @@ pub fn event_from_proto(event: pb::Event, v: &mut Violations) -> Option<DomainEv
     Some(match kind {
         Kind::Custom(pb::CustomEvent { r#type, data }) => DomainEvent::Custom(CustomEvent {
             event_type: r#type,
-            data: struct_from("custom.data", data.unwrap_or_default(), 1, v),
+            data: struct_from(
+                DataPath::Root("custom.data"),
+                data.unwrap_or_default(),
+                1,
+                v,
+            ),
         }),
         Kind::CustomerRegistered(pb::CustomerRegistered {
             customer_id,
@@ -1198,6 +1228,34 @@ pub fn recorded_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_violation_deep_in_custom_data_names_its_whole_path() {
+        let number = |n: f64| prost_types::Value {
+            kind: Some(ValueKind::NumberValue(n)),
+        };
+        let inner = Struct {
+            fields: [("b".to_owned(), number(f64::INFINITY))].into(),
+        };
+        let list = prost_types::Value {
+            kind: Some(ValueKind::ListValue(ListValue {
+                values: vec![
+                    number(1.0),
+                    prost_types::Value {
+                        kind: Some(ValueKind::StructValue(inner)),
+                    },
+                ],
+            })),
+        };
+        let data = Struct {
+            fields: [("a".to_owned(), list), ("ok".to_owned(), number(2.0))].into(),
+        };
+        let mut v = Violations::new("events[3].event");
+        let converted = struct_from(DataPath::Root("custom.data"), data, 1, &mut v);
+        assert_eq!(converted.len(), 2);
+        let fields: Vec<String> = v.into_vec().into_iter().map(|f| f.field).collect();
+        assert_eq!(fields, ["events[3].event.custom.data.a[1].b"]);
+    }
 
     #[test]
     fn timestamps_round_trip_and_are_bounded() {
