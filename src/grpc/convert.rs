@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::convert_loyalty as loyalty;
 use super::convert_pipeline::Wire;
+use super::custom_data::StoredStruct;
 use super::pb;
 use crate::domain::common::{
     CalendarDate, Channel, ConsentPurpose, Decimal, Direction, InteractionKind, PostalAddress,
@@ -286,7 +287,8 @@ fn value_to(value: Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
-fn struct_to(fields: BTreeMap<String, Value>) -> Struct {
+/// Domain custom data → protobuf `Struct`.
+pub(super) fn struct_to(fields: BTreeMap<String, Value>) -> Struct {
     Struct {
         fields: fields.into_iter().map(|(k, v)| (k, value_to(v))).collect(),
     }
@@ -1189,17 +1191,34 @@ pub fn recorded_event(
     privacy: Option<&Privacy>,
 ) -> Result<pb::RecordedEvent, tonic::Status> {
     let LoggedEvent { event, hash } = logged;
-    let mut body = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
-        .map_err(|e| {
-            tonic::Status::internal(format!("event at position {}: {e}", event.position))
-        })?;
-    let personal = match privacy {
-        Some(privacy) => privacy.open_event(&event.stream, event.id(), &mut body),
-        None if body.has_personal_parts() => {
-            body.open(&mut |_, _| None);
-            PersonalState::Erased
-        }
-        None => PersonalState::None,
+    let undecodable = |e: crate::domain::DecodeError| {
+        tonic::Status::internal(format!("event at position {}: {e}", event.position))
+    };
+    let (body, personal) = if CustomEvent::is_custom_type(&event.event_type) {
+        // Custom data goes from its stored bytes to protobuf in one pass; it holds no
+        // personal part.
+        let data: StoredStruct =
+            CustomEvent::decode_data_as(&event.event_type, event.schema_version, &event.payload)
+                .map_err(undecodable)?;
+        let body = pb::Event {
+            kind: Some(pb::event::Kind::Custom(pb::CustomEvent {
+                r#type: event.event_type.clone(),
+                data: Some(data.0),
+            })),
+        };
+        (body, PersonalState::None)
+    } else {
+        let mut body = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
+            .map_err(undecodable)?;
+        let personal = match privacy {
+            Some(privacy) => privacy.open_event(&event.stream, event.id(), &mut body),
+            None if body.has_personal_parts() => {
+                body.open(&mut |_, _| None);
+                PersonalState::Erased
+            }
+            None => PersonalState::None,
+        };
+        (event_to_proto(body), personal)
     };
     Ok(pb::RecordedEvent {
         position: event.position,
@@ -1207,7 +1226,7 @@ pub fn recorded_event(
         revision: event.revision,
         event_id: Uuid::from_bytes(event.event_id).to_string(),
         event_type: event.event_type,
-        event: Some(event_to_proto(body)),
+        event: Some(body),
         recorded_at: Some(timestamp_from_us(event.recorded_at_us)),
         occurred_at: Some(timestamp_from_us(event.occurred_at_us)),
         metadata: event.metadata.into_iter().collect(),

@@ -1,4 +1,5 @@
-//! The tonic edge: proto ⇄ domain conversion ([`convert`]), the `EventStore` service
+//! The tonic edge: proto ⇄ domain conversion ([`convert`]; stored custom data straight to
+//! protobuf in [`custom_data`]), the `EventStore` service
 //! ([`event_store`]), the `Admin` service over the projections ([`admin`]), the wait budget
 //! of read-your-writes reads ([`deadline`]), the one
 //! error → status table ([`status`]) and server assembly with
@@ -9,6 +10,7 @@ pub mod analytics;
 pub mod convert;
 pub mod convert_loyalty;
 pub mod convert_pipeline;
+pub mod custom_data;
 pub mod customers;
 pub mod deadline;
 pub mod event_store;

@@ -112,6 +112,30 @@ impl CustomEvent {
         encode(&self.data)
     }
 
+    /// True when a stored event of `event_type` is a custom event (no built-in type has
+    /// that name): what [`super::DomainEvent::decode`] decides before decoding.
+    pub fn is_custom_type(event_type: &str) -> bool {
+        !BUILT_IN_EVENT_TYPES.contains(&event_type)
+    }
+
+    /// The data of a stored custom event decoded straight into `D`, a type with the serde
+    /// shape of `BTreeMap<String, Value>`: the gRPC edge decodes it into protobuf's
+    /// `Struct` without building the domain value in between (that detour was a fifth
+    /// of the server's CPU when replaying custom events).
+    pub fn decode_data_as<D: serde::de::DeserializeOwned>(
+        event_type: &str,
+        version: u16,
+        payload: &[u8],
+    ) -> Result<D, DecodeError> {
+        if version != Self::SCHEMA_VERSION {
+            return Err(DecodeError::UnknownVersion {
+                event_type: event_type.to_owned(),
+                version,
+            });
+        }
+        decode_exact(event_type, version, payload)
+    }
+
     pub(super) fn decode_payload(
         event_type: &str,
         version: u16,
