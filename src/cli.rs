@@ -365,7 +365,8 @@ pub async fn bench_head(
     Ok(())
 }
 
-/// `rapport bench read`: reads the whole log over gRPC.
+/// `rapport bench read`: reads the whole log over gRPC: ReadAll pages, a decoded
+/// Subscribe replay, and a receive-only one (the client side of the peer's `\copy`).
 pub async fn bench_read(server: String) -> Result<(), CliError> {
     let (events, elapsed) = crate::loadgen::run_read_all(&server)
         .await
@@ -380,6 +381,14 @@ pub async fn bench_read(server: String) -> Result<(), CliError> {
         .map_err(|e| e.to_string())?;
     println!(
         "replay (Subscribe from 0 to the head): {events} events in {:.2} s = {:.0} events/s",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64()
+    );
+    let (events, elapsed) = crate::loadgen::run_subscribe_raw(&server)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "replay, receive only (Subscribe, raw messages, positions checked): {events} events in {:.2} s = {:.0} events/s",
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64()
     );

@@ -423,6 +423,97 @@ pub async fn run_subscribe_all(
     Ok((events, start.elapsed()))
 }
 
+/// Replays the whole log with one `Subscribe` whose client only receives: each event
+/// arrives as its raw protobuf message and only its `position` (field 1, written first) is
+/// read, to check that positions come dense and in order. The client side of
+/// `psql \copy ... TO /dev/null`, which receives rows without parsing them into values;
+/// [`run_subscribe_all`] is the same replay decoded into `RecordedEvent`s.
+pub async fn run_subscribe_raw(
+    server: &str,
+) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+    use tokio_stream::StreamExt;
+    let channel = connect(server, 1).await?.remove(0);
+    let head = EventStoreClient::new(channel.clone())
+        .get_head(())
+        .await?
+        .into_inner()
+        .position;
+    let start = Instant::now();
+    let mut events = 0u64;
+    if head > 0 {
+        let mut grpc = tonic::client::Grpc::new(channel)
+            .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+        grpc.ready().await?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/rapport.v1.EventStore/Subscribe",
+        );
+        let request = tonic::Request::new(pb::SubscribeRequest {
+            after_position: 0,
+            filter: None,
+        });
+        let mut stream = grpc
+            .server_streaming(request, path, RawCodec)
+            .await?
+            .into_inner();
+        while let Some(message) = stream.next().await {
+            let position = leading_position(message?)?;
+            events += 1;
+            if position != events {
+                return Err(format!("event {events} of the replay has position {position}").into());
+            }
+            if position >= head {
+                break;
+            }
+        }
+    }
+    Ok((events, start.elapsed()))
+}
+
+/// The `position` of a raw `RecordedEvent` message (prost writes field 1 first).
+fn leading_position(mut message: prost::bytes::Bytes) -> Result<u64, Box<dyn std::error::Error>> {
+    use prost::bytes::Buf;
+    if message.is_empty() || message.get_u8() != 0x08 {
+        return Err("a replayed message does not start with its position".into());
+    }
+    Ok(prost::encoding::decode_varint(&mut message)?)
+}
+
+/// Encodes the `SubscribeRequest` with prost; hands each response message over as bytes.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+/// The response side of [`RawCodec`].
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = pb::SubscribeRequest;
+    type Decode = prost::bytes::Bytes;
+    type Encoder = tonic_prost::ProstEncoder<pb::SubscribeRequest>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        tonic_prost::ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, Self::Error> {
+        use prost::bytes::Buf;
+        let len = buf.remaining();
+        Ok(Some(buf.copy_to_bytes(len)))
+    }
+}
+
 /// The raw sled ceiling on this disk: `events` plain inserts of 200-byte values under
 /// u64 keys into one tree, `batch` per flush + fdatasync (the same durability as an
 /// append). Returns inserts per second.

@@ -285,7 +285,7 @@ enum Bench {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
     },
-    /// Read the whole log over gRPC (ReadAll pages of 1000, then one Subscribe); prints events/s.
+    /// Read the whole log over gRPC (ReadAll pages of 1000, one decoded Subscribe, one receive-only Subscribe); prints events/s.
     Read {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
