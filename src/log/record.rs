@@ -168,9 +168,8 @@ pub fn chain_hash(previous: &Hash, position: u64, event_bytes: &[u8]) -> Hash {
 /// Builds one chunk value from already-encoded events.
 pub struct ChunkBuilder {
     bytes: Vec<u8>,
-    count: u32,
     prev_hash: Hash,
-    last_hash: Hash,
+    /// Where each event's bytes lie in `bytes`, and its chain hash.
     spans: Vec<(usize, usize)>,
     hashes: Vec<Hash>,
 }
@@ -184,9 +183,7 @@ impl ChunkBuilder {
         bytes.extend_from_slice(&0u32.to_le_bytes());
         Self {
             bytes,
-            count: 0,
             prev_hash,
-            last_hash: prev_hash,
             spans: Vec::new(),
             hashes: Vec::new(),
         }
@@ -199,8 +196,6 @@ impl ChunkBuilder {
         self.spans.push((self.bytes.len(), event_bytes.len()));
         self.bytes.extend_from_slice(event_bytes);
         self.hashes.push(hash);
-        self.count += 1;
-        self.last_hash = hash;
     }
 
     /// Encoded size so far, in bytes.
@@ -210,13 +205,20 @@ impl ChunkBuilder {
 
     /// Events in the chunk so far.
     pub fn count(&self) -> u32 {
-        self.count
+        u32::try_from(self.spans.len()).expect("a chunk holds a bounded number of events")
+    }
+
+    /// Writes the event count into the header and the last hash at the end.
+    fn seal(&mut self) {
+        let count = self.count();
+        let last_hash = self.hashes.last().copied().unwrap_or(self.prev_hash);
+        self.bytes[33..37].copy_from_slice(&count.to_le_bytes());
+        self.bytes.extend_from_slice(&last_hash);
     }
 
     /// The finished chunk value.
     pub fn finish(mut self) -> Vec<u8> {
-        self.bytes[33..37].copy_from_slice(&self.count.to_le_bytes());
-        self.bytes.extend_from_slice(&self.last_hash);
+        self.seal();
         self.bytes
     }
 
@@ -225,10 +227,13 @@ impl ChunkBuilder {
     /// value would compute: the writer knows every span and chain hash already, so fresh
     /// chunks reach readers parsed without being decompressed and re-hashed.
     pub fn finish_parsed(mut self, first_position: u64) -> (Vec<u8>, ChunkLayout) {
-        let spans = std::mem::take(&mut self.spans);
-        let hashes = std::mem::take(&mut self.hashes);
-        let prev_hash = self.prev_hash;
-        let raw = self.finish();
+        self.seal();
+        let Self {
+            bytes: raw,
+            prev_hash,
+            spans,
+            hashes,
+        } = self;
         let mut layout = ChunkLayout {
             first_position,
             prev_hash,
