@@ -141,15 +141,9 @@ impl CustomEvent {
         version: u16,
         payload: &[u8],
     ) -> Result<Self, DecodeError> {
-        if version != Self::SCHEMA_VERSION {
-            return Err(DecodeError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                version,
-            });
-        }
         Ok(Self {
             event_type: event_type.to_owned(),
-            data: decode_exact(event_type, version, payload)?,
+            data: Self::decode_data_as(event_type, version, payload)?,
         })
     }
 }
