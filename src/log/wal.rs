@@ -25,7 +25,6 @@
 //! the first record that is not intact.
 
 use std::fs::{File, OpenOptions};
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -61,25 +60,27 @@ impl Wal {
     /// Opens (or creates) the journal at `path` and returns the chunks of every intact
     /// record from the start, in order, stopping at the first record that is not intact.
     pub fn open(path: &Path) -> Result<(Self, Vec<ChunkEntry>), LogError> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
+        // Record by record, not the whole (preallocated, mostly zero) file at once: a
+        // journal emptied by a checkpoint costs one header read, not 64 MiB of memory.
+        let allocated_bytes = file.metadata()?.len();
         let mut chunks = Vec::new();
-        let mut offset = 0usize;
-        while let Some((record_len, body)) = parse_record(&bytes[offset..]) {
-            decode_body(body, &mut chunks)?;
-            offset += record_len;
+        let mut offset = 0u64;
+        let mut body = Vec::new();
+        while let Some(body_len) = read_record(&file, offset, allocated_bytes, &mut body)? {
+            decode_body(&body, &mut chunks)?;
+            offset += (HEADER_BYTES + body_len) as u64;
         }
         Ok((
             Self {
                 file,
-                len_bytes: offset as u64,
-                allocated_bytes: bytes.len() as u64,
+                len_bytes: offset,
+                allocated_bytes,
             },
             chunks,
         ))
@@ -158,17 +159,29 @@ impl Wal {
 }
 
 /// One intact record at the start of `bytes`: its total length and body.
-fn parse_record(bytes: &[u8]) -> Option<(usize, &[u8])> {
-    if bytes.len() < HEADER_BYTES {
-        return None;
+/// Reads the record at `offset` of a journal of `file_len` bytes into `body` and returns
+/// its body length, or `None` where the intact records end (zeros, a torn or partly
+/// written record, a bad checksum). A header's length never makes it read past the file.
+fn read_record(
+    file: &File,
+    offset: u64,
+    file_len: u64,
+    body: &mut Vec<u8>,
+) -> Result<Option<usize>, LogError> {
+    if offset + HEADER_BYTES as u64 > file_len {
+        return Ok(None);
     }
-    let magic = u32::from_le_bytes(bytes[0..4].try_into().ok()?);
-    let body_len = u32::from_le_bytes(bytes[4..8].try_into().ok()?) as usize;
-    if magic != MAGIC || bytes.len() < HEADER_BYTES + body_len {
-        return None;
+    let mut header = [0u8; HEADER_BYTES];
+    file.read_exact_at(&mut header, offset)?;
+    let magic = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
+    let body_len = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes")) as usize;
+    if magic != MAGIC || offset + (HEADER_BYTES + body_len) as u64 > file_len {
+        return Ok(None);
     }
-    let body = &bytes[HEADER_BYTES..HEADER_BYTES + body_len];
-    (checksum(body) == bytes[8..24]).then_some((HEADER_BYTES + body_len, body))
+    body.clear();
+    body.resize(body_len, 0);
+    file.read_exact_at(body, offset + HEADER_BYTES as u64)?;
+    Ok((checksum(body) == header[8..24]).then_some(body_len))
 }
 
 fn decode_body(body: &[u8], chunks: &mut Vec<ChunkEntry>) -> Result<(), LogError> {
