@@ -269,4 +269,24 @@ mod tests {
         }
         assert_eq!(Wal::open(&path).unwrap().1, vec![(1, vec![1])]);
     }
+
+    #[test]
+    fn a_length_past_the_end_of_the_file_ends_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let end = {
+            let (mut wal, _) = Wal::open(&path).unwrap();
+            wal.append(&[(1, vec![1])]).unwrap();
+            wal.len_bytes()
+        };
+        // A header claiming a 4 GiB body: nothing is allocated or read for it.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let mut header = MAGIC.to_le_bytes().to_vec();
+        header.extend_from_slice(&u32::MAX.to_le_bytes());
+        header.extend_from_slice(&[0; 16]);
+        file.write_all_at(&header, end).unwrap();
+        let (wal, chunks) = Wal::open(&path).unwrap();
+        assert_eq!(chunks, vec![(1, vec![1])]);
+        assert_eq!(wal.len_bytes(), end);
+    }
 }
