@@ -368,29 +368,31 @@ pub async fn bench_head(
 /// `rapport bench read`: reads the whole log over gRPC: ReadAll pages, a decoded
 /// Subscribe replay, and a receive-only one (the client side of the peer's `\copy`).
 pub async fn bench_read(server: String) -> Result<(), CliError> {
-    let (events, elapsed) = crate::loadgen::run_read_all(&server)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "read all (ReadAll pages of 1000): {events} events in {:.2} s = {:.0} events/s",
-        elapsed.as_secs_f64(),
-        events as f64 / elapsed.as_secs_f64()
+    let report = |what: &str, (events, elapsed): (u64, Duration)| {
+        println!(
+            "{what}: {events} events in {:.2} s = {:.0} events/s",
+            elapsed.as_secs_f64(),
+            events as f64 / elapsed.as_secs_f64()
+        );
+    };
+    let failed = |e: Box<dyn std::error::Error>| e.to_string();
+    report(
+        "read all (ReadAll pages of 1000)",
+        crate::loadgen::run_read_all(&server)
+            .await
+            .map_err(failed)?,
     );
-    let (events, elapsed) = crate::loadgen::run_subscribe_all(&server)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "replay (Subscribe from 0 to the head): {events} events in {:.2} s = {:.0} events/s",
-        elapsed.as_secs_f64(),
-        events as f64 / elapsed.as_secs_f64()
+    report(
+        "replay (Subscribe from 0 to the head)",
+        crate::loadgen::run_subscribe_all(&server)
+            .await
+            .map_err(failed)?,
     );
-    let (events, elapsed) = crate::loadgen::run_subscribe_raw(&server)
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "replay, receive only (Subscribe, raw messages, positions checked): {events} events in {:.2} s = {:.0} events/s",
-        elapsed.as_secs_f64(),
-        events as f64 / elapsed.as_secs_f64()
+    report(
+        "replay, receive only (Subscribe, raw messages, positions checked)",
+        crate::loadgen::run_subscribe_raw(&server)
+            .await
+            .map_err(failed)?,
     );
     Ok(())
 }
