@@ -162,11 +162,8 @@ impl RecentChunks {
             return;
         }
         while self.order.len() >= RECENT_CHUNKS {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.by_first.remove(&old);
-                }
-                None => break,
+            if let Some(old) = self.order.pop_front() {
+                self.by_first.remove(&old);
             }
         }
         self.order.push_back(chunk.first);

@@ -66,8 +66,9 @@ impl Wal {
             .create(true)
             .truncate(false)
             .open(path)?;
-        // Record by record, not the whole (preallocated, mostly zero) file at once: a
-        // journal emptied by a checkpoint costs one header read, not 64 MiB of memory.
+        // Record by record into one reused buffer, not the whole preallocated file into
+        // memory at once. (A checkpoint does not clear the file: the records before it
+        // stay readable until overwritten, and the journal replay skips their chunks.)
         let allocated_bytes = file.metadata()?.len();
         let mut chunks = Vec::new();
         let mut offset = 0u64;
@@ -158,7 +159,6 @@ impl Wal {
     }
 }
 
-/// One intact record at the start of `bytes`: its total length and body.
 /// Reads the record at `offset` of a journal of `file_len` bytes into `body` and returns
 /// its body length, or `None` where the intact records end (zeros, a torn or partly
 /// written record, a bad checksum). A header's length never makes it read past the file.
