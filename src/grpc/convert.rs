@@ -26,7 +26,7 @@ use crate::domain::events::{
 use crate::domain::personal::Personal;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits::CUSTOM_DATA_DEPTH_MAX;
-use crate::log::LoggedEvent;
+use crate::log::{LoggedEvent, StoredEvent};
 use crate::privacy::{PersonalState, Privacy};
 
 /// Earliest and latest instants a timestamp may carry (0001-01-01 .. 9999-12-31, as
@@ -1185,21 +1185,19 @@ pub fn event_to_proto(event: DomainEvent) -> pb::Event {
 
 /// Converts a logged event into the wire `RecordedEvent`, decoding its body and
 /// opening its personal parts with `privacy` (without it, or without the customer's
-/// key, they come out empty and marked erased).
+/// key, they come out empty and marked erased). (The read RPCs write the same message
+/// straight to bytes: [`super::wire`].)
 pub fn recorded_event(
     logged: LoggedEvent,
     privacy: Option<&Privacy>,
 ) -> Result<pb::RecordedEvent, tonic::Status> {
     let LoggedEvent { event, hash } = logged;
-    let undecodable = |e: crate::domain::DecodeError| {
-        tonic::Status::internal(format!("event at position {}: {e}", event.position))
-    };
     let (body, personal) = if CustomEvent::is_custom_type(&event.event_type) {
         // Custom data goes from its stored bytes to protobuf in one pass; it holds no
         // personal part.
         let data: StoredStruct =
             CustomEvent::decode_data_as(&event.event_type, event.schema_version, &event.payload)
-                .map_err(undecodable)?;
+                .map_err(|e| undecodable(&event, e))?;
         let body = pb::Event {
             kind: Some(pb::event::Kind::Custom(pb::CustomEvent {
                 r#type: event.event_type.clone(),
@@ -1208,17 +1206,7 @@ pub fn recorded_event(
         };
         (body, PersonalState::None)
     } else {
-        let mut body = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
-            .map_err(undecodable)?;
-        let personal = match privacy {
-            Some(privacy) => privacy.open_event(&event.stream, event.id(), &mut body),
-            None if body.has_personal_parts() => {
-                body.open(&mut |_, _| None);
-                PersonalState::Erased
-            }
-            None => PersonalState::None,
-        };
-        (event_to_proto(body), personal)
+        built_in_body(&event, privacy)?
     };
     Ok(pb::RecordedEvent {
         position: event.position,
@@ -1236,12 +1224,41 @@ pub fn recorded_event(
         actor: event.actor,
         source_channel: event.source_channel,
         schema_version: u32::from(event.schema_version),
-        personal_data: match personal {
-            PersonalState::None => pb::PersonalData::Unspecified,
-            PersonalState::Clear => pb::PersonalData::Clear,
-            PersonalState::Erased => pb::PersonalData::Erased,
-        } as i32,
+        personal_data: personal_data(personal) as i32,
     })
+}
+
+/// The status of a stored body that does not decode.
+pub(super) fn undecodable(event: &StoredEvent, error: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::internal(format!("event at position {}: {error}", event.position))
+}
+
+/// The body of a stored built-in (not custom) event as protobuf, its personal parts
+/// opened with `privacy` (see [`recorded_event`]), and what became of them.
+pub(super) fn built_in_body(
+    event: &StoredEvent,
+    privacy: Option<&Privacy>,
+) -> Result<(pb::Event, PersonalState), tonic::Status> {
+    let mut body = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)
+        .map_err(|e| undecodable(event, e))?;
+    let personal = match privacy {
+        Some(privacy) => privacy.open_event(&event.stream, event.id(), &mut body),
+        None if body.has_personal_parts() => {
+            body.open(&mut |_, _| None);
+            PersonalState::Erased
+        }
+        None => PersonalState::None,
+    };
+    Ok((event_to_proto(body), personal))
+}
+
+/// The wire value of what became of an event's personal parts.
+pub(super) fn personal_data(personal: PersonalState) -> pb::PersonalData {
+    match personal {
+        PersonalState::None => pb::PersonalData::Unspecified,
+        PersonalState::Clear => pb::PersonalData::Clear,
+        PersonalState::Erased => pb::PersonalData::Erased,
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use super::convert::{event_from_proto, recorded_event, timestamp_to_us};
+use super::convert::{event_from_proto, timestamp_to_us};
+use super::encoded::Encoded;
+use super::wire;
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
 use crate::domain::{DomainEvent, Violations};
@@ -425,17 +427,17 @@ pub fn page_size(max_count: u32) -> usize {
     }
 }
 
-fn page_to_proto(page: Page, privacy: &Privacy) -> Result<pb::ReadResponse, Status> {
-    let events = page
-        .events
-        .into_iter()
-        .map(|logged| recorded_event(logged, Some(privacy)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(pb::ReadResponse {
-        events,
-        end_reached: page.end_reached,
-        next_cursor: page.next_cursor,
-    })
+/// A page as the bytes of its `ReadResponse` (see [`super::wire`]).
+fn page_bytes(page: Page, privacy: &Privacy) -> Result<Encoded, Status> {
+    let mut out = Vec::with_capacity(page.events.len() * 512);
+    wire::put_read_response(
+        &mut out,
+        &page.events,
+        page.end_reached,
+        page.next_cursor,
+        Some(privacy),
+    )?;
+    Ok(Encoded(out.into()))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -447,6 +449,97 @@ async fn blocking<T: Send + 'static>(
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RecordedEvent, Status>> + Send>>;
+
+/// The read RPCs, answering with protobuf bytes written straight from the stored events
+/// ([`super::wire`]). [`super::encoded::EventStoreEdge`] serves these; the generated
+/// trait's methods (below) decode the same bytes, for callers of the plain service.
+impl EventStoreService {
+    /// `ReadStream`, its `ReadResponse` encoded.
+    pub async fn read_stream_encoded(
+        &self,
+        request: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<Encoded>, Status> {
+        let pb::ReadStreamRequest {
+            stream,
+            from_revision,
+            backwards,
+            max_count,
+        } = request.into_inner();
+        let stream =
+            StreamName::parse(&stream).map_err(|e| invalid_field("stream", e.to_string()))?;
+        let log = self.log.clone();
+        let privacy = self.privacy.clone();
+        // Reading and encoding a page (up to 1000 events) is blocking CPU work: both run
+        // off the async workers.
+        let page = blocking(move || {
+            page_bytes(
+                log.read_stream(&stream, from_revision, backwards, page_size(max_count))?,
+                &privacy,
+            )
+        })
+        .await?;
+        Ok(Response::new(page))
+    }
+
+    /// `ReadAll`, its `ReadResponse` encoded.
+    pub async fn read_all_encoded(
+        &self,
+        request: Request<pb::ReadAllRequest>,
+    ) -> Result<Response<Encoded>, Status> {
+        let pb::ReadAllRequest {
+            from_position,
+            backwards,
+            max_count,
+            filter,
+        } = request.into_inner();
+        let filter = filter_from_proto(filter)?;
+        let log = self.log.clone();
+        let privacy = self.privacy.clone();
+        let page = blocking(move || {
+            page_bytes(
+                log.read_all(from_position, backwards, page_size(max_count), &filter)?,
+                &privacy,
+            )
+        })
+        .await?;
+        Ok(Response::new(page))
+    }
+
+    /// `Subscribe`, each `RecordedEvent` encoded.
+    pub fn subscribe_encoded(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<EncodedStream>, Status> {
+        let pb::SubscribeRequest {
+            after_position,
+            filter,
+        } = request.into_inner();
+        let filter = filter_from_proto(filter)?;
+        let permit = self
+            .subscriptions
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "the limit of {} open subscriptions is reached; retry later",
+                    limits::SUBSCRIPTIONS_MAX
+                ))
+            })?;
+        let (sender, receiver) = mpsc::channel(limits::SUBSCRIPTION_BUFFER_BATCHES);
+        let log = self.log.clone();
+        let privacy = self.privacy.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            follow(log, privacy, after_position, filter, sender, shutdown).await;
+        });
+        Ok(Response::new(EncodedStream {
+            receiver,
+            current: Batch::default(),
+            next: 0,
+        }))
+    }
+}
 
 #[tonic::async_trait]
 impl pb::event_store_server::EventStore for EventStoreService {
@@ -476,49 +569,16 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::ReadStreamRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        let pb::ReadStreamRequest {
-            stream,
-            from_revision,
-            backwards,
-            max_count,
-        } = request.into_inner();
-        let stream =
-            StreamName::parse(&stream).map_err(|e| invalid_field("stream", e.to_string()))?;
-        let log = self.log.clone();
-        let privacy = self.privacy.clone();
-        // Reading and converting a page (up to 1000 events) is blocking CPU work: both run
-        // off the async workers.
-        let page = blocking(move || {
-            page_to_proto(
-                log.read_stream(&stream, from_revision, backwards, page_size(max_count))?,
-                &privacy,
-            )
-        })
-        .await?;
-        Ok(Response::new(page))
+        let encoded = self.read_stream_encoded(request).await?;
+        Ok(Response::new(encoded.into_inner().decode()?))
     }
 
     async fn read_all(
         &self,
         request: Request<pb::ReadAllRequest>,
     ) -> Result<Response<pb::ReadResponse>, Status> {
-        let pb::ReadAllRequest {
-            from_position,
-            backwards,
-            max_count,
-            filter,
-        } = request.into_inner();
-        let filter = filter_from_proto(filter)?;
-        let log = self.log.clone();
-        let privacy = self.privacy.clone();
-        let page = blocking(move || {
-            page_to_proto(
-                log.read_all(from_position, backwards, page_size(max_count), &filter)?,
-                &privacy,
-            )
-        })
-        .await?;
-        Ok(Response::new(page))
+        let encoded = self.read_all_encoded(request).await?;
+        Ok(Response::new(encoded.into_inner().decode()?))
     }
 
     type SubscribeStream = EventStream;
@@ -527,33 +587,11 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let pb::SubscribeRequest {
-            after_position,
-            filter,
-        } = request.into_inner();
-        let filter = filter_from_proto(filter)?;
-        let permit = self
-            .subscriptions
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "the limit of {} open subscriptions is reached; retry later",
-                    limits::SUBSCRIPTIONS_MAX
-                ))
-            })?;
-        let (sender, receiver) = mpsc::channel(limits::SUBSCRIPTION_BUFFER_BATCHES);
-        let log = self.log.clone();
-        let privacy = self.privacy.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            follow(log, privacy, after_position, filter, sender, shutdown).await;
-        });
-        Ok(Response::new(Box::pin(BatchStream {
-            receiver,
-            current: Vec::new().into_iter(),
-        })))
+        let encoded = self.subscribe_encoded(request)?.into_inner();
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            encoded,
+            |item| item.and_then(|message| message.decode()),
+        ))))
     }
 
     async fn get_head(&self, _request: Request<()>) -> Result<Response<pb::LogHead>, Status> {
@@ -607,9 +645,9 @@ async fn follow(
                     cursor = next_cursor;
                     (batch, failed)
                 }
-                Ok(Err(error)) => (vec![Err(error.into())], true),
+                Ok(Err(error)) => (Batch::failed(error.into()), true),
                 Err(error) => (
-                    vec![Err(Status::internal(format!("read task failed: {error}")))],
+                    Batch::failed(Status::internal(format!("read task failed: {error}"))),
                     true,
                 ),
             };
@@ -626,22 +664,51 @@ async fn follow(
     }
 }
 
-/// Events on their way to one subscriber, in order; an `Err` is the last item.
-type Batch = Vec<Result<pb::RecordedEvent, Status>>;
+/// Events on their way to one subscriber, in order: their `RecordedEvent` messages back
+/// to back in one buffer, and an error that ends the subscription after them.
+#[derive(Default)]
+struct Batch {
+    bytes: prost::bytes::Bytes,
+    /// Where each message ends in `bytes`.
+    ends: Vec<usize>,
+    error: Option<Status>,
+}
 
-/// Converts a page to protobuf, stopping after the first event that fails; the flag says
-/// whether one did (the subscription then ends with that error).
-fn to_batch(events: Vec<LoggedEvent>, privacy: &Privacy) -> (Batch, bool) {
-    let mut batch = Vec::with_capacity(events.len());
-    for logged in events {
-        let item = recorded_event(logged, Some(privacy));
-        let failed = item.is_err();
-        batch.push(item);
-        if failed {
-            return (batch, true);
+impl Batch {
+    fn failed(error: Status) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::default()
         }
     }
-    (batch, false)
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty() && self.error.is_none()
+    }
+}
+
+/// Encodes a page, stopping at the first event that fails; the flag says whether one
+/// did (the subscription then ends with that error).
+fn to_batch(events: Vec<LoggedEvent>, privacy: &Privacy) -> (Batch, bool) {
+    let mut bytes = Vec::with_capacity(events.len() * 512);
+    let mut ends = Vec::with_capacity(events.len());
+    let mut error = None;
+    for logged in &events {
+        let start = bytes.len();
+        if let Err(failed) = wire::put_recorded_event(&mut bytes, logged, Some(privacy)) {
+            bytes.truncate(start);
+            error = Some(failed);
+            break;
+        }
+        ends.push(bytes.len());
+    }
+    let failed = error.is_some();
+    let batch = Batch {
+        bytes: bytes.into(),
+        ends,
+        error,
+    };
+    (batch, failed)
 }
 
 /// Sends one batch, waiting for the subscriber's buffer to have room — but not past a
@@ -660,25 +727,37 @@ async fn send(
     }
 }
 
-/// The subscriber's side of the channel: yields the events of each batch in turn.
-struct BatchStream {
+/// The subscriber's side of a subscription: each event's `RecordedEvent` bytes in turn.
+pub struct EncodedStream {
     receiver: mpsc::Receiver<Batch>,
-    current: std::vec::IntoIter<Result<pb::RecordedEvent, Status>>,
+    current: Batch,
+    /// How many messages of `current` are out.
+    next: usize,
 }
 
-impl Stream for BatchStream {
-    type Item = Result<pb::RecordedEvent, Status>;
+impl Stream for EncodedStream {
+    type Item = Result<Encoded, Status>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
         loop {
-            if let Some(item) = self.current.next() {
-                return std::task::Poll::Ready(Some(item));
+            let this = &mut *self;
+            if let Some(&end) = this.current.ends.get(this.next) {
+                let start = this.next.checked_sub(1).map_or(0, |i| this.current.ends[i]);
+                this.next += 1;
+                let message = this.current.bytes.slice(start..end);
+                return std::task::Poll::Ready(Some(Ok(Encoded(message))));
             }
-            match std::task::ready!(self.receiver.poll_recv(cx)) {
-                Some(batch) => self.current = batch.into_iter(),
+            if let Some(error) = this.current.error.take() {
+                return std::task::Poll::Ready(Some(Err(error)));
+            }
+            match std::task::ready!(this.receiver.poll_recv(cx)) {
+                Some(batch) => {
+                    this.current = batch;
+                    this.next = 0;
+                }
                 None => return std::task::Poll::Ready(None),
             }
         }

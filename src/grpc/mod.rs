@@ -13,11 +13,13 @@ pub mod convert_pipeline;
 pub mod custom_data;
 pub mod customers;
 pub mod deadline;
+pub mod encoded;
 pub mod event_store;
 pub mod loyalty;
 pub mod pb;
 pub mod pipeline;
 pub mod server;
 pub mod status;
+pub mod wire;
 
 pub use server::{RunningServer, ServeError, ServerConfig, serve_log, start, start_with};

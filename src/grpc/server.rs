@@ -151,13 +151,12 @@ pub async fn serve_log(
         clock.clone(),
         stop_tx.subscribe(),
     ));
-    let event_store = pb::event_store_server::EventStoreServer::new(EventStoreService::new(
+    // The read RPCs answer with bytes written straight from the stored events.
+    let event_store = super::encoded::EventStoreEdge::new(EventStoreService::new(
         log.clone(),
         privacy.clone(),
         stop_rx,
-    ))
-    .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
+    ));
     let customers = pb::customers_server::CustomersServer::new(CustomersService::new(
         log.clone(),
         privacy.clone(),
