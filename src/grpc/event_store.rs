@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use super::convert::{event_from_proto, timestamp_to_us};
 use super::encoded::Encoded;
-use super::wire;
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
+use super::wire;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
@@ -603,9 +603,10 @@ impl pb::event_store_server::EventStore for EventStoreService {
     }
 }
 
-/// Feeds one subscription: reads from disk in batches at the subscriber's pace and
-/// converts each batch to protobuf on a blocking thread (the bounded channel blocks this
-/// task when the subscriber is slow), then waits for the writer to publish a new head.
+/// Feeds one subscription: reads from disk in batches (bounded in events and bytes) at
+/// the subscriber's pace and encodes each batch to protobuf on a blocking thread while
+/// the next is read (the bounded channel blocks this task when the subscriber is slow),
+/// then waits for the writer to publish a new head.
 /// Ends when the subscriber goes away or on shutdown.
 ///
 /// A batch travels as one channel message: per-event sends cost a wake-up each and
@@ -620,48 +621,74 @@ async fn follow(
 ) {
     let mut heads = log.watch_head();
     let mut cursor = after_position.saturating_add(1);
+    // Two stages on the blocking pool: while one page is encoded (and then sent), the
+    // next is already being read, so a replay keeps both cores busy.
+    let mut ahead: Option<tokio::task::JoinHandle<Result<Page, crate::log::LogError>>> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let head = heads.borrow_and_update().position;
-        if cursor <= head {
-            let reader = log.clone();
-            let batch_filter = filter.clone();
-            let batch_privacy = privacy.clone();
-            let read = tokio::task::spawn_blocking(move || {
-                reader
-                    .read_all(
-                        cursor,
-                        false,
-                        limits::SUBSCRIPTION_READ_BATCH as usize,
-                        &batch_filter,
-                    )
-                    .map(|page| (page.next_cursor, to_batch(page.events, &batch_privacy)))
-            })
-            .await;
-            let (batch, ended) = match read {
-                Ok(Ok((next_cursor, (batch, failed)))) => {
-                    cursor = next_cursor;
-                    (batch, failed)
+        let read = match ahead.take() {
+            Some(read) => read,
+            None if cursor <= heads.borrow_and_update().position => {
+                read_page(&log, cursor, &filter)
+            }
+            None => {
+                tokio::select! {
+                    changed = heads.changed() => if changed.is_err() { return },
+                    _ = sender.closed() => return,
+                    stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
                 }
-                Ok(Err(error)) => (Batch::failed(error.into()), true),
-                Err(error) => (
-                    Batch::failed(Status::internal(format!("read task failed: {error}"))),
-                    true,
-                ),
-            };
-            if !send(&sender, batch, &mut shutdown).await || ended {
+                continue;
+            }
+        };
+        let page = match read.await {
+            Ok(Ok(page)) => page,
+            Ok(Err(error)) => {
+                send(&sender, Batch::failed(error.into()), &mut shutdown).await;
                 return;
             }
-            continue;
+            Err(error) => {
+                let error = Status::internal(format!("read task failed: {error}"));
+                send(&sender, Batch::failed(error), &mut shutdown).await;
+                return;
+            }
+        };
+        cursor = page.next_cursor;
+        if cursor <= heads.borrow_and_update().position {
+            ahead = Some(read_page(&log, cursor, &filter));
         }
-        tokio::select! {
-            changed = heads.changed() => if changed.is_err() { return },
-            _ = sender.closed() => return,
-            stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
+        let batch_privacy = privacy.clone();
+        let encoded = tokio::task::spawn_blocking(move || to_batch(page.events, &batch_privacy));
+        let (batch, ended) = match encoded.await {
+            Ok(encoded) => encoded,
+            Err(error) => (
+                Batch::failed(Status::internal(format!("encode task failed: {error}"))),
+                true,
+            ),
+        };
+        if !send(&sender, batch, &mut shutdown).await || ended {
+            return;
         }
     }
+}
+
+/// Starts reading the subscription's next page from `cursor` on the blocking pool.
+fn read_page(
+    log: &Log,
+    cursor: u64,
+    filter: &ReadFilter,
+) -> tokio::task::JoinHandle<Result<Page, crate::log::LogError>> {
+    let log = log.clone();
+    let filter = filter.clone();
+    tokio::task::spawn_blocking(move || {
+        log.read_forward_within(
+            cursor,
+            limits::SUBSCRIPTION_READ_BATCH as usize,
+            limits::SUBSCRIPTION_READ_BYTES,
+            &filter,
+        )
+    })
 }
 
 /// Events on their way to one subscriber, in order: their `RecordedEvent` messages back

@@ -179,7 +179,10 @@ fn put_custom_body(out: &mut Vec<u8>, event: &StoredEvent) -> Result<(), Status>
         .map_err(|reason| {
             convert::undecodable(
                 event,
-                format!("malformed {} v{}: {reason}", event.event_type, event.schema_version),
+                format!(
+                    "malformed {} v{}: {reason}",
+                    event.event_type, event.schema_version
+                ),
             )
         })?;
     end_nested(out, data);
@@ -341,7 +344,8 @@ mod tests {
         assert_eq!(decoded, expected);
         // Metadata (and maps in built-in bodies) are hash maps in prost, whose order
         // varies; a custom event with at most one metadata entry has the very bytes.
-        if logged.event.metadata.len() <= 1 && CustomEvent::is_custom_type(&logged.event.event_type) {
+        if logged.event.metadata.len() <= 1 && CustomEvent::is_custom_type(&logged.event.event_type)
+        {
             assert_eq!(out, expected.encode_to_vec());
         }
     }
@@ -371,7 +375,11 @@ mod tests {
         ]
         .into();
         check(&logged("review.written", encode(&data), Vec::new()));
-        check(&logged("x", encode(&BTreeMap::<String, Value>::new()), Vec::new()));
+        check(&logged(
+            "x",
+            encode(&BTreeMap::<String, Value>::new()),
+            Vec::new(),
+        ));
         let metadata = vec![
             (String::new(), "v".into()),
             ("k".into(), String::new()),
@@ -440,7 +448,10 @@ mod tests {
         let mut out = Vec::new();
         for cut in 0..payload.len() {
             let event = logged("x", payload[..cut].to_vec(), Vec::new());
-            assert!(put_recorded_event(&mut out, &event, None).is_err(), "cut {cut}");
+            assert!(
+                put_recorded_event(&mut out, &event, None).is_err(),
+                "cut {cut}"
+            );
         }
         let mut trailing = payload.clone();
         trailing.push(0);

@@ -262,8 +262,25 @@ impl Log {
         } else {
             self.inner
                 .store
-                .read_all_forward(from_position, max_count, filter, head)
+                .read_all_forward(from_position, max_count, usize::MAX, filter, head)
         }
+    }
+
+    /// Reads forward from `from_position` like [`Log::read_all`], also stopping before
+    /// the stored bytes of the events passed `max_bytes` (a page holds at least one
+    /// event): a reader that buffers pages bounds its memory by bytes, whatever the
+    /// events' sizes.
+    pub fn read_forward_within(
+        &self,
+        from_position: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: &ReadFilter,
+    ) -> Result<Page, LogError> {
+        let head = self.head().position;
+        self.inner
+            .store
+            .read_all_forward(from_position, max_count, max_bytes, filter, head)
     }
 
     /// The durable event with `id`, if any (blocking). Services use it to answer a

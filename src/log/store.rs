@@ -361,8 +361,13 @@ impl Store {
         }
         let mut position = through + 1;
         while position <= head.position {
-            let page =
-                self.read_all_forward(position, 4_096, &ReadFilter::default(), head.position)?;
+            let page = self.read_all_forward(
+                position,
+                4_096,
+                usize::MAX,
+                &ReadFilter::default(),
+                head.position,
+            )?;
             self.ids.insert(
                 page.events
                     .iter()
@@ -471,8 +476,13 @@ impl Store {
         let mut repaired = 0;
         let mut position = from;
         while position <= head.position {
-            let page =
-                self.read_all_forward(position, 1_000, &ReadFilter::default(), head.position)?;
+            let page = self.read_all_forward(
+                position,
+                1_000,
+                usize::MAX,
+                &ReadFilter::default(),
+                head.position,
+            )?;
             for logged in &page.events {
                 let event = &logged.event;
                 if self.stream_position(&event.stream, event.revision)? != Some(event.position) {
@@ -732,12 +742,14 @@ impl Store {
     }
 
     /// Reads forward from `from_position` (inclusive, 0 = 1) up to `head`, returning at
-    /// most `max_count` matching events and examining at most
+    /// most `max_count` matching events, at most `max_bytes` of their stored bytes (but
+    /// always one event when any matches), and examining at most
     /// [`crate::limits::READ_SCAN_EVENTS_MAX`].
     pub fn read_all_forward(
         &self,
         from_position: u64,
         max_count: usize,
+        max_bytes: usize,
         filter: &ReadFilter,
         head: u64,
     ) -> Result<Page, LogError> {
@@ -745,6 +757,7 @@ impl Store {
         let mut events = Vec::new();
         let mut next = start;
         let mut examined = 0;
+        let mut bytes = 0usize;
         if start <= head {
             let first_chunk = self.chunk_at(start)?.map_or(start, |(first, _)| first);
             'chunks: for entry in self.events.range(first_chunk.to_be_bytes()..) {
@@ -775,6 +788,12 @@ impl Store {
                         if !filter.matches(stream, event_type) {
                             continue;
                         }
+                    }
+                    bytes = bytes.saturating_add(layout.spans[index].1);
+                    if bytes > max_bytes && !events.is_empty() {
+                        // The next page starts with this event.
+                        next = position;
+                        break 'chunks;
                     }
                     events.push(layout.decode(value, index)?);
                 }
