@@ -1,6 +1,7 @@
 //! The tonic edge: proto ⇄ domain conversion ([`convert`]; stored custom data straight to
 //! protobuf in [`custom_data`]), the `EventStore` service
-//! ([`event_store`]), the `Admin` service over the projections ([`admin`]), the wait budget
+//! ([`event_store`]; mounted as [`encoded::EventStoreEdge`], whose read RPCs answer with
+//! `RecordedEvent` bytes written straight from the stored events by [`wire`]), the `Admin` service over the projections ([`admin`]), the wait budget
 //! of read-your-writes reads ([`deadline`]), the one
 //! error → status table ([`status`]) and server assembly with
 //! health, reflection and limits ([`server`]). Proto types never leave this module.
