@@ -103,7 +103,7 @@ impl<'de> Deserialize<'de> for StoredValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
@@ -166,18 +166,20 @@ mod tests {
         }
     }
 
-    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
+    /// Any custom value, up to four levels deep. Numbers are finite, as stored numbers
+    /// are (appends refuse others), so decoded messages also compare equal.
+    pub(in crate::grpc) fn value() -> impl proptest::strategy::Strategy<Value = Value> {
         use proptest::prelude::*;
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<f64>().prop_map(Value::Number),
-            ".{0,12}".prop_map(Value::String),
+            (-1e300..1e300f64).prop_map(Value::Number),
+            ".{0,40}".prop_map(Value::String),
         ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
+        leaf.prop_recursive(4, 64, 8, |inner| {
             prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::List),
-                proptest::collection::btree_map(".{0,6}", inner, 0..6).prop_map(Value::Object),
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
+                proptest::collection::btree_map(".{0,6}", inner, 0..8).prop_map(Value::Object),
             ]
         })
     }
@@ -189,7 +191,6 @@ mod tests {
         ) {
             let payload = encode(&data);
             let direct: StoredStruct = CustomEvent::decode_data_as("x", 1, &payload).unwrap();
-            // NaN is not equal to itself: compare the encodings.
             let via_domain = crate::grpc::convert::struct_to(data);
             proptest::prop_assert_eq!(
                 prost::Message::encode_to_vec(&direct.0),

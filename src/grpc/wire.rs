@@ -26,12 +26,22 @@ const VARINT: u32 = 0;
 const FIXED64: u32 = 1;
 const LENGTH_DELIMITED: u32 = 2;
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+/// The protobuf varint of `value`: its bytes and how many are used.
+fn varint(mut value: u64) -> ([u8; 10], usize) {
+    let mut bytes = [0u8; 10];
+    let mut n = 0;
     while value >= 0x80 {
-        out.push((value as u8) | 0x80);
+        bytes[n] = (value as u8) | 0x80;
         value >>= 7;
+        n += 1;
     }
-    out.push(value as u8);
+    bytes[n] = value as u8;
+    (bytes, n + 1)
+}
+
+fn put_varint(out: &mut Vec<u8>, value: u64) {
+    let (bytes, n) = varint(value);
+    out.extend_from_slice(&bytes[..n]);
 }
 
 fn put_key(out: &mut Vec<u8>, field: u32, wire_type: u32) {
@@ -75,9 +85,8 @@ fn end_nested(out: &mut Vec<u8>, start: usize) {
     if len < 0x80 {
         out[start - 1] = len as u8;
     } else {
-        let mut varint = Vec::with_capacity(4);
-        put_varint(&mut varint, len as u64);
-        out.splice(start - 1..start, varint);
+        let (bytes, n) = varint(len as u64);
+        out.splice(start - 1..start, bytes[..n].iter().copied());
     }
 }
 
@@ -481,27 +490,14 @@ mod tests {
         assert!(put_recorded_event(&mut out, &event, None).is_err());
     }
 
-    fn value() -> impl proptest::strategy::Strategy<Value = Value> {
-        use proptest::prelude::*;
-        // Stored numbers are finite (appends refuse others), so messages compare equal.
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            (-1e300..1e300f64).prop_map(Value::Number),
-            ".{0,40}".prop_map(Value::String),
-        ];
-        leaf.prop_recursive(4, 64, 8, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::List),
-                proptest::collection::btree_map(".{0,6}", inner, 0..8).prop_map(Value::Object),
-            ]
-        })
-    }
-
     proptest::proptest! {
         #[test]
         fn any_custom_event_encodes_as_the_message_does(
-            data in proptest::collection::btree_map(".{0,8}", value(), 0..10),
+            data in proptest::collection::btree_map(
+                ".{0,8}",
+                crate::grpc::custom_data::tests::value(),
+                0..10,
+            ),
             metadata in proptest::collection::btree_map(".{0,4}", ".{0,150}", 0..3),
         ) {
             check(&logged("any.type", encode(&data), metadata.into_iter().collect()));
