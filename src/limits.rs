@@ -320,10 +320,12 @@ pub const SEGMENT_TIME_SWEEP_US: i64 = 60_000_000;
 pub const SEGMENT_INCREMENTAL_CUSTOMERS_MAX: usize = 50_000;
 
 /// How long a projection runner woken by a new head waits before reading, in
-/// milliseconds, so that several appends are read (and re-hashed) at once: each runner
-/// reads everything it follows, and reading per event took a seventh of the server's
-/// CPU under load. Read-your-writes waits grow by at most this much.
-pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 2;
+/// milliseconds, so that several appends are read (and committed) in one step: each
+/// runner reads everything it follows, and reading per event took a seventh of the
+/// server's CPU under load; at 2 ms the runners' steps still cost single-event appends
+/// 1.1–1.25× of their rate (BENCHMARKS.md). A read-your-writes wait cuts the gather short,
+/// so only reads without `min_position` see the projection up to this much later.
+pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 20;
 
 // --- Loyalty (issue 5) -------------------------------------------------------------------
 

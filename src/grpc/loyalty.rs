@@ -1101,6 +1101,11 @@ impl pb::loyalty_server::Loyalty for LoyaltyService {
             .wait_for(read_model::NAME, head, wait)
             .await?;
         let tree = view.tree.clone();
+        // Birthdays come from the customers read model: it must have caught up too.
+        self.inner
+            .projections
+            .wait_for(crate::projections::customers::NAME, head, wait)
+            .await?;
         let birthdays = crate::loyalty_job::birthdays_from_profiles(
             self.inner.projections.clone(),
             self.inner.privacy.clone(),

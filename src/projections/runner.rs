@@ -455,7 +455,10 @@ fn work_once(log: &Log, shared: &Arc<Shared>, slot: &Arc<Slot>) -> Result<bool, 
 }
 
 fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             slot.fail(0, format!("cannot start the runner: {error}"));
@@ -498,14 +501,15 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
                 () = slot.wake.notified() => false,
             }
         });
-        // Following a busy log, let a few appends gather before reading: every runner
-        // reads and re-hashes what it follows, and one read of several events costs the
-        // writer's cores far less than one read per event. Read-your-writes waits grow by
-        // at most this much.
+        // Following a busy log, let appends gather before reading: every runner reads
+        // what it follows and commits a batch, and one step over several events costs the
+        // writer's cores far less than one step per event. A read-your-writes wait
+        // ([`Projections::wait_for`]) or a stop wakes the runner at once.
         if woken_by_head {
-            std::thread::sleep(std::time::Duration::from_millis(
-                limits::PROJECTION_FOLLOW_GATHER_MS,
-            ));
+            runtime.block_on(async {
+                let gather = Duration::from_millis(limits::PROJECTION_FOLLOW_GATHER_MS);
+                let _ = tokio::time::timeout(gather, slot.wake.notified()).await;
+            });
         }
     }
 }
@@ -602,6 +606,8 @@ impl Projections {
             if self.shared.stop.load(Ordering::Acquire) {
                 return Err(ProjectionError::ShuttingDown);
             }
+            // Someone waits: the runner reads now rather than at the end of its gather.
+            slot.wake.notify_one();
             match tokio::time::timeout_at(deadline, applied.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(ProjectionError::ShuttingDown),
