@@ -322,10 +322,12 @@ pub const SEGMENT_INCREMENTAL_CUSTOMERS_MAX: usize = 50_000;
 /// How long a projection runner woken by a new head waits before reading, in
 /// milliseconds, so that several appends are read (and committed) in one step: each
 /// runner reads everything it follows, and reading per event took a seventh of the
-/// server's CPU under load; at 2 ms the runners' steps still cost single-event appends
-/// 1.1–1.25× of their rate (BENCHMARKS.md). A read-your-writes wait cuts the gather short,
-/// so only reads without `min_position` see the projection up to this much later.
-pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 20;
+/// server's CPU under load. A read-your-writes wait cuts the gather short. Longer gathers
+/// measured faster still (20–50 ms: single-event appends 1.05–1.25×, BENCHMARKS.md), but
+/// reads without `min_position` — some answer NOT_FOUND for what the model has not
+/// reached yet — would see a projection that much later; that needs a "not found only
+/// after catching up with the head" rule in the read services first.
+pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 2;
 
 // --- Loyalty (issue 5) -------------------------------------------------------------------
 
