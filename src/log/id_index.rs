@@ -809,7 +809,18 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path, shape: IdIndexShape) -> (sled::Db, IdIndex) {
-        let db = sled::Config::new().path(dir).open().expect("sled");
+        // A reopen can find the file lock still held for a moment: sled's background
+        // flusher keeps the previous `Db`'s files until its thread has ended.
+        let mut tries = 0;
+        let db = loop {
+            match sled::Config::new().path(dir).open() {
+                Err(sled::Error::Io(e)) if e.to_string().contains("lock") && tries < 500 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.expect("sled"),
+            }
+        };
         let meta = db.open_tree("meta").expect("meta");
         let index = IdIndex::open(&db, meta, shape).expect("index");
         (db, index)
