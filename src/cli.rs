@@ -200,6 +200,18 @@ pub fn event_json(event: pb::RecordedEvent) -> serde_json::Value {
     })
 }
 
+/// Writes one JSON line to stdout; false once the reader has gone (`rapport tail | head`
+/// closes the pipe: that ends the command quietly, it is not an error).
+fn emit(line: &serde_json::Value) -> Result<bool, CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `rapport tail`: events as JSON lines through the gRPC API; with `follow`, stays
 /// subscribed and prints new events as they are appended.
 pub async fn tail(
@@ -225,7 +237,9 @@ pub async fn tail(
             .await?
             .into_inner();
         while let Some(event) = stream.next().await {
-            println!("{}", event_json(event?));
+            if !emit(&event_json(event?))? {
+                return Ok(());
+            }
         }
         return Ok(());
     }
@@ -241,7 +255,9 @@ pub async fn tail(
             .await?
             .into_inner();
         for event in page.events {
-            println!("{}", event_json(event));
+            if !emit(&event_json(event))? {
+                return Ok(());
+            }
         }
         cursor = page.next_cursor;
         if page.end_reached {
