@@ -11,17 +11,17 @@
 //! integration tests, which use the generated client).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use prost::bytes::{BufMut, Bytes};
+use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, StdError, http};
-use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::server::{Grpc, NamedService};
+use tower::service_fn;
 
-use super::event_store::{EncodedStream, EventStoreService};
+use super::event_store::EventStoreService;
 use super::pb;
 use super::pb::event_store_server::EventStoreServer;
 use crate::limits;
@@ -128,67 +128,34 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // tonic's unary / server-streaming adaptors take any tower service of the right
+        // shape: a closure over the service each.
         let service = self.service.clone();
         match request.uri().path() {
             "/rapport.v1.EventStore/ReadStream" => Box::pin(async move {
-                Ok(grpc::<pb::ReadStreamRequest>()
-                    .unary(ReadStream(service), request)
-                    .await)
+                let read = service_fn(move |request| {
+                    let service = service.clone();
+                    async move { service.read_stream_encoded(request).await }
+                });
+                Ok(grpc::<pb::ReadStreamRequest>().unary(read, request).await)
             }),
             "/rapport.v1.EventStore/ReadAll" => Box::pin(async move {
-                Ok(grpc::<pb::ReadAllRequest>()
-                    .unary(ReadAll(service), request)
-                    .await)
+                let read = service_fn(move |request| {
+                    let service = service.clone();
+                    async move { service.read_all_encoded(request).await }
+                });
+                Ok(grpc::<pb::ReadAllRequest>().unary(read, request).await)
             }),
             "/rapport.v1.EventStore/Subscribe" => Box::pin(async move {
+                let subscribe = service_fn(move |request| {
+                    let answer = service.subscribe_encoded(request);
+                    async move { answer }
+                });
                 Ok(grpc::<pb::SubscribeRequest>()
-                    .server_streaming(Subscribe(service), request)
+                    .server_streaming(subscribe, request)
                     .await)
             }),
             _ => self.generated.call(request),
         }
     }
-}
-
-struct ReadStream(EventStoreService);
-struct ReadAll(EventStoreService);
-struct Subscribe(EventStoreService);
-
-type Answer<T> = BoxFuture<Response<T>, Status>;
-
-impl UnaryService<pb::ReadStreamRequest> for ReadStream {
-    type Response = Encoded;
-    type Future = Answer<Encoded>;
-
-    fn call(&mut self, request: Request<pb::ReadStreamRequest>) -> Self::Future {
-        let service = self.0.clone();
-        boxed(async move { service.read_stream_encoded(request).await })
-    }
-}
-
-impl UnaryService<pb::ReadAllRequest> for ReadAll {
-    type Response = Encoded;
-    type Future = Answer<Encoded>;
-
-    fn call(&mut self, request: Request<pb::ReadAllRequest>) -> Self::Future {
-        let service = self.0.clone();
-        boxed(async move { service.read_all_encoded(request).await })
-    }
-}
-
-impl ServerStreamingService<pb::SubscribeRequest> for Subscribe {
-    type Response = Encoded;
-    type ResponseStream = EncodedStream;
-    type Future = Answer<EncodedStream>;
-
-    fn call(&mut self, request: Request<pb::SubscribeRequest>) -> Self::Future {
-        let answer = self.0.subscribe_encoded(request);
-        boxed(async move { answer })
-    }
-}
-
-fn boxed<T>(
-    future: impl Future<Output = Result<Response<T>, Status>> + Send + 'static,
-) -> Answer<T> {
-    Box::pin(future)
 }

@@ -1,5 +1,6 @@
 //! The `rapport.v1.EventStore` service: validate limits → convert → call the log →
-//! convert back. No business logic lives here.
+//! convert back (reads: encode straight to protobuf bytes, [`super::wire`]). No business
+//! logic lives here.
 
 use std::pin::Pin;
 use std::sync::Arc;
