@@ -244,18 +244,20 @@ fn apply_guarded(
     // reported at the batch's first event, so nothing of the batch is kept or skipped.
     match catch_unwind(AssertUnwindSafe(|| projection.apply(batch, events))) {
         Ok(result) => result,
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(ApplyError::new(
-                events.first().map_or(0, |e| e.event.position),
-                format!("the fold panicked: {text}"),
-            ))
-        }
+        Err(panic) => Err(ApplyError::new(
+            events.first().map_or(0, |e| e.event.position),
+            format!("the fold panicked: {}", panic_text(panic.as_ref())),
+        )),
     }
+}
+
+/// The message of a caught panic (`panic!` with a literal or a formatted string).
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The events of one batch as read from the log: the wanted events in positions

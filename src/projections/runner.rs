@@ -10,8 +10,9 @@
 //! time.
 
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -149,7 +150,19 @@ struct Slot {
 
 impl Slot {
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
-        self.inner.lock().expect("projection slot lock poisoned")
+        // A thread that panicked holding the lock (caught, see [`run`]) marks the
+        // projection failed right after; the state stays readable for status and rebuild.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next position the runner would apply (of the shadow while there is one).
+    fn next_position(&self) -> u64 {
+        let inner = self.lock();
+        if inner.shadow.is_some() {
+            inner.shadow_checkpoint + 1
+        } else {
+            inner.active_checkpoint + 1
+        }
     }
 
     fn publish(&self, position: u64) {
@@ -276,13 +289,22 @@ fn build(log: Log, shared: Arc<Shared>, slot: Arc<Slot>, generation: Generation,
     let mut prefetcher =
         engine::Prefetcher::start(log.clone(), slot.filter.clone(), start, log.head().position);
     while !shared.stop.load(Ordering::Acquire) && current(&slot.lock()) {
-        match engine::step_prefetched(
-            &log,
-            slot.projection.as_ref(),
-            &slot.filter,
-            &tree,
-            Some(&mut prefetcher),
-        ) {
+        let step = catch_unwind(AssertUnwindSafe(|| {
+            engine::step_prefetched(
+                &log,
+                slot.projection.as_ref(),
+                &slot.filter,
+                &tree,
+                Some(&mut prefetcher),
+            )
+        }));
+        let Ok(step) = step.map_err(|panic| {
+            let position = slot.lock().shadow_checkpoint + 1;
+            slot.fail(position, panicked("builder", panic.as_ref()));
+        }) else {
+            break;
+        };
+        match step {
             Ok(outcome) => {
                 let mut inner = slot.lock();
                 if !current(&inner) {
@@ -471,21 +493,20 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
         // Marks the current head as seen before looking at it: a move after this point
         // wakes the wait below, so no append is ever missed.
         head.borrow_and_update();
-        let moved = match work_once(&log, &shared, &slot) {
-            Ok(moved) => moved,
-            Err(error) => {
+        // A panic outside a fold (those are caught per batch) must not end the thread
+        // silently with the projection looking alive: it fails like any other error,
+        // and a rebuild request is still heard.
+        let moved = match catch_unwind(AssertUnwindSafe(|| work_once(&log, &shared, &slot))) {
+            Ok(Ok(moved)) => moved,
+            Ok(Err(error)) => {
                 if shared.stop.load(Ordering::Acquire) {
                     break;
                 }
-                let position = {
-                    let inner = slot.lock();
-                    if inner.shadow.is_some() {
-                        inner.shadow_checkpoint + 1
-                    } else {
-                        inner.active_checkpoint + 1
-                    }
-                };
-                slot.fail(position, error.to_string());
+                slot.fail(slot.next_position(), error.to_string());
+                false
+            }
+            Err(panic) => {
+                slot.fail(slot.next_position(), panicked("runner", panic.as_ref()));
                 false
             }
         };
@@ -512,6 +533,14 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
             });
         }
     }
+}
+
+/// What a caught panic says, for the failure it becomes.
+fn panicked(thread: &str, panic: &(dyn std::any::Any + Send)) -> String {
+    format!(
+        "the {thread} thread panicked: {}",
+        engine::panic_text(panic)
+    )
 }
 
 impl Projections {

@@ -2,7 +2,7 @@
 //! failures, versioned and requested rebuilds, read-your-writes waits, and a property
 //! test that incremental folding with restarts equals a rebuild from scratch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ struct Toy {
     /// When set, a batch that starts at position 1 (a generation built from scratch)
     /// waits until the gate is open; a generation that only follows the log does not.
     gate: Option<Arc<(Mutex<bool>, Condvar)>>,
+    /// When set, the next call of `name` on a runner thread panics (once): a panic in
+    /// the engine outside a fold.
+    panic_on_runner: AtomicBool,
 }
 
 impl Toy {
@@ -34,12 +37,19 @@ impl Toy {
             fail_at: AtomicU64::new(0),
             filter: ReadFilter::default(),
             gate: None,
+            panic_on_runner: AtomicBool::new(false),
         }
     }
 }
 
 impl Projection for Toy {
     fn name(&self) -> &'static str {
+        let engine_thread = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("rapport-proj-"));
+        if engine_thread && self.panic_on_runner.swap(false, Ordering::SeqCst) {
+            panic!("toy panics outside its fold");
+        }
         self.name
     }
 
@@ -251,6 +261,43 @@ async fn a_failure_stops_at_the_event_and_keeps_the_prefix() {
     assert_eq!(status.checkpoint, 100);
     let view = projections.wait_for("toy", 100, WAIT).await.unwrap();
     assert_eq!(toy_count(&view.tree, "toy-a"), 100);
+    projections.shutdown();
+    log.shutdown();
+}
+
+#[tokio::test]
+async fn a_panic_on_the_runner_thread_fails_the_projection_and_a_rebuild_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    append(&log, "toy-a", 0, 10).await;
+    let toy = Arc::new(Toy::new("toy", 1));
+    let projections = Projections::start(log.clone(), vec![toy.clone()]).unwrap();
+    projections.wait_for("toy", 10, WAIT).await.unwrap();
+    toy.panic_on_runner.store(true, Ordering::SeqCst);
+    append(&log, "toy-a", 10, 5).await;
+    let status = wait_state(&projections, "toy", |s| {
+        matches!(s.state, ProjectionState::Failed { .. })
+    })
+    .await;
+    // It says so (before, the thread died and the projection looked alive, frozen).
+    assert_eq!(
+        status.state,
+        ProjectionState::Failed {
+            position: 11,
+            error: "the runner thread panicked: toy panics outside its fold".into()
+        }
+    );
+    assert_eq!(status.checkpoint, 10);
+    match projections.wait_for("toy", 15, WAIT).await {
+        Err(ProjectionError::Failed { position: 11, .. }) => {}
+        other => panic!("expected Failed, got {other:?}"),
+    }
+    // The runner is still there: it hears the rebuild request and brings it live.
+    projections.rebuild("toy").unwrap();
+    let status = wait_state(&projections, "toy", |s| s.state == ProjectionState::Live).await;
+    assert_eq!(status.checkpoint, 15);
+    let view = projections.wait_for("toy", 15, WAIT).await.unwrap();
+    assert_eq!(toy_count(&view.tree, "toy-a"), 15);
     projections.shutdown();
     log.shutdown();
 }
