@@ -71,6 +71,13 @@ pub const READ_PAGE_DEFAULT: u32 = 100;
 /// Events returned by one read at most; a larger `max_count` is capped to this.
 pub const READ_PAGE_MAX: u32 = 1_000;
 
+/// Bytes of one `ReadStream` / `ReadAll` page: it stops before the events' stored bytes,
+/// and again before their encoded message, pass this (always one event, whatever its
+/// size). 1 000 events near the payload limit would be 64 MiB; half the message limit
+/// leaves room for a page's protobuf framing and keeps a client's default 4 MiB decode
+/// limit safe. `next_cursor` continues after the cut.
+pub const READ_PAGE_BYTES_MAX: usize = MESSAGE_BYTES_MAX / 2;
+
 /// Events a filtered `ReadAll` page examines before it returns what it has found, so a
 /// filter that matches nothing cannot turn one request into a full scan of the log.
 pub const READ_SCAN_EVENTS_MAX: usize = 20_000;

@@ -1710,6 +1710,130 @@ async fn read_all_pages_follow_the_fine_print() {
     t.server.stop().await.unwrap();
 }
 
+/// Every page from the start (forward) or the end (backward) until `end_reached`, each
+/// checked to be within the page byte bound as a message.
+async fn pages_of(
+    c: &mut Client,
+    stream: Option<&str>,
+    backwards: bool,
+    filter: Option<pb::Filter>,
+) -> (Vec<pb::RecordedEvent>, usize) {
+    use prost::Message;
+    let (mut events, mut pages, mut cursor) = (Vec::new(), 0, 0);
+    loop {
+        let page = match stream {
+            Some(stream) => read_stream(c, stream, cursor, backwards, limits::READ_PAGE_MAX)
+                .await
+                .expect("ReadStream"),
+            None => read_all(c, cursor, backwards, limits::READ_PAGE_MAX, filter.clone()).await,
+        };
+        assert!(
+            page.encoded_len() <= limits::READ_PAGE_BYTES_MAX || page.events.len() == 1,
+            "a page of {} events is {} bytes",
+            page.events.len(),
+            page.encoded_len()
+        );
+        assert!(!page.events.is_empty() || page.end_reached);
+        events.extend(page.events);
+        pages += 1;
+        assert!(pages < 1_000, "the pages do not end");
+        cursor = page.next_cursor;
+        if page.end_reached {
+            return (events, pages);
+        }
+    }
+}
+
+#[tokio::test]
+async fn pages_of_large_events_stop_at_the_byte_bound_and_chain() {
+    let t = TestServer::start().await;
+    let mut c = t.client().await;
+    // Three pages' worth of events near the payload limit, between small events on
+    // another stream. A page of 1 000 such events would be 60 MiB: before the byte
+    // bound, a read of them failed OUT_OF_RANGE (tonic refused to encode a message over
+    // the limit).
+    let each = limits::PAYLOAD_BYTES_MAX - 1024;
+    let count = 3 * limits::READ_PAGE_BYTES_MAX / each + 1;
+    let per_append = limits::MESSAGE_BYTES_MAX / each / 2;
+    let mut appended = 0;
+    while appended < count {
+        let n = per_append.min(count - appended);
+        let batch = (0..n).map(|_| with_body("", custom_blob(each))).collect();
+        append_ok(&mut c, append("blob-1", None, batch)).await;
+        append_ok(&mut c, append("small-1", None, vec![proposed("", 1.0)])).await;
+        appended += n;
+    }
+    let head = head(&mut c).await.position;
+    let blob = Some(pb::Filter {
+        stream_prefixes: vec!["blob-".into()],
+        event_types: vec![],
+    });
+
+    let (forward, pages) = pages_of(&mut c, None, false, None).await;
+    assert_eq!(positions(&forward), (1..=head).collect::<Vec<_>>());
+    assert!(pages >= 3, "{pages} pages");
+    let (backward, _) = pages_of(&mut c, None, true, None).await;
+    assert_eq!(positions(&backward), (1..=head).rev().collect::<Vec<_>>());
+    let blobs: Vec<u64> = forward
+        .iter()
+        .filter(|e| e.stream == "blob-1")
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(blobs.len(), count);
+    let (filtered, _) = pages_of(&mut c, None, false, blob.clone()).await;
+    assert_eq!(positions(&filtered), blobs);
+    let (filtered_back, _) = pages_of(&mut c, None, true, blob).await;
+    assert_eq!(
+        positions(&filtered_back),
+        blobs.iter().rev().copied().collect::<Vec<_>>()
+    );
+    let (stream, pages) = pages_of(&mut c, Some("blob-1"), false, None).await;
+    assert_eq!(revisions(&stream), (0..count as u64).collect::<Vec<_>>());
+    assert!(pages >= 3, "{pages} pages");
+    let (stream_back, _) = pages_of(&mut c, Some("blob-1"), true, None).await;
+    assert_eq!(
+        revisions(&stream_back),
+        (0..count as u64).rev().collect::<Vec<_>>()
+    );
+    // The events themselves come whole.
+    assert!(stream.iter().all(|e| e.event == Some(custom_blob(each))));
+
+    // Data far larger as protobuf than as stored (a null is 1 byte stored, 4 on the
+    // wire): the stored bound lets ~30 of these through, the encoded bound cuts.
+    let nulls = || {
+        let values = vec![
+            Value {
+                kind: Some(ValueKind::NullValue(0))
+            };
+            50_000
+        ];
+        let list = Value {
+            kind: Some(ValueKind::ListValue(prost_types::ListValue { values })),
+        };
+        pb::Event {
+            kind: Some(pb::event::Kind::Custom(pb::CustomEvent {
+                r#type: "nulls.stored".into(),
+                data: Some(Struct {
+                    fields: BTreeMap::from([("nulls".to_owned(), list)]),
+                }),
+            })),
+        }
+    };
+    for _ in 0..4 {
+        let batch = (0..10).map(|_| with_body("", nulls())).collect();
+        append_ok(&mut c, append("nulls-1", None, batch)).await;
+    }
+    let (stream, pages) = pages_of(&mut c, Some("nulls-1"), false, None).await;
+    assert_eq!(revisions(&stream), (0..40).collect::<Vec<_>>());
+    assert!(pages >= 4, "{pages} pages");
+    let (stream_back, _) = pages_of(&mut c, Some("nulls-1"), true, None).await;
+    assert_eq!(revisions(&stream_back), (0..40).rev().collect::<Vec<_>>());
+    let (tail, _) = pages_of(&mut c, None, true, None).await;
+    assert_eq!(positions(&tail), (1..=head + 40).rev().collect::<Vec<_>>());
+    assert!(stream.iter().all(|e| e.event == Some(nulls())));
+    t.server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn read_all_filters_or_within_a_list_and_and_across_lists() {
     let t = TestServer::start().await;

@@ -1,8 +1,10 @@
-//! Forward reads bounded by bytes (what a subscription buffers): pages stop before the
-//! stored bytes pass the bound, hold one event at least, and chain without gaps.
+//! Reads bounded by bytes (what a subscription buffers, what a read page sends): pages
+//! of the whole log and of a stream, forward and backward, filtered or not, stop before
+//! the stored bytes pass the bound, hold one event at least, and chain without gaps.
 
 use rapport::log::{
-    ExpectedRevision, Log, LogConfig, ProposedEvent, ReadFilter, StreamAppend, StreamName,
+    ExpectedRevision, Log, LogConfig, LoggedEvent, Page, ProposedEvent, ReadFilter, StreamAppend,
+    StreamName,
 };
 
 fn append(stream: &str, payload_bytes: &[usize]) -> StreamAppend {
@@ -38,13 +40,66 @@ async fn byte_bounded_pages_chain_to_the_whole_log() {
     assert_eq!(whole.events.len(), sizes.len());
 
     let bound = 16 * 1024;
+    let all = ReadFilter::default();
+    let orders = ReadFilter {
+        stream_prefixes: vec!["order-1".into()],
+        ..Default::default()
+    };
+    let forward = |filter: &ReadFilter| {
+        let filter = filter.clone();
+        let log = log.clone();
+        move |cursor| {
+            log.read_all_within(cursor, false, 1_000, bound, &filter)
+                .unwrap()
+        }
+    };
+    let backward = |filter: &ReadFilter| {
+        let filter = filter.clone();
+        let log = log.clone();
+        move |cursor| {
+            log.read_all_within(cursor, true, 1_000, bound, &filter)
+                .unwrap()
+        }
+    };
+    let stream = StreamName::parse("order-1").unwrap();
+    let stream_forward = |cursor| {
+        log.read_stream_within(&stream, cursor, false, 1_000, bound)
+            .unwrap()
+    };
+    let stream_backward = |cursor| {
+        log.read_stream_within(&stream, cursor, true, 1_000, bound)
+            .unwrap()
+    };
+
+    let of_order_1: Vec<_> = whole
+        .events
+        .iter()
+        .filter(|e| e.event.stream == "order-1")
+        .cloned()
+        .collect();
+    let reversed =
+        |events: &[LoggedEvent]| -> Vec<LoggedEvent> { events.iter().rev().cloned().collect() };
+    assert_eq!(chain(forward(&all), bound), whole.events);
+    assert_eq!(chain(backward(&all), bound), reversed(&whole.events));
+    assert_eq!(chain(forward(&orders), bound), of_order_1);
+    assert_eq!(chain(backward(&orders), bound), reversed(&of_order_1));
+    assert_eq!(chain(stream_forward, bound), of_order_1);
+    assert_eq!(chain(stream_backward, bound), reversed(&of_order_1));
+    // Without a byte bound, the count bounds the page as before.
+    let page = log.read_stream(&stream, 0, false, 1_000).unwrap();
+    assert_eq!(page.events, of_order_1);
+    assert!(page.end_reached);
+    log.shutdown();
+}
+
+/// Reads page after page from cursor 0 until `end_reached`, checking that each page
+/// stays within `bound` bytes of payload or holds one event; returns every event read.
+fn chain(mut read: impl FnMut(u64) -> Page, bound: usize) -> Vec<LoggedEvent> {
     let mut cursor = 0;
     let mut seen = Vec::new();
     let mut pages = 0;
     loop {
-        let page = log
-            .read_forward_within(cursor, 1_000, bound, &ReadFilter::default())
-            .unwrap();
+        let page = read(cursor);
         assert!(!page.events.is_empty() || page.end_reached);
         let payload: usize = page.events.iter().map(|e| e.event.payload.len()).sum();
         // The payload is most of each event's stored bytes: a page of several events
@@ -56,12 +111,12 @@ async fn byte_bounded_pages_chain_to_the_whole_log() {
         );
         seen.extend(page.events);
         pages += 1;
+        assert!(pages < 1_000, "the pages do not end");
         cursor = page.next_cursor;
         if page.end_reached {
             break;
         }
     }
-    assert!(pages > 10, "{pages} pages");
-    assert_eq!(seen, whole.events);
-    log.shutdown();
+    assert!(pages > 3, "{pages} pages: the bound did not cut");
+    seen
 }

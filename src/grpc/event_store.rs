@@ -429,15 +429,47 @@ pub fn page_size(max_count: u32) -> usize {
 }
 
 /// A page as the bytes of its `ReadResponse` (see [`super::wire`]).
-fn page_bytes(page: Page, privacy: &Privacy) -> Result<Encoded, Status> {
+/// What a read page's cursor counts (DESIGN §5 fine print on paging).
+#[derive(Clone, Copy)]
+enum Cursor {
+    /// `ReadAll`: global positions.
+    Position,
+    /// `ReadStream`: stream revisions.
+    Revision,
+}
+
+/// Encodes a read page as its `ReadResponse`, stopping before the message passes
+/// [`limits::READ_PAGE_BYTES_MAX`] (one event at least); a page cut short continues at
+/// the first event left out (forward) or strictly below the last one sent (backward).
+fn page_bytes(
+    page: Page,
+    backwards: bool,
+    cursor: Cursor,
+    privacy: &Privacy,
+) -> Result<Encoded, Status> {
     let mut out = Vec::with_capacity(page.events.len() * 512);
-    wire::put_read_response(
-        &mut out,
-        &page.events,
-        page.end_reached,
-        page.next_cursor,
-        Some(privacy),
-    )?;
+    let mut sent = 0;
+    for logged in &page.events {
+        let start = out.len();
+        wire::put_read_response_event(&mut out, logged, Some(privacy))?;
+        if out.len() > limits::READ_PAGE_BYTES_MAX && sent > 0 {
+            out.truncate(start);
+            break;
+        }
+        sent += 1;
+    }
+    let (end_reached, next_cursor) = if sent < page.events.len() {
+        let at = if backwards { sent - 1 } else { sent };
+        let event = &page.events[at].event;
+        let next = match cursor {
+            Cursor::Position => event.position,
+            Cursor::Revision => event.revision,
+        };
+        (false, next)
+    } else {
+        (page.end_reached, page.next_cursor)
+    };
+    wire::put_read_response_end(&mut out, end_reached, next_cursor);
     Ok(Encoded(out.into()))
 }
 
@@ -473,10 +505,14 @@ impl EventStoreService {
         // Reading and encoding a page (up to 1000 events) is blocking CPU work: both run
         // off the async workers.
         let page = blocking(move || {
-            page_bytes(
-                log.read_stream(&stream, from_revision, backwards, page_size(max_count))?,
-                &privacy,
-            )
+            let page = log.read_stream_within(
+                &stream,
+                from_revision,
+                backwards,
+                page_size(max_count),
+                limits::READ_PAGE_BYTES_MAX,
+            )?;
+            page_bytes(page, backwards, Cursor::Revision, &privacy)
         })
         .await?;
         Ok(Response::new(page))
@@ -497,10 +533,14 @@ impl EventStoreService {
         let log = self.log.clone();
         let privacy = self.privacy.clone();
         let page = blocking(move || {
-            page_bytes(
-                log.read_all(from_position, backwards, page_size(max_count), &filter)?,
-                &privacy,
-            )
+            let page = log.read_all_within(
+                from_position,
+                backwards,
+                page_size(max_count),
+                limits::READ_PAGE_BYTES_MAX,
+                &filter,
+            )?;
+            page_bytes(page, backwards, Cursor::Position, &privacy)
         })
         .await?;
         Ok(Response::new(page))
@@ -683,8 +723,9 @@ fn read_page(
     let log = log.clone();
     let filter = filter.clone();
     tokio::task::spawn_blocking(move || {
-        log.read_forward_within(
+        log.read_all_within(
             cursor,
+            false,
             limits::SUBSCRIPTION_READ_BATCH as usize,
             limits::SUBSCRIPTION_READ_BYTES,
             &filter,

@@ -144,7 +144,8 @@ pub fn put_recorded_event(
 }
 
 /// Appends the protobuf bytes of a `ReadResponse` holding `events` to `out`.
-pub fn put_read_response(
+#[cfg(test)]
+fn put_read_response(
     out: &mut Vec<u8>,
     events: &[LoggedEvent],
     end_reached: bool,
@@ -152,13 +153,28 @@ pub fn put_read_response(
     privacy: Option<&Privacy>,
 ) -> Result<(), Status> {
     for logged in events {
-        let start = begin_nested(out, 1);
-        put_recorded_event(out, logged, privacy)?;
-        end_nested(out, start);
+        put_read_response_event(out, logged, privacy)?;
     }
+    put_read_response_end(out, end_reached, next_cursor);
+    Ok(())
+}
+
+/// Appends one event of a `ReadResponse` (field 1) to `out`.
+pub fn put_read_response_event(
+    out: &mut Vec<u8>,
+    logged: &LoggedEvent,
+    privacy: Option<&Privacy>,
+) -> Result<(), Status> {
+    let start = begin_nested(out, 1);
+    put_recorded_event(out, logged, privacy)?;
+    end_nested(out, start);
+    Ok(())
+}
+
+/// Appends the end of a `ReadResponse` (fields 2 and 3) after its events.
+pub fn put_read_response_end(out: &mut Vec<u8>, end_reached: bool, next_cursor: u64) {
     put_uint_field(out, 2, u64::from(end_reached));
     put_uint_field(out, 3, next_cursor);
-    Ok(())
 }
 
 /// Field 6, `Event { custom: CustomEvent { type, data: Struct } }`, from the stored data.

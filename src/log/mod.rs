@@ -240,10 +240,29 @@ impl Log {
         backwards: bool,
         max_count: usize,
     ) -> Result<Page, ReadError> {
+        self.read_stream_within(stream, from_revision, backwards, max_count, usize::MAX)
+    }
+
+    /// Reads one stream like [`Log::read_stream`], also stopping before the stored bytes
+    /// of the events pass `max_bytes` (a page holds at least one event; `next_cursor`
+    /// continues after the cut).
+    pub fn read_stream_within(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Page, ReadError> {
         let head = self.head().position;
-        self.inner
-            .store
-            .read_stream(stream.as_str(), from_revision, backwards, max_count, head)
+        self.inner.store.read_stream(
+            stream.as_str(),
+            from_revision,
+            backwards,
+            max_count,
+            max_bytes,
+            head,
+        )
     }
 
     /// Reads the whole log (blocking).
@@ -254,33 +273,28 @@ impl Log {
         max_count: usize,
         filter: &ReadFilter,
     ) -> Result<Page, LogError> {
-        let head = self.head().position;
-        if backwards {
-            self.inner
-                .store
-                .read_all_backward(from_position, max_count, filter, head)
-        } else {
-            self.inner
-                .store
-                .read_all_forward(from_position, max_count, usize::MAX, filter, head)
-        }
+        self.read_all_within(from_position, backwards, max_count, usize::MAX, filter)
     }
 
-    /// Reads forward from `from_position` like [`Log::read_all`], also stopping before
-    /// the stored bytes of the events passed `max_bytes` (a page holds at least one
-    /// event): a reader that buffers pages bounds its memory by bytes, whatever the
-    /// events' sizes.
-    pub fn read_forward_within(
+    /// Reads the whole log like [`Log::read_all`], also stopping before the stored bytes
+    /// of the events passed `max_bytes` (a page holds at least one event): a reader that
+    /// buffers pages, or sends one as a message, bounds it by bytes whatever the events'
+    /// sizes.
+    pub fn read_all_within(
         &self,
         from_position: u64,
+        backwards: bool,
         max_count: usize,
         max_bytes: usize,
         filter: &ReadFilter,
     ) -> Result<Page, LogError> {
         let head = self.head().position;
-        self.inner
-            .store
-            .read_all_forward(from_position, max_count, max_bytes, filter, head)
+        let store = &self.inner.store;
+        if backwards {
+            store.read_all_backward(from_position, max_count, max_bytes, filter, head)
+        } else {
+            store.read_all_forward(from_position, max_count, max_bytes, filter, head)
+        }
     }
 
     /// The durable event with `id`, if any (blocking). Services use it to answer a

@@ -621,9 +621,12 @@ impl Store {
     }
 
     /// Reads events at `positions` (ascending or descending), decoding each chunk once.
-    fn events_at(&self, positions: &[u64]) -> Result<Vec<LoggedEvent>, LogError> {
+    /// The events at `positions`, in that order, stopping before their stored bytes pass
+    /// `max_bytes` (always the first).
+    fn events_at(&self, positions: &[u64], max_bytes: usize) -> Result<Vec<LoggedEvent>, LogError> {
         let mut out = Vec::with_capacity(positions.len());
         let mut cached: Option<Arc<ParsedChunk>> = None;
+        let mut bytes = 0usize;
         for &position in positions {
             let hit = matches!(&cached, Some(chunk)
                 if position >= chunk.first && position <= chunk.layout.last_position());
@@ -640,28 +643,36 @@ impl Store {
                     "index points at missing position {position}"
                 )));
             }
+            bytes = bytes.saturating_add(chunk.layout.spans[index].1);
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
             out.push(chunk.layout.decode(&chunk.value, index)?);
         }
         Ok(out)
     }
 
-    /// Reads `stream` (see DESIGN §5 fine print for paging), up to the durable `head`.
+    /// Reads `stream` (see DESIGN §5 fine print for paging), up to the durable `head`: at
+    /// most `max_count` events and `max_bytes` of their stored bytes (always one event
+    /// when any is there).
     pub fn read_stream(
         &self,
         stream: &str,
         from_revision: u64,
         backwards: bool,
         max_count: usize,
+        max_bytes: usize,
         head: u64,
     ) -> Result<Page, ReadError> {
+        let bound = (max_count, max_bytes);
         let Some(last) = self.stream_head(stream)?.filter(|h| h.position <= head) else {
             // The stream either does not exist or its first event is not durable yet.
             if self.stream_position(stream, 0)?.is_none_or(|p| p > head) {
                 return Err(ReadError::StreamNotFound(stream.to_owned()));
             }
-            return self.read_stream_capped(stream, from_revision, backwards, max_count, head);
+            return self.read_stream_capped(stream, from_revision, backwards, bound, head);
         };
-        self.read_stream_within(stream, from_revision, backwards, max_count, last.revision)
+        self.read_stream_within(stream, from_revision, backwards, bound, last.revision)
     }
 
     /// Slow path for a stream whose newest entry is past the durable head: find the last
@@ -671,7 +682,7 @@ impl Store {
         stream: &str,
         from_revision: u64,
         backwards: bool,
-        max_count: usize,
+        bound: (usize, usize),
         head: u64,
     ) -> Result<Page, ReadError> {
         let mut last_durable = 0;
@@ -684,7 +695,7 @@ impl Store {
                 }
             }
         }
-        self.read_stream_within(stream, from_revision, backwards, max_count, last_durable)
+        self.read_stream_within(stream, from_revision, backwards, bound, last_durable)
     }
 
     fn read_stream_within(
@@ -692,7 +703,7 @@ impl Store {
         stream: &str,
         from_revision: u64,
         backwards: bool,
-        max_count: usize,
+        (max_count, max_bytes): (usize, usize),
         last_revision: u64,
     ) -> Result<Page, ReadError> {
         let (revisions, end_reached, next_cursor): (Vec<u64>, bool, u64) = if backwards {
@@ -716,7 +727,7 @@ impl Store {
             (revisions, next > last_revision, next)
         };
         let mut positions = Vec::with_capacity(revisions.len());
-        for revision in revisions {
+        for &revision in &revisions {
             let position = self.stream_position(stream, revision)?.ok_or_else(|| {
                 LogError::Corrupt(format!(
                     "{stream} has no index entry for revision {revision}"
@@ -724,7 +735,7 @@ impl Store {
             })?;
             positions.push(position);
         }
-        let events = self.events_at(&positions)?;
+        let events = self.events_at(&positions, max_bytes)?;
         for (event, position) in events.iter().zip(&positions) {
             if event.event.stream != stream {
                 return Err(LogError::Corrupt(format!(
@@ -733,6 +744,20 @@ impl Store {
                 ))
                 .into());
             }
+        }
+        if events.len() < revisions.len() {
+            // Cut short by bytes: forward, the next page starts at the first event left
+            // out; backward, strictly below the last one returned.
+            let next_cursor = if backwards {
+                revisions[events.len() - 1]
+            } else {
+                revisions[events.len()]
+            };
+            return Ok(Page {
+                events,
+                end_reached: false,
+                next_cursor,
+            });
         }
         Ok(Page {
             events,
@@ -807,12 +832,14 @@ impl Store {
     }
 
     /// Reads backward strictly below `before_position` (0 = from the head), returning at
-    /// most `max_count` matching events and examining at most
+    /// most `max_count` matching events, at most `max_bytes` of their stored bytes (but
+    /// always one event when any matches), and examining at most
     /// [`crate::limits::READ_SCAN_EVENTS_MAX`].
     pub fn read_all_backward(
         &self,
         before_position: u64,
         max_count: usize,
+        max_bytes: usize,
         filter: &ReadFilter,
         head: u64,
     ) -> Result<Page, LogError> {
@@ -825,6 +852,7 @@ impl Store {
         // `lowest` is the lowest position examined; the next page reads strictly below it.
         let mut lowest = upper;
         let mut examined = 0;
+        let mut bytes = 0usize;
         if upper > 1 {
             let top = upper - 1;
             'chunks: for entry in self.events.range(..=top.to_be_bytes()).rev() {
@@ -841,14 +869,21 @@ impl Store {
                     {
                         break 'chunks;
                     }
-                    examined += 1;
-                    lowest = position;
                     if !filter.is_empty() {
                         let (stream, event_type) = layout.peek(value, index)?;
                         if !filter.matches(stream, event_type) {
+                            examined += 1;
+                            lowest = position;
                             continue;
                         }
                     }
+                    bytes = bytes.saturating_add(layout.spans[index].1);
+                    if bytes > max_bytes && !events.is_empty() {
+                        // The next page reads strictly below the last event returned.
+                        break 'chunks;
+                    }
+                    examined += 1;
+                    lowest = position;
                     events.push(layout.decode(value, index)?);
                 }
             }
