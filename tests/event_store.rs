@@ -1835,6 +1835,66 @@ async fn pages_of_large_events_stop_at_the_byte_bound_and_chain() {
 }
 
 #[tokio::test]
+async fn a_subscription_over_large_events_reads_byte_bounded_steps_in_order() {
+    let t = TestServer::start().await;
+    let mut c = t.client().await;
+    // Large events between small ones: a subscription's step (a window of positions read
+    // ahead) stops at its byte bound several times, and the rest of each window must
+    // still come before the next window's events.
+    let each = limits::PAYLOAD_BYTES_MAX - 1024;
+    let blobs = 3 * limits::SUBSCRIPTION_READ_BYTES / each + 2;
+    for i in 0..blobs {
+        let mut batch = vec![with_body("", custom_blob(each))];
+        if i % 2 == 0 {
+            batch.push(with_body("", custom_blob(each)));
+        }
+        append_ok(&mut c, append("blob-1", None, batch)).await;
+        append_ok(&mut c, append("small-1", None, vec![proposed("", 1.0)])).await;
+    }
+    assert_eq!(
+        whole_log(&mut c).await.len() as u64,
+        head(&mut c).await.position
+    );
+    for (after, filter) in [
+        (0, None),
+        (5, None),
+        (0, Some(filter(&["blob-"], &[]))),
+        (3, Some(filter(&["small-"], &[]))),
+    ] {
+        // Each round appends one live event: the log so far, read in pages.
+        let whole = whole_log(&mut c).await;
+        let expected: Vec<u64> = whole
+            .iter()
+            .filter(|e| e.position > after && filter.as_ref().is_none_or(|f| passes(f, e)))
+            .map(|e| e.position)
+            .collect();
+        let mut stream = subscribe(&mut c, after, filter.clone()).await;
+        let got = collect(&mut stream, expected.len()).await;
+        assert_eq!(
+            positions(&got),
+            expected,
+            "after {after}, filter {filter:?}"
+        );
+        assert!(
+            got.iter()
+                .filter(|e| e.stream == "blob-1")
+                .all(|e| e.event == Some(custom_blob(each)))
+        );
+        // Then live, still in order.
+        let live = append_ok(&mut c, append("small-1", None, vec![proposed("", 2.0)])).await;
+        let small_passes = filter.as_ref().is_none_or(|f| {
+            f.stream_prefixes
+                .iter()
+                .any(|p| "small-1".starts_with(p.as_str()))
+        });
+        if small_passes {
+            assert_eq!(next_event(&mut stream).await.position, live.last_position);
+        }
+    }
+    t.server.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn read_all_filters_or_within_a_list_and_and_across_lists() {
     let t = TestServer::start().await;
     let mut c = t.client().await;

@@ -2,6 +2,7 @@
 //! convert back (reads: encode straight to protobuf bytes, [`super::wire`]). No business
 //! logic lives here.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -644,13 +645,20 @@ impl pb::event_store_server::EventStore for EventStoreService {
     }
 }
 
-/// Feeds one subscription: reads from disk in batches (bounded in events and bytes) at
-/// the subscriber's pace and encodes each batch to protobuf on a blocking thread while
-/// the next is read (the bounded channel blocks this task when the subscriber is slow),
-/// then waits for the writer to publish a new head.
+/// Feeds one subscription: reads from disk in steps (bounded in events and bytes) at
+/// the subscriber's pace and encodes each step to protobuf on a blocking thread while
+/// the next ones are read (the bounded channel blocks this task when the subscriber is
+/// slow), then waits for the writer to publish a new head.
 /// Ends when the subscriber goes away or on shutdown.
 ///
-/// A batch travels as one channel message: per-event sends cost a wake-up each and
+/// Each step covers a window of [`limits::SUBSCRIPTION_READ_BATCH`] positions, so the
+/// windows ahead are known before the current one is read and
+/// [`limits::SUBSCRIPTION_READS_AHEAD`] of them are read at once, on both cores: one
+/// reader at a time left a replay's cores a quarter idle (BENCHMARKS.md). A step that
+/// stops early at its byte bound is followed by a read of the rest of its window, so
+/// the events go out in order, without gaps.
+///
+/// A step travels as one channel message: per-event sends cost a wake-up each and
 /// kept the network task from batching its writes (measured in BENCHMARKS.md).
 async fn follow(
     log: Log,
@@ -661,27 +669,28 @@ async fn follow(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut heads = log.watch_head();
-    let mut cursor = after_position.saturating_add(1);
-    // Two stages on the blocking pool: while one page is encoded (and then sent), the
-    // next is already being read, so a replay keeps both cores busy.
-    let mut ahead: Option<tokio::task::JoinHandle<Result<Page, crate::log::LogError>>> = None;
+    // The first position no read in flight covers yet.
+    let mut planned = after_position.saturating_add(1);
+    // Reads in flight, in position order, each with the last position of its window.
+    let mut ahead: VecDeque<(u64, ReadStep)> = VecDeque::new();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let read = match ahead.take() {
-            Some(read) => read,
-            None if cursor <= heads.borrow_and_update().position => {
-                read_page(&log, cursor, &filter)
+        let head = heads.borrow_and_update().position;
+        while ahead.len() < limits::SUBSCRIPTION_READS_AHEAD && planned <= head {
+            let through =
+                head.min(planned.saturating_add(u64::from(limits::SUBSCRIPTION_READ_BATCH) - 1));
+            ahead.push_back((through, read_window(&log, planned, through, &filter)));
+            planned = through.saturating_add(1);
+        }
+        let Some((through, read)) = ahead.pop_front() else {
+            tokio::select! {
+                changed = heads.changed() => if changed.is_err() { return },
+                _ = sender.closed() => return,
+                stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
             }
-            None => {
-                tokio::select! {
-                    changed = heads.changed() => if changed.is_err() { return },
-                    _ = sender.closed() => return,
-                    stopped = shutdown.changed() => if stopped.is_err() || *shutdown.borrow() { return },
-                }
-                continue;
-            }
+            continue;
         };
         let page = match read.await {
             Ok(Ok(page)) => page,
@@ -695,9 +704,13 @@ async fn follow(
                 return;
             }
         };
-        cursor = page.next_cursor;
-        if cursor <= heads.borrow_and_update().position {
-            ahead = Some(read_page(&log, cursor, &filter));
+        if page.next_cursor <= through {
+            // Cut short by its byte bound: the rest of the window comes next.
+            let rest = read_window(&log, page.next_cursor, through, &filter);
+            ahead.push_front((through, rest));
+        }
+        if page.events.is_empty() {
+            continue;
         }
         let batch_privacy = privacy.clone();
         let encoded = tokio::task::spawn_blocking(move || to_batch(page.events, &batch_privacy));
@@ -714,22 +727,16 @@ async fn follow(
     }
 }
 
-/// Starts reading the subscription's next page from `cursor` on the blocking pool.
-fn read_page(
-    log: &Log,
-    cursor: u64,
-    filter: &ReadFilter,
-) -> tokio::task::JoinHandle<Result<Page, crate::log::LogError>> {
+/// A subscription's read of one window, on the blocking pool.
+type ReadStep = tokio::task::JoinHandle<Result<Page, crate::log::LogError>>;
+
+/// Starts reading the matching events at positions `from..=through` (at most
+/// [`limits::SUBSCRIPTION_READ_BYTES`] of them) on the blocking pool.
+fn read_window(log: &Log, from: u64, through: u64, filter: &ReadFilter) -> ReadStep {
     let log = log.clone();
     let filter = filter.clone();
     tokio::task::spawn_blocking(move || {
-        log.read_all_within(
-            cursor,
-            false,
-            limits::SUBSCRIPTION_READ_BATCH as usize,
-            limits::SUBSCRIPTION_READ_BYTES,
-            &filter,
-        )
+        log.read_window(from, through, limits::SUBSCRIPTION_READ_BYTES, &filter)
     })
 }
 

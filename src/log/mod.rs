@@ -297,6 +297,23 @@ impl Log {
         }
     }
 
+    /// The events matching `filter` at positions `from..=through` (no further than the
+    /// durable head), stopping before their stored bytes pass `max_bytes` (one event at
+    /// least): `next_cursor` is `through + 1` once the window is read, else the first
+    /// position left out. A reader that knows its windows ahead can read several at once.
+    pub fn read_window(
+        &self,
+        from: u64,
+        through: u64,
+        max_bytes: usize,
+        filter: &ReadFilter,
+    ) -> Result<Page, LogError> {
+        let head = self.head().position.min(through);
+        self.inner
+            .store
+            .read_all_forward(from, usize::MAX, max_bytes, filter, head)
+    }
+
     /// The durable event with `id`, if any (blocking). Services use it to answer a
     /// re-sent command idempotently before re-deciding it on changed state.
     pub fn event_by_id(&self, id: Uuid) -> Result<Option<LoggedEvent>, LogError> {
