@@ -85,8 +85,11 @@ fn end_nested(out: &mut Vec<u8>, start: usize) {
     if len < 0x80 {
         out[start - 1] = len as u8;
     } else {
+        // Grow by the extra length bytes, move the content right, write the varint.
         let (bytes, n) = varint(len as u64);
-        out.splice(start - 1..start, bytes[..n].iter().copied());
+        out.resize(out.len() + n - 1, 0);
+        out.copy_within(start..start + len, start - 1 + n);
+        out[start - 1..start - 1 + n].copy_from_slice(&bytes[..n]);
     }
 }
 

@@ -364,22 +364,22 @@ pub fn parse_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, Log
         if raw_len > RAW_CHUNK_BYTES_MAX || raw_len == 0 {
             return Err(corrupt("implausible raw length"));
         }
-        let mut raw = Vec::with_capacity(raw_len);
-        raw.push(CHUNK_TAG);
-        let body = DECOMPRESSOR
+        // Straight into the chunk buffer after its tag: no second copy of the body.
+        let mut raw = vec![0u8; raw_len];
+        raw[0] = CHUNK_TAG;
+        let written = DECOMPRESSOR
             .with(|cell| {
                 let mut slot = cell.borrow_mut();
                 if slot.is_none() {
                     *slot = zstd::bulk::Decompressor::new().ok();
                 }
                 match slot.as_mut() {
-                    Some(d) => d.decompress(&value[5..], raw_len - 1),
-                    None => zstd::bulk::decompress(&value[5..], raw_len - 1),
+                    Some(d) => d.decompress_to_buffer(&value[5..], &mut raw[1..]),
+                    None => zstd::bulk::decompress_to_buffer(&value[5..], &mut raw[1..]),
                 }
             })
             .map_err(|e| corrupt(&format!("undecompressable: {e}")))?;
-        raw.extend_from_slice(&body);
-        if raw.len() != raw_len {
+        if written != raw_len - 1 {
             return Err(corrupt("raw length mismatch"));
         }
         let mut layout = parse_raw_chunk(first_position, &raw)?;
@@ -536,6 +536,13 @@ mod tests {
         let last = damaged.len() - 3;
         damaged[last] ^= 0x55;
         assert!(parse_chunk(1, &damaged).is_err());
+        // A header that lies about the raw length is corrupt (the body is decompressed
+        // into a buffer of the claimed size), never a panic.
+        for claimed in [raw.len() - 1, raw.len() + 1, 1] {
+            let mut lying = stored.clone();
+            lying[1..5].copy_from_slice(&(claimed as u32).to_le_bytes());
+            assert!(matches!(parse_chunk(1, &lying), Err(LogError::Corrupt(_))));
+        }
     }
 
     #[test]
