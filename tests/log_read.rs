@@ -157,6 +157,24 @@ async fn windows_read_their_positions_and_a_cut_window_resumes_where_it_stopped(
             let mut cursor = from;
             while cursor <= through {
                 let page = log.read_window(cursor, through, bound, &filter).unwrap();
+                // The same window left in its chunks holds the same events.
+                let in_chunks = log
+                    .read_window_in_chunks(cursor, through, bound, &filter)
+                    .unwrap();
+                assert_eq!(in_chunks.next_cursor, page.next_cursor);
+                let viewed: Vec<LoggedEvent> = in_chunks
+                    .events
+                    .iter()
+                    .map(|(chunk, index)| LoggedEvent {
+                        event: chunk
+                            .layout
+                            .view(&chunk.value, *index)
+                            .unwrap()
+                            .to_owned_event(),
+                        hash: chunk.layout.hashes[*index],
+                    })
+                    .collect();
+                assert_eq!(viewed, page.events);
                 assert!(page.next_cursor > cursor, "a window read makes progress");
                 assert!(page.next_cursor <= through + 1);
                 assert!(

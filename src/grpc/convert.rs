@@ -1230,7 +1230,12 @@ pub fn recorded_event(
 
 /// The status of a stored body that does not decode.
 pub(super) fn undecodable(event: &StoredEvent, error: impl std::fmt::Display) -> tonic::Status {
-    tonic::Status::internal(format!("event at position {}: {error}", event.position))
+    undecodable_at(event.position, error)
+}
+
+/// [`undecodable`] for the event at `position`.
+pub(super) fn undecodable_at(position: u64, error: impl std::fmt::Display) -> tonic::Status {
+    tonic::Status::internal(format!("event at position {position}: {error}"))
 }
 
 /// The body of a stored built-in (not custom) event as protobuf, its personal parts

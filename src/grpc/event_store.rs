@@ -19,7 +19,8 @@ use super::wire;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
-    ExpectedRevision, Log, LoggedEvent, Page, ProposedEvent, ReadFilter, StreamAppend, StreamName,
+    ChunkPage, ExpectedRevision, Log, Page, ParsedChunk, ProposedEvent, ReadFilter, StreamAppend,
+    StreamName,
 };
 use crate::privacy::{Privacy, PrivacyError};
 
@@ -713,7 +714,7 @@ async fn follow(
             continue;
         }
         let batch_privacy = privacy.clone();
-        let encoded = tokio::task::spawn_blocking(move || to_batch(page.events, &batch_privacy));
+        let encoded = tokio::task::spawn_blocking(move || to_batch(&page.events, &batch_privacy));
         let (batch, ended) = match encoded.await {
             Ok(encoded) => encoded,
             Err(error) => (
@@ -728,7 +729,7 @@ async fn follow(
 }
 
 /// A subscription's read of one window, on the blocking pool.
-type ReadStep = tokio::task::JoinHandle<Result<Page, crate::log::LogError>>;
+type ReadStep = tokio::task::JoinHandle<Result<ChunkPage, crate::log::LogError>>;
 
 /// Starts reading the matching events at positions `from..=through` (at most
 /// [`limits::SUBSCRIPTION_READ_BYTES`] of them) on the blocking pool.
@@ -736,7 +737,7 @@ fn read_window(log: &Log, from: u64, through: u64, filter: &ReadFilter) -> ReadS
     let log = log.clone();
     let filter = filter.clone();
     tokio::task::spawn_blocking(move || {
-        log.read_window(from, through, limits::SUBSCRIPTION_READ_BYTES, &filter)
+        log.read_window_in_chunks(from, through, limits::SUBSCRIPTION_READ_BYTES, &filter)
     })
 }
 
@@ -763,15 +764,23 @@ impl Batch {
     }
 }
 
-/// Encodes a page, stopping at the first event that fails; the flag says whether one
-/// did (the subscription then ends with that error).
-fn to_batch(events: Vec<LoggedEvent>, privacy: &Privacy) -> (Batch, bool) {
+/// Encodes a page, each event borrowed from its chunk, stopping at the first event that
+/// fails; the flag says whether one did (the subscription then ends with that error).
+fn to_batch(events: &[(Arc<ParsedChunk>, usize)], privacy: &Privacy) -> (Batch, bool) {
     let mut bytes = Vec::with_capacity(events.len() * 512);
     let mut ends = Vec::with_capacity(events.len());
     let mut error = None;
-    for logged in &events {
+    for (chunk, index) in events {
         let start = bytes.len();
-        if let Err(failed) = wire::put_recorded_event(&mut bytes, logged, Some(privacy)) {
+        let written = chunk
+            .layout
+            .view(&chunk.value, *index)
+            .map_err(Status::from)
+            .and_then(|event| {
+                let hash = &chunk.layout.hashes[*index];
+                wire::put_recorded_view(&mut bytes, &event, hash, None, Some(privacy))
+            });
+        if let Err(failed) = written {
             bytes.truncate(start);
             error = Some(failed);
             break;

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use super::convert::{self, timestamp_from_us};
 use crate::domain::events::CustomEvent;
 use crate::limits::CUSTOM_DATA_DEPTH_MAX;
-use crate::log::{LoggedEvent, StoredEvent};
+use crate::log::{Hash, LoggedEvent, StoredEvent, StoredEventView};
 use crate::privacy::{PersonalState, Privacy};
 
 /// Protobuf wire types used here.
@@ -110,7 +110,25 @@ pub fn put_recorded_event(
     logged: &LoggedEvent,
     privacy: Option<&Privacy>,
 ) -> Result<(), Status> {
-    let event = &logged.event;
+    put_recorded_view(
+        out,
+        &logged.event.view(),
+        &logged.hash,
+        Some(&logged.event),
+        privacy,
+    )
+}
+
+/// [`put_recorded_event`] from an event borrowed from its chunk ([`StoredEventView`])
+/// and its chain hash. A built-in body is decoded from the owned event when the caller
+/// has it (`owned`), else from a copy.
+pub fn put_recorded_view(
+    out: &mut Vec<u8>,
+    event: &StoredEventView<'_>,
+    hash: &Hash,
+    owned: Option<&StoredEvent>,
+    privacy: Option<&Privacy>,
+) -> Result<(), Status> {
     let mut id = Uuid::encode_buffer();
     let id = Uuid::from_bytes(event.event_id)
         .hyphenated()
@@ -120,23 +138,31 @@ pub fn put_recorded_event(
     put_uint_field(out, 3, event.revision);
     put_bytes_field(out, 4, id.as_bytes());
     put_bytes_field(out, 5, event.event_type.as_bytes());
-    let personal = if CustomEvent::is_custom_type(&event.event_type) {
+    let personal = if CustomEvent::is_custom_type(event.event_type) {
         put_custom_body(out, event)?;
         PersonalState::None
     } else {
-        let (body, personal) = convert::built_in_body(event, privacy)?;
+        let copy;
+        let owned = match owned {
+            Some(owned) => owned,
+            None => {
+                copy = event.to_owned_event();
+                &copy
+            }
+        };
+        let (body, personal) = convert::built_in_body(owned, privacy)?;
         put_length_delimited(out, 6, &prost::Message::encode_to_vec(&body));
         personal
     };
     put_timestamp(out, 7, event.recorded_at_us);
     put_timestamp(out, 8, event.occurred_at_us);
-    for (key, value) in &event.metadata {
+    for &(key, value) in &event.metadata {
         let start = begin_nested(out, 9);
         put_bytes_field(out, 1, key.as_bytes());
         put_bytes_field(out, 2, value.as_bytes());
         end_nested(out, start);
     }
-    put_bytes_field(out, 10, &logged.hash);
+    put_bytes_field(out, 10, hash);
     put_bytes_field(out, 11, event.correlation_id.as_bytes());
     put_bytes_field(out, 12, event.causation_id.as_bytes());
     put_bytes_field(out, 13, event.actor.as_bytes());
@@ -181,10 +207,10 @@ pub fn put_read_response_end(out: &mut Vec<u8>, end_reached: bool, next_cursor: 
 }
 
 /// Field 6, `Event { custom: CustomEvent { type, data: Struct } }`, from the stored data.
-fn put_custom_body(out: &mut Vec<u8>, event: &StoredEvent) -> Result<(), Status> {
+fn put_custom_body(out: &mut Vec<u8>, event: &StoredEventView<'_>) -> Result<(), Status> {
     if event.schema_version != CustomEvent::SCHEMA_VERSION {
-        return Err(convert::undecodable(
-            event,
+        return Err(convert::undecodable_at(
+            event.position,
             format!(
                 "unknown schema version {} of custom event {}",
                 event.schema_version, event.event_type
@@ -196,7 +222,7 @@ fn put_custom_body(out: &mut Vec<u8>, event: &StoredEvent) -> Result<(), Status>
     put_bytes_field(out, 1, event.event_type.as_bytes());
     let data = begin_nested(out, 2);
     let mut stored = Bincode {
-        bytes: &event.payload,
+        bytes: event.payload,
     };
     stored
         .put_struct_fields(out, 1)
@@ -205,8 +231,8 @@ fn put_custom_body(out: &mut Vec<u8>, event: &StoredEvent) -> Result<(), Status>
             n => Err(format!("{n} trailing bytes")),
         })
         .map_err(|reason| {
-            convert::undecodable(
-                event,
+            convert::undecodable_at(
+                event.position,
                 format!(
                     "malformed {} v{}: {reason}",
                     event.event_type, event.schema_version

@@ -29,8 +29,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::limits;
 
 pub use error::{AppendError, LogError, ReadError};
-pub use record::{Hash, LoggedEvent, StoredEvent, ZERO_HASH};
-pub use store::{Head, Page, ReadFilter, StreamHead};
+pub use record::{Hash, LoggedEvent, StoredEvent, StoredEventView, ZERO_HASH};
+pub use store::{ChunkPage, Head, Page, ParsedChunk, ReadFilter, StreamHead};
 pub use stream_name::{StreamName, StreamNameError};
 
 /// What the client expects of the stream before its append.
@@ -312,6 +312,22 @@ impl Log {
         self.inner
             .store
             .read_all_forward(from, usize::MAX, max_bytes, filter, head)
+    }
+
+    /// [`Log::read_window`] leaving the events in their parsed chunks (checked against
+    /// the chain, not decoded): for a reader that re-encodes them borrowed
+    /// ([`record::ChunkLayout::view`]).
+    pub fn read_window_in_chunks(
+        &self,
+        from: u64,
+        through: u64,
+        max_bytes: usize,
+        filter: &ReadFilter,
+    ) -> Result<ChunkPage, LogError> {
+        let head = self.head().position.min(through);
+        self.inner
+            .store
+            .read_all_forward_in_chunks(from, usize::MAX, max_bytes, filter, head)
     }
 
     /// The durable event with `id`, if any (blocking). Services use it to answer a

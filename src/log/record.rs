@@ -147,6 +147,109 @@ impl StoredEvent {
     }
 }
 
+/// A [`StoredEvent`] borrowed from the bytes it was decoded from: the same fields in
+/// the same order, its strings and payload pointing into the chunk. A reader that only
+/// re-encodes events (a subscription writing protobuf) decodes this instead and
+/// allocates nothing but the metadata list.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct StoredEventView<'a> {
+    /// Global position, dense from 1.
+    pub position: u64,
+    /// Stream name.
+    pub stream: &'a str,
+    /// Revision within the stream.
+    pub revision: u64,
+    /// Event id (UUID bytes).
+    pub event_id: [u8; 16],
+    /// Event type name.
+    pub event_type: &'a str,
+    /// Schema version of the payload encoding.
+    pub schema_version: u16,
+    /// When the log accepted it, UTC microseconds.
+    pub recorded_at_us: i64,
+    /// When it happened in the business, UTC microseconds.
+    pub occurred_at_us: i64,
+    /// Correlation id, empty when none.
+    pub correlation_id: &'a str,
+    /// Causation id, empty when none.
+    pub causation_id: &'a str,
+    /// Who caused it, empty when unknown.
+    pub actor: &'a str,
+    /// Where it came from, empty when unknown.
+    pub source_channel: &'a str,
+    /// Metadata, sorted by key.
+    #[serde(borrow)]
+    pub metadata: Vec<(&'a str, &'a str)>,
+    /// The encoded body.
+    pub payload: &'a [u8],
+}
+
+impl<'a> StoredEventView<'a> {
+    /// Decodes stored bytes without copying them, refusing trailing garbage.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, LogError> {
+        let (event, read): (Self, usize) =
+            bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| LogError::Corrupt(format!("undecodable event: {e}")))?;
+        if read != bytes.len() {
+            return Err(LogError::Corrupt(format!(
+                "event has {} trailing bytes",
+                bytes.len() - read
+            )));
+        }
+        Ok(event)
+    }
+
+    /// The owned event.
+    pub fn to_owned_event(&self) -> StoredEvent {
+        StoredEvent {
+            position: self.position,
+            stream: self.stream.to_owned(),
+            revision: self.revision,
+            event_id: self.event_id,
+            event_type: self.event_type.to_owned(),
+            schema_version: self.schema_version,
+            recorded_at_us: self.recorded_at_us,
+            occurred_at_us: self.occurred_at_us,
+            correlation_id: self.correlation_id.to_owned(),
+            causation_id: self.causation_id.to_owned(),
+            actor: self.actor.to_owned(),
+            source_channel: self.source_channel.to_owned(),
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+impl StoredEvent {
+    /// This event, borrowed.
+    pub fn view(&self) -> StoredEventView<'_> {
+        StoredEventView {
+            position: self.position,
+            stream: &self.stream,
+            revision: self.revision,
+            event_id: self.event_id,
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            recorded_at_us: self.recorded_at_us,
+            occurred_at_us: self.occurred_at_us,
+            correlation_id: &self.correlation_id,
+            causation_id: &self.causation_id,
+            actor: &self.actor,
+            source_channel: &self.source_channel,
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            payload: &self.payload,
+        }
+    }
+}
+
 /// An event read back from the log, with its chain hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoggedEvent {
@@ -330,6 +433,25 @@ impl ChunkLayout {
             )));
         }
         Ok((peek.stream, peek.event_type))
+    }
+
+    /// The event at `index` of the chunk `value` this layout was parsed from, borrowed
+    /// from it, checked like [`ChunkLayout::decode`].
+    pub fn view<'a>(
+        &'a self,
+        value: &'a [u8],
+        index: usize,
+    ) -> Result<StoredEventView<'a>, LogError> {
+        let (start, len) = self.spans[index];
+        let event = StoredEventView::decode(&self.bytes(value)[start..start + len])?;
+        let position = self.first_position + index as u64;
+        if event.position != position {
+            return Err(LogError::Corrupt(format!(
+                "event claims position {} but is stored at {position}",
+                event.position
+            )));
+        }
+        Ok(event)
     }
 
     /// Decodes the event at `index` of the chunk `value` this layout was parsed from,
@@ -542,6 +664,58 @@ mod tests {
             let mut lying = stored.clone();
             lying[1..5].copy_from_slice(&(claimed as u32).to_le_bytes());
             assert!(matches!(parse_chunk(1, &lying), Err(LogError::Corrupt(_))));
+        }
+    }
+
+    #[test]
+    fn a_borrowed_view_decodes_to_the_owned_event() {
+        let mut rich = event(3);
+        rich.correlation_id = "corr".into();
+        rich.causation_id = "cause".into();
+        rich.actor = "pos-7".into();
+        rich.source_channel = "web".into();
+        rich.metadata = vec![("a".into(), "1".into()), ("b".into(), String::new())];
+        rich.payload = (0..=255).collect();
+        let events = [event(1), event(2), rich];
+        let mut builder = ChunkBuilder::new(ZERO_HASH);
+        let mut hash = ZERO_HASH;
+        for e in &events {
+            let bytes = e.encode();
+            assert_eq!(StoredEventView::decode(&bytes).unwrap(), e.view());
+            assert_eq!(
+                StoredEventView::decode(&bytes).unwrap().to_owned_event(),
+                *e
+            );
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(StoredEventView::decode(&longer).is_err());
+            for cut in 0..bytes.len() {
+                assert!(StoredEventView::decode(&bytes[..cut]).is_err());
+            }
+            hash = chain_hash(&hash, e.position, &bytes);
+            builder.push(&bytes, hash);
+        }
+        for value in [builder.finish(), {
+            let mut b = ChunkBuilder::new(ZERO_HASH);
+            let mut h = ZERO_HASH;
+            for e in &events {
+                let bytes = e.encode();
+                h = chain_hash(&h, e.position, &bytes);
+                b.push(&bytes, h);
+            }
+            compress_chunk(b.finish())
+        }] {
+            let layout = parse_chunk(1, &value).unwrap();
+            for (index, e) in events.iter().enumerate() {
+                assert_eq!(layout.view(&value, index).unwrap(), e.view());
+                assert_eq!(layout.decode(&value, index).unwrap().event, *e);
+            }
+            // A chunk parsed as starting elsewhere: its events claim other positions.
+            let shifted = parse_chunk(1, &value).map(|mut l| {
+                l.first_position = 2;
+                l
+            });
+            assert!(shifted.unwrap().view(&value, 0).is_err());
         }
     }
 

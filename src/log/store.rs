@@ -109,6 +109,18 @@ pub struct Page {
     pub next_cursor: u64,
 }
 
+/// One page of a forward read left in its chunks: each event as the parsed chunk that
+/// holds it and its index there, decoded (or borrowed) by the reader.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkPage {
+    /// The events, in position order.
+    pub events: Vec<(Arc<ParsedChunk>, usize)>,
+    /// True when nothing more exists right now.
+    pub end_reached: bool,
+    /// Where the next page starts.
+    pub next_cursor: u64,
+}
+
 /// The sled database of a log and its trees.
 pub struct Store {
     /// The database (kept for `flush`).
@@ -778,8 +790,69 @@ impl Store {
         filter: &ReadFilter,
         head: u64,
     ) -> Result<Page, LogError> {
-        let start = from_position.max(1);
         let mut events = Vec::new();
+        let (next, end_reached) = self.scan_forward(
+            from_position,
+            max_count,
+            max_bytes,
+            filter,
+            head,
+            |chunk, index| {
+                events.push(chunk.layout.decode(&chunk.value, index)?);
+                Ok(())
+            },
+        )?;
+        Ok(Page {
+            events,
+            end_reached,
+            next_cursor: next,
+        })
+    }
+
+    /// [`Store::read_all_forward`] without decoding: each matching event as its parsed
+    /// chunk and index, for a reader that re-encodes events straight from the chunk
+    /// ([`crate::log::record::ChunkLayout::view`]).
+    pub fn read_all_forward_in_chunks(
+        &self,
+        from_position: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: &ReadFilter,
+        head: u64,
+    ) -> Result<ChunkPage, LogError> {
+        let mut events = Vec::new();
+        let (next, end_reached) = self.scan_forward(
+            from_position,
+            max_count,
+            max_bytes,
+            filter,
+            head,
+            |chunk, index| {
+                events.push((chunk.clone(), index));
+                Ok(())
+            },
+        )?;
+        Ok(ChunkPage {
+            events,
+            end_reached,
+            next_cursor: next,
+        })
+    }
+
+    /// The forward scan behind both reads: hands each matching event to `take` (as its
+    /// chunk and index) within the bounds; returns the next cursor and whether it passed
+    /// the head.
+    fn scan_forward(
+        &self,
+        from_position: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: &ReadFilter,
+        head: u64,
+        mut take: impl FnMut(&Arc<ParsedChunk>, usize) -> Result<(), LogError>,
+    ) -> Result<(u64, bool), LogError> {
+        let start = from_position.max(1);
+        let mut taken = 0;
         let mut next = start;
         let mut examined = 0;
         let mut bytes = 0usize;
@@ -799,7 +872,7 @@ impl Store {
                         continue;
                     }
                     if position > head
-                        || events.len() >= max_count
+                        || taken >= max_count
                         || examined >= crate::limits::READ_SCAN_EVENTS_MAX
                     {
                         break 'chunks;
@@ -815,20 +888,17 @@ impl Store {
                         }
                     }
                     bytes = bytes.saturating_add(layout.spans[index].1);
-                    if bytes > max_bytes && !events.is_empty() {
+                    if bytes > max_bytes && taken > 0 {
                         // The next page starts with this event.
                         next = position;
                         break 'chunks;
                     }
-                    events.push(layout.decode(value, index)?);
+                    take(&chunk, index)?;
+                    taken += 1;
                 }
             }
         }
-        Ok(Page {
-            events,
-            end_reached: next > head,
-            next_cursor: next,
-        })
+        Ok((next, next > head))
     }
 
     /// Reads backward strictly below `before_position` (0 = from the head), returning at
