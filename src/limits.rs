@@ -106,20 +106,20 @@ pub const GROUP_COMMIT_EVENTS_MAX: usize = 8_192;
 /// blob file each).
 pub const CHUNK_BYTES_TARGET: usize = 8 * 1024;
 
-/// Encoded batches buffered between the disk reader and the network for one
-/// subscription. With one batch being sent, one being encoded and
-/// [`SUBSCRIPTION_READS_AHEAD`] being read, a subscription holds at most 6 batches
-/// (~6 × [`SUBSCRIPTION_READ_BYTES`] plus protobuf overhead); a slow subscriber blocks
-/// its own readers at this depth, and nothing else waits for it.
+/// Encoded batches buffered between the disk readers and the network for one
+/// subscription. With one batch being sent and [`SUBSCRIPTION_READS_AHEAD`] being read
+/// and encoded, a subscription holds at most 5 batches (~5 × [`SUBSCRIPTION_READ_BYTES`]
+/// plus protobuf overhead); a slow subscriber blocks its own readers at this depth, and
+/// nothing else waits for it.
 pub const SUBSCRIPTION_BUFFER_BATCHES: usize = 2;
 
 /// Events one subscription reads from disk and encodes per step. Larger steps keep the
 /// reader busy between hand-offs: 1024 replayed 1.1–1.3× faster than 256 (BENCHMARKS.md).
 pub const SUBSCRIPTION_READ_BATCH: u32 = 1_024;
 
-/// Steps one subscription reads at once, ahead of the one being encoded: two keep both
-/// cores busy during a replay (the read is the costlier half of a step: chain check,
-/// decompression, decoding).
+/// Steps one subscription reads and encodes at once (each on a blocking thread): two
+/// keep both cores busy during a replay; three measured 1.02–1.05× on a receive-only
+/// replay but 0.95× with a decoding client, which needs the cores too.
 pub const SUBSCRIPTION_READS_AHEAD: usize = 2;
 
 /// Stored bytes one subscription reads per step, at most (a step holds one event at

@@ -19,8 +19,7 @@ use super::wire;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
-    ChunkPage, ExpectedRevision, Log, Page, ParsedChunk, ProposedEvent, ReadFilter, StreamAppend,
-    StreamName,
+    ExpectedRevision, Log, Page, ParsedChunk, ProposedEvent, ReadFilter, StreamAppend, StreamName,
 };
 use crate::privacy::{Privacy, PrivacyError};
 
@@ -646,18 +645,17 @@ impl pb::event_store_server::EventStore for EventStoreService {
     }
 }
 
-/// Feeds one subscription: reads from disk in steps (bounded in events and bytes) at
-/// the subscriber's pace and encodes each step to protobuf on a blocking thread while
-/// the next ones are read (the bounded channel blocks this task when the subscriber is
-/// slow), then waits for the writer to publish a new head.
+/// Feeds one subscription: reads and encodes its events in steps (bounded in events and
+/// bytes) on the blocking pool at the subscriber's pace (the bounded channel blocks this
+/// task when the subscriber is slow), then waits for the writer to publish a new head.
 /// Ends when the subscriber goes away or on shutdown.
 ///
 /// Each step covers a window of [`limits::SUBSCRIPTION_READ_BATCH`] positions, so the
 /// windows ahead are known before the current one is read and
-/// [`limits::SUBSCRIPTION_READS_AHEAD`] of them are read at once, on both cores: one
-/// reader at a time left a replay's cores a quarter idle (BENCHMARKS.md). A step that
-/// stops early at its byte bound is followed by a read of the rest of its window, so
-/// the events go out in order, without gaps.
+/// [`limits::SUBSCRIPTION_READS_AHEAD`] of them are read and encoded at once, on both
+/// cores: one reader at a time left a replay's cores a quarter idle (BENCHMARKS.md). A
+/// step that stops early at its byte bound is followed by a step over the rest of its
+/// window, so the events go out in order, without gaps.
 ///
 /// A step travels as one channel message: per-event sends cost a wake-up each and
 /// kept the network task from batching its writes (measured in BENCHMARKS.md).
@@ -670,10 +668,11 @@ async fn follow(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut heads = log.watch_head();
-    // The first position no read in flight covers yet.
+    // The first position no step in flight covers yet.
     let mut planned = after_position.saturating_add(1);
-    // Reads in flight, in position order, each with the last position of its window.
+    // Steps in flight, in position order, each with the last position of its window.
     let mut ahead: VecDeque<(u64, ReadStep)> = VecDeque::new();
+    let step = |from, through| read_step(&log, from, through, &filter, &privacy);
     loop {
         if *shutdown.borrow() {
             return;
@@ -682,7 +681,7 @@ async fn follow(
         while ahead.len() < limits::SUBSCRIPTION_READS_AHEAD && planned <= head {
             let through =
                 head.min(planned.saturating_add(u64::from(limits::SUBSCRIPTION_READ_BATCH) - 1));
-            ahead.push_back((through, read_window(&log, planned, through, &filter)));
+            ahead.push_back((through, step(planned, through)));
             planned = through.saturating_add(1);
         }
         let Some((through, read)) = ahead.pop_front() else {
@@ -693,32 +692,21 @@ async fn follow(
             }
             continue;
         };
-        let page = match read.await {
-            Ok(Ok(page)) => page,
-            Ok(Err(error)) => {
-                send(&sender, Batch::failed(error.into()), &mut shutdown).await;
-                return;
+        let (batch, ended) = match read.await {
+            Ok(Ok(Step {
+                batch,
+                ended,
+                next_cursor,
+            })) => {
+                if next_cursor <= through && !ended {
+                    // Cut short by its byte bound: the rest of the window comes next.
+                    ahead.push_front((through, step(next_cursor, through)));
+                }
+                (batch, ended)
             }
-            Err(error) => {
-                let error = Status::internal(format!("read task failed: {error}"));
-                send(&sender, Batch::failed(error), &mut shutdown).await;
-                return;
-            }
-        };
-        if page.next_cursor <= through {
-            // Cut short by its byte bound: the rest of the window comes next.
-            let rest = read_window(&log, page.next_cursor, through, &filter);
-            ahead.push_front((through, rest));
-        }
-        if page.events.is_empty() {
-            continue;
-        }
-        let batch_privacy = privacy.clone();
-        let encoded = tokio::task::spawn_blocking(move || to_batch(&page.events, &batch_privacy));
-        let (batch, ended) = match encoded.await {
-            Ok(encoded) => encoded,
+            Ok(Err(error)) => (Batch::failed(error.into()), true),
             Err(error) => (
-                Batch::failed(Status::internal(format!("encode task failed: {error}"))),
+                Batch::failed(Status::internal(format!("read task failed: {error}"))),
                 true,
             ),
         };
@@ -728,16 +716,39 @@ async fn follow(
     }
 }
 
-/// A subscription's read of one window, on the blocking pool.
-type ReadStep = tokio::task::JoinHandle<Result<ChunkPage, crate::log::LogError>>;
+/// One step of a subscription, read and encoded.
+struct Step {
+    batch: Batch,
+    /// True when an event failed to encode: the batch ends with its error.
+    ended: bool,
+    /// Where the next step starts.
+    next_cursor: u64,
+}
 
-/// Starts reading the matching events at positions `from..=through` (at most
-/// [`limits::SUBSCRIPTION_READ_BYTES`] of them) on the blocking pool.
-fn read_window(log: &Log, from: u64, through: u64, filter: &ReadFilter) -> ReadStep {
+/// A subscription's step in flight on the blocking pool.
+type ReadStep = tokio::task::JoinHandle<Result<Step, crate::log::LogError>>;
+
+/// Starts reading and encoding the matching events at positions `from..=through` (at
+/// most [`limits::SUBSCRIPTION_READ_BYTES`] of them) on the blocking pool.
+fn read_step(
+    log: &Log,
+    from: u64,
+    through: u64,
+    filter: &ReadFilter,
+    privacy: &Privacy,
+) -> ReadStep {
     let log = log.clone();
     let filter = filter.clone();
+    let privacy = privacy.clone();
     tokio::task::spawn_blocking(move || {
-        log.read_window_in_chunks(from, through, limits::SUBSCRIPTION_READ_BYTES, &filter)
+        let page =
+            log.read_window_in_chunks(from, through, limits::SUBSCRIPTION_READ_BYTES, &filter)?;
+        let (batch, ended) = to_batch(&page.events, &privacy);
+        Ok(Step {
+            batch,
+            ended,
+            next_cursor: page.next_cursor,
+        })
     })
 }
 
