@@ -80,8 +80,36 @@ async fn byte_bounded_pages_chain_to_the_whole_log() {
     let reversed =
         |events: &[LoggedEvent]| -> Vec<LoggedEvent> { events.iter().rev().cloned().collect() };
     assert_eq!(chain(forward(&all), bound), whole.events);
+    // The same pages left in their chunks hold the same events.
+    let in_chunks = |filter: &ReadFilter| {
+        let filter = filter.clone();
+        let log = log.clone();
+        move |cursor| {
+            let page = log
+                .read_all_in_chunks(cursor, 1_000, bound, &filter)
+                .unwrap();
+            Page {
+                events: page
+                    .events
+                    .iter()
+                    .map(|(chunk, index)| LoggedEvent {
+                        event: chunk
+                            .layout
+                            .view(&chunk.value, *index)
+                            .unwrap()
+                            .to_owned_event(),
+                        hash: chunk.layout.hashes[*index],
+                    })
+                    .collect(),
+                end_reached: page.end_reached,
+                next_cursor: page.next_cursor,
+            }
+        }
+    };
+    assert_eq!(chain(in_chunks(&all), bound), whole.events);
     assert_eq!(chain(backward(&all), bound), reversed(&whole.events));
     assert_eq!(chain(forward(&orders), bound), of_order_1);
+    assert_eq!(chain(in_chunks(&orders), bound), of_order_1);
     assert_eq!(chain(backward(&orders), bound), reversed(&of_order_1));
     assert_eq!(chain(stream_forward, bound), of_order_1);
     assert_eq!(chain(stream_backward, bound), reversed(&of_order_1));

@@ -19,7 +19,8 @@ use super::wire;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
-    ExpectedRevision, Log, Page, ParsedChunk, ProposedEvent, ReadFilter, StreamAppend, StreamName,
+    ChunkPage, ExpectedRevision, Log, Page, ParsedChunk, ProposedEvent, ReadFilter, StreamAppend,
+    StreamName,
 };
 use crate::privacy::{Privacy, PrivacyError};
 
@@ -448,27 +449,64 @@ fn page_bytes(
     cursor: Cursor,
     privacy: &Privacy,
 ) -> Result<Encoded, Status> {
-    let mut out = Vec::with_capacity(page.events.len() * 512);
+    let events = &page.events;
+    response_bytes(
+        events.len(),
+        (page.end_reached, page.next_cursor),
+        backwards,
+        |i, out| wire::put_read_response_event(out, &events[i], Some(privacy)),
+        |i| match cursor {
+            Cursor::Position => events[i].event.position,
+            Cursor::Revision => events[i].event.revision,
+        },
+    )
+}
+
+/// [`page_bytes`] for a forward page of the whole log left in its chunks: each event is
+/// written borrowed from its chunk, never decoded into an owned event.
+fn chunk_page_bytes(page: ChunkPage, privacy: &Privacy) -> Result<Encoded, Status> {
+    let events = &page.events;
+    response_bytes(
+        events.len(),
+        (page.end_reached, page.next_cursor),
+        false,
+        |i, out| {
+            let (chunk, index) = &events[i];
+            let event = chunk.layout.view(&chunk.value, *index)?;
+            let hash = &chunk.layout.hashes[*index];
+            wire::put_read_response_view(out, &event, hash, None, Some(privacy))
+        },
+        |i| events[i].0.first + events[i].1 as u64,
+    )
+}
+
+/// The `ReadResponse` of `count` events written by `put`, cut before the message passes
+/// [`limits::READ_PAGE_BYTES_MAX`] (one event at least): a cut page continues at the
+/// cursor `cursor_of` gives for the first event left out (forward) or the last one sent
+/// (backward); a whole page ends with the read's own `(end_reached, next_cursor)`.
+fn response_bytes(
+    count: usize,
+    (end_reached, next_cursor): (bool, u64),
+    backwards: bool,
+    mut put: impl FnMut(usize, &mut Vec<u8>) -> Result<(), Status>,
+    cursor_of: impl Fn(usize) -> u64,
+) -> Result<Encoded, Status> {
+    let mut out = Vec::with_capacity(count * 512);
     let mut sent = 0;
-    for logged in &page.events {
+    for i in 0..count {
         let start = out.len();
-        wire::put_read_response_event(&mut out, logged, Some(privacy))?;
+        put(i, &mut out)?;
         if out.len() > limits::READ_PAGE_BYTES_MAX && sent > 0 {
             out.truncate(start);
             break;
         }
         sent += 1;
     }
-    let (end_reached, next_cursor) = if sent < page.events.len() {
+    let (end_reached, next_cursor) = if sent < count {
         let at = if backwards { sent - 1 } else { sent };
-        let event = &page.events[at].event;
-        let next = match cursor {
-            Cursor::Position => event.position,
-            Cursor::Revision => event.revision,
-        };
-        (false, next)
+        (false, cursor_of(at))
     } else {
-        (page.end_reached, page.next_cursor)
+        (end_reached, next_cursor)
     };
     wire::put_read_response_end(&mut out, end_reached, next_cursor);
     Ok(Encoded(out.into()))
@@ -534,14 +572,14 @@ impl EventStoreService {
         let log = self.log.clone();
         let privacy = self.privacy.clone();
         let page = blocking(move || {
-            let page = log.read_all_within(
-                from_position,
-                backwards,
-                page_size(max_count),
-                limits::READ_PAGE_BYTES_MAX,
-                &filter,
-            )?;
-            page_bytes(page, backwards, Cursor::Position, &privacy)
+            let (count, bytes) = (page_size(max_count), limits::READ_PAGE_BYTES_MAX);
+            if backwards {
+                let page = log.read_all_within(from_position, true, count, bytes, &filter)?;
+                page_bytes(page, true, Cursor::Position, &privacy)
+            } else {
+                let page = log.read_all_in_chunks(from_position, count, bytes, &filter)?;
+                chunk_page_bytes(page, &privacy)
+            }
         })
         .await?;
         Ok(Response::new(page))

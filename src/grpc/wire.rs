@@ -200,6 +200,20 @@ pub fn put_read_response_event(
     Ok(())
 }
 
+/// [`put_read_response_event`] from a borrowed event (see [`put_recorded_view`]).
+pub fn put_read_response_view(
+    out: &mut Vec<u8>,
+    event: &StoredEventView<'_>,
+    hash: &Hash,
+    owned: Option<&StoredEvent>,
+    privacy: Option<&Privacy>,
+) -> Result<(), Status> {
+    let start = begin_nested(out, 1);
+    put_recorded_view(out, event, hash, owned, privacy)?;
+    end_nested(out, start);
+    Ok(())
+}
+
 /// Appends the end of a `ReadResponse` (fields 2 and 3) after its events.
 pub fn put_read_response_end(out: &mut Vec<u8>, end_reached: bool, next_cursor: u64) {
     put_uint_field(out, 2, u64::from(end_reached));

@@ -297,6 +297,26 @@ impl Log {
         }
     }
 
+    /// A forward [`Log::read_all_within`] leaving the events in their parsed chunks
+    /// (checked against the chain, not decoded), for a reader that re-encodes them
+    /// borrowed ([`record::ChunkLayout::view`]).
+    pub fn read_all_in_chunks(
+        &self,
+        from_position: u64,
+        max_count: usize,
+        max_bytes: usize,
+        filter: &ReadFilter,
+    ) -> Result<ChunkPage, LogError> {
+        let head = self.head().position;
+        self.inner.store.read_all_forward_in_chunks(
+            from_position,
+            max_count,
+            max_bytes,
+            filter,
+            head,
+        )
+    }
+
     /// The events matching `filter` at positions `from..=through` (no further than the
     /// durable head), stopping before their stored bytes pass `max_bytes` (one event at
     /// least): `next_cursor` is `through + 1` once the window is read, else the first
