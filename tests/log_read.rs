@@ -3,8 +3,8 @@
 //! the stored bytes pass the bound, hold one event at least, and chain without gaps.
 
 use rapport::log::{
-    ExpectedRevision, Log, LogConfig, LoggedEvent, Page, ProposedEvent, ReadFilter, StreamAppend,
-    StreamName,
+    ChunkPage, ExpectedRevision, Log, LogConfig, LoggedEvent, Page, ProposedEvent, ReadFilter,
+    StreamAppend, StreamName,
 };
 
 fn append(stream: &str, payload_bytes: &[usize]) -> StreamAppend {
@@ -89,18 +89,7 @@ async fn byte_bounded_pages_chain_to_the_whole_log() {
                 .read_all_in_chunks(cursor, 1_000, bound, &filter)
                 .unwrap();
             Page {
-                events: page
-                    .events
-                    .iter()
-                    .map(|(chunk, index)| LoggedEvent {
-                        event: chunk
-                            .layout
-                            .view(&chunk.value, *index)
-                            .unwrap()
-                            .to_owned_event(),
-                        hash: chunk.layout.hashes[*index],
-                    })
-                    .collect(),
+                events: viewed(&page),
                 end_reached: page.end_reached,
                 next_cursor: page.next_cursor,
             }
@@ -190,19 +179,7 @@ async fn windows_read_their_positions_and_a_cut_window_resumes_where_it_stopped(
                     .read_window_in_chunks(cursor, through, bound, &filter)
                     .unwrap();
                 assert_eq!(in_chunks.next_cursor, page.next_cursor);
-                let viewed: Vec<LoggedEvent> = in_chunks
-                    .events
-                    .iter()
-                    .map(|(chunk, index)| LoggedEvent {
-                        event: chunk
-                            .layout
-                            .view(&chunk.value, *index)
-                            .unwrap()
-                            .to_owned_event(),
-                        hash: chunk.layout.hashes[*index],
-                    })
-                    .collect();
-                assert_eq!(viewed, page.events);
+                assert_eq!(viewed(&in_chunks), page.events);
                 assert!(page.next_cursor > cursor, "a window read makes progress");
                 assert!(page.next_cursor <= through + 1);
                 assert!(
@@ -230,4 +207,19 @@ async fn windows_read_their_positions_and_a_cut_window_resumes_where_it_stopped(
         .unwrap();
     assert!(page.events.is_empty());
     log.shutdown();
+}
+
+/// The events of a page left in its chunks, each borrowed from its chunk, then owned.
+fn viewed(page: &ChunkPage) -> Vec<LoggedEvent> {
+    page.events
+        .iter()
+        .map(|(chunk, index)| LoggedEvent {
+            event: chunk
+                .layout
+                .view(&chunk.value, *index)
+                .unwrap()
+                .to_owned_event(),
+            hash: chunk.layout.hashes[*index],
+        })
+        .collect()
 }
