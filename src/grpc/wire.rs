@@ -194,10 +194,13 @@ pub fn put_read_response_event(
     logged: &LoggedEvent,
     privacy: Option<&Privacy>,
 ) -> Result<(), Status> {
-    let start = begin_nested(out, 1);
-    put_recorded_event(out, logged, privacy)?;
-    end_nested(out, start);
-    Ok(())
+    put_read_response_view(
+        out,
+        &logged.event.view(),
+        &logged.hash,
+        Some(&logged.event),
+        privacy,
+    )
 }
 
 /// [`put_read_response_event`] from a borrowed event (see [`put_recorded_view`]).

@@ -328,10 +328,12 @@ impl Log {
         max_bytes: usize,
         filter: &ReadFilter,
     ) -> Result<Page, LogError> {
-        let head = self.head().position.min(through);
-        self.inner
-            .store
-            .read_all_forward(from, usize::MAX, max_bytes, filter, head)
+        let page = self.read_window_in_chunks(from, through, max_bytes, filter)?;
+        Ok(Page {
+            events: page.decode()?,
+            end_reached: page.end_reached,
+            next_cursor: page.next_cursor,
+        })
     }
 
     /// [`Log::read_window`] leaving the events in their parsed chunks (checked against

@@ -134,17 +134,27 @@ impl StoredEvent {
 
     /// Decodes stored bytes, refusing trailing garbage.
     pub fn decode(bytes: &[u8]) -> Result<Self, LogError> {
-        let (event, read): (Self, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| LogError::Corrupt(format!("undecodable event: {e}")))?;
-        if read != bytes.len() {
-            return Err(LogError::Corrupt(format!(
-                "event has {} trailing bytes",
-                bytes.len() - read
-            )));
-        }
-        Ok(event)
+        whole(
+            bytes,
+            bincode::serde::decode_from_slice(bytes, bincode::config::standard()),
+        )
     }
+}
+
+/// An event decoded from `bytes`, refused when undecodable or followed by trailing bytes.
+fn whole<T>(
+    bytes: &[u8],
+    decoded: Result<(T, usize), bincode::error::DecodeError>,
+) -> Result<T, LogError> {
+    let (event, read) =
+        decoded.map_err(|e| LogError::Corrupt(format!("undecodable event: {e}")))?;
+    if read != bytes.len() {
+        return Err(LogError::Corrupt(format!(
+            "event has {} trailing bytes",
+            bytes.len() - read
+        )));
+    }
+    Ok(event)
 }
 
 /// A [`StoredEvent`] borrowed from the bytes it was decoded from: the same fields in
@@ -187,16 +197,10 @@ pub struct StoredEventView<'a> {
 impl<'a> StoredEventView<'a> {
     /// Decodes stored bytes without copying them, refusing trailing garbage.
     pub fn decode(bytes: &'a [u8]) -> Result<Self, LogError> {
-        let (event, read): (Self, usize) =
-            bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| LogError::Corrupt(format!("undecodable event: {e}")))?;
-        if read != bytes.len() {
-            return Err(LogError::Corrupt(format!(
-                "event has {} trailing bytes",
-                bytes.len() - read
-            )));
-        }
-        Ok(event)
+        whole(
+            bytes,
+            bincode::serde::borrow_decode_from_slice(bytes, bincode::config::standard()),
+        )
     }
 
     /// The owned event.

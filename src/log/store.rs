@@ -121,6 +121,16 @@ pub struct ChunkPage {
     pub next_cursor: u64,
 }
 
+impl ChunkPage {
+    /// The page's events, decoded (each checked to claim its position).
+    pub fn decode(&self) -> Result<Vec<LoggedEvent>, LogError> {
+        self.events
+            .iter()
+            .map(|(chunk, index)| chunk.layout.decode(&chunk.value, *index))
+            .collect()
+    }
+}
+
 /// The sled database of a log and its trees.
 pub struct Store {
     /// The database (kept for `flush`).
@@ -790,22 +800,12 @@ impl Store {
         filter: &ReadFilter,
         head: u64,
     ) -> Result<Page, LogError> {
-        let mut events = Vec::new();
-        let (next, end_reached) = self.scan_forward(
-            from_position,
-            max_count,
-            max_bytes,
-            filter,
-            head,
-            |chunk, index| {
-                events.push(chunk.layout.decode(&chunk.value, index)?);
-                Ok(())
-            },
-        )?;
+        let page =
+            self.read_all_forward_in_chunks(from_position, max_count, max_bytes, filter, head)?;
         Ok(Page {
-            events,
-            end_reached,
-            next_cursor: next,
+            events: page.decode()?,
+            end_reached: page.end_reached,
+            next_cursor: page.next_cursor,
         })
     }
 
@@ -820,39 +820,8 @@ impl Store {
         filter: &ReadFilter,
         head: u64,
     ) -> Result<ChunkPage, LogError> {
-        let mut events = Vec::new();
-        let (next, end_reached) = self.scan_forward(
-            from_position,
-            max_count,
-            max_bytes,
-            filter,
-            head,
-            |chunk, index| {
-                events.push((chunk.clone(), index));
-                Ok(())
-            },
-        )?;
-        Ok(ChunkPage {
-            events,
-            end_reached,
-            next_cursor: next,
-        })
-    }
-
-    /// The forward scan behind both reads: hands each matching event to `take` (as its
-    /// chunk and index) within the bounds; returns the next cursor and whether it passed
-    /// the head.
-    fn scan_forward(
-        &self,
-        from_position: u64,
-        max_count: usize,
-        max_bytes: usize,
-        filter: &ReadFilter,
-        head: u64,
-        mut take: impl FnMut(&Arc<ParsedChunk>, usize) -> Result<(), LogError>,
-    ) -> Result<(u64, bool), LogError> {
         let start = from_position.max(1);
-        let mut taken = 0;
+        let mut events = Vec::new();
         let mut next = start;
         let mut examined = 0;
         let mut bytes = 0usize;
@@ -872,7 +841,7 @@ impl Store {
                         continue;
                     }
                     if position > head
-                        || taken >= max_count
+                        || events.len() >= max_count
                         || examined >= crate::limits::READ_SCAN_EVENTS_MAX
                     {
                         break 'chunks;
@@ -888,17 +857,20 @@ impl Store {
                         }
                     }
                     bytes = bytes.saturating_add(layout.spans[index].1);
-                    if bytes > max_bytes && taken > 0 {
+                    if bytes > max_bytes && !events.is_empty() {
                         // The next page starts with this event.
                         next = position;
                         break 'chunks;
                     }
-                    take(&chunk, index)?;
-                    taken += 1;
+                    events.push((chunk.clone(), index));
                 }
             }
         }
-        Ok((next, next > head))
+        Ok(ChunkPage {
+            events,
+            end_reached: next > head,
+            next_cursor: next,
+        })
     }
 
     /// Reads backward strictly below `before_position` (0 = from the head), returning at
