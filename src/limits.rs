@@ -113,8 +113,9 @@ pub const CHUNK_BYTES_TARGET: usize = 8 * 1024;
 /// nothing else waits for it.
 pub const SUBSCRIPTION_BUFFER_BATCHES: usize = 2;
 
-/// Events one subscription reads from disk and encodes per step. Larger steps keep the
-/// reader busy between hand-offs: 1024 replayed 1.1–1.3× faster than 256 (BENCHMARKS.md).
+/// Positions in the window one subscription step reads from disk and encodes (so at most
+/// this many events per step). Larger steps keep the readers busy between hand-offs: 1024
+/// replayed 1.1–1.3× faster than 256 (BENCHMARKS.md).
 pub const SUBSCRIPTION_READ_BATCH: u32 = 1_024;
 
 /// Steps one subscription reads and encodes at once (each on a blocking thread): two

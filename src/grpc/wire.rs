@@ -105,7 +105,8 @@ fn put_timestamp(out: &mut Vec<u8>, field: u32, us: i64) {
 
 /// Appends the protobuf bytes of the `RecordedEvent` of `logged` to `out` (see the
 /// module doc). On error `out` may hold part of the message: the caller drops it.
-pub fn put_recorded_event(
+#[cfg(test)]
+fn put_recorded_event(
     out: &mut Vec<u8>,
     logged: &LoggedEvent,
     privacy: Option<&Privacy>,
@@ -119,8 +120,9 @@ pub fn put_recorded_event(
     )
 }
 
-/// [`put_recorded_event`] from an event borrowed from its chunk ([`StoredEventView`])
-/// and its chain hash. A built-in body is decoded from the owned event when the caller
+/// Appends the protobuf bytes of the `RecordedEvent` of an event borrowed from its
+/// chunk ([`StoredEventView`]), with its chain hash, to `out` (see the module doc). On
+/// error `out` may hold part of the message: the caller drops it. A built-in body is decoded from the owned event when the caller
 /// has it (`owned`), else from a copy.
 pub fn put_recorded_view(
     out: &mut Vec<u8>,

@@ -320,25 +320,10 @@ impl Log {
     /// The events matching `filter` at positions `from..=through` (no further than the
     /// durable head), stopping before their stored bytes pass `max_bytes` (one event at
     /// least): `next_cursor` is `through + 1` once the window is read, else the first
-    /// position left out. A reader that knows its windows ahead can read several at once.
-    pub fn read_window(
-        &self,
-        from: u64,
-        through: u64,
-        max_bytes: usize,
-        filter: &ReadFilter,
-    ) -> Result<Page, LogError> {
-        let page = self.read_window_in_chunks(from, through, max_bytes, filter)?;
-        Ok(Page {
-            events: page.decode()?,
-            end_reached: page.end_reached,
-            next_cursor: page.next_cursor,
-        })
-    }
-
-    /// [`Log::read_window`] leaving the events in their parsed chunks (checked against
-    /// the chain, not decoded): for a reader that re-encodes them borrowed
-    /// ([`record::ChunkLayout::view`]).
+    /// position left out. A reader that knows its windows ahead can read several at
+    /// once. The events stay in their parsed chunks, checked against the chain but not
+    /// decoded ([`ChunkPage::decode`] decodes them): a reader that re-encodes them
+    /// borrows them ([`record::ChunkLayout::view`]).
     pub fn read_window_in_chunks(
         &self,
         from: u64,

@@ -429,14 +429,19 @@ impl ChunkLayout {
                 self.first_position + index as u64
             ))
         })?;
+        self.stored_at(index, peek.position)?;
+        Ok((peek.stream, peek.event_type))
+    }
+
+    /// Checks that the event at `index` claims the position it is stored at.
+    fn stored_at(&self, index: usize, claimed: u64) -> Result<(), LogError> {
         let position = self.first_position + index as u64;
-        if peek.position != position {
+        if claimed != position {
             return Err(LogError::Corrupt(format!(
-                "event claims position {} but is stored at {position}",
-                peek.position
+                "event claims position {claimed} but is stored at {position}"
             )));
         }
-        Ok((peek.stream, peek.event_type))
+        Ok(())
     }
 
     /// The event at `index` of the chunk `value` this layout was parsed from, borrowed
@@ -448,30 +453,15 @@ impl ChunkLayout {
     ) -> Result<StoredEventView<'a>, LogError> {
         let (start, len) = self.spans[index];
         let event = StoredEventView::decode(&self.bytes(value)[start..start + len])?;
-        let position = self.first_position + index as u64;
-        if event.position != position {
-            return Err(LogError::Corrupt(format!(
-                "event claims position {} but is stored at {position}",
-                event.position
-            )));
-        }
+        self.stored_at(index, event.position)?;
         Ok(event)
     }
 
     /// Decodes the event at `index` of the chunk `value` this layout was parsed from,
     /// checking that it claims the position it is stored at.
     pub fn decode(&self, value: &[u8], index: usize) -> Result<LoggedEvent, LogError> {
-        let (start, len) = self.spans[index];
-        let event = StoredEvent::decode(&self.bytes(value)[start..start + len])?;
-        let position = self.first_position + index as u64;
-        if event.position != position {
-            return Err(LogError::Corrupt(format!(
-                "event claims position {} but is stored at {position}",
-                event.position
-            )));
-        }
         Ok(LoggedEvent {
-            event,
+            event: self.view(value, index)?.to_owned_event(),
             hash: self.hashes[index],
         })
     }
