@@ -2820,3 +2820,104 @@ async fn a_stalled_subscriber_does_not_block_shutdown() {
         .expect("shutdown must not wait for a subscriber that stopped reading")
         .unwrap();
 }
+
+/// Sends an append as raw wire parts (event bodies as bytes), as any client may encode it.
+async fn append_raw(
+    t: &TestServer,
+    stream: &str,
+    bodies: Vec<Vec<u8>>,
+) -> Result<pb::AppendResponse, Status> {
+    use rapport::grpc::append_wire::{WireAppendRequest, WireProposedEvent};
+    let request = WireAppendRequest {
+        request: append(stream, None, Vec::new()),
+        events: bodies
+            .into_iter()
+            .map(|body| WireProposedEvent {
+                envelope: pb::ProposedEvent::default(),
+                body: Some(body.into()),
+            })
+            .collect(),
+    };
+    let mut grpc = tonic::client::Grpc::new(t.channel().await);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<WireAppendRequest, pb::AppendResponse>::default();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/rapport.v1.EventStore/Append");
+    grpc.unary(tonic::Request::new(request), path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The edge converts a custom event's data straight from the request's bytes; what
+/// that path declines (input prost reads its own way) goes the general way, with the
+/// same answer: bodies that are not valid `Event` messages are INVALID_ARGUMENT on
+/// their field, a body split in two is merged, and of equal keys the last one counts.
+#[tokio::test]
+async fn event_bodies_take_the_protobuf_rules_whichever_way_they_are_converted() {
+    use prost::Message;
+    let t = TestServer::start().await;
+    let mut c = t.client().await;
+    let before = head(&mut c).await;
+    // `type` (custom field 1) with invalid UTF-8, and a truncated body.
+    let bad_utf8 = vec![0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe];
+    let mut truncated = custom(1.0).encode_to_vec();
+    truncated.pop();
+    for (what, bodies, field) in [
+        (
+            "invalid UTF-8",
+            vec![custom(1.0).encode_to_vec(), bad_utf8],
+            "events[1].event",
+        ),
+        ("truncated", vec![truncated], "events[0].event"),
+    ] {
+        let status = append_raw(&t, "order-raw", bodies).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+        assert_eq!(violated_fields(&status), vec![field.to_owned()], "{what}");
+        assert_eq!(head(&mut c).await, before, "{what} changed the log");
+    }
+
+    // One body in two parts: the second part's `custom` merges into the first's.
+    let mut split = Vec::new();
+    prost::encoding::bytes::encode(2, &custom(1.0).encode_to_vec(), &mut split);
+    prost::encoding::bytes::encode(
+        2,
+        &custom_typed("other.kind", 2.0).encode_to_vec(),
+        &mut split,
+    );
+    let merged = pb::ProposedEvent::decode(&split[..])
+        .unwrap()
+        .event
+        .unwrap();
+    let envelope = rapport::grpc::append_wire::WireProposedEvent::decode(&split[..]).unwrap();
+    // Equal keys on the wire: protobuf keeps the last.
+    let entry = |n: f64| {
+        let mut entry = Vec::new();
+        prost::encoding::string::encode(1, &"n".to_owned(), &mut entry);
+        let value = Value {
+            kind: Some(ValueKind::NumberValue(n)),
+        };
+        prost::encoding::message::encode(2, &value, &mut entry);
+        entry
+    };
+    let mut data = Vec::new();
+    for n in [1.0, 7.0] {
+        prost::encoding::bytes::encode(1, &entry(n), &mut data);
+    }
+    let mut custom_bytes = Vec::new();
+    prost::encoding::string::encode(1, &"test.happened".to_owned(), &mut custom_bytes);
+    prost::encoding::bytes::encode(2, &data, &mut custom_bytes);
+    let mut repeated_key = Vec::new();
+    prost::encoding::bytes::encode(1, &custom_bytes, &mut repeated_key);
+    let bodies = vec![
+        envelope.body.unwrap().to_vec(),
+        repeated_key,
+        custom(3.0).encode_to_vec(),
+    ];
+    append_raw(&t, "order-raw", bodies).await.unwrap();
+    let stored: Vec<pb::Event> = whole_stream(&mut c, "order-raw")
+        .await
+        .into_iter()
+        .map(|e| e.event.unwrap())
+        .collect();
+    assert_eq!(stored, vec![merged, custom(7.0), custom(3.0)]);
+}

@@ -1,11 +1,14 @@
 //! The `EventStore` service as the server mounts it: the generated service, except that
 //! `ReadStream`, `ReadAll` and `Subscribe` answer with protobuf bytes the server wrote
 //! straight from the stored events ([`super::wire`]), not with prost messages it built
-//! and then encoded (most of a replay's server time went there).
+//! and then encoded (most of a replay's server time went there), and `Append` decodes
+//! its events' bodies late ([`super::append_wire`]: custom data goes from the request's
+//! bytes straight to its stored bytes).
 //!
 //! [`EventStoreEdge`] routes those three paths to [`tonic::server::Grpc`] with
-//! [`EncodedCodec`] (requests decoded by prost as usual, responses written as they are)
-//! and every other path to the generated `EventStoreServer`. Both sides apply the same
+//! [`EncodedCodec`] (requests decoded by prost as usual, responses written as they are),
+//! `Append` to it with prost's codec over [`super::append_wire::WireAppendRequest`], and
+//! every other path to the generated `EventStoreServer`. Both sides apply the same
 //! message size limits. The wire contract does not change: the bytes decode to the
 //! messages the generated service would send (tests in [`super::wire`] and the
 //! integration tests, which use the generated client).
@@ -21,6 +24,7 @@ use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService};
 use tower::service_fn;
 
+use super::append_wire::WireAppendRequest;
 use super::event_store::EventStoreService;
 use super::pb;
 use super::pb::event_store_server::EventStoreServer;
@@ -107,11 +111,16 @@ impl NamedService for EventStoreEdge {
     const NAME: &'static str = <EventStoreServer<EventStoreService> as NamedService>::NAME;
 }
 
-fn grpc<D: prost::Message + Default + Send + 'static>() -> Grpc<EncodedCodec<D>> {
-    Grpc::new(EncodedCodec::default()).apply_max_message_size_config(
+/// `codec` with the message size limits of every service.
+fn limited<C: Codec>(codec: C) -> Grpc<C> {
+    Grpc::new(codec).apply_max_message_size_config(
         Some(limits::MESSAGE_BYTES_MAX),
         Some(limits::MESSAGE_BYTES_MAX),
     )
+}
+
+fn grpc<D: prost::Message + Default + Send + 'static>() -> Grpc<EncodedCodec<D>> {
+    limited(EncodedCodec::default())
 }
 
 impl<B> tonic::codegen::Service<http::Request<B>> for EventStoreEdge
@@ -132,6 +141,15 @@ where
         // shape: a closure over the service each.
         let service = self.service.clone();
         match request.uri().path() {
+            "/rapport.v1.EventStore/Append" => Box::pin(async move {
+                let append = service_fn(move |request| {
+                    let service = service.clone();
+                    async move { service.append_wire(request).await }
+                });
+                let codec =
+                    tonic_prost::ProstCodec::<pb::AppendResponse, WireAppendRequest>::default();
+                Ok(limited(codec).unary(append, request).await)
+            }),
             "/rapport.v1.EventStore/ReadStream" => Box::pin(async move {
                 let read = service_fn(move |request| {
                     let service = service.clone();

@@ -11,11 +11,13 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::append_wire::{WireAppendRequest, WireProposedEvent, custom_to_stored};
 use super::convert::{event_from_proto, timestamp_to_us};
 use super::encoded::Encoded;
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
 use super::wire;
+use crate::domain::events::CustomEvent;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
@@ -43,6 +45,30 @@ impl EventStoreService {
             subscriptions: Arc::new(Semaphore::new(limits::SUBSCRIPTIONS_MAX)),
             shutdown,
         }
+    }
+
+    /// `Append` for a request decoded as [`WireAppendRequest`] (how the server mounts it,
+    /// [`super::encoded::EventStoreEdge`]).
+    pub async fn append_wire(
+        &self,
+        request: Request<WireAppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let pending = append_from_wire(request.into_inner())?;
+        let append = if pending.creates_keys(&self.privacy) {
+            // A new customer's key is written durably first: off the async workers.
+            let privacy = self.privacy.clone();
+            tokio::task::spawn_blocking(move || pending.seal(&privacy))
+                .await
+                .map_err(|e| Status::internal(format!("sealing task failed: {e}")))??
+        } else {
+            pending.seal(&self.privacy)?
+        };
+        let outcome = self.log.append(append).await?;
+        Ok(Response::new(pb::AppendResponse {
+            first_position: outcome.first_position,
+            last_position: outcome.last_position,
+            last_revision: outcome.last_revision,
+        }))
     }
 }
 
@@ -104,16 +130,7 @@ impl PendingAppend {
                 Ok(payload) => payload,
                 Err(error) => return Err(Status::internal(error.to_string())),
             };
-            if payload.len() > limits::PAYLOAD_BYTES_MAX {
-                v.add(
-                    &format!("events[{index}].event"),
-                    format!(
-                        "encoded payload is {} bytes; the limit is {}",
-                        payload.len(),
-                        limits::PAYLOAD_BYTES_MAX
-                    ),
-                );
-            }
+            check_payload_size(&format!("events[{index}].event"), &payload, &mut v);
             append.events[index].payload = payload;
         }
         v.into_result().map_err(invalid_argument)?;
@@ -124,9 +141,16 @@ impl PendingAppend {
 /// Validates and converts an `AppendRequest` into a log append (personal data not yet
 /// sealed).
 pub fn append_from_proto(request: pb::AppendRequest) -> Result<PendingAppend, Status> {
-    let pb::AppendRequest {
-        stream,
-        expected,
+    append_from_wire(WireAppendRequest::from(request))
+}
+
+/// [`append_from_proto`] for a request decoded as the server decodes it: each event's
+/// body still encoded, so a custom event's data goes straight to its stored bytes.
+pub fn append_from_wire(request: WireAppendRequest) -> Result<PendingAppend, Status> {
+    let WireAppendRequest {
+        request: pb::AppendRequest {
+            stream, expected, ..
+        },
         events,
     } = request;
     let mut v = Violations::new("");
@@ -182,13 +206,17 @@ pub fn append_from_proto(request: pb::AppendRequest) -> Result<PendingAppend, St
 
 fn proposed_from_proto(
     index: usize,
-    event: pb::ProposedEvent,
+    event: WireProposedEvent,
     v: &mut Violations,
     seen_ids: &mut std::collections::HashSet<Uuid>,
 ) -> Option<(ProposedEvent, Option<DomainEvent>)> {
+    let WireProposedEvent {
+        envelope: event,
+        body,
+    } = event;
     let pb::ProposedEvent {
         event_id,
-        event,
+        event: _,
         occurred_at,
         metadata,
         correlation_id,
@@ -261,9 +289,38 @@ fn proposed_from_proto(
             v.max_len(&at(name), value, limits::ENVELOPE_STRING_BYTES_MAX);
         }
     }
-    let Some(body) = event else {
+    let Some(body) = body else {
         v.add(&at("event"), "is required");
         return None;
+    };
+    let envelope = |event_type: String, schema_version: u16, payload: Vec<u8>| ProposedEvent {
+        event_id,
+        event_type,
+        schema_version,
+        payload,
+        occurred_at_us,
+        metadata: metadata.into_iter().collect(),
+        correlation_id,
+        causation_id,
+        actor,
+        source_channel,
+    };
+    if let Some((event_type, payload)) = custom_to_stored(&body) {
+        check_payload_size(&at("event"), &payload, v);
+        return Some((
+            envelope(event_type, CustomEvent::SCHEMA_VERSION, payload),
+            None,
+        ));
+    }
+    let body = match <pb::Event as prost::Message>::decode(body) {
+        Ok(body) => body,
+        Err(error) => {
+            v.add(
+                &at("event"),
+                format!("is not a valid Event message: {error}"),
+            );
+            return None;
+        }
     };
     let event_path = at("event");
     let mut body_violations = Violations::new(event_path.clone());
@@ -347,21 +404,12 @@ fn proposed_from_proto(
     for violation in converted {
         v.add(&violation.field, violation.description);
     }
+    let event_type = domain.event_type().to_owned();
+    let schema_version = domain.schema_version();
     if domain.has_personal_parts() {
         // Sealed (and size-checked) once the event id is known.
         return Some((
-            ProposedEvent {
-                event_id,
-                event_type: domain.event_type().to_owned(),
-                schema_version: domain.schema_version(),
-                payload: Vec::new(),
-                occurred_at_us,
-                metadata: metadata.into_iter().collect(),
-                correlation_id,
-                causation_id,
-                actor,
-                source_channel,
-            },
+            envelope(event_type, schema_version, Vec::new()),
             Some(domain),
         ));
     }
@@ -372,9 +420,15 @@ fn proposed_from_proto(
             Vec::new()
         }
     };
+    check_payload_size(&at("event"), &payload, v);
+    Some((envelope(event_type, schema_version, payload), None))
+}
+
+/// The payload limit, checked on an event's stored bytes.
+fn check_payload_size(field: &str, payload: &[u8], v: &mut Violations) {
     if payload.len() > limits::PAYLOAD_BYTES_MAX {
         v.add(
-            &at("event"),
+            field,
             format!(
                 "encoded payload is {} bytes; the limit is {}",
                 payload.len(),
@@ -382,21 +436,6 @@ fn proposed_from_proto(
             ),
         );
     }
-    Some((
-        ProposedEvent {
-            event_id,
-            event_type: domain.event_type().to_owned(),
-            schema_version: domain.schema_version(),
-            payload,
-            occurred_at_us,
-            metadata: metadata.into_iter().collect(),
-            correlation_id,
-            causation_id,
-            actor,
-            source_channel,
-        },
-        None,
-    ))
 }
 
 /// Validates a filter and converts it.
@@ -627,22 +666,7 @@ impl pb::event_store_server::EventStore for EventStoreService {
         &self,
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
-        let pending = append_from_proto(request.into_inner())?;
-        let append = if pending.creates_keys(&self.privacy) {
-            // A new customer's key is written durably first: off the async workers.
-            let privacy = self.privacy.clone();
-            tokio::task::spawn_blocking(move || pending.seal(&privacy))
-                .await
-                .map_err(|e| Status::internal(format!("sealing task failed: {e}")))??
-        } else {
-            pending.seal(&self.privacy)?
-        };
-        let outcome = self.log.append(append).await?;
-        Ok(Response::new(pb::AppendResponse {
-            first_position: outcome.first_position,
-            last_position: outcome.last_position,
-            last_revision: outcome.last_revision,
-        }))
+        self.append_wire(request.map(WireAppendRequest::from)).await
     }
 
     async fn read_stream(

@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod analytics;
+pub mod append_wire;
 pub mod convert;
 pub mod convert_loyalty;
 pub mod convert_pipeline;
