@@ -54,20 +54,22 @@ fn compressed_value(raw: &[u8]) -> Option<Vec<u8>> {
     if raw.len() < COMPRESS_BYTES_MIN {
         return None;
     }
+    // Compressed straight behind the header, into one buffer of the worst-case size.
+    let mut value = vec![0u8; 5 + zstd::zstd_safe::compress_bound(raw.len() - 1)];
+    value[0] = COMPRESSED_CHUNK_TAG;
+    value[1..5].copy_from_slice(&(raw.len() as u32).to_le_bytes());
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
-        slot.as_mut().and_then(|c| c.compress(&raw[1..]).ok())
+        slot.as_mut()
+            .and_then(|c| c.compress_to_buffer(&raw[1..], &mut value[5..]).ok())
     })?;
-    if compressed.len() + 5 >= raw.len() {
+    if compressed + 5 >= raw.len() {
         return None;
     }
-    let mut value = Vec::with_capacity(compressed.len() + 5);
-    value.push(COMPRESSED_CHUNK_TAG);
-    value.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-    value.extend_from_slice(&compressed);
+    value.truncate(5 + compressed);
     Some(value)
 }
 
@@ -303,6 +305,23 @@ impl ChunkBuilder {
         self.spans.push((self.bytes.len(), event_bytes.len()));
         self.bytes.extend_from_slice(event_bytes);
         self.hashes.push(hash);
+    }
+
+    /// Encodes `event` straight into the chunk (the bytes [`StoredEvent::encode`] gives,
+    /// without a buffer of their own) and chains it after `prev`; returns its chain hash.
+    pub fn push_event(&mut self, event: &StoredEvent, prev: &Hash) -> Hash {
+        let len_at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 4]);
+        let start = self.bytes.len();
+        bincode::serde::encode_into_std_write(event, &mut self.bytes, bincode::config::standard())
+            .expect("encoding into a Vec cannot fail");
+        let len = self.bytes.len() - start;
+        let len32 = u32::try_from(len).expect("events are bounded far below 4 GiB");
+        self.bytes[len_at..start].copy_from_slice(&len32.to_le_bytes());
+        let hash = chain_hash(prev, event.position, &self.bytes[start..]);
+        self.spans.push((start, len));
+        self.hashes.push(hash);
+        hash
     }
 
     /// Encoded size so far, in bytes.
@@ -596,6 +615,24 @@ mod tests {
         let events = decode_chunk(1, &value).unwrap();
         assert_eq!(events[2].event, event(3));
         assert_eq!(events[2].hash, hash);
+    }
+
+    #[test]
+    fn an_event_encoded_into_the_chunk_is_the_event_pushed_encoded() {
+        let (mut pushed, mut encoded) =
+            (ChunkBuilder::new(ZERO_HASH), ChunkBuilder::new(ZERO_HASH));
+        let (mut a, mut b) = (ZERO_HASH, ZERO_HASH);
+        for position in 1..=40 {
+            let mut e = event(position);
+            // Long enough for bincode's multi-byte lengths, compressible enough to pack.
+            e.payload = vec![position as u8; 300 * position as usize];
+            let bytes = e.encode();
+            a = chain_hash(&a, position, &bytes);
+            pushed.push(&bytes, a);
+            b = encoded.push_event(&e, &b);
+            assert_eq!(a, b);
+        }
+        assert_eq!(pushed.finish_parsed(1), encoded.finish_parsed(1));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Wal {
     len_bytes: u64,
     /// Size of the file, all of it written (zeros or records).
     allocated_bytes: u64,
+    /// The last record's buffer, kept for its capacity (at most a group's chunks): a
+    /// fresh one per group was a fresh run of pages for the kernel to zero each time.
+    buffer: Vec<u8>,
 }
 
 /// The journal grows by zero-filled steps of this many bytes, ahead of the records, so
@@ -82,6 +85,7 @@ impl Wal {
                 file,
                 len_bytes: offset,
                 allocated_bytes,
+                buffer: Vec::new(),
             },
             chunks,
         ))
@@ -106,7 +110,9 @@ impl Wal {
             .iter()
             .map(|(_, c)| 8 + 4 + c.as_ref().len())
             .sum::<usize>();
-        let mut record = Vec::with_capacity(HEADER_BYTES + body_len);
+        let mut record = std::mem::take(&mut self.buffer);
+        record.clear();
+        record.reserve(HEADER_BYTES + body_len);
         record.extend_from_slice(&MAGIC.to_le_bytes());
         record.extend_from_slice(
             &u32::try_from(body_len)
@@ -130,6 +136,7 @@ impl Wal {
         }
         self.file.write_all_at(&record, self.len_bytes)?;
         self.len_bytes += record.len() as u64;
+        self.buffer = record;
         Ok(())
     }
 
