@@ -19,7 +19,11 @@
 //! - every key the writer inserts afterwards it adds itself, to the filter in use and to
 //!   the one being built, before it checks the next group.
 //!
-//! A filter has 16 bits per key and six probes (about 0.1 % false positives when full).
+//! A filter has 16 bits per key and six probes, all six in one 64-byte line of the filter
+//! chosen by the key (a blocked Bloom filter: about 0.2 % false positives when full, a
+//! little above the 0.1 % of probes spread over the whole filter, for one cache miss per
+//! lookup or insert instead of six; the spread probes were a tenth of the writer's time
+//! with batches of 100).
 //! Once it holds more keys than it was sized for, a filter twice as large is built the
 //! same way while the full one keeps answering, and replaces it when its scan ends.
 //! Memory stays bounded by [`limits::KEY_FILTER_BYTES_MAX`] per filter: past it a filter
@@ -48,10 +52,18 @@ const BITS_MIN: u64 = 1 << 16;
 /// How many tree entries a scan reads between looks at its stop flag.
 const SCAN_STOP_CHECK_EVERY: usize = 4_096;
 
+/// Bits of one line of a filter: a key's probes all fall in one line.
+const LINE_BITS: u64 = 512;
+
+/// One cache line of filter bits.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Line([AtomicU64; 8]);
+
 /// A fixed-size Bloom filter of byte keys, shared between the writer and one scan.
 #[derive(Debug)]
 pub(super) struct Bloom {
-    words: Box<[AtomicU64]>,
+    lines: Box<[Line]>,
     /// Bit count minus one (the bit count is a power of two).
     mask: u64,
     /// Keys it was sized for.
@@ -68,9 +80,11 @@ impl Bloom {
             .checked_next_power_of_two()
             .unwrap_or(u64::MAX)
             .clamp(BITS_MIN, bits_max());
-        let words = (0..bits / 64).map(|_| AtomicU64::new(0)).collect();
+        let lines = (0..bits / LINE_BITS)
+            .map(|_| Line(std::array::from_fn(|_| AtomicU64::new(0))))
+            .collect();
         Self {
-            words,
+            lines,
             mask: bits - 1,
             capacity: bits / BITS_PER_KEY,
             added: AtomicU64::new(0),
@@ -100,24 +114,31 @@ impl Bloom {
         (sip(0), sip(1) | 1)
     }
 
-    fn probes(&self, key: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    /// The key's line and its probes' bits in that line: the line from the first hash,
+    /// six 9-bit bit numbers from the second (above its bit 0, which `hashes` sets).
+    fn probes(&self, key: &[u8]) -> (&Line, impl Iterator<Item = (usize, u64)>) {
         let (first, second) = Self::hashes(key);
-        (0..PROBES).map(move |i| first.wrapping_add(i.wrapping_mul(second)) & self.mask)
+        let line = &self.lines[((first & self.mask) / LINE_BITS) as usize];
+        let bits = (0..PROBES).map(move |i| {
+            let bit = (second >> (1 + i * 9)) & (LINE_BITS - 1);
+            ((bit / 64) as usize, 1 << (bit % 64))
+        });
+        (line, bits)
     }
 
     /// Adds a key.
     pub(super) fn insert(&self, key: &[u8]) {
-        for bit in self.probes(key) {
-            self.words[(bit / 64) as usize].fetch_or(1 << (bit % 64), Ordering::Relaxed);
+        let (line, bits) = self.probes(key);
+        for (word, bit) in bits {
+            line.0[word].fetch_or(bit, Ordering::Relaxed);
         }
         self.added.fetch_add(1, Ordering::Relaxed);
     }
 
     /// False only if the key was certainly never added.
     pub(super) fn may_contain(&self, key: &[u8]) -> bool {
-        self.probes(key).all(|bit| {
-            self.words[(bit / 64) as usize].load(Ordering::Relaxed) & (1 << (bit % 64)) != 0
-        })
+        let (line, mut bits) = self.probes(key);
+        bits.all(|(word, bit)| line.0[word].load(Ordering::Relaxed) & bit != 0)
     }
 
     /// Whether it holds more keys than it was sized for.
@@ -132,7 +153,7 @@ impl Bloom {
 
     /// Memory it holds, in bytes.
     pub(super) fn bytes(&self) -> usize {
-        self.words.len() * 8
+        self.lines.len() * 64
     }
 }
 
@@ -478,6 +499,23 @@ mod tests {
             assert!(bits >= BITS_MIN);
             assert!(bloom.bytes() <= limits::KEY_FILTER_BYTES_MAX.max(BITS_MIN as usize / 8));
         }
+    }
+
+    #[test]
+    fn a_full_filter_still_claims_few_absent_ids() {
+        // Exactly at capacity (16 bits per key): the blocked layout's rate, ~0.2 %.
+        let bloom = Bloom::with_capacity(BITS_MIN / BITS_PER_KEY);
+        for n in 0..bloom.capacity {
+            bloom.insert(&id(n));
+        }
+        let tries = 200_000u64;
+        let false_positives = (0..tries)
+            .filter(|n| bloom.may_contain(&id((1 << 40) + n)))
+            .count();
+        assert!(
+            false_positives < (tries / 200) as usize,
+            "{false_positives} false positives"
+        );
     }
 
     #[test]
