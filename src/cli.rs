@@ -339,7 +339,7 @@ pub fn dir_size(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// `rapport bench append`: the load generator.
+/// `rapport bench append`: the load generator, its clients on `threads` client threads.
 pub async fn bench_append(
     server: String,
     clients: usize,
@@ -347,6 +347,7 @@ pub async fn bench_append(
     duration: Duration,
     requests_per_client: Option<u64>,
     kind: crate::loadgen::AppendKind,
+    threads: usize,
 ) -> Result<(), CliError> {
     let report = crate::loadgen::run_append_with(
         &server,
@@ -355,6 +356,7 @@ pub async fn bench_append(
         duration,
         requests_per_client,
         kind,
+        threads,
     )
     .await?;
     let kind = match kind {
@@ -366,13 +368,16 @@ pub async fn bench_append(
     Ok(())
 }
 
-/// `rapport bench head`: the bare gRPC call rate (GetHead) with `clients` callers.
+/// `rapport bench head`: the bare gRPC call rate (GetHead) with `clients` callers on
+/// `threads` client threads.
 pub async fn bench_head(
     server: String,
     clients: usize,
     duration: Duration,
+    threads: usize,
 ) -> Result<(), CliError> {
-    let (calls, elapsed) = crate::loadgen::run_get_head(&server, clients, duration).await?;
+    let (calls, elapsed) =
+        crate::loadgen::run_get_head(&server, clients, duration, threads).await?;
     println!(
         "GetHead clients={clients}: {:.0} calls/s ({calls} calls in {:.1} s)",
         calls as f64 / elapsed.as_secs_f64(),

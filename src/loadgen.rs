@@ -107,6 +107,77 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
+/// Why a load run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A connection to the server failed.
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    /// A client thread or its runtime could not be started.
+    #[error("cannot start a client thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Client threads of `rapport bench append` and `bench head` unless told otherwise. One:
+/// the client shares this machine's 2 cores with the server, and a second event loop took
+/// CPU the server lacked (`bench head --clients 64`: ~34k calls/s on one thread, 25-28k on
+/// two, 25-29k on the process's multi-threaded runtime; measured here).
+pub const CLIENT_THREADS_DEFAULT: usize = 1;
+
+/// HTTP/2 connections of a run's clients, over all its threads: clients share them, as
+/// services behind one gRPC channel pool would.
+pub const CONNECTIONS_MAX: usize = 8;
+
+/// Each client thread's share of [`CONNECTIONS_MAX`].
+fn connections_per_thread(threads: usize) -> usize {
+    (CONNECTIONS_MAX / threads.max(1)).max(1)
+}
+
+/// Runs `clients` load-generator clients split over `threads` OS threads, each driving its
+/// share (a range of client indices) on a single-threaded tokio runtime, as `pgbench -j`
+/// splits its clients over threads that are each one event loop. On the process's
+/// multi-threaded runtime a call's wake-ups (caller, channel buffer, connection) moved
+/// between threads: a one-client `GetHead` round trip took ~180 µs there against ~130 µs
+/// on one thread (measured here, `rapport bench head --clients 1`). Returns each thread's
+/// result, in thread order; the first error of any thread, if one failed.
+async fn on_client_threads<T, F, Fut>(
+    threads: usize,
+    clients: usize,
+    work: F,
+) -> Result<Vec<T>, LoadError>
+where
+    F: Fn(std::ops::Range<usize>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T, LoadError>>,
+    T: Send + 'static,
+{
+    let threads = threads.clamp(1, clients.max(1));
+    let work = Arc::new(work);
+    let mut handles = Vec::with_capacity(threads);
+    for thread in 0..threads {
+        let range = (clients * thread / threads)..(clients * (thread + 1) / threads);
+        let work = work.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("rapport-bench-{thread}"))
+                .spawn(move || -> Result<T, LoadError> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(work(range))
+                })?,
+        );
+    }
+    // Joined off the caller's runtime: the threads run for the whole measured window.
+    tokio::task::spawn_blocking(move || {
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("client thread panicked"))
+            .collect()
+    })
+    .await
+    .expect("client thread join task panicked")
+}
+
 /// A ~200-byte custom event body, like the peer's JSON-ish payload: a few fixed fields
 /// and a pad of pseudo-random `[a-z0-9]` (the peer pads with `tr -dc 'a-z0-9'` of
 /// /dev/urandom), so neither side gains from compressible filler. Deterministic in `serial`.
@@ -234,7 +305,7 @@ pub async fn run_append(
     events_per_request: usize,
     duration: Duration,
     requests_per_client: Option<u64>,
-) -> Result<LoadReport, tonic::transport::Error> {
+) -> Result<LoadReport, LoadError> {
     run_append_with(
         server,
         clients,
@@ -242,6 +313,7 @@ pub async fn run_append(
         duration,
         requests_per_client,
         AppendKind::Custom,
+        CLIENT_THREADS_DEFAULT,
     )
     .await
 }
@@ -259,9 +331,9 @@ pub enum AppendKind {
     Personal,
 }
 
-/// [`run_append`] with a choice of events and streams ([`AppendKind`]). The customer
-/// streams outlive one run (the same ids every time, so a warm-up run creates the keys),
-/// hence expected revision `any` on them.
+/// [`run_append`] with a choice of events and streams ([`AppendKind`]) and of client
+/// threads ([`on_client_threads`]). The customer streams outlive one run (the same ids
+/// every time, so a warm-up run creates the keys), hence expected revision `any` on them.
 pub async fn run_append_with(
     server: &str,
     clients: usize,
@@ -269,18 +341,12 @@ pub async fn run_append_with(
     duration: Duration,
     requests_per_client: Option<u64>,
     kind: AppendKind,
-) -> Result<LoadReport, tonic::transport::Error> {
+    threads: usize,
+) -> Result<LoadReport, LoadError> {
     let personal = kind == AppendKind::Personal;
     let customer_streams = kind != AppendKind::Custom;
     let calls_max = requests_per_client.unwrap_or(u64::MAX);
-    let channels = connect(server, clients.clamp(1, 8)).await?;
-    let run_id = Uuid::new_v4().simple().to_string();
-    let start = Instant::now();
-    // An absurd duration must not overflow the clock: it means "until the calls run out".
-    let deadline = start
-        .checked_add(duration)
-        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
-    let mut tasks = Vec::with_capacity(clients);
+    let run_id: Arc<str> = Uuid::new_v4().simple().to_string().into();
     let serial = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // Bodies are encoded once, before the clock starts, as pgbench binds one prepared
     // payload: the calls then cost the client little more than HTTP/2 (building and
@@ -293,99 +359,52 @@ pub async fn run_append_with(
             .map(|n| Bytes::from(prost::Message::encode_to_vec(&sample_event(n))))
             .collect()
     });
-    for client_index in 0..clients {
-        let mut client = tonic::client::Grpc::new(channels[client_index % channels.len()].clone())
-            .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
-        // Like the peer's known-revision client: each caller owns STREAMS_PER_CLIENT
-        // fresh streams and cycles over them, knowing each one's revision.
-        let customers: Vec<Uuid> = (0..STREAMS_PER_CLIENT)
-            .map(|k| bench_customer(client_index, k))
-            .collect();
-        let streams: Vec<String> = (0..STREAMS_PER_CLIENT)
-            .map(|k| {
-                if customer_streams {
-                    format!("customer-{}", customers[k])
-                } else {
-                    format!("bench-{run_id}-{client_index}-{k}")
-                }
-            })
-            .collect();
-        let serial = serial.clone();
-        let pool = pool.clone();
-        let mut ids = EventIds::new(client_index as u64);
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
-            let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
-            let mut revisions: Vec<Option<u64>> = vec![None; STREAMS_PER_CLIENT];
-            let mut call = 0usize;
-            while Instant::now() < deadline && requests + errors < calls_max {
-                let slot = call % STREAMS_PER_CLIENT;
-                call += 1;
-                let batch: Vec<WireProposedEvent> = (0..events_per_request)
-                    .map(|_| {
-                        let n = serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let body = if personal {
-                            let event = sample_personal_event(customers[slot], n);
-                            Bytes::from(prost::Message::encode_to_vec(&event))
-                        } else {
-                            pool[(n % SAMPLE_POOL as u64) as usize].clone()
-                        };
-                        WireProposedEvent {
-                            envelope: pb::ProposedEvent {
-                                event_id: ids.next(),
-                                ..Default::default()
-                            },
-                            body: Some(body),
-                        }
-                    })
-                    .collect();
-                let expected = Some(match (customer_streams, revisions[slot]) {
-                    (true, _) => pb::append_request::Expected::Any(()),
-                    (false, None) => pb::append_request::Expected::NoStream(()),
-                    (false, Some(r)) => pb::append_request::Expected::Exact(r),
-                });
-                let call_start = Instant::now();
-                let request = WireAppendRequest {
-                    request: pb::AppendRequest {
-                        stream: streams[slot].clone(),
-                        expected,
-                        events: Vec::new(),
+    let server: Arc<str> = server.into();
+    let connections = connections_per_thread(threads);
+    let start = Instant::now();
+    // An absurd duration must not overflow the clock: it means "until the calls run out".
+    let deadline = start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+    let parts = on_client_threads(threads, clients, move |range| {
+        let (server, run_id, serial, pool) =
+            (server.clone(), run_id.clone(), serial.clone(), pool.clone());
+        async move {
+            let channels = connect(&server, range.len().clamp(1, connections)).await?;
+            let mut tasks = Vec::with_capacity(range.len());
+            for client_index in range {
+                let channel = channels[client_index % channels.len()].clone();
+                tasks.push(tokio::spawn(append_client(
+                    AppendClient {
+                        channel,
+                        client_index,
+                        events_per_request,
+                        deadline,
+                        calls_max,
+                        personal,
+                        customer_streams,
+                        run_id: run_id.clone(),
                     },
-                    events: batch,
-                };
-                let result = match client.ready().await {
-                    Ok(()) => {
-                        let codec = tonic_prost::ProstCodec::<WireAppendRequest, pb::AppendResponse>::default();
-                        client
-                            .unary(tonic::Request::new(request), append_path(), codec)
-                            .await
-                    }
-                    Err(error) => Err(tonic::Status::unavailable(error.to_string())),
-                };
-                let micros = call_start.elapsed().as_micros() as u64;
-                match result {
-                    Ok(response) => {
-                        revisions[slot] = Some(response.into_inner().last_revision);
-                        requests += 1;
-                        events += events_per_request as u64;
-                        let _ = histogram.record(micros.max(1));
-                    }
-                    Err(status) => {
-                        errors += 1;
-                        if errors <= 3 {
-                            eprintln!("append failed: {status}");
-                        }
-                    }
-                }
+                    serial.clone(),
+                    pool.clone(),
+                )));
             }
-            (histogram, requests, events, errors)
-        }));
-    }
+            let mut part = Histogram::<u64>::new(3).expect("valid precision");
+            let (mut requests, mut events, mut errors) = (0, 0, 0);
+            for task in tasks {
+                let (h, r, e, x) = task.await.expect("client task panicked");
+                part.add(h).expect("same precision");
+                requests += r;
+                events += e;
+                errors += x;
+            }
+            Ok((part, requests, events, errors))
+        }
+    })
+    .await?;
     let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
     let (mut requests, mut events, mut errors) = (0, 0, 0);
-    for task in tasks {
-        let (h, r, e, x) = task.await.expect("client task panicked");
+    for (h, r, e, x) in parts {
         histogram.add(h).expect("same precision");
         requests += r;
         events += e;
@@ -402,37 +421,164 @@ pub async fn run_append_with(
     })
 }
 
+/// What one append client of a run is and does.
+struct AppendClient {
+    channel: Channel,
+    client_index: usize,
+    events_per_request: usize,
+    deadline: Instant,
+    calls_max: u64,
+    personal: bool,
+    customer_streams: bool,
+    run_id: Arc<str>,
+}
+
+/// One append client: calls until the deadline or its call budget; returns its latency
+/// histogram and its (requests, events, errors).
+async fn append_client(
+    client: AppendClient,
+    serial: Arc<std::sync::atomic::AtomicU64>,
+    pool: Arc<Vec<Bytes>>,
+) -> (Histogram<u64>, u64, u64, u64) {
+    let AppendClient {
+        channel,
+        client_index,
+        events_per_request,
+        deadline,
+        calls_max,
+        personal,
+        customer_streams,
+        run_id,
+    } = client;
+    let mut client = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+    // Like the peer's known-revision client: each caller owns STREAMS_PER_CLIENT
+    // fresh streams and cycles over them, knowing each one's revision.
+    let customers: Vec<Uuid> = (0..STREAMS_PER_CLIENT)
+        .map(|k| bench_customer(client_index, k))
+        .collect();
+    let streams: Vec<String> = (0..STREAMS_PER_CLIENT)
+        .map(|k| {
+            if customer_streams {
+                format!("customer-{}", customers[k])
+            } else {
+                format!("bench-{run_id}-{client_index}-{k}")
+            }
+        })
+        .collect();
+    let mut ids = EventIds::new(client_index as u64);
+    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
+    let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
+    let mut revisions: Vec<Option<u64>> = vec![None; STREAMS_PER_CLIENT];
+    let mut call = 0usize;
+    while Instant::now() < deadline && requests + errors < calls_max {
+        let slot = call % STREAMS_PER_CLIENT;
+        call += 1;
+        let batch: Vec<WireProposedEvent> = (0..events_per_request)
+            .map(|_| {
+                let n = serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let body = if personal {
+                    let event = sample_personal_event(customers[slot], n);
+                    Bytes::from(prost::Message::encode_to_vec(&event))
+                } else {
+                    pool[(n % SAMPLE_POOL as u64) as usize].clone()
+                };
+                WireProposedEvent {
+                    envelope: pb::ProposedEvent {
+                        event_id: ids.next(),
+                        ..Default::default()
+                    },
+                    body: Some(body),
+                }
+            })
+            .collect();
+        let expected = Some(match (customer_streams, revisions[slot]) {
+            (true, _) => pb::append_request::Expected::Any(()),
+            (false, None) => pb::append_request::Expected::NoStream(()),
+            (false, Some(r)) => pb::append_request::Expected::Exact(r),
+        });
+        let call_start = Instant::now();
+        let request = WireAppendRequest {
+            request: pb::AppendRequest {
+                stream: streams[slot].clone(),
+                expected,
+                events: Vec::new(),
+            },
+            events: batch,
+        };
+        let result = match client.ready().await {
+            Ok(()) => {
+                let codec =
+                    tonic_prost::ProstCodec::<WireAppendRequest, pb::AppendResponse>::default();
+                client
+                    .unary(tonic::Request::new(request), append_path(), codec)
+                    .await
+            }
+            Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+        };
+        let micros = call_start.elapsed().as_micros() as u64;
+        match result {
+            Ok(response) => {
+                revisions[slot] = Some(response.into_inner().last_revision);
+                requests += 1;
+                events += events_per_request as u64;
+                let _ = histogram.record(micros.max(1));
+            }
+            Err(status) => {
+                errors += 1;
+                if errors <= 3 {
+                    eprintln!("append failed: {status}");
+                }
+            }
+        }
+    }
+    (histogram, requests, events, errors)
+}
+
 /// The gRPC ceiling of this machine: `clients` callers doing `GetHead` (no log work,
-/// a few bytes each way) for `duration`; returns (calls, elapsed).
+/// a few bytes each way) for `duration`, on `threads` client threads
+/// ([`on_client_threads`]); returns (calls, elapsed).
 pub async fn run_get_head(
     server: &str,
     clients: usize,
     duration: Duration,
-) -> Result<(u64, Duration), tonic::transport::Error> {
-    let channels = connect(server, clients.clamp(1, 8)).await?;
+    threads: usize,
+) -> Result<(u64, Duration), LoadError> {
+    let server: Arc<str> = server.into();
+    let connections = connections_per_thread(threads);
     let start = Instant::now();
     // An absurd duration must not overflow the clock: it means "until the calls run out".
     let deadline = start
         .checked_add(duration)
         .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
-    let mut tasks = Vec::with_capacity(clients);
-    for client_index in 0..clients {
-        let mut client = EventStoreClient::new(channels[client_index % channels.len()].clone());
-        tasks.push(tokio::spawn(async move {
-            let mut calls = 0u64;
-            while Instant::now() < deadline {
-                if client.get_head(()).await.is_ok() {
-                    calls += 1;
-                }
+    let parts = on_client_threads(threads, clients, move |range| {
+        let server = server.clone();
+        async move {
+            let channels = connect(&server, range.len().clamp(1, connections)).await?;
+            let mut tasks = Vec::with_capacity(range.len());
+            for client_index in range {
+                let mut client =
+                    EventStoreClient::new(channels[client_index % channels.len()].clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut calls = 0u64;
+                    while Instant::now() < deadline {
+                        if client.get_head(()).await.is_ok() {
+                            calls += 1;
+                        }
+                    }
+                    calls
+                }));
             }
-            calls
-        }));
-    }
-    let mut calls = 0;
-    for task in tasks {
-        calls += task.await.expect("client task panicked");
-    }
-    Ok((calls, start.elapsed()))
+            let mut calls = 0;
+            for task in tasks {
+                calls += task.await.expect("client task panicked");
+            }
+            Ok(calls)
+        }
+    })
+    .await?;
+    Ok((parts.into_iter().sum(), start.elapsed()))
 }
 
 /// Reads the whole log forward over gRPC in pages of 1000; returns (events, elapsed).

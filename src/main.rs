@@ -260,6 +260,10 @@ enum Bench {
         /// baseline that isolates the cost of sealing.
         #[arg(long, conflicts_with = "personal")]
         customer_streams: bool,
+        /// Client threads, each one event loop driving its share of the clients (as
+        /// pgbench -j).
+        #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
+        threads: usize,
     },
     /// GetCustomer at a fixed rate (open loop) over seeded customers; prints p50/p99/p99.9.
     GetCustomer {
@@ -284,6 +288,10 @@ enum Bench {
         clients: usize,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
+        /// Client threads, each one event loop driving its share of the clients (as
+        /// pgbench -j).
+        #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
+        threads: usize,
     },
     /// Read the whole log over gRPC (ReadAll pages of 1000, one decoded Subscribe, one receive-only Subscribe); prints events/s.
     Read {
@@ -483,6 +491,7 @@ fn main() -> ExitCode {
                     requests_per_client,
                     personal,
                     customer_streams,
+                    threads,
                 } => rapport::cli::bench_append(
                     server,
                     clients,
@@ -494,6 +503,7 @@ fn main() -> ExitCode {
                         (false, true) => rapport::loadgen::AppendKind::CustomOnCustomerStreams,
                         (false, false) => rapport::loadgen::AppendKind::Custom,
                     },
+                    threads,
                 )
                 .await
                 .map(|()| true),
@@ -515,7 +525,8 @@ fn main() -> ExitCode {
                     server,
                     clients,
                     duration,
-                } => rapport::cli::bench_head(server, clients, duration)
+                    threads,
+                } => rapport::cli::bench_head(server, clients, duration, threads)
                     .await
                     .map(|()| true),
                 Bench::Read { server } => rapport::cli::bench_read(server).await.map(|()| true),

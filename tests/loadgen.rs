@@ -40,3 +40,58 @@ async fn replays_of_an_empty_log_read_nothing() {
     assert_eq!(loadgen::run_subscribe_raw(&url).await.expect("replay").0, 0);
     assert_eq!(loadgen::run_subscribe_all(&url).await.expect("replay").0, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_split_over_threads_do_all_their_work() {
+    let server = TestServer::start().await;
+    let url = server.server.url();
+    // 5 callers over 3 client threads (shares of 1, 2 and 2), 20 calls of 3 events each.
+    let report = loadgen::run_append_with(
+        &url,
+        5,
+        3,
+        Duration::from_secs(60),
+        Some(20),
+        loadgen::AppendKind::Custom,
+        3,
+    )
+    .await
+    .expect("load generator runs");
+    assert_eq!(report.errors, 0);
+    assert_eq!(report.requests, 5 * 20);
+    assert_eq!(report.events, 5 * 20 * 3);
+    assert!(report.p50_us > 0 && report.p50_us <= report.max_us);
+    let (read, _) = loadgen::run_read_all(&url).await.expect("ReadAll replay");
+    assert_eq!(read, report.events);
+
+    // More threads than clients: one client each, no empty thread.
+    let (calls, elapsed) = loadgen::run_get_head(&url, 2, Duration::from_millis(200), 8)
+        .await
+        .expect("GetHead runs");
+    assert!(calls > 0, "no GetHead call answered in {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_there_is_an_error_not_a_hang() {
+    // A port nothing listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let result = loadgen::run_append_with(
+        &url,
+        4,
+        1,
+        Duration::from_secs(1),
+        Some(1),
+        loadgen::AppendKind::Custom,
+        2,
+    )
+    .await;
+    assert!(
+        matches!(result, Err(loadgen::LoadError::Connect(_))),
+        "{result:?}"
+    );
+}
