@@ -140,20 +140,8 @@ pub fn custom_to_stored(body: &[u8]) -> Option<(String, Vec<u8>)> {
     // Event: exactly one field, `custom` (1), and nothing else.
     let mut event = Reader(body);
     let custom = event.only_len_field(1)?;
-    let mut fields = Reader(custom);
-    let (mut event_type, mut data) = (None, None);
-    while !fields.is_empty() {
-        match fields.key()? {
-            (1, WireType::LengthDelimited) if event_type.is_none() => {
-                event_type = Some(std::str::from_utf8(fields.len_delimited()?).ok()?);
-            }
-            (2, WireType::LengthDelimited) if data.is_none() => {
-                data = Some(fields.len_delimited()?);
-            }
-            _ => return None,
-        }
-    }
-    let event_type = event_type.unwrap_or_default();
+    let (event_type, data) = fields_1_and_2(custom)?;
+    let event_type = std::str::from_utf8(event_type.unwrap_or_default()).ok()?;
     if !is_valid_custom_type(event_type) {
         return None;
     }
@@ -198,20 +186,33 @@ fn write_struct(bytes: &[u8], level: usize, out: &mut Vec<u8>) -> Option<usize> 
 /// One `Struct.fields` entry: its key and its encoded `Value`. Either may be absent, as
 /// prost leaves out a default one (`""`, a `Value` with no kind): absent is the default.
 fn map_entry(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let (key, value) = fields_1_and_2(bytes)?;
+    let key = std::str::from_utf8(key.unwrap_or_default()).ok()?;
+    Some((key, value.unwrap_or_default()))
+}
+
+/// Fields 1 and 2 of a message, each absent or its bytes ([`fields_1_and_2`]).
+type FieldPair<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The length-delimited fields 1 and 2 of a message that has no other field, each sent at
+/// most once; `None` for anything else (a field sent twice is merged by protobuf's rules,
+/// which the general path applies). Both `CustomEvent` (type, data) and a `Struct` map
+/// entry (key, value) have this shape.
+fn fields_1_and_2(bytes: &[u8]) -> Option<FieldPair<'_>> {
     let mut reader = Reader(bytes);
-    let (mut key, mut value) = (None, None);
+    let (mut first, mut second) = (None, None);
     while !reader.is_empty() {
         match reader.key()? {
-            (1, WireType::LengthDelimited) if key.is_none() => {
-                key = Some(std::str::from_utf8(reader.len_delimited()?).ok()?);
+            (1, WireType::LengthDelimited) if first.is_none() => {
+                first = Some(reader.len_delimited()?);
             }
-            (2, WireType::LengthDelimited) if value.is_none() => {
-                value = Some(reader.len_delimited()?);
+            (2, WireType::LengthDelimited) if second.is_none() => {
+                second = Some(reader.len_delimited()?);
             }
             _ => return None,
         }
     }
-    Some((key.unwrap_or_default(), value.unwrap_or_default()))
+    Some((first, second))
 }
 
 /// Writes a `Value` as bincode of the domain's `Value` (variant index, then its content)
