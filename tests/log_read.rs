@@ -226,3 +226,54 @@ fn viewed(page: &ChunkPage) -> Vec<LoggedEvent> {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn stream_pages_over_interleaved_runs_are_slices_of_the_whole_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(LogConfig::new(dir.path())).unwrap();
+    // Three streams appended in turn with 1..4 events each: every stream is many runs,
+    // spread over many chunks (payloads large enough to fill chunks quickly).
+    for i in 0..60usize {
+        let sizes = vec![700; 1 + i % 4];
+        log.append(append(&format!("order-{}", i % 3), &sizes))
+            .await
+            .unwrap();
+    }
+    let stream = StreamName::parse("order-2").unwrap();
+    let whole = log
+        .read_all(0, false, 1_000, &ReadFilter::default())
+        .unwrap()
+        .events
+        .into_iter()
+        .filter(|e| e.event.stream == "order-2")
+        .collect::<Vec<_>>();
+    let last = whole.len() as u64 - 1;
+    for max_count in [1usize, 2, 3, 7, 100] {
+        for from in 0..=last + 2 {
+            // Forward: revisions from..from+max_count, inclusive start.
+            let page = log.read_stream(&stream, from, false, max_count).unwrap();
+            let start = (from as usize).min(whole.len());
+            let end = (start + max_count).min(whole.len());
+            assert_eq!(
+                page.events,
+                whole[start..end],
+                "forward from {from} x{max_count}"
+            );
+            assert_eq!(page.next_cursor, (from.max(end as u64)), "forward cursor");
+            assert_eq!(page.end_reached, end == whole.len());
+            // Backward: strictly below `from`, 0 = from the end.
+            let page = log.read_stream(&stream, from, true, max_count).unwrap();
+            let upper = if from == 0 || from > last {
+                whole.len()
+            } else {
+                from as usize
+            };
+            let lower = upper.saturating_sub(max_count);
+            let expected: Vec<_> = whole[lower..upper].iter().rev().cloned().collect();
+            assert_eq!(page.events, expected, "backward from {from} x{max_count}");
+            assert_eq!(page.end_reached, lower == 0);
+            assert_eq!(page.next_cursor, lower as u64, "backward cursor");
+        }
+    }
+    log.shutdown();
+}

@@ -501,21 +501,37 @@ fn page_bytes(
     )
 }
 
-/// [`page_bytes`] for a forward page of the whole log left in its chunks: each event is
-/// written borrowed from its chunk, never decoded into an owned event.
-fn chunk_page_bytes(page: ChunkPage, privacy: &Privacy) -> Result<Encoded, Status> {
+/// [`page_bytes`] for a page left in its chunks (forward pages of the whole log, stream
+/// pages either way): each event is written borrowed from its chunk, never decoded into
+/// an owned event.
+fn chunk_page_bytes(
+    page: ChunkPage,
+    backwards: bool,
+    cursor: Cursor,
+    privacy: &Privacy,
+) -> Result<Encoded, Status> {
     let events = &page.events;
     response_bytes(
         events.len(),
         (page.end_reached, page.next_cursor),
-        false,
+        backwards,
         |i, out| {
             let (chunk, index) = &events[i];
             let event = chunk.layout.view(&chunk.value, *index)?;
             let hash = &chunk.layout.hashes[*index];
             wire::put_read_response_view(out, &event, hash, None, Some(privacy))
         },
-        |i| events[i].0.first + events[i].1 as u64,
+        |i| {
+            let (chunk, index) = &events[i];
+            match cursor {
+                Cursor::Position => chunk.first + *index as u64,
+                // Viewed before (it was written): only a cut page asks, once.
+                Cursor::Revision => chunk
+                    .layout
+                    .view(&chunk.value, *index)
+                    .map_or(0, |event| event.revision),
+            }
+        },
     )
 }
 
@@ -583,14 +599,14 @@ impl EventStoreService {
         // Reading and encoding a page (up to 1000 events) is blocking CPU work: both run
         // off the async workers.
         let page = blocking(move || {
-            let page = log.read_stream_within(
+            let page = log.read_stream_in_chunks(
                 &stream,
                 from_revision,
                 backwards,
                 page_size(max_count),
                 limits::READ_PAGE_BYTES_MAX,
             )?;
-            page_bytes(page, backwards, Cursor::Revision, &privacy)
+            chunk_page_bytes(page, backwards, Cursor::Revision, &privacy)
         })
         .await?;
         Ok(Response::new(page))
@@ -617,7 +633,7 @@ impl EventStoreService {
                 page_bytes(page, true, Cursor::Position, &privacy)
             } else {
                 let page = log.read_all_in_chunks(from_position, count, bytes, &filter)?;
-                chunk_page_bytes(page, &privacy)
+                chunk_page_bytes(page, false, Cursor::Position, &privacy)
             }
         })
         .await?;

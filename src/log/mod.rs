@@ -265,6 +265,28 @@ impl Log {
         )
     }
 
+    /// [`Log::read_stream_within`] leaving the events in their parsed chunks (checked
+    /// against the chain and to belong to the stream, not decoded), for a reader that
+    /// re-encodes them borrowed ([`record::ChunkLayout::view`]).
+    pub fn read_stream_in_chunks(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<ChunkPage, ReadError> {
+        let head = self.head().position;
+        self.inner.store.read_stream_in_chunks(
+            stream.as_str(),
+            from_revision,
+            backwards,
+            max_count,
+            max_bytes,
+            head,
+        )
+    }
+
     /// Reads the whole log (blocking).
     pub fn read_all(
         &self,

@@ -109,8 +109,8 @@ pub struct Page {
     pub next_cursor: u64,
 }
 
-/// One page of a forward read left in its chunks: each event as the parsed chunk that
-/// holds it and its index there, decoded (or borrowed) by the reader.
+/// One page of a read left in its chunks: each event as the parsed chunk that holds it
+/// and its index there, in read order, decoded (or borrowed) by the reader.
 #[derive(Clone, Debug, Default)]
 pub struct ChunkPage {
     /// The events, in position order.
@@ -642,10 +642,14 @@ impl Store {
         Ok((offset < u64::from(run.count)).then(|| run.first_position + offset))
     }
 
-    /// Reads events at `positions` (ascending or descending), decoding each chunk once.
-    /// The events at `positions`, in that order, stopping before their stored bytes pass
-    /// `max_bytes` (always the first).
-    fn events_at(&self, positions: &[u64], max_bytes: usize) -> Result<Vec<LoggedEvent>, LogError> {
+    /// The events at `positions` (ascending or descending), in that order, left in their
+    /// parsed chunks (each chunk read and parsed once for a run of positions in it),
+    /// stopping before their stored bytes pass `max_bytes` (always the first).
+    fn events_in_chunks(
+        &self,
+        positions: &[u64],
+        max_bytes: usize,
+    ) -> Result<Vec<(Arc<ParsedChunk>, usize)>, LogError> {
         let mut out = Vec::with_capacity(positions.len());
         let mut cached: Option<Arc<ParsedChunk>> = None;
         let mut bytes = 0usize;
@@ -669,9 +673,55 @@ impl Store {
             if bytes > max_bytes && !out.is_empty() {
                 break;
             }
-            out.push(chunk.layout.decode(&chunk.value, index)?);
+            out.push((chunk.clone(), index));
         }
         Ok(out)
+    }
+
+    /// Positions of `stream` at revisions `lower..upper`, ascending, from one walk over
+    /// the stream's runs starting at the run that holds `lower` (a lookup per revision was
+    /// a sled range search each, most of a short stream read). A revision the index lacks
+    /// is corruption: the caller asks only for revisions below the stream's head.
+    fn stream_positions(&self, stream: &str, lower: u64, upper: u64) -> Result<Vec<u64>, LogError> {
+        let missing = |revision: u64| {
+            LogError::Corrupt(format!(
+                "{stream} has no index entry for revision {revision}"
+            ))
+        };
+        // Sized for a page; a caller asking for more grows it as it reads.
+        let mut positions = Vec::with_capacity(upper.saturating_sub(lower).min(1024) as usize);
+        if lower >= upper {
+            return Ok(positions);
+        }
+        let prefix = stream_prefix(stream);
+        let Some(holding) = self
+            .streams
+            .range(prefix.clone()..=stream_key(stream, lower))
+            .next_back()
+        else {
+            return Err(missing(lower));
+        };
+        let (first_key, _) = holding?;
+        let mut next = lower;
+        for entry in self.streams.range(first_key..) {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let (_, run) = decode_stream_entry(&key, &value)?;
+            if run.first_revision > next {
+                return Err(missing(next));
+            }
+            let run_end = run.first_revision + u64::from(run.count);
+            while next < run_end && next < upper {
+                positions.push(run.first_position + (next - run.first_revision));
+                next += 1;
+            }
+            if next >= upper {
+                return Ok(positions);
+            }
+        }
+        Err(missing(next))
     }
 
     /// Reads `stream` (see DESIGN §5 fine print for paging), up to the durable `head`: at
@@ -686,6 +736,33 @@ impl Store {
         max_bytes: usize,
         head: u64,
     ) -> Result<Page, ReadError> {
+        let page = self.read_stream_in_chunks(
+            stream,
+            from_revision,
+            backwards,
+            max_count,
+            max_bytes,
+            head,
+        )?;
+        Ok(Page {
+            events: page.decode()?,
+            end_reached: page.end_reached,
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// [`Store::read_stream`] without decoding: each event as its parsed chunk and index
+    /// (checked against the chain and to belong to `stream`), for a reader that
+    /// re-encodes events straight from the chunk.
+    pub fn read_stream_in_chunks(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+        max_bytes: usize,
+        head: u64,
+    ) -> Result<ChunkPage, ReadError> {
         let bound = (max_count, max_bytes);
         let Some(last) = self.stream_head(stream)?.filter(|h| h.position <= head) else {
             // The stream either does not exist or its first event is not durable yet.
@@ -706,7 +783,7 @@ impl Store {
         backwards: bool,
         bound: (usize, usize),
         head: u64,
-    ) -> Result<Page, ReadError> {
+    ) -> Result<ChunkPage, ReadError> {
         let mut last_durable = 0;
         for entry in self.streams.scan_prefix(stream_prefix(stream)) {
             let (key, value) = entry.map_err(LogError::from)?;
@@ -727,8 +804,9 @@ impl Store {
         backwards: bool,
         (max_count, max_bytes): (usize, usize),
         last_revision: u64,
-    ) -> Result<Page, ReadError> {
-        let (revisions, end_reached, next_cursor): (Vec<u64>, bool, u64) = if backwards {
+    ) -> Result<ChunkPage, ReadError> {
+        // The page's revisions are `lower..upper`, read upwards or downwards.
+        let (lower, upper, end_reached, next_cursor) = if backwards {
             // Strictly below `from_revision`; 0 means from the end.
             let upper = if from_revision == 0 || from_revision > last_revision {
                 last_revision + 1
@@ -736,52 +814,47 @@ impl Store {
                 from_revision
             };
             let lower = upper.saturating_sub(max_count as u64);
-            let revisions: Vec<u64> = (lower..upper).rev().collect();
-            let next = revisions.last().copied().unwrap_or(0);
-            (revisions, lower == 0, next)
+            // The last item returned; an empty page (max_count 0) stays where it was.
+            let next = if lower < upper { lower } else { 0 };
+            (lower, upper, lower == 0, next)
         } else {
             let start = from_revision;
             let end = start
                 .saturating_add(max_count as u64)
-                .min(last_revision + 1);
-            let revisions: Vec<u64> = (start..end.max(start)).collect();
-            let next = end.max(start);
-            (revisions, next > last_revision, next)
+                .min(last_revision + 1)
+                .max(start);
+            (start, end, end > last_revision, end)
         };
-        let mut positions = Vec::with_capacity(revisions.len());
-        for &revision in &revisions {
-            let position = self.stream_position(stream, revision)?.ok_or_else(|| {
-                LogError::Corrupt(format!(
-                    "{stream} has no index entry for revision {revision}"
-                ))
-            })?;
-            positions.push(position);
+        let mut positions = self.stream_positions(stream, lower, upper)?;
+        if backwards {
+            positions.reverse();
         }
-        let events = self.events_at(&positions, max_bytes)?;
-        for (event, position) in events.iter().zip(&positions) {
-            if event.event.stream != stream {
+        let events = self.events_in_chunks(&positions, max_bytes)?;
+        for (chunk, index) in &events {
+            let event = chunk.layout.view(&chunk.value, *index)?;
+            if event.stream != stream {
                 return Err(LogError::Corrupt(format!(
-                    "stream index of {stream} points at position {position} of {}",
-                    event.event.stream
+                    "stream index of {stream} points at position {} of {}",
+                    event.position, event.stream
                 ))
                 .into());
             }
         }
-        if events.len() < revisions.len() {
+        if events.len() < positions.len() {
             // Cut short by bytes: forward, the next page starts at the first event left
             // out; backward, strictly below the last one returned.
             let next_cursor = if backwards {
-                revisions[events.len() - 1]
+                upper - events.len() as u64
             } else {
-                revisions[events.len()]
+                lower + events.len() as u64
             };
-            return Ok(Page {
+            return Ok(ChunkPage {
                 events,
                 end_reached: false,
                 next_cursor,
             });
         }
-        Ok(Page {
+        Ok(ChunkPage {
             events,
             end_reached,
             next_cursor,
