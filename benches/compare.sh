@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # rapport's side of the peer comparison (BENCHMARKS.md): the same workloads as
 # ../shared/peers/bench.sh, on the same machine, in the same sitting.
-#   benches/compare.sh            # ~3 min with DUR=15
-# Env: DUR (15 s per append run), CLIENTS ("1 16 64"), BATCH (100), BATCH_CLIENTS (16),
+#   benches/compare.sh            # ~5 min with DUR=15
+# Env: DUR (15 s per append and read-stream run), CLIENTS ("1 16 64"), BATCH (100),
+#      BATCH_CLIENTS (16), READ_CLIENTS (16),
 #      FILL (1000000 events for the read/size/verify figures), PORT (50071),
 #      WORK (/tmp/rapport-compare), FSYNC_SECS (5).
 # The load generator runs on the same 2 cores as the server, as pgbench does for PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-15}; CLIENTS=${CLIENTS:-1 16 64}; BATCH=${BATCH:-100}; BATCH_CLIENTS=${BATCH_CLIENTS:-16}
-FILL=${FILL:-1000000}; PORT=${PORT:-50071}; WORK=${WORK:-/tmp/rapport-compare}; FSYNC_SECS=${FSYNC_SECS:-5}
+READ_CLIENTS=${READ_CLIENTS:-16}; FILL=${FILL:-1000000}; PORT=${PORT:-50071}; WORK=${WORK:-/tmp/rapport-compare}; FSYNC_SECS=${FSYNC_SECS:-5}
 BIN=target/release/rapport
 cargo build --release -q
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -55,4 +56,19 @@ trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q "rapport serving" "$WORK/serve2.log" && break; sleep 0.1; done
 "$BIN" bench read --server "$URL"
 "$BIN" bench read --server "$URL"
+# The peer's read_stream.sql: 16 clients, whole random streams of 10 events. In this fill
+# each stream's 10 events are one append, so they sit together in one chunk.
+"$BIN" bench read-stream --server "$URL" --clients "$READ_CLIENTS" --streams 100000 --duration "${DUR}s"
+kill -INT $SERVER; wait $SERVER || true
+
+log "spread fill ($FILL events, one per append over 100k streams) for read-stream"
+# The peer's load is revision-major: a stream's events are spread over the table. The
+# same here: one event per append, streams in turn, so each event of a stream sits in
+# another chunk (the layout of a real log, where customers' events interleave).
+"$BIN" bench fill --data-dir "$WORK/spread" --events "$FILL" --batch 1 --streams 100000
+"$BIN" serve --data-dir "$WORK/spread" --listen "127.0.0.1:$PORT" 2>"$WORK/serve3.log" &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q "rapport serving" "$WORK/serve3.log" && break; sleep 0.1; done
+"$BIN" bench read-stream --server "$URL" --clients "$READ_CLIENTS" --streams 100000 --duration "${DUR}s"
 kill -INT $SERVER; wait $SERVER || true

@@ -386,6 +386,20 @@ pub async fn bench_head(
     Ok(())
 }
 
+/// `rapport bench read-stream`: `clients` callers reading whole random streams of a fill.
+pub async fn bench_read_stream(
+    server: String,
+    clients: usize,
+    streams: u64,
+    duration: Duration,
+    threads: usize,
+) -> Result<(), CliError> {
+    let report =
+        crate::loadgen::run_read_stream(&server, clients, streams, duration, threads).await?;
+    println!("read-stream clients={clients} streams={streams}: {report}");
+    Ok(())
+}
+
 /// `rapport bench read`: reads the whole log over gRPC: ReadAll pages, a decoded
 /// Subscribe replay, and a receive-only one (the client side of the peer's `\copy`).
 pub async fn bench_read(server: String) -> Result<(), CliError> {

@@ -83,7 +83,45 @@ pub struct LoadReport {
     pub max_us: u64,
 }
 
+/// What one client, or the clients of one thread, measured: call latencies and
+/// (requests, events, errors).
+type Tally = (Histogram<u64>, u64, u64, u64);
+
+/// Awaits a thread's client tasks and adds up what they measured.
+async fn join_clients(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
+    let mut total = (Histogram::<u64>::new(3).expect("valid precision"), 0, 0, 0);
+    for task in tasks {
+        add_tally(&mut total, task.await.expect("client task panicked"));
+    }
+    total
+}
+
+fn add_tally(total: &mut Tally, (histogram, requests, events, errors): Tally) {
+    total.0.add(histogram).expect("same precision");
+    total.1 += requests;
+    total.2 += events;
+    total.3 += errors;
+}
+
 impl LoadReport {
+    /// One report from what each client thread measured over `elapsed`.
+    fn merged(parts: Vec<Tally>, elapsed: Duration) -> Self {
+        let mut total = (Histogram::<u64>::new(3).expect("valid precision"), 0, 0, 0);
+        for part in parts {
+            add_tally(&mut total, part);
+        }
+        let (histogram, requests, events, errors) = total;
+        Self {
+            requests,
+            events,
+            errors,
+            elapsed,
+            p50_us: histogram.value_at_quantile(0.5),
+            p99_us: histogram.value_at_quantile(0.99),
+            max_us: histogram.max(),
+        }
+    }
+
     /// Events per second over the window.
     pub fn events_per_second(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
@@ -389,36 +427,11 @@ pub async fn run_append_with(
                     pool.clone(),
                 )));
             }
-            let mut part = Histogram::<u64>::new(3).expect("valid precision");
-            let (mut requests, mut events, mut errors) = (0, 0, 0);
-            for task in tasks {
-                let (h, r, e, x) = task.await.expect("client task panicked");
-                part.add(h).expect("same precision");
-                requests += r;
-                events += e;
-                errors += x;
-            }
-            Ok((part, requests, events, errors))
+            Ok(join_clients(tasks).await)
         }
     })
     .await?;
-    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
-    let (mut requests, mut events, mut errors) = (0, 0, 0);
-    for (h, r, e, x) in parts {
-        histogram.add(h).expect("same precision");
-        requests += r;
-        events += e;
-        errors += x;
-    }
-    Ok(LoadReport {
-        requests,
-        events,
-        errors,
-        elapsed: start.elapsed(),
-        p50_us: histogram.value_at_quantile(0.5),
-        p99_us: histogram.value_at_quantile(0.99),
-        max_us: histogram.max(),
-    })
+    Ok(LoadReport::merged(parts, start.elapsed()))
 }
 
 /// What one append client of a run is and does.
@@ -439,7 +452,7 @@ async fn append_client(
     client: AppendClient,
     serial: Arc<std::sync::atomic::AtomicU64>,
     pool: Arc<Vec<Bytes>>,
-) -> (Histogram<u64>, u64, u64, u64) {
+) -> Tally {
     let AppendClient {
         channel,
         client_index,
@@ -579,6 +592,130 @@ pub async fn run_get_head(
     })
     .await?;
     Ok((parts.into_iter().sum(), start.elapsed()))
+}
+
+/// A `ReadResponse` as the read-stream load generator receives it: each event kept as its
+/// undecoded bytes (a receive-only client, as pgbench stores rows without interpreting
+/// them); the same wire bytes as `pb::ReadResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawReadResponse {
+    /// The encoded `RecordedEvent`s.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    events: Vec<Bytes>,
+    /// As `pb::ReadResponse::end_reached`.
+    #[prost(bool, tag = "2")]
+    end_reached: bool,
+    /// As `pb::ReadResponse::next_cursor`.
+    #[prost(uint64, tag = "3")]
+    next_cursor: u64,
+}
+
+fn read_stream_path() -> tonic::codegen::http::uri::PathAndQuery {
+    tonic::codegen::http::uri::PathAndQuery::from_static("/rapport.v1.EventStore/ReadStream")
+}
+
+/// Reads whole streams with `clients` callers for `duration`, on `threads` client threads
+/// ([`on_client_threads`]), as the peer's `read_stream.sql`: each call one `ReadStream`
+/// from revision 0 of a stream picked at random (seeded per client) among
+/// `customer-0 .. customer-{streams - 1}`, the streams `rapport bench fill --streams`
+/// writes. The client keeps each event's bytes without decoding them. A call that finds
+/// no event, or a stream that does not end within its first page, counts as an error.
+/// The report's events are events read, its requests the calls.
+pub async fn run_read_stream(
+    server: &str,
+    clients: usize,
+    streams: u64,
+    duration: Duration,
+    threads: usize,
+) -> Result<LoadReport, LoadError> {
+    let server: Arc<str> = server.into();
+    let connections = connections_per_thread(threads);
+    let streams = streams.max(1);
+    let start = Instant::now();
+    // An absurd duration must not overflow the clock: it means "until the calls run out".
+    let deadline = start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+    let parts = on_client_threads(threads, clients, move |range| {
+        let server = server.clone();
+        async move {
+            let channels = connect(&server, range.len().clamp(1, connections)).await?;
+            let mut tasks = Vec::with_capacity(range.len());
+            for client_index in range {
+                let channel = channels[client_index % channels.len()].clone();
+                tasks.push(tokio::spawn(read_stream_client(
+                    channel,
+                    client_index,
+                    streams,
+                    deadline,
+                )));
+            }
+            Ok(join_clients(tasks).await)
+        }
+    })
+    .await?;
+    Ok(LoadReport::merged(parts, start.elapsed()))
+}
+
+/// One read-stream client: calls until the deadline; returns its latency histogram and
+/// its (requests, events, errors).
+async fn read_stream_client(
+    channel: Channel,
+    client_index: usize,
+    streams: u64,
+    deadline: Instant,
+) -> Tally {
+    let mut client = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+    let mut picks = EventIds::new(client_index as u64);
+    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
+    let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
+    while Instant::now() < deadline {
+        let stream = format!("customer-{}", picks.next_u64() % streams);
+        let call_start = Instant::now();
+        let result = match client.ready().await {
+            Ok(()) => {
+                let codec =
+                    tonic_prost::ProstCodec::<pb::ReadStreamRequest, RawReadResponse>::default();
+                let request = pb::ReadStreamRequest {
+                    stream,
+                    from_revision: 0,
+                    backwards: false,
+                    max_count: 0,
+                };
+                client
+                    .unary(tonic::Request::new(request), read_stream_path(), codec)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+            Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+        };
+        let micros = call_start.elapsed().as_micros() as u64;
+        match result {
+            Ok(page) if !page.events.is_empty() && page.end_reached => {
+                requests += 1;
+                events += page.events.len() as u64;
+                let _ = histogram.record(micros.max(1));
+            }
+            Ok(page) => {
+                errors += 1;
+                if errors <= 3 {
+                    eprintln!(
+                        "read stream: {} events, end reached {}",
+                        page.events.len(),
+                        page.end_reached
+                    );
+                }
+            }
+            Err(status) => {
+                errors += 1;
+                if errors <= 3 {
+                    eprintln!("read stream failed: {status}");
+                }
+            }
+        }
+    }
+    (histogram, requests, events, errors)
 }
 
 /// Reads the whole log forward over gRPC in pages of 1000; returns (events, elapsed).

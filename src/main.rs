@@ -293,6 +293,24 @@ enum Bench {
         #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
         threads: usize,
     },
+    /// Concurrent ReadStream calls, each reading one whole stream picked at random among
+    /// the `customer-N` streams of `bench fill` (as the peer's read_stream.sql); prints
+    /// events/s, calls/s and p50/p99.
+    ReadStream {
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Streams to pick from: customer-0 .. customer-(N-1), the --streams of the fill.
+        #[arg(long, default_value_t = 100_000)]
+        streams: u64,
+        #[arg(long, default_value = "20s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Client threads, each one event loop driving its share of the clients (as
+        /// pgbench -j).
+        #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
+        threads: usize,
+    },
     /// Read the whole log over gRPC (ReadAll pages of 1000, one decoded Subscribe, one receive-only Subscribe); prints events/s.
     Read {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -527,6 +545,15 @@ fn main() -> ExitCode {
                     duration,
                     threads,
                 } => rapport::cli::bench_head(server, clients, duration, threads)
+                    .await
+                    .map(|()| true),
+                Bench::ReadStream {
+                    server,
+                    clients,
+                    streams,
+                    duration,
+                    threads,
+                } => rapport::cli::bench_read_stream(server, clients, streams, duration, threads)
                     .await
                     .map(|()| true),
                 Bench::Read { server } => rapport::cli::bench_read(server).await.map(|()| true),

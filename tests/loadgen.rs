@@ -95,3 +95,31 @@ async fn a_server_that_is_not_there_is_an_error_not_a_hang() {
         "{result:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_stream_reads_whole_streams_and_counts_a_missing_one_as_an_error() {
+    let server = TestServer::start().await;
+    let url = server.server.url();
+    let mut client = server.client().await;
+    // Streams customer-0 .. customer-3, three events each, as `bench fill` names them.
+    for stream in 0..4 {
+        let events = (0..3).map(|n| common::proposed("", f64::from(n))).collect();
+        client
+            .append(common::append(&format!("customer-{stream}"), None, events))
+            .await
+            .expect("append");
+    }
+    let report = loadgen::run_read_stream(&url, 3, 4, Duration::from_millis(300), 2)
+        .await
+        .expect("read-stream runs");
+    assert_eq!(report.errors, 0);
+    assert!(report.requests > 0);
+    assert_eq!(report.events, report.requests * 3);
+
+    // customer-4 does not exist: its reads are NOT_FOUND, counted as errors.
+    let report = loadgen::run_read_stream(&url, 2, 5, Duration::from_millis(300), 1)
+        .await
+        .expect("read-stream runs");
+    assert!(report.errors > 0 && report.requests > 0, "{report}");
+    assert_eq!(report.events, report.requests * 3);
+}
