@@ -87,13 +87,96 @@ pub struct LoadReport {
 /// (requests, events, errors).
 type Tally = (Histogram<u64>, u64, u64, u64);
 
-/// Awaits a thread's client tasks and adds up what they measured.
-async fn join_clients(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
-    let mut total = (Histogram::<u64>::new(3).expect("valid precision"), 0, 0, 0);
-    for task in tasks {
-        add_tally(&mut total, task.await.expect("client task panicked"));
+fn new_tally() -> Tally {
+    (Histogram::<u64>::new(3).expect("valid precision"), 0, 0, 0)
+}
+
+/// Counts one call that took `micros`: `Ok(events)` adds a request, its events and its
+/// latency; `Err` adds an error (the first three of a client are printed).
+fn count_call(tally: &mut Tally, micros: u64, outcome: Result<u64, String>, what: &str) {
+    match outcome {
+        Ok(events) => {
+            tally.1 += 1;
+            tally.2 += events;
+            let _ = tally.0.record(micros.max(1));
+        }
+        Err(message) => {
+            tally.3 += 1;
+            if tally.3 <= 3 {
+                eprintln!("{what} failed: {message}");
+            }
+        }
     }
-    total
+}
+
+/// One unary call of `path` with `request` over `client`: its latency in microseconds
+/// (from waiting for the channel to the decoded answer) and the answer.
+async fn timed_unary<Req, Resp>(
+    client: &mut tonic::client::Grpc<Channel>,
+    path: tonic::codegen::http::uri::PathAndQuery,
+    request: Req,
+) -> (u64, Result<Resp, tonic::Status>)
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let start = Instant::now();
+    let result = match client.ready().await {
+        Ok(()) => client
+            .unary(
+                tonic::Request::new(request),
+                path,
+                tonic_prost::ProstCodec::<Req, Resp>::default(),
+            )
+            .await
+            .map(tonic::Response::into_inner),
+        Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+    };
+    (start.elapsed().as_micros() as u64, result)
+}
+
+/// Runs `clients` load-generator clients on `threads` client threads
+/// ([`on_client_threads`]): each thread connects its share of [`CONNECTIONS_MAX`] and
+/// spawns `client(index, channel)` for each of its clients. Returns every client's result,
+/// in client order.
+async fn run_clients<T, F, Fut>(
+    server: &str,
+    clients: usize,
+    threads: usize,
+    client: F,
+) -> Result<Vec<T>, LoadError>
+where
+    F: Fn(usize, Channel) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let server: Arc<str> = server.into();
+    let connections = connections_per_thread(threads);
+    let client = Arc::new(client);
+    let parts = on_client_threads(threads, clients, move |range| {
+        let (server, client) = (server.clone(), client.clone());
+        async move {
+            let channels = connect(&server, range.len().clamp(1, connections)).await?;
+            let tasks: Vec<_> = range
+                .map(|index| tokio::spawn(client(index, channels[index % channels.len()].clone())))
+                .collect();
+            let mut results = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                results.push(task.await.expect("client task panicked"));
+            }
+            Ok(results)
+        }
+    })
+    .await?;
+    Ok(parts.into_iter().flatten().collect())
+}
+
+/// `duration` after `start`. An absurd duration must not overflow the clock: it means
+/// "until the calls run out".
+fn deadline_after(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn add_tally(total: &mut Tally, (histogram, requests, events, errors): Tally) {
@@ -106,7 +189,7 @@ fn add_tally(total: &mut Tally, (histogram, requests, events, errors): Tally) {
 impl LoadReport {
     /// One report from what each client thread measured over `elapsed`.
     fn merged(parts: Vec<Tally>, elapsed: Duration) -> Self {
-        let mut total = (Histogram::<u64>::new(3).expect("valid precision"), 0, 0, 0);
+        let mut total = new_tally();
         for part in parts {
             add_tally(&mut total, part);
         }
@@ -397,41 +480,23 @@ pub async fn run_append_with(
             .map(|n| Bytes::from(prost::Message::encode_to_vec(&sample_event(n))))
             .collect()
     });
-    let server: Arc<str> = server.into();
-    let connections = connections_per_thread(threads);
     let start = Instant::now();
-    // An absurd duration must not overflow the clock: it means "until the calls run out".
-    let deadline = start
-        .checked_add(duration)
-        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
-    let parts = on_client_threads(threads, clients, move |range| {
-        let (server, run_id, serial, pool) =
-            (server.clone(), run_id.clone(), serial.clone(), pool.clone());
-        async move {
-            let channels = connect(&server, range.len().clamp(1, connections)).await?;
-            let mut tasks = Vec::with_capacity(range.len());
-            for client_index in range {
-                let channel = channels[client_index % channels.len()].clone();
-                tasks.push(tokio::spawn(append_client(
-                    AppendClient {
-                        channel,
-                        client_index,
-                        events_per_request,
-                        deadline,
-                        calls_max,
-                        personal,
-                        customer_streams,
-                        run_id: run_id.clone(),
-                    },
-                    serial.clone(),
-                    pool.clone(),
-                )));
-            }
-            Ok(join_clients(tasks).await)
-        }
+    let deadline = deadline_after(start, duration);
+    let tallies = run_clients(server, clients, threads, move |client_index, channel| {
+        let client = AppendClient {
+            channel,
+            client_index,
+            events_per_request,
+            deadline,
+            calls_max,
+            personal,
+            customer_streams,
+            run_id: run_id.clone(),
+        };
+        append_client(client, serial.clone(), pool.clone())
     })
     .await?;
-    Ok(LoadReport::merged(parts, start.elapsed()))
+    Ok(LoadReport::merged(tallies, start.elapsed()))
 }
 
 /// What one append client of a run is and does.
@@ -481,11 +546,10 @@ async fn append_client(
         })
         .collect();
     let mut ids = EventIds::new(client_index as u64);
-    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
-    let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
+    let mut tally = new_tally();
     let mut revisions: Vec<Option<u64>> = vec![None; STREAMS_PER_CLIENT];
     let mut call = 0usize;
-    while Instant::now() < deadline && requests + errors < calls_max {
+    while Instant::now() < deadline && tally.1 + tally.3 < calls_max {
         let slot = call % STREAMS_PER_CLIENT;
         call += 1;
         let batch: Vec<WireProposedEvent> = (0..events_per_request)
@@ -511,7 +575,6 @@ async fn append_client(
             (false, None) => pb::append_request::Expected::NoStream(()),
             (false, Some(r)) => pb::append_request::Expected::Exact(r),
         });
-        let call_start = Instant::now();
         let request = WireAppendRequest {
             request: pb::AppendRequest {
                 stream: streams[slot].clone(),
@@ -520,33 +583,17 @@ async fn append_client(
             },
             events: batch,
         };
-        let result = match client.ready().await {
-            Ok(()) => {
-                let codec =
-                    tonic_prost::ProstCodec::<WireAppendRequest, pb::AppendResponse>::default();
-                client
-                    .unary(tonic::Request::new(request), append_path(), codec)
-                    .await
-            }
-            Err(error) => Err(tonic::Status::unavailable(error.to_string())),
-        };
-        let micros = call_start.elapsed().as_micros() as u64;
-        match result {
-            Ok(response) => {
-                revisions[slot] = Some(response.into_inner().last_revision);
-                requests += 1;
-                events += events_per_request as u64;
-                let _ = histogram.record(micros.max(1));
-            }
-            Err(status) => {
-                errors += 1;
-                if errors <= 3 {
-                    eprintln!("append failed: {status}");
-                }
-            }
-        }
+        let (micros, result) =
+            timed_unary::<_, pb::AppendResponse>(&mut client, append_path(), request).await;
+        let outcome = result
+            .map(|response| {
+                revisions[slot] = Some(response.last_revision);
+                events_per_request as u64
+            })
+            .map_err(|status| status.to_string());
+        count_call(&mut tally, micros, outcome, "append");
     }
-    (histogram, requests, events, errors)
+    tally
 }
 
 /// The gRPC ceiling of this machine: `clients` callers doing `GetHead` (no log work,
@@ -558,40 +605,20 @@ pub async fn run_get_head(
     duration: Duration,
     threads: usize,
 ) -> Result<(u64, Duration), LoadError> {
-    let server: Arc<str> = server.into();
-    let connections = connections_per_thread(threads);
     let start = Instant::now();
-    // An absurd duration must not overflow the clock: it means "until the calls run out".
-    let deadline = start
-        .checked_add(duration)
-        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
-    let parts = on_client_threads(threads, clients, move |range| {
-        let server = server.clone();
-        async move {
-            let channels = connect(&server, range.len().clamp(1, connections)).await?;
-            let mut tasks = Vec::with_capacity(range.len());
-            for client_index in range {
-                let mut client =
-                    EventStoreClient::new(channels[client_index % channels.len()].clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut calls = 0u64;
-                    while Instant::now() < deadline {
-                        if client.get_head(()).await.is_ok() {
-                            calls += 1;
-                        }
-                    }
-                    calls
-                }));
+    let deadline = deadline_after(start, duration);
+    let calls = run_clients(server, clients, threads, move |_, channel| async move {
+        let mut client = EventStoreClient::new(channel);
+        let mut calls = 0u64;
+        while Instant::now() < deadline {
+            if client.get_head(()).await.is_ok() {
+                calls += 1;
             }
-            let mut calls = 0;
-            for task in tasks {
-                calls += task.await.expect("client task panicked");
-            }
-            Ok(calls)
         }
+        calls
     })
     .await?;
-    Ok((parts.into_iter().sum(), start.elapsed()))
+    Ok((calls.into_iter().sum(), start.elapsed()))
 }
 
 /// A `ReadResponse` as the read-stream load generator receives it: each event kept as its
@@ -628,33 +655,14 @@ pub async fn run_read_stream(
     duration: Duration,
     threads: usize,
 ) -> Result<LoadReport, LoadError> {
-    let server: Arc<str> = server.into();
-    let connections = connections_per_thread(threads);
     let streams = streams.max(1);
     let start = Instant::now();
-    // An absurd duration must not overflow the clock: it means "until the calls run out".
-    let deadline = start
-        .checked_add(duration)
-        .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
-    let parts = on_client_threads(threads, clients, move |range| {
-        let server = server.clone();
-        async move {
-            let channels = connect(&server, range.len().clamp(1, connections)).await?;
-            let mut tasks = Vec::with_capacity(range.len());
-            for client_index in range {
-                let channel = channels[client_index % channels.len()].clone();
-                tasks.push(tokio::spawn(read_stream_client(
-                    channel,
-                    client_index,
-                    streams,
-                    deadline,
-                )));
-            }
-            Ok(join_clients(tasks).await)
-        }
+    let deadline = deadline_after(start, duration);
+    let tallies = run_clients(server, clients, threads, move |client_index, channel| {
+        read_stream_client(channel, client_index, streams, deadline)
     })
     .await?;
-    Ok(LoadReport::merged(parts, start.elapsed()))
+    Ok(LoadReport::merged(tallies, start.elapsed()))
 }
 
 /// One read-stream client: calls until the deadline; returns its latency histogram and
@@ -668,54 +676,28 @@ async fn read_stream_client(
     let mut client = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
     let mut picks = EventIds::new(client_index as u64);
-    let mut histogram = Histogram::<u64>::new(3).expect("valid precision");
-    let (mut requests, mut events, mut errors) = (0u64, 0u64, 0u64);
+    let mut tally = new_tally();
     while Instant::now() < deadline {
-        let stream = format!("customer-{}", picks.next_u64() % streams);
-        let call_start = Instant::now();
-        let result = match client.ready().await {
-            Ok(()) => {
-                let codec =
-                    tonic_prost::ProstCodec::<pb::ReadStreamRequest, RawReadResponse>::default();
-                let request = pb::ReadStreamRequest {
-                    stream,
-                    from_revision: 0,
-                    backwards: false,
-                    max_count: 0,
-                };
-                client
-                    .unary(tonic::Request::new(request), read_stream_path(), codec)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-            Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+        let request = pb::ReadStreamRequest {
+            stream: format!("customer-{}", picks.next_u64() % streams),
+            from_revision: 0,
+            backwards: false,
+            max_count: 0,
         };
-        let micros = call_start.elapsed().as_micros() as u64;
-        match result {
-            Ok(page) if !page.events.is_empty() && page.end_reached => {
-                requests += 1;
-                events += page.events.len() as u64;
-                let _ = histogram.record(micros.max(1));
-            }
-            Ok(page) => {
-                errors += 1;
-                if errors <= 3 {
-                    eprintln!(
-                        "read stream: {} events, end reached {}",
-                        page.events.len(),
-                        page.end_reached
-                    );
-                }
-            }
-            Err(status) => {
-                errors += 1;
-                if errors <= 3 {
-                    eprintln!("read stream failed: {status}");
-                }
-            }
-        }
+        let (micros, result) =
+            timed_unary::<_, RawReadResponse>(&mut client, read_stream_path(), request).await;
+        let outcome = match result {
+            Ok(page) if !page.events.is_empty() && page.end_reached => Ok(page.events.len() as u64),
+            Ok(page) => Err(format!(
+                "{} events, end reached {}",
+                page.events.len(),
+                page.end_reached
+            )),
+            Err(status) => Err(status.to_string()),
+        };
+        count_call(&mut tally, micros, outcome, "read stream");
     }
-    (histogram, requests, events, errors)
+    tally
 }
 
 /// Reads the whole log forward over gRPC in pages of 1000; returns (events, elapsed).
