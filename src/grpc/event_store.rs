@@ -479,31 +479,23 @@ enum Cursor {
     Revision,
 }
 
-/// Encodes a read page as its `ReadResponse`, stopping before the message passes
-/// [`limits::READ_PAGE_BYTES_MAX`] (one event at least); a page cut short continues at
-/// the first event left out (forward) or strictly below the last one sent (backward).
-fn page_bytes(
-    page: Page,
-    backwards: bool,
-    cursor: Cursor,
-    privacy: &Privacy,
-) -> Result<Encoded, Status> {
+/// Encodes a backward page of the whole log (decoded events) as its `ReadResponse`,
+/// stopping before the message passes [`limits::READ_PAGE_BYTES_MAX`] (one event at
+/// least); a page cut short continues strictly below the last position sent.
+fn backward_page_bytes(page: Page, privacy: &Privacy) -> Result<Encoded, Status> {
     let events = &page.events;
     response_bytes(
         events.len(),
         (page.end_reached, page.next_cursor),
-        backwards,
+        true,
         |i, out| wire::put_read_response_event(out, &events[i], Some(privacy)),
-        |i| match cursor {
-            Cursor::Position => events[i].event.position,
-            Cursor::Revision => events[i].event.revision,
-        },
+        |i| events[i].event.position,
     )
 }
 
-/// [`page_bytes`] for a page left in its chunks (forward pages of the whole log, stream
-/// pages either way): each event is written borrowed from its chunk, never decoded into
-/// an owned event.
+/// A page left in its chunks (forward pages of the whole log, stream pages either way)
+/// as its `ReadResponse`, cut like [`backward_page_bytes`]: each event is written
+/// borrowed from its chunk, never decoded into an owned event.
 fn chunk_page_bytes(
     page: ChunkPage,
     backwards: bool,
@@ -630,7 +622,7 @@ impl EventStoreService {
             let (count, bytes) = (page_size(max_count), limits::READ_PAGE_BYTES_MAX);
             if backwards {
                 let page = log.read_all_within(from_position, true, count, bytes, &filter)?;
-                page_bytes(page, true, Cursor::Position, &privacy)
+                backward_page_bytes(page, &privacy)
             } else {
                 let page = log.read_all_in_chunks(from_position, count, bytes, &filter)?;
                 chunk_page_bytes(page, false, Cursor::Position, &privacy)

@@ -254,15 +254,9 @@ impl Log {
         max_count: usize,
         max_bytes: usize,
     ) -> Result<Page, ReadError> {
-        let head = self.head().position;
-        self.inner.store.read_stream(
-            stream.as_str(),
-            from_revision,
-            backwards,
-            max_count,
-            max_bytes,
-            head,
-        )
+        Ok(self
+            .read_stream_in_chunks(stream, from_revision, backwards, max_count, max_bytes)?
+            .into_page()?)
     }
 
     /// [`Log::read_stream_within`] leaving the events in their parsed chunks (checked

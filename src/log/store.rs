@@ -113,7 +113,7 @@ pub struct Page {
 /// and its index there, in read order, decoded (or borrowed) by the reader.
 #[derive(Clone, Debug, Default)]
 pub struct ChunkPage {
-    /// The events, in position order.
+    /// The events, in read order (descending for a backward stream page).
     pub events: Vec<(Arc<ParsedChunk>, usize)>,
     /// True when nothing more exists right now.
     pub end_reached: bool,
@@ -128,6 +128,15 @@ impl ChunkPage {
             .iter()
             .map(|(chunk, index)| chunk.layout.decode(&chunk.value, *index))
             .collect()
+    }
+
+    /// The same page with its events decoded.
+    pub fn into_page(self) -> Result<Page, LogError> {
+        Ok(Page {
+            events: self.decode()?,
+            end_reached: self.end_reached,
+            next_cursor: self.next_cursor,
+        })
     }
 }
 
@@ -688,8 +697,9 @@ impl Store {
                 "{stream} has no index entry for revision {revision}"
             ))
         };
-        // Sized for a page; a caller asking for more grows it as it reads.
-        let mut positions = Vec::with_capacity(upper.saturating_sub(lower).min(1024) as usize);
+        // Sized for at most a page; a caller asking for more grows it as it reads.
+        let page_max = u64::from(crate::limits::READ_PAGE_MAX);
+        let mut positions = Vec::with_capacity(upper.saturating_sub(lower).min(page_max) as usize);
         if lower >= upper {
             return Ok(positions);
         }
@@ -726,34 +736,9 @@ impl Store {
 
     /// Reads `stream` (see DESIGN §5 fine print for paging), up to the durable `head`: at
     /// most `max_count` events and `max_bytes` of their stored bytes (always one event
-    /// when any is there).
-    pub fn read_stream(
-        &self,
-        stream: &str,
-        from_revision: u64,
-        backwards: bool,
-        max_count: usize,
-        max_bytes: usize,
-        head: u64,
-    ) -> Result<Page, ReadError> {
-        let page = self.read_stream_in_chunks(
-            stream,
-            from_revision,
-            backwards,
-            max_count,
-            max_bytes,
-            head,
-        )?;
-        Ok(Page {
-            events: page.decode()?,
-            end_reached: page.end_reached,
-            next_cursor: page.next_cursor,
-        })
-    }
-
-    /// [`Store::read_stream`] without decoding: each event as its parsed chunk and index
-    /// (checked against the chain and to belong to `stream`), for a reader that
-    /// re-encodes events straight from the chunk.
+    /// when any is there). Each event stays in its parsed chunk (checked against the chain
+    /// and to belong to `stream`): a reader decodes it ([`ChunkPage::into_page`]) or
+    /// re-encodes it borrowed.
     pub fn read_stream_in_chunks(
         &self,
         stream: &str,
@@ -873,13 +858,8 @@ impl Store {
         filter: &ReadFilter,
         head: u64,
     ) -> Result<Page, LogError> {
-        let page =
-            self.read_all_forward_in_chunks(from_position, max_count, max_bytes, filter, head)?;
-        Ok(Page {
-            events: page.decode()?,
-            end_reached: page.end_reached,
-            next_cursor: page.next_cursor,
-        })
+        self.read_all_forward_in_chunks(from_position, max_count, max_bytes, filter, head)?
+            .into_page()
     }
 
     /// [`Store::read_all_forward`] without decoding: each matching event as its parsed
