@@ -1601,6 +1601,81 @@ fn a_format_2_directory_is_converted_when_it_opens() {
     );
 }
 
+/// A version-3 directory (chunks that store only their last hash, tags 1 and 2) opens as
+/// it is: its old chunks read back with the same events and hashes, new chunks store
+/// every event's hash, verify checks both kinds, and the directory moves to format 4.
+#[test]
+fn a_format_3_directory_opens_with_its_chunks_as_they_are() {
+    let mut h = Harness::new();
+    let sent = append_singles(&h, 700, 10);
+    // One append of 20 events: a chunk large enough to be stored compressed.
+    let batch = (0..20u128)
+        .map(|n| proposed(800 + n, format!("batched event number {n}").as_bytes()))
+        .collect();
+    h.append(to("customer-9", ExpectedRevision::Any, batch))
+        .expect("batch");
+    let everything = ReadFilter::default();
+    let before = read_all_pages(h.log(), false, 7, &everything);
+    assert_eq!(before.len(), 30);
+    let log = h.log.take().expect("open");
+    log.shutdown();
+    drop(log);
+    let mut tags = Vec::new();
+    {
+        // Turn the directory back into format 3: every chunk in the old layout.
+        let store = open_store_closed(h.dir.path());
+        let chunks: Vec<_> = store
+            .events
+            .iter()
+            .map(|entry| entry.expect("chunk"))
+            .collect();
+        for (key, value) in chunks {
+            let first = u64::from_be_bytes(key.as_ref().try_into().expect("8-byte key"));
+            let old = rapport::log::record::to_format_3(first, &value).expect("old layout");
+            tags.push(old[0]);
+            store.events.insert(key, old).expect("rewrite");
+        }
+        store
+            .meta
+            .insert("format_version", &3u32.to_be_bytes())
+            .expect("format 3");
+        store.sync().expect("sync");
+    }
+    assert!(
+        tags.contains(&1) && tags.contains(&2),
+        "raw and compressed: {tags:?}"
+    );
+    h.reopen();
+    assert_eq!(read_all_pages(h.log(), false, 7, &everything), before);
+    for (append, outcome) in &sent {
+        assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
+    }
+    append_singles(&h, 900, 5);
+    let after = read_all_pages(h.log(), false, 7, &everything);
+    assert_eq!(after[..30], before[..]);
+    let mut chain = ZERO_HASH;
+    for logged in &after {
+        chain = chain_hash(&chain, logged.event.position, &logged.event.encode());
+        assert_eq!(logged.hash, chain, "position {}", logged.event.position);
+    }
+    let report = h.close();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.head_position, 35);
+    assert_eq!(report.head_hash, chain);
+    let store = open_store_closed(h.dir.path());
+    assert_eq!(
+        store
+            .meta
+            .get("format_version")
+            .expect("read")
+            .expect("set")
+            .as_ref(),
+        rapport::log::store::FORMAT_VERSION.to_be_bytes()
+    );
+    let newest = store.events.last().expect("read").expect("a chunk").1;
+    assert_eq!(newest[0], 3, "a new chunk stores every event's hash");
+}
+
 /// Post-mortem: with the journal sync pipelined (a syncer thread acknowledges a group
 /// while the writer checks the next one), a rejected append was answered at once —
 /// although the state it was checked against (another append's event, written but not
