@@ -1601,6 +1601,31 @@ fn a_format_2_directory_is_converted_when_it_opens() {
     );
 }
 
+/// A clean shutdown empties the journal (sled holds everything after the last
+/// checkpoint), and the next session grows it again and reads every event back.
+#[test]
+fn a_clean_shutdown_leaves_an_empty_journal() {
+    let mut h = Harness::new();
+    let sent = append_singles(&h, 700, 20);
+    let everything = ReadFilter::default();
+    let before = read_all_pages(h.log(), false, 7, &everything);
+    let journal = h.dir.path().join("wal");
+    assert!(std::fs::metadata(&journal).expect("journal").len() > 0);
+    let report = h.close();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(std::fs::metadata(&journal).expect("journal").len(), 0);
+    h.reopen();
+    assert_eq!(read_all_pages(h.log(), false, 7, &everything), before);
+    for (append, outcome) in &sent {
+        assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
+    }
+    append_singles(&h, 900, 5);
+    assert!(std::fs::metadata(&journal).expect("journal").len() > 0);
+    let report = h.close();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.head_position, 25);
+}
+
 /// A version-3 directory (chunks that store only their last hash, tags 1 and 2) opens as
 /// it is: its old chunks read back with the same events and hashes, new chunks store
 /// every event's hash, verify checks both kinds, and the directory moves to format 4.

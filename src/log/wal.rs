@@ -158,6 +158,17 @@ impl Wal {
         self.len_bytes
     }
 
+    /// Empties the file, at a clean shutdown after the last checkpoint: a stopped
+    /// server's directory holds no dead journal (up to a checkpoint's worth of records
+    /// sled already has, 64 MiB). The next session preallocates it again as it grows.
+    pub fn truncate(&mut self) -> Result<(), LogError> {
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        self.len_bytes = 0;
+        self.allocated_bytes = 0;
+        Ok(())
+    }
+
     /// Starts the journal over once everything in it is durable in sled. The old
     /// records stay until overwritten; they only hold positions sled already has.
     pub fn reset(&mut self) -> Result<(), LogError> {

@@ -325,10 +325,20 @@ impl Writer {
         if let Some(syncer) = syncer {
             let _ = syncer.join();
         }
-        if failure.lock().expect("failure lock poisoned").is_none()
-            && let Err(error) = store.checkpoint()
-        {
-            tracing::error!(%error, "checkpoint at shutdown failed; the journal will be replayed");
+        if failure.lock().expect("failure lock poisoned").is_none() {
+            match store.checkpoint() {
+                Err(error) => tracing::error!(
+                    %error,
+                    "checkpoint at shutdown failed; the journal will be replayed"
+                ),
+                // sled holds everything now: the journal's records are dead weight.
+                Ok(()) => {
+                    if let Err(error) = store.wal.lock().expect("journal lock poisoned").truncate()
+                    {
+                        tracing::warn!(%error, "emptying the journal at shutdown failed");
+                    }
+                }
+            }
         }
         tracing::debug!("log writer stopped: queue closed");
     }
