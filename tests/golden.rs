@@ -17,12 +17,9 @@
 //!   keep decoding (through the type's upcaster). A type whose payload has alternative
 //!   shapes may add `<EventType>.v<N>.<shape>.bin` (`CustomFieldSet.v1.plain.bin`).
 //! - `tests/fixtures/format1/`: on-disk format version 1 — one stored envelope
-//!   (`StoredEvent::encode`), one chunk of three events chained from the zero hash in the
-//!   chunk layout of formats 1–3 (only the last hash stored), the same chunk as those
-//!   formats stored it compressed, and the chain hashes they must produce.
-//! - `tests/fixtures/format4/`: the same chunk in the layout of format 4, which stores
-//!   every event's hash (`record::ChunkBuilder`), and compressed in a checksummed frame
-//!   (`record::compress_chunk`). The chain hashes are the same.
+//!   (`StoredEvent::encode`), one chunk of three events chained from the zero hash
+//!   (`record::ChunkBuilder`), the same chunk as the writer stores it compressed
+//!   (`record::compress_chunk`), and the chain hashes they must produce.
 //! - `tests/fixtures/shared/enums.v1.bin`: every variant of the enums events share;
 //!   `shared/values.v1.bin`: every variant of the enums and value types added with the
 //!   profile events (consent, feedback, identifiers, custom fields).
@@ -60,10 +57,7 @@ use rapport::domain::events::{
 };
 use rapport::domain::personal::Personal;
 use rapport::keys::DataKey;
-use rapport::log::record::{
-    ChunkBuilder, chain_hash, compress_chunk, decode_chunk, parse_chunk, parse_chunk_verified,
-    to_format_3,
-};
+use rapport::log::record::{ChunkBuilder, chain_hash, compress_chunk, decode_chunk, parse_chunk};
 use rapport::log::{Hash, StoredEvent, ZERO_HASH};
 use rapport::privacy::associated_data;
 use uuid::Uuid;
@@ -1083,9 +1077,8 @@ fn a_chunk_and_its_chain_hashes_match_their_golden_bytes() {
         .enumerate()
         .map(|(i, h)| format!("{} {}\n", i + 1, hex::encode(h)))
         .collect();
-    let format_3 = to_format_3(1, &current).expect("today's chunk in the old layout");
 
-    let golden = fixture("format1/chunk.bin", &format_3);
+    let golden = fixture("format1/chunk.bin", &current);
     let golden_hashes = String::from_utf8(fixture(
         "format1/chunk.hashes.txt",
         current_hashes.as_bytes(),
@@ -1102,8 +1095,7 @@ fn a_chunk_and_its_chain_hashes_match_their_golden_bytes() {
         })
         .collect();
 
-    // Chunks read back: events, per-event chain hashes, and the stored hashes, both as a
-    // read parses them and as verify does.
+    // Old chunks read back: events, per-event chain hashes, and the stored last hash.
     let check = |name: &str, value: &[u8]| {
         let decoded = decode_chunk(1, value)
             .unwrap_or_else(|error| panic!("{name} no longer decodes: {error}"));
@@ -1125,42 +1117,23 @@ fn a_chunk_and_its_chain_hashes_match_their_golden_bytes() {
             expected_hashes,
             "{name}: the chain hashes of format 1 (BLAKE3 of previous hash ‖ position BE ‖ event bytes)"
         );
-        for layout in [
-            parse_chunk(1, value).expect("parse"),
-            parse_chunk_verified(1, value).expect("verified parse"),
-        ] {
-            assert_eq!(layout.prev_hash, ZERO_HASH, "{name}");
-            assert_eq!(layout.hashes, expected_hashes, "{name}");
-        }
+        let layout = parse_chunk(1, value).expect("parse");
+        assert_eq!(layout.prev_hash, ZERO_HASH, "{name}");
+        assert_eq!(layout.last_hash(), expected_hashes[2], "{name}");
     };
     check("format1/chunk.bin", &golden);
 
-    // Formats 1-3 stored a chunk zstd-compressed when that was smaller (tag 2). Those
-    // chunks must stay readable too; compressed bytes are not compared, because another
+    // The writer stores a chunk zstd-compressed when that is smaller (tag 2). Those
+    // chunks must stay readable too; their bytes are not compared, because another
     // zstd release may compress the same input differently and that is harmless. (The
     // chunk has three events so that it is large enough for the writer to compress.)
-    let compressed = fixture(
-        "format1/chunk.zstd.bin",
-        &to_format_3(1, &compress_chunk(current.clone())).expect("old layout, compressed"),
-    );
+    let compressed = fixture("format1/chunk.zstd.bin", &compress_chunk(current.clone()));
     assert_eq!(
         compressed.first(),
         Some(&2),
         "format1/chunk.zstd.bin holds a compressed chunk"
     );
     check("format1/chunk.zstd.bin", &compressed);
-
-    // Format 4: every event's hash stored (tag 3), compressed in a checksummed frame
-    // (tag 4). The chain is the same, so the hashes are format 1's.
-    let golden_4 = fixture("format4/chunk.bin", &current);
-    check("format4/chunk.bin", &golden_4);
-    let compressed_4 = fixture("format4/chunk.zstd.bin", &compress_chunk(current.clone()));
-    assert_eq!(
-        compressed_4.first(),
-        Some(&4),
-        "format4/chunk.zstd.bin holds a compressed chunk"
-    );
-    check("format4/chunk.zstd.bin", &compressed_4);
     check("compress_chunk today", &compress_chunk(current.clone()));
 
     assert_same_bytes(
@@ -1168,9 +1141,7 @@ fn a_chunk_and_its_chain_hashes_match_their_golden_bytes() {
         current_hashes.as_bytes(),
         golden_hashes.as_bytes(),
     );
-    assert_same_bytes("format4/chunk.bin", &current, &golden_4);
-    // The old layout, as tools that make an old directory write it, is format 1's.
-    assert_same_bytes("format1/chunk.bin", &format_3, &golden);
+    assert_same_bytes("format1/chunk.bin", &current, &golden);
 }
 
 /// Fully populated samples of the loyalty events (issue 5): every optional field set and

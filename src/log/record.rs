@@ -3,37 +3,21 @@
 //! ## Stored bytes
 //! An event is stored as the bincode 2 (standard config, varint integers) encoding of
 //! [`StoredEvent`]. Events written by one group commit are packed into chunks of
-//! contiguous positions (one sled insert per chunk instead of per event). Since on-disk
-//! format 4 a chunk stores the chain hash of each event, as the design's envelope has it:
+//! contiguous positions (one sled insert per chunk instead of per event):
 //!
 //! ```text
-//! chunk value = tag:u8 (=3) | prev_hash:[u8;32] | count:u32 LE
-//!               | count × ( len:u32 LE | event bytes ) | count × hash:[u8;32]
+//! chunk value = tag:u8 (=1) | prev_hash:[u8;32] | count:u32 LE
+//!               | count × ( len:u32 LE | event bytes ) | last_hash:[u8;32]
 //! chunk key   = position of its first event, u64 big-endian
 //! ```
 //!
 //! The writer stores a chunk compressed when that makes it smaller
-//! (`4 ‖ raw_len:u32 LE ‖ zstd(raw chunk without its tag)`, see [`compress_chunk`]), in a
-//! zstd frame that carries its content checksum (XXH64).
-//!
-//! Chunks of formats 1–3 stay readable as they are: `1 ‖ prev_hash ‖ count ‖ (len ‖ event
-//! bytes)* ‖ last_hash` (only the last hash stored), compressed as `2 ‖ raw_len ‖ zstd`.
+//! (`2 ‖ raw_len:u32 LE ‖ zstd(raw chunk without its tag)`, see [`compress_chunk`]).
 //!
 //! ## Hash chain
 //! `hash_n = BLAKE3(hash_{n-1} ‖ position_n as u64 big-endian ‖ event bytes_n)`, with
-//! `hash_0` = 32 zero bytes.
-//!
-//! ## What a read checks
-//! - A compressed chunk of format 4 is checked by its frame's checksum, which covers every
-//!   event byte and every stored hash: a read hands out the stored hashes without
-//!   re-hashing, so a point read or a replay costs no BLAKE3 (it was the largest item of a
-//!   replay's profile).
-//! - Every other chunk (stored raw, because it is small or does not compress, or written by
-//!   formats 1–3) has its chain recomputed on read; a format-4 raw chunk must match each
-//!   stored hash, an older one its last hash.
-//! - [`parse_chunk_verified`], which `rapport verify` uses, recomputes the chain of every
-//!   chunk and compares it with every stored hash: an altered byte anywhere is found
-//!   there, whatever a read trusted.
+//! `hash_0` = 32 zero bytes. The per-event hashes are recomputed whenever a chunk is read
+//! and must end in the chunk's stored `last_hash`, so every read checks its bytes.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -46,14 +30,8 @@ pub type Hash = [u8; 32];
 /// The hash of the empty log.
 pub const ZERO_HASH: Hash = [0; 32];
 
-/// Raw chunk of formats 1–3: only the last hash stored.
 const CHUNK_TAG: u8 = 1;
-/// Compressed chunk of formats 1–3.
 const COMPRESSED_CHUNK_TAG: u8 = 2;
-/// Raw chunk of format 4: every event's hash stored.
-const HASHED_CHUNK_TAG: u8 = 3;
-/// Compressed chunk of format 4, in a checksummed zstd frame.
-const COMPRESSED_HASHED_CHUNK_TAG: u8 = 4;
 
 /// zstd level for stored chunks: level 1 is the fastest and already takes most of what
 /// there is to take from envelopes that repeat stream names, types and field names.
@@ -63,10 +41,9 @@ const ZSTD_LEVEL: i32 = 1;
 /// compression and costs a zstd call on the latency-critical single-append path.
 const COMPRESS_BYTES_MIN: usize = 1024;
 
-/// Compresses a finished chunk: `4 ‖ raw_len:u32 LE ‖ zstd(raw[1..])` for a format-4
-/// chunk (`2 ‖ …` for a chunk of formats 1–3). Returns the raw chunk when compression does
-/// not make it smaller. The hash chain covers the raw event bytes, never the compressed
-/// form, so compression is invisible to auditors.
+/// Compresses a finished chunk: `2 ‖ raw_len:u32 LE ‖ zstd(raw[1..])`. Returns the raw
+/// chunk when compression does not make it smaller. The hash chain covers the raw event
+/// bytes, never the compressed form, so compression is invisible to auditors.
 pub fn compress_chunk(raw: Vec<u8>) -> Vec<u8> {
     compressed_value(&raw).unwrap_or(raw)
 }
@@ -77,24 +54,14 @@ fn compressed_value(raw: &[u8]) -> Option<Vec<u8>> {
     if raw.len() < COMPRESS_BYTES_MIN {
         return None;
     }
-    let tag = match raw[0] {
-        HASHED_CHUNK_TAG => COMPRESSED_HASHED_CHUNK_TAG,
-        _ => COMPRESSED_CHUNK_TAG,
-    };
     // Compressed straight behind the header, into one buffer of the worst-case size.
     let mut value = vec![0u8; 5 + zstd::zstd_safe::compress_bound(raw.len() - 1)];
-    value[0] = tag;
+    value[0] = COMPRESSED_CHUNK_TAG;
     value[1..5].copy_from_slice(&(raw.len() as u32).to_le_bytes());
     let compressed = COMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
-            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                .and_then(|mut c| {
-                    // The frame's XXH64 of the raw chunk is what a read checks (4 bytes).
-                    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-                    Ok(c)
-                })
-                .ok();
+            *slot = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
         slot.as_mut()
             .and_then(|c| c.compress_to_buffer(&raw[1..], &mut value[5..]).ok())
@@ -317,10 +284,10 @@ pub struct ChunkBuilder {
 }
 
 impl ChunkBuilder {
-    /// Starts a chunk (of today's format, 4) whose first event follows `prev_hash`.
+    /// Starts a chunk whose first event follows `prev_hash`.
     pub fn new(prev_hash: Hash) -> Self {
-        let mut bytes = Vec::with_capacity(crate::limits::CHUNK_BYTES_TARGET + 4096);
-        bytes.push(HASHED_CHUNK_TAG);
+        let mut bytes = Vec::with_capacity(crate::limits::CHUNK_BYTES_TARGET + 1024);
+        bytes.push(CHUNK_TAG);
         bytes.extend_from_slice(&prev_hash);
         bytes.extend_from_slice(&0u32.to_le_bytes());
         Self {
@@ -357,9 +324,9 @@ impl ChunkBuilder {
         hash
     }
 
-    /// Encoded size so far, in bytes (the events' hashes, written at the end, included).
+    /// Encoded size so far, in bytes.
     pub fn len_bytes(&self) -> usize {
-        self.bytes.len() + self.hashes.len() * 32
+        self.bytes.len()
     }
 
     /// Events in the chunk so far.
@@ -367,14 +334,12 @@ impl ChunkBuilder {
         u32::try_from(self.spans.len()).expect("a chunk holds a bounded number of events")
     }
 
-    /// Writes the event count into the header and every event's hash at the end.
+    /// Writes the event count into the header and the last hash at the end.
     fn seal(&mut self) {
         let count = self.count();
+        let last_hash = self.hashes.last().copied().unwrap_or(self.prev_hash);
         self.bytes[33..37].copy_from_slice(&count.to_le_bytes());
-        self.bytes.reserve(self.hashes.len() * 32);
-        for hash in &self.hashes {
-            self.bytes.extend_from_slice(hash);
-        }
+        self.bytes.extend_from_slice(&last_hash);
     }
 
     /// The finished chunk value.
@@ -412,8 +377,8 @@ impl ChunkBuilder {
     }
 }
 
-/// Where each event of a chunk lies, with its chain hash (stored or recomputed, see the
-/// module doc for what a read checks); events are decoded on demand.
+/// Where each event of a chunk lies, with its recomputed chain hash. Parsing checks the
+/// whole chunk against its stored last hash; events are decoded on demand.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ChunkLayout {
     /// Position of the first event.
@@ -521,90 +486,47 @@ impl ChunkLayout {
     }
 }
 
-/// How much of a chunk's chain a parse recomputes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Check {
-    /// A read: trust the stored hashes of a chunk whose bytes a frame checksum covers;
-    /// recompute every other chunk's chain.
-    Read,
-    /// `verify`: recompute every chain and compare it with every stored hash.
-    Chain,
-}
-
-/// Parses a chunk stored under `first_position` (raw or compressed, of any format) for a
-/// read: what is read is what was written, checked as the module doc says. Pass the same
-/// stored `value` to [`ChunkLayout::decode`].
+/// Parses a chunk stored under `first_position` (raw or compressed), recomputing every
+/// event's hash and checking the stored last hash: what is read is what was written.
+/// Pass the same stored `value` to [`ChunkLayout::decode`].
 pub fn parse_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, LogError> {
-    parse_with(first_position, value, Check::Read)
-}
-
-/// Parses a chunk recomputing its whole chain and comparing it with every hash the chunk
-/// stores, whatever its format: the check `rapport verify` runs.
-pub fn parse_chunk_verified(first_position: u64, value: &[u8]) -> Result<ChunkLayout, LogError> {
-    parse_with(first_position, value, Check::Chain)
-}
-
-fn parse_with(first_position: u64, value: &[u8], check: Check) -> Result<ChunkLayout, LogError> {
-    let raw_tag = match value.first() {
-        Some(&COMPRESSED_CHUNK_TAG) => CHUNK_TAG,
-        Some(&COMPRESSED_HASHED_CHUNK_TAG) => HASHED_CHUNK_TAG,
-        // A chunk stored raw has no frame checksum: its chain is recomputed.
-        _ => return parse_raw_chunk(first_position, value, Check::Chain),
-    };
-    let corrupt = |what: &str| LogError::Corrupt(format!("chunk at {first_position}: {what}"));
-    let raw_len = value
-        .get(1..5)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
-        .ok_or_else(|| corrupt("bad compressed header"))?;
-    if raw_len > RAW_CHUNK_BYTES_MAX || raw_len == 0 {
-        return Err(corrupt("implausible raw length"));
+    if value.first() == Some(&COMPRESSED_CHUNK_TAG) {
+        let corrupt = |what: &str| LogError::Corrupt(format!("chunk at {first_position}: {what}"));
+        let raw_len = value
+            .get(1..5)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| corrupt("bad compressed header"))?;
+        if raw_len > RAW_CHUNK_BYTES_MAX || raw_len == 0 {
+            return Err(corrupt("implausible raw length"));
+        }
+        // Straight into the chunk buffer after its tag: no second copy of the body.
+        let mut raw = vec![0u8; raw_len];
+        raw[0] = CHUNK_TAG;
+        let written = DECOMPRESSOR
+            .with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = zstd::bulk::Decompressor::new().ok();
+                }
+                match slot.as_mut() {
+                    Some(d) => d.decompress_to_buffer(&value[5..], &mut raw[1..]),
+                    None => zstd::bulk::decompress_to_buffer(&value[5..], &mut raw[1..]),
+                }
+            })
+            .map_err(|e| corrupt(&format!("undecompressable: {e}")))?;
+        if written != raw_len - 1 {
+            return Err(corrupt("raw length mismatch"));
+        }
+        let mut layout = parse_raw_chunk(first_position, &raw)?;
+        layout.raw = Some(raw);
+        return Ok(layout);
     }
-    // Straight into the chunk buffer after its tag: no second copy of the body.
-    let mut raw = vec![0u8; raw_len];
-    raw[0] = raw_tag;
-    let written = DECOMPRESSOR
-        .with(|cell| {
-            let mut slot = cell.borrow_mut();
-            if slot.is_none() {
-                *slot = zstd::bulk::Decompressor::new().ok();
-            }
-            match slot.as_mut() {
-                Some(d) => d.decompress_to_buffer(&value[5..], &mut raw[1..]),
-                None => zstd::bulk::decompress_to_buffer(&value[5..], &mut raw[1..]),
-            }
-        })
-        .map_err(|e| corrupt(&format!("undecompressable: {e}")))?;
-    if written != raw_len - 1 {
-        return Err(corrupt("raw length mismatch"));
-    }
-    // zstd checked the frame's checksum while decompressing, if the frame has one.
-    let covered = raw_tag == HASHED_CHUNK_TAG && frame_has_checksum(&value[5..]);
-    let chunk_check = if covered { check } else { Check::Chain };
-    let mut layout = parse_raw_chunk(first_position, &raw, chunk_check)?;
-    layout.raw = Some(raw);
-    Ok(layout)
+    parse_raw_chunk(first_position, value)
 }
 
-/// True when the zstd frame starting `frame` declares a content checksum (bit 2 of the
-/// frame header descriptor, the byte after the 4-byte magic number).
-fn frame_has_checksum(frame: &[u8]) -> bool {
-    frame
-        .get(4)
-        .is_some_and(|descriptor| descriptor & 0x04 != 0)
-}
-
-fn parse_raw_chunk(
-    first_position: u64,
-    value: &[u8],
-    check: Check,
-) -> Result<ChunkLayout, LogError> {
+fn parse_raw_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, LogError> {
     let corrupt = |what: &str| LogError::Corrupt(format!("chunk at {first_position}: {what}"));
-    let hashed = match value.first() {
-        Some(&CHUNK_TAG) => false,
-        Some(&HASHED_CHUNK_TAG) => true,
-        _ => return Err(corrupt("bad header")),
-    };
-    if value.len() < 1 + 32 + 4 + 32 {
+    if value.len() < 1 + 32 + 4 + 32 || value[0] != CHUNK_TAG {
         return Err(corrupt("bad header"));
     }
     let prev_hash: Hash = value[1..33].try_into().expect("32 bytes");
@@ -612,21 +534,13 @@ fn parse_raw_chunk(
     if count == 0 {
         return Err(corrupt("empty chunk"));
     }
-    let stored_hashes = if hashed { count as usize } else { 1 };
-    let body_end = stored_hashes
-        .checked_mul(32)
-        .and_then(|hash_bytes| value.len().checked_sub(hash_bytes))
-        .filter(|end| *end >= 37)
-        .ok_or_else(|| corrupt("truncated hashes"))?;
-    let stored = &value[body_end..];
-    let stored_hash =
-        |i: usize| -> Hash { stored[i * 32..i * 32 + 32].try_into().expect("32 bytes") };
-    let recompute = check == Check::Chain || !hashed;
+    let body_end = value.len() - 32;
+    let stored_last: Hash = value[body_end..].try_into().expect("32 bytes");
     let mut offset = 37;
     let mut hash = prev_hash;
     let mut spans = Vec::with_capacity(count as usize);
     let mut hashes = Vec::with_capacity(count as usize);
-    for index in 0..count as usize {
+    for index in 0..u64::from(count) {
         if offset + 4 > body_end {
             return Err(corrupt("truncated length"));
         }
@@ -636,18 +550,7 @@ fn parse_raw_chunk(
         if offset + len > body_end {
             return Err(corrupt("truncated event"));
         }
-        if recompute {
-            hash = chain_hash(
-                &hash,
-                first_position + index as u64,
-                &value[offset..offset + len],
-            );
-            if hashed && hash != stored_hash(index) {
-                return Err(corrupt("hash chain mismatch (event bytes altered)"));
-            }
-        } else {
-            hash = stored_hash(index);
-        }
+        hash = chain_hash(&hash, first_position + index, &value[offset..offset + len]);
         spans.push((offset, len));
         hashes.push(hash);
         offset += len;
@@ -655,7 +558,7 @@ fn parse_raw_chunk(
     if offset != body_end {
         return Err(corrupt("trailing bytes"));
     }
-    if !hashed && hash != stored_hash(0) {
+    if hash != stored_last {
         return Err(corrupt("hash chain mismatch (event bytes altered)"));
     }
     Ok(ChunkLayout {
@@ -664,30 +567,6 @@ fn parse_raw_chunk(
         spans,
         hashes,
         raw: None,
-    })
-}
-
-/// The same chunk in the layout of formats 1–3 (only the last hash stored; compressed
-/// as tag 2 when the chunk given was compressed): how directories of those formats hold
-/// their chunks, for tests and tools that make one. Checks the chunk as a read does.
-pub fn to_format_3(first_position: u64, value: &[u8]) -> Result<Vec<u8>, LogError> {
-    let layout = parse_chunk(first_position, value)?;
-    let bytes = layout.bytes(value);
-    let mut raw = Vec::with_capacity(bytes.len());
-    raw.push(CHUNK_TAG);
-    raw.extend_from_slice(&bytes[1..37]);
-    for (start, len) in &layout.spans {
-        raw.extend_from_slice(&bytes[start - 4..start + len]);
-    }
-    raw.extend_from_slice(&layout.last_hash());
-    let compressed = matches!(
-        value.first(),
-        Some(&COMPRESSED_CHUNK_TAG | &COMPRESSED_HASHED_CHUNK_TAG)
-    );
-    Ok(if compressed {
-        compressed_value(&raw).unwrap_or(raw)
-    } else {
-        raw
     })
 }
 
@@ -768,7 +647,7 @@ mod tests {
                 builder.push(&bytes, hash);
             }
             let (stored, layout) = builder.finish_parsed(5);
-            assert_eq!(stored[0] == COMPRESSED_HASHED_CHUNK_TAG, count == 20);
+            assert_eq!(stored[0] == COMPRESSED_CHUNK_TAG, count == 20);
             let parsed = parse_chunk(5, &stored).unwrap();
             assert_eq!(layout, parsed);
             assert_eq!(
@@ -799,7 +678,7 @@ mod tests {
         }
         let raw = builder.finish();
         let stored = compress_chunk(raw.clone());
-        assert_eq!(stored[0], COMPRESSED_HASHED_CHUNK_TAG);
+        assert_eq!(stored[0], COMPRESSED_CHUNK_TAG);
         assert!(stored.len() < raw.len());
         assert_eq!(
             decode_chunk(1, &stored).unwrap(),
@@ -880,125 +759,5 @@ mod tests {
         let payload_byte = value.len() - 32 - 2;
         value[payload_byte] ^= 0xff;
         assert!(matches!(parse_chunk(1, &value), Err(LogError::Corrupt(_))));
-    }
-
-    /// A compressed chunk of 20 events and the events' chain hashes.
-    fn compressed_chunk() -> (Vec<u8>, Vec<Hash>) {
-        let mut builder = ChunkBuilder::new(ZERO_HASH);
-        let mut hashes = Vec::new();
-        let mut hash = ZERO_HASH;
-        for position in 1..=20 {
-            hash = builder.push_event(&event(position), &hash);
-            hashes.push(hash);
-        }
-        let (stored, _) = builder.finish_parsed(1);
-        assert_eq!(stored[0], COMPRESSED_HASHED_CHUNK_TAG);
-        (stored, hashes)
-    }
-
-    #[test]
-    fn a_read_of_a_checksummed_chunk_hands_out_the_stored_hashes() {
-        let (stored, hashes) = compressed_chunk();
-        assert!(frame_has_checksum(&stored[5..]));
-        for parse in [parse_chunk, parse_chunk_verified] {
-            let layout = parse(1, &stored).unwrap();
-            assert_eq!(layout.hashes, hashes);
-            assert_eq!(layout.prev_hash, ZERO_HASH);
-        }
-    }
-
-    #[test]
-    fn every_flipped_bit_of_a_compressed_chunk_is_refused_or_harmless() {
-        // A read trusts the stored hashes of a checksummed frame: whatever bit of the
-        // stored value flips, the read fails, or (a bit zstd never looks at) gives back
-        // exactly the events and hashes written — never other ones.
-        let (stored, _) = compressed_chunk();
-        let expected = decode_chunk(1, &stored).unwrap();
-        for byte in 0..stored.len() {
-            for bit in [0x01u8, 0x10, 0x80] {
-                let mut damaged = stored.clone();
-                damaged[byte] ^= bit;
-                if let Ok(events) = decode_chunk(1, &damaged) {
-                    assert_eq!(events, expected, "byte {byte} bit {bit:#x}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn verify_recomputes_what_a_read_trusts() {
-        // A chunk whose frame checksum is sound but whose stored hash is not the chain's
-        // (written so, not damaged later): a read hands the stored hashes out; verify
-        // recomputes the chain and refuses it.
-        let mut builder = ChunkBuilder::new(ZERO_HASH);
-        let mut hash = ZERO_HASH;
-        for position in 1..=20 {
-            let bytes = event(position).encode();
-            hash = chain_hash(&hash, position, &bytes);
-            let stored_hash = if position == 7 { [7; 32] } else { hash };
-            builder.push(&bytes, stored_hash);
-        }
-        let (stored, _) = builder.finish_parsed(1);
-        assert_eq!(parse_chunk(1, &stored).unwrap().hashes[6], [7; 32]);
-        assert!(matches!(
-            parse_chunk_verified(1, &stored),
-            Err(LogError::Corrupt(_))
-        ));
-        // Stored raw (no frame checksum), the same chunk is re-hashed on every read.
-        let mut raw_builder = ChunkBuilder::new(ZERO_HASH);
-        let bytes = event(1).encode();
-        raw_builder.push(&bytes, [1; 32]);
-        let (raw, _) = raw_builder.finish_parsed(1);
-        assert_eq!(raw[0], HASHED_CHUNK_TAG);
-        assert!(parse_chunk(1, &raw).is_err());
-    }
-
-    #[test]
-    fn a_frame_without_its_checksum_is_re_hashed() {
-        let (stored, hashes) = compressed_chunk();
-        let layout = parse_chunk(1, &stored).unwrap();
-        let raw = layout.bytes(&stored);
-        let mut plain = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
-        let mut value = vec![COMPRESSED_HASHED_CHUNK_TAG];
-        value.extend_from_slice(&(raw.len() as u32).to_le_bytes());
-        value.extend_from_slice(&plain.compress(&raw[1..]).unwrap());
-        assert!(!frame_has_checksum(&value[5..]));
-        assert_eq!(parse_chunk(1, &value).unwrap().hashes, hashes);
-        // Its bytes are checked by the chain instead: an altered stored hash is refused.
-        let mut altered = raw.to_vec();
-        let last = altered.len() - 1;
-        altered[last] ^= 1;
-        let mut value = vec![COMPRESSED_HASHED_CHUNK_TAG];
-        value.extend_from_slice(&(altered.len() as u32).to_le_bytes());
-        value.extend_from_slice(&plain.compress(&altered[1..]).unwrap());
-        assert!(parse_chunk(1, &value).is_err());
-    }
-
-    #[test]
-    fn a_chunk_in_the_format_3_layout_reads_the_same() {
-        for count in [20u64, 1] {
-            let mut builder = ChunkBuilder::new(ZERO_HASH);
-            let mut hash = ZERO_HASH;
-            for position in 1..=count {
-                hash = builder.push_event(&event(position), &hash);
-            }
-            let (stored, _) = builder.finish_parsed(1);
-            let old = to_format_3(1, &stored).unwrap();
-            let expected_tag = if count == 20 {
-                COMPRESSED_CHUNK_TAG
-            } else {
-                CHUNK_TAG
-            };
-            assert_eq!(old[0], expected_tag);
-            if count == 1 {
-                // One event, one stored hash: the layouts differ only in their tag.
-                assert_eq!(old[1..], stored[1..]);
-            }
-            assert_eq!(
-                decode_chunk(1, &old).unwrap(),
-                decode_chunk(1, &stored).unwrap()
-            );
-            assert_eq!(parse_chunk_verified(1, &old).unwrap().last_hash(), hash);
-        }
     }
 }

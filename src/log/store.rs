@@ -28,22 +28,16 @@ use super::id_index::{IdIndex, IdIndexShape};
 use super::record::{ChunkLayout, Hash, LoggedEvent, ZERO_HASH, parse_chunk};
 use super::wal::{ChunkEntry, Wal};
 
-/// The on-disk format this build writes and reads. 4: chunks store every event's chain
-/// hash (tags 3 and 4, see `record`), so reads need not re-hash. 3: the event id index
-/// is packed into runs (`id_runs` and its manifest) instead of one `event_ids` entry per
-/// event. 2: customer events carry their personal data sealed (1 had it in clear; the
-/// envelope and chunk layout are unchanged, but a version-1 directory's customer payloads
-/// would not decode as today's types).
-pub const FORMAT_VERSION: u32 = 4;
+/// The on-disk format this build writes and reads. 3: the event id index is packed
+/// into runs (`id_runs` and its manifest) instead of one `event_ids` entry per event.
+/// 2: customer events carry their personal data sealed (1 had it in clear; the envelope
+/// and chunk layout are unchanged, but a version-1 directory's customer payloads would
+/// not decode as today's types).
+pub const FORMAT_VERSION: u32 = 3;
 
-/// The older format this build converts when it opens it: version 2 differs in its id
-/// index, which opening packs into runs, and in its chunks (as version 3).
+/// The older format this build converts when it opens it: version 2 differs only in
+/// its id index, which opening packs into runs.
 pub const CONVERTED_FORMAT_VERSION: u32 = 2;
-
-/// The older format this build opens as it is and moves to [`FORMAT_VERSION`]: version 3
-/// differs only in its chunks (without per-event hashes), which stay readable as they are
-/// while new chunks are written in today's layout.
-pub const READABLE_FORMAT_VERSION: u32 = 3;
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through";
@@ -323,14 +317,7 @@ impl Store {
                     .map(u32::from_be_bytes)
                     .map_err(|_| LogError::Corrupt("malformed format version".into()))?;
                 convert = found == CONVERTED_FORMAT_VERSION;
-                if found == READABLE_FORMAT_VERSION {
-                    meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
-                    tracing::info!(
-                        from = found,
-                        to = FORMAT_VERSION,
-                        "opened an older format; its chunks stay as they are, new chunks store each event's hash"
-                    );
-                } else if found != FORMAT_VERSION && !convert {
+                if found != FORMAT_VERSION && !convert {
                     return Err(LogError::UnsupportedFormat {
                         found,
                         supported: FORMAT_VERSION,

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::Path;
 
 use super::error::LogError;
-use super::record::{ChunkLayout, Hash, ZERO_HASH, parse_chunk_verified};
+use super::record::{ChunkLayout, Hash, ZERO_HASH, parse_chunk};
 use super::store::{Store, be_u64, decode_stream_entry};
 
 /// What a verify pass found.
@@ -97,9 +97,7 @@ fn parse_in_parallel(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|(first, value)| {
-                            parse_chunk_verified(*first, value).map_err(|e| e.to_string())
-                        })
+                        .map(|(first, value)| parse_chunk(*first, value).map_err(|e| e.to_string()))
                         .collect::<Vec<_>>()
                 })
             })
@@ -220,7 +218,7 @@ struct ParsedForDigest {
 }
 
 fn parse_and_digest(first: u64, value: &[u8], key: &DigestKey) -> Result<ParsedForDigest, String> {
-    let layout = parse_chunk_verified(first, value).map_err(|e| e.to_string())?;
+    let layout = parse_chunk(first, value).map_err(|e| e.to_string())?;
     let mut ids = Digest::default();
     let mut streams = Digest::default();
     let mut buf = Vec::with_capacity(64);
