@@ -237,6 +237,9 @@ pub enum LoadError {
     /// A client thread or its runtime could not be started.
     #[error("cannot start a client thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// A client thread panicked (a bug of the load generator, reported, not re-raised).
+    #[error("a client thread panicked")]
+    ThreadPanicked,
 }
 
 /// Client threads of `rapport bench append` and `bench head` unless told otherwise. One:
@@ -292,11 +295,11 @@ where
     tokio::task::spawn_blocking(move || {
         handles
             .into_iter()
-            .map(|handle| handle.join().expect("client thread panicked"))
+            .map(|handle| handle.join().map_err(|_| LoadError::ThreadPanicked)?)
             .collect()
     })
     .await
-    .expect("client thread join task panicked")
+    .map_err(|_| LoadError::ThreadPanicked)?
 }
 
 /// A ~200-byte custom event body, like the peer's JSON-ish payload: a few fixed fields

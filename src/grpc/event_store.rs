@@ -489,7 +489,7 @@ fn backward_page_bytes(page: Page, privacy: &Privacy) -> Result<Encoded, Status>
         (page.end_reached, page.next_cursor),
         true,
         |i, out| wire::put_read_response_event(out, &events[i], Some(privacy)),
-        |i| events[i].event.position,
+        |i| Ok(events[i].event.position),
     )
 }
 
@@ -515,14 +515,11 @@ fn chunk_page_bytes(
         },
         |i| {
             let (chunk, index) = &events[i];
-            match cursor {
+            Ok(match cursor {
                 Cursor::Position => chunk.first + *index as u64,
-                // Viewed before (it was written): only a cut page asks, once.
-                Cursor::Revision => chunk
-                    .layout
-                    .view(&chunk.value, *index)
-                    .map_or(0, |event| event.revision),
-            }
+                // Only a cut page asks, once: the event's envelope is viewed again.
+                Cursor::Revision => chunk.layout.view(&chunk.value, *index)?.revision,
+            })
         },
     )
 }
@@ -536,7 +533,7 @@ fn response_bytes(
     (end_reached, next_cursor): (bool, u64),
     backwards: bool,
     mut put: impl FnMut(usize, &mut Vec<u8>) -> Result<(), Status>,
-    cursor_of: impl Fn(usize) -> u64,
+    cursor_of: impl Fn(usize) -> Result<u64, Status>,
 ) -> Result<Encoded, Status> {
     let mut out = Vec::with_capacity(count * 512);
     let mut sent = 0;
@@ -551,7 +548,7 @@ fn response_bytes(
     }
     let (end_reached, next_cursor) = if sent < count {
         let at = if backwards { sent - 1 } else { sent };
-        (false, cursor_of(at))
+        (false, cursor_of(at)?)
     } else {
         (end_reached, next_cursor)
     };
