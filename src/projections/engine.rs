@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::{ApplyError, CHECKPOINT_KEY, Projection, ProjectionError, StateBatch, valid_name};
 use crate::limits;
-use crate::log::{Log, LoggedEvent, ReadFilter};
+use crate::log::{Log, LogError, LoggedEvent, Page, ReadFilter};
 
 /// Name of the meta tree.
 pub const META_TREE: &str = "projections";
@@ -274,14 +274,24 @@ pub struct ReadBatch {
 /// Reads one batch from `from` on: at most [`limits::PROJECTION_BATCH_EVENTS_MAX`] wanted
 /// events, about [`limits::PROJECTION_BATCH_BYTES_MAX`] bytes, and a span of
 /// [`limits::PROJECTION_BATCH_SCAN_MAX`] positions. Never past the log's durable head.
-pub fn read_batch(log: &Log, filter: &ReadFilter, from: u64) -> Result<ReadBatch, ProjectionError> {
+/// With `envelopes_only`, the events come without payload and metadata (see
+/// [`Projection::envelopes_only`]).
+pub fn read_batch(
+    log: &Log,
+    filter: &ReadFilter,
+    envelopes_only: bool,
+    from: u64,
+) -> Result<ReadBatch, ProjectionError> {
     let mut events = Vec::new();
     let mut bytes = 0usize;
     let mut cursor = from;
     loop {
-        let page = log
-            .read_all(cursor, false, limits::PROJECTION_READ_PAGE_EVENTS, filter)
-            .map_err(ProjectionError::from)?;
+        let page = if envelopes_only {
+            read_envelopes(log, cursor, filter)
+        } else {
+            log.read_all(cursor, false, limits::PROJECTION_READ_PAGE_EVENTS, filter)
+        }
+        .map_err(ProjectionError::from)?;
         for event in page.events {
             bytes += event_bytes(&event);
             events.push(event);
@@ -304,6 +314,32 @@ pub fn read_batch(log: &Log, filter: &ReadFilter, from: u64) -> Result<ReadBatch
     })
 }
 
+/// One forward page of the whole log from `cursor`, each event decoded without its
+/// payload and metadata: borrowed from its chunk, only the envelope is copied out.
+fn read_envelopes(log: &Log, cursor: u64, filter: &ReadFilter) -> Result<Page, LogError> {
+    let page = log.read_all_in_chunks(
+        cursor,
+        limits::PROJECTION_READ_PAGE_EVENTS,
+        usize::MAX,
+        filter,
+    )?;
+    let events = page
+        .events
+        .iter()
+        .map(|(chunk, index)| {
+            Ok(LoggedEvent {
+                event: chunk.layout.view(&chunk.value, *index)?.to_owned_envelope(),
+                hash: chunk.layout.hashes[*index],
+            })
+        })
+        .collect::<Result<Vec<_>, LogError>>()?;
+    Ok(Page {
+        events,
+        end_reached: page.end_reached,
+        next_cursor: page.next_cursor,
+    })
+}
+
 /// Reads batches ahead on a thread of its own while the caller applies the previous
 /// one: on a catch-up or a rebuild, reading (chunk decompression, re-hashing the chain,
 /// decoding envelopes) and folding then use both cores. Reads at most
@@ -322,7 +358,13 @@ pub const PREFETCH_BATCHES: usize = 2;
 
 impl Prefetcher {
     /// Starts reading at `from`, through `until`.
-    pub fn start(log: Log, filter: ReadFilter, from: u64, until: u64) -> Self {
+    pub fn start(
+        log: Log,
+        filter: ReadFilter,
+        envelopes_only: bool,
+        from: u64,
+        until: u64,
+    ) -> Self {
         let (sender, batches) = std::sync::mpsc::sync_channel(PREFETCH_BATCHES);
         let (spent, returned) = std::sync::mpsc::sync_channel::<Vec<LoggedEvent>>(PREFETCH_BATCHES);
         let thread = std::thread::Builder::new()
@@ -333,7 +375,7 @@ impl Prefetcher {
                     while let Ok(events) = returned.try_recv() {
                         drop(events);
                     }
-                    let read = read_batch(&log, &filter, from);
+                    let read = read_batch(&log, &filter, envelopes_only, from);
                     let next = read.as_ref().map(|b| b.reached + 1).ok();
                     // The receiver is gone: the consumer stopped.
                     if sender.send(read).is_err() {
@@ -407,7 +449,7 @@ pub fn step_prefetched(
     let from = checkpoint(tree)? + 1;
     let read = match prefetcher.as_deref_mut().and_then(|p| p.next(from)) {
         Some(read) => read?,
-        None => read_batch(log, filter, from)?,
+        None => read_batch(log, filter, projection.envelopes_only(), from)?,
     };
     let ReadBatch {
         from,
@@ -546,8 +588,13 @@ pub fn rebuild_offline(
     let filter = projection.filter();
     let head = log.head().position;
     let meter = Meter::new(checkpoint(&tree)?);
-    let mut prefetcher =
-        Prefetcher::start(log.clone(), filter.clone(), checkpoint(&tree)? + 1, head);
+    let mut prefetcher = Prefetcher::start(
+        log.clone(),
+        filter.clone(),
+        projection.envelopes_only(),
+        checkpoint(&tree)? + 1,
+        head,
+    );
     loop {
         let outcome = match step_prefetched(
             log,

@@ -85,13 +85,6 @@ pub fn category(stream: &str) -> &str {
         .map_or(stream, |(category, _)| category)
 }
 
-fn key(prefix: &[u8], name: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(prefix.len() + name.len());
-    key.extend_from_slice(prefix);
-    key.extend_from_slice(name.as_bytes());
-    key
-}
-
 impl Projection for LogStatsProjection {
     fn name(&self) -> &'static str {
         NAME
@@ -101,41 +94,49 @@ impl Projection for LogStatsProjection {
         1
     }
 
+    fn envelopes_only(&self) -> bool {
+        // Counts and dates events by type and category: no payload read.
+        true
+    }
+
     fn apply(&self, state: &mut StateBatch<'_>, events: &[LoggedEvent]) -> Result<(), ApplyError> {
         // Accumulate the batch in a local ordered map (one state read per key per batch),
         // then write each touched key once.
         let mut touched: BTreeMap<Vec<u8>, Stat> = BTreeMap::new();
+        // Each event's keys are built in one reused buffer: a key is allocated only the
+        // first time the batch touches it.
+        let mut key_buf = Vec::with_capacity(64);
         for logged in events {
             let event = &logged.event;
-            for key in [
-                key(TYPE_PREFIX, &event.event_type),
-                key(CATEGORY_PREFIX, category(&event.stream)),
+            for (prefix, name) in [
+                (TYPE_PREFIX, event.event_type.as_str()),
+                (CATEGORY_PREFIX, category(&event.stream)),
             ] {
-                let stat = match touched.entry(key) {
-                    std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(entry) => {
-                        let stored = state
-                            .get(entry.key())
-                            .map_err(|e| ApplyError::new(event.position, e.to_string()))?;
-                        let stat = match stored {
-                            Some(bytes) => {
-                                Stat::decode(String::new(), &bytes).ok_or_else(|| {
-                                    ApplyError::new(event.position, "malformed log_stats value")
-                                })?
-                            }
-                            None => Stat {
-                                key: String::new(),
-                                count: 0,
-                                first_position: 0,
-                                last_position: 0,
-                                min_occurred_at_us: 0,
-                                max_occurred_at_us: 0,
-                            },
-                        };
-                        entry.insert(stat)
-                    }
+                key_buf.clear();
+                key_buf.extend_from_slice(prefix);
+                key_buf.extend_from_slice(name.as_bytes());
+                if let Some(stat) = touched.get_mut(key_buf.as_slice()) {
+                    stat.add(event.position, event.occurred_at_us);
+                    continue;
+                }
+                let stored = state
+                    .get(&key_buf)
+                    .map_err(|e| ApplyError::new(event.position, e.to_string()))?;
+                let mut stat = match stored {
+                    Some(bytes) => Stat::decode(String::new(), &bytes).ok_or_else(|| {
+                        ApplyError::new(event.position, "malformed log_stats value")
+                    })?,
+                    None => Stat {
+                        key: String::new(),
+                        count: 0,
+                        first_position: 0,
+                        last_position: 0,
+                        min_occurred_at_us: 0,
+                        max_occurred_at_us: 0,
+                    },
                 };
                 stat.add(event.position, event.occurred_at_us);
+                touched.insert(key_buf.clone(), stat);
             }
         }
         for (key, stat) in touched {

@@ -63,6 +63,14 @@ pub trait Projection: Send + Sync + 'static {
     fn filter(&self) -> ReadFilter {
         ReadFilter::default()
     }
+    /// True when [`Projection::apply`] reads only the envelope of each event (position,
+    /// stream, revision, ids, type, times, hash): the engine then hands it events whose
+    /// `payload` and `metadata` are left empty, sparing their decoding and copying. A fold
+    /// of every event that counts or dates them (`log_stats`) spent most of its time
+    /// there.
+    fn envelopes_only(&self) -> bool {
+        false
+    }
     /// Applies `events` (ascending positions) to the state. Reads through `state` see this
     /// batch's own pending writes. On an event it cannot apply, returns `Err` with that
     /// event's position: the engine then keeps exactly the events before it (by applying

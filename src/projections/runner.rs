@@ -286,8 +286,13 @@ fn build(log: Log, shared: Arc<Shared>, slot: Arc<Slot>, generation: Generation,
     };
     // Reading ahead on a second thread keeps both cores busy on a long rebuild.
     let start = engine::checkpoint(&tree).unwrap_or(0) + 1;
-    let mut prefetcher =
-        engine::Prefetcher::start(log.clone(), slot.filter.clone(), start, log.head().position);
+    let mut prefetcher = engine::Prefetcher::start(
+        log.clone(),
+        slot.filter.clone(),
+        slot.projection.envelopes_only(),
+        start,
+        log.head().position,
+    );
     while !shared.stop.load(Ordering::Acquire) && current(&slot.lock()) {
         let step = catch_unwind(AssertUnwindSafe(|| {
             engine::step_prefetched(
