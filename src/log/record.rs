@@ -208,29 +208,16 @@ impl<'a> StoredEventView<'a> {
     /// The owned event.
     pub fn to_owned_event(&self) -> StoredEvent {
         StoredEvent {
-            position: self.position,
-            stream: self.stream.to_owned(),
-            revision: self.revision,
-            event_id: self.event_id,
-            event_type: self.event_type.to_owned(),
-            schema_version: self.schema_version,
-            recorded_at_us: self.recorded_at_us,
-            occurred_at_us: self.occurred_at_us,
-            correlation_id: self.correlation_id.to_owned(),
-            causation_id: self.causation_id.to_owned(),
-            actor: self.actor.to_owned(),
-            source_channel: self.source_channel.to_owned(),
             metadata: self
                 .metadata
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             payload: self.payload.to_vec(),
+            ..self.to_owned_envelope()
         }
     }
-}
 
-impl StoredEventView<'_> {
     /// The owned envelope: every field but `metadata` and `payload`, which are left
     /// empty (for readers of envelopes only, see `Projection::envelopes_only`).
     pub fn to_owned_envelope(&self) -> StoredEvent {
