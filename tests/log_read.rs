@@ -86,7 +86,7 @@ async fn byte_bounded_pages_chain_to_the_whole_log() {
         let log = log.clone();
         move |cursor| {
             let page = log
-                .read_all_in_chunks(cursor, 1_000, bound, &filter)
+                .read_all_in_chunks(cursor, false, 1_000, bound, &filter)
                 .unwrap();
             Page {
                 events: viewed(&page),

@@ -21,7 +21,7 @@ use crate::domain::events::CustomEvent;
 use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
-    ChunkPage, ExpectedRevision, Log, Page, ParsedChunk, ProposedEvent, ReadFilter, StreamAppend,
+    ChunkPage, ExpectedRevision, Log, ParsedChunk, ProposedEvent, ReadFilter, StreamAppend,
     StreamName,
 };
 use crate::privacy::{Privacy, PrivacyError};
@@ -479,23 +479,11 @@ enum Cursor {
     Revision,
 }
 
-/// Encodes a backward page of the whole log (decoded events) as its `ReadResponse`,
-/// stopping before the message passes [`limits::READ_PAGE_BYTES_MAX`] (one event at
-/// least); a page cut short continues strictly below the last position sent.
-fn backward_page_bytes(page: Page, privacy: &Privacy) -> Result<Encoded, Status> {
-    let events = &page.events;
-    response_bytes(
-        events.len(),
-        (page.end_reached, page.next_cursor),
-        true,
-        |i, out| wire::put_read_response_event(out, &events[i], Some(privacy)),
-        |i| Ok(events[i].event.position),
-    )
-}
-
-/// A page left in its chunks (forward pages of the whole log, stream pages either way)
-/// as its `ReadResponse`, cut like [`backward_page_bytes`]: each event is written
-/// borrowed from its chunk, never decoded into an owned event.
+/// A page left in its chunks (of the whole log or of a stream, either way) as its
+/// `ReadResponse`, stopping before the message passes [`limits::READ_PAGE_BYTES_MAX`]
+/// (one event at least): each event is written borrowed from its chunk, never decoded
+/// into an owned event. A forward page cut short continues at the first event left out;
+/// a backward one strictly below the last event sent.
 fn chunk_page_bytes(
     page: ChunkPage,
     backwards: bool,
@@ -617,13 +605,8 @@ impl EventStoreService {
         let privacy = self.privacy.clone();
         let page = blocking(move || {
             let (count, bytes) = (page_size(max_count), limits::READ_PAGE_BYTES_MAX);
-            if backwards {
-                let page = log.read_all_within(from_position, true, count, bytes, &filter)?;
-                backward_page_bytes(page, &privacy)
-            } else {
-                let page = log.read_all_in_chunks(from_position, count, bytes, &filter)?;
-                chunk_page_bytes(page, false, Cursor::Position, &privacy)
-            }
+            let page = log.read_all_in_chunks(from_position, backwards, count, bytes, &filter)?;
+            chunk_page_bytes(page, backwards, Cursor::Position, &privacy)
         })
         .await?;
         Ok(Response::new(page))

@@ -18,7 +18,9 @@ use uuid::Uuid;
 use super::convert::{self, timestamp_from_us};
 use crate::domain::events::CustomEvent;
 use crate::limits::CUSTOM_DATA_DEPTH_MAX;
-use crate::log::{Hash, LoggedEvent, StoredEvent, StoredEventView};
+#[cfg(test)]
+use crate::log::LoggedEvent;
+use crate::log::{Hash, StoredEvent, StoredEventView};
 use crate::privacy::{PersonalState, Privacy};
 
 /// Protobuf wire types used here.
@@ -191,7 +193,8 @@ fn put_read_response(
 }
 
 /// Appends one event of a `ReadResponse` (field 1) to `out`.
-pub fn put_read_response_event(
+#[cfg(test)]
+fn put_read_response_event(
     out: &mut Vec<u8>,
     logged: &LoggedEvent,
     privacy: Option<&Privacy>,
@@ -205,7 +208,8 @@ pub fn put_read_response_event(
     )
 }
 
-/// [`put_read_response_event`] from a borrowed event (see [`put_recorded_view`]).
+/// Appends one event of a `ReadResponse` (field 1), borrowed from its chunk (see
+/// [`put_recorded_view`]), to `out`.
 pub fn put_read_response_view(
     out: &mut Vec<u8>,
     event: &StoredEventView<'_>,

@@ -304,33 +304,28 @@ impl Log {
         max_bytes: usize,
         filter: &ReadFilter,
     ) -> Result<Page, LogError> {
-        let head = self.head().position;
-        let store = &self.inner.store;
-        if backwards {
-            store.read_all_backward(from_position, max_count, max_bytes, filter, head)
-        } else {
-            store.read_all_forward(from_position, max_count, max_bytes, filter, head)
-        }
+        self.read_all_in_chunks(from_position, backwards, max_count, max_bytes, filter)?
+            .into_page()
     }
 
-    /// A forward [`Log::read_all_within`] leaving the events in their parsed chunks
-    /// (checked against the chain, not decoded), for a reader that re-encodes them
-    /// borrowed ([`record::ChunkLayout::view`]).
+    /// [`Log::read_all_within`] leaving the events in their parsed chunks (checked
+    /// against the chain, not decoded), for a reader that re-encodes them borrowed
+    /// ([`record::ChunkLayout::view`]).
     pub fn read_all_in_chunks(
         &self,
         from_position: u64,
+        backwards: bool,
         max_count: usize,
         max_bytes: usize,
         filter: &ReadFilter,
     ) -> Result<ChunkPage, LogError> {
         let head = self.head().position;
-        self.inner.store.read_all_forward_in_chunks(
-            from_position,
-            max_count,
-            max_bytes,
-            filter,
-            head,
-        )
+        let store = &self.inner.store;
+        if backwards {
+            store.read_all_backward_in_chunks(from_position, max_count, max_bytes, filter, head)
+        } else {
+            store.read_all_forward_in_chunks(from_position, max_count, max_bytes, filter, head)
+        }
     }
 
     /// The events matching `filter` at positions `from..=through` (no further than the

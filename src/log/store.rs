@@ -929,15 +929,16 @@ impl Store {
     /// Reads backward strictly below `before_position` (0 = from the head), returning at
     /// most `max_count` matching events, at most `max_bytes` of their stored bytes (but
     /// always one event when any matches), and examining at most
-    /// [`crate::limits::READ_SCAN_EVENTS_MAX`].
-    pub fn read_all_backward(
+    /// [`crate::limits::READ_SCAN_EVENTS_MAX`]. The events stay in their parsed chunks,
+    /// in descending positions, like [`Store::read_all_forward_in_chunks`]'s.
+    pub fn read_all_backward_in_chunks(
         &self,
         before_position: u64,
         max_count: usize,
         max_bytes: usize,
         filter: &ReadFilter,
         head: u64,
-    ) -> Result<Page, LogError> {
+    ) -> Result<ChunkPage, LogError> {
         let upper = if before_position == 0 || before_position > head + 1 {
             head + 1
         } else {
@@ -979,11 +980,11 @@ impl Store {
                     }
                     examined += 1;
                     lowest = position;
-                    events.push(layout.decode(value, index)?);
+                    events.push((chunk.clone(), index));
                 }
             }
         }
-        Ok(Page {
+        Ok(ChunkPage {
             events,
             end_reached: lowest <= 1,
             next_cursor: lowest.max(1),

@@ -319,6 +319,7 @@ pub fn read_batch(
 fn read_envelopes(log: &Log, cursor: u64, filter: &ReadFilter) -> Result<Page, LogError> {
     let page = log.read_all_in_chunks(
         cursor,
+        false,
         limits::PROJECTION_READ_PAGE_EVENTS,
         usize::MAX,
         filter,
