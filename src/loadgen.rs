@@ -470,67 +470,52 @@ pub async fn run_append_with(
     let personal = kind == AppendKind::Personal;
     let customer_streams = kind != AppendKind::Custom;
     let calls_max = requests_per_client.unwrap_or(u64::MAX);
-    let run_id: Arc<str> = Uuid::new_v4().simple().to_string().into();
-    let serial = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // Bodies are encoded once, before the clock starts, as pgbench binds one prepared
     // payload: the calls then cost the client little more than HTTP/2 (building and
     // encoding a `Struct` per event was a fifth of the machine in batches of 100). The
     // pool's bodies all differ, so the server compresses nothing it would not otherwise.
-    let pool: Arc<Vec<Bytes>> = Arc::new(if personal {
+    let pool: Vec<Bytes> = if personal {
         Vec::new()
     } else {
         (0..SAMPLE_POOL as u64)
             .map(|n| Bytes::from(prost::Message::encode_to_vec(&sample_event(n))))
             .collect()
-    });
+    };
     let start = Instant::now();
-    let deadline = deadline_after(start, duration);
+    let run = Arc::new(AppendRun {
+        events_per_request,
+        deadline: deadline_after(start, duration),
+        calls_max,
+        personal,
+        customer_streams,
+        run_id: Uuid::new_v4().simple().to_string(),
+        serial: std::sync::atomic::AtomicU64::new(0),
+        pool,
+    });
     let tallies = run_clients(server, clients, threads, move |client_index, channel| {
-        let client = AppendClient {
-            channel,
-            client_index,
-            events_per_request,
-            deadline,
-            calls_max,
-            personal,
-            customer_streams,
-            run_id: run_id.clone(),
-        };
-        append_client(client, serial.clone(), pool.clone())
+        append_client(run.clone(), channel, client_index)
     })
     .await?;
     Ok(LoadReport::merged(tallies, start.elapsed()))
 }
 
-/// What one append client of a run is and does.
-struct AppendClient {
-    channel: Channel,
-    client_index: usize,
+/// What every append client of a run shares.
+struct AppendRun {
     events_per_request: usize,
     deadline: Instant,
     calls_max: u64,
     personal: bool,
     customer_streams: bool,
-    run_id: Arc<str>,
+    run_id: String,
+    /// The next event's serial, over all clients.
+    serial: std::sync::atomic::AtomicU64,
+    /// Bodies encoded once (empty for personal events, which are made per customer).
+    pool: Vec<Bytes>,
 }
 
-/// One append client: calls until the deadline or its call budget; returns its latency
-/// histogram and its (requests, events, errors).
-async fn append_client(
-    client: AppendClient,
-    serial: Arc<std::sync::atomic::AtomicU64>,
-    pool: Arc<Vec<Bytes>>,
-) -> Tally {
-    let AppendClient {
-        channel,
-        client_index,
-        events_per_request,
-        deadline,
-        calls_max,
-        personal,
-        customer_streams,
-        run_id,
-    } = client;
+/// One append client (the `client_index`th, on `channel`): calls until the deadline or
+/// its call budget; returns its latency histogram and its (requests, events, errors).
+async fn append_client(run: Arc<AppendRun>, channel: Channel, client_index: usize) -> Tally {
     let mut client = tonic::client::Grpc::new(channel)
         .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX)
         .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
@@ -541,10 +526,10 @@ async fn append_client(
         .collect();
     let streams: Vec<String> = (0..STREAMS_PER_CLIENT)
         .map(|k| {
-            if customer_streams {
+            if run.customer_streams {
                 format!("customer-{}", customers[k])
             } else {
-                format!("bench-{run_id}-{client_index}-{k}")
+                format!("bench-{}-{client_index}-{k}", run.run_id)
             }
         })
         .collect();
@@ -552,17 +537,19 @@ async fn append_client(
     let mut tally = new_tally();
     let mut revisions: Vec<Option<u64>> = vec![None; STREAMS_PER_CLIENT];
     let mut call = 0usize;
-    while Instant::now() < deadline && tally.1 + tally.3 < calls_max {
+    while Instant::now() < run.deadline && tally.1 + tally.3 < run.calls_max {
         let slot = call % STREAMS_PER_CLIENT;
         call += 1;
-        let batch: Vec<WireProposedEvent> = (0..events_per_request)
+        let batch: Vec<WireProposedEvent> = (0..run.events_per_request)
             .map(|_| {
-                let n = serial.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let body = if personal {
+                let n = run
+                    .serial
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let body = if run.personal {
                     let event = sample_personal_event(customers[slot], n);
                     Bytes::from(prost::Message::encode_to_vec(&event))
                 } else {
-                    pool[(n % SAMPLE_POOL as u64) as usize].clone()
+                    run.pool[(n % SAMPLE_POOL as u64) as usize].clone()
                 };
                 WireProposedEvent {
                     envelope: pb::ProposedEvent {
@@ -573,7 +560,7 @@ async fn append_client(
                 }
             })
             .collect();
-        let expected = Some(match (customer_streams, revisions[slot]) {
+        let expected = Some(match (run.customer_streams, revisions[slot]) {
             (true, _) => pb::append_request::Expected::Any(()),
             (false, None) => pb::append_request::Expected::NoStream(()),
             (false, Some(r)) => pb::append_request::Expected::Exact(r),
@@ -591,7 +578,7 @@ async fn append_client(
         let outcome = result
             .map(|response| {
                 revisions[slot] = Some(response.last_revision);
-                events_per_request as u64
+                run.events_per_request as u64
             })
             .map_err(|status| status.to_string());
         count_call(&mut tally, micros, outcome, "append");

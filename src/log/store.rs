@@ -635,17 +635,25 @@ impl Store {
         }))
     }
 
+    /// The stream index entry (key, value) of `stream`'s last run starting at or before
+    /// `revision`: the run holding `revision`, if the stream reaches it.
+    fn run_entry_at_or_before(
+        &self,
+        stream: &str,
+        revision: u64,
+    ) -> Result<Option<(IVec, IVec)>, LogError> {
+        Ok(self
+            .streams
+            .range(stream_prefix(stream)..=stream_key(stream, revision))
+            .next_back()
+            .transpose()?)
+    }
+
     /// Position of `stream` at `revision`, if written.
     pub fn stream_position(&self, stream: &str, revision: u64) -> Result<Option<u64>, LogError> {
-        let prefix = stream_prefix(stream);
-        let Some(entry) = self
-            .streams
-            .range(prefix.clone()..=stream_key(stream, revision))
-            .next_back()
-        else {
+        let Some((key, value)) = self.run_entry_at_or_before(stream, revision)? else {
             return Ok(None);
         };
-        let (key, value) = entry?;
         let (_, run) = decode_stream_entry(&key, &value)?;
         let offset = revision - run.first_revision;
         Ok((offset < u64::from(run.count)).then(|| run.first_position + offset))
@@ -704,14 +712,9 @@ impl Store {
             return Ok(positions);
         }
         let prefix = stream_prefix(stream);
-        let Some(holding) = self
-            .streams
-            .range(prefix.clone()..=stream_key(stream, lower))
-            .next_back()
-        else {
+        let Some((first_key, _)) = self.run_entry_at_or_before(stream, lower)? else {
             return Err(missing(lower));
         };
-        let (first_key, _) = holding?;
         let mut next = lower;
         for entry in self.streams.range(first_key..) {
             let (key, value) = entry?;
