@@ -136,6 +136,17 @@ pub const SUBSCRIPTIONS_MAX: usize = 1_024;
 /// a crash; a checkpoint costs one sled flush, so it should be rare.
 pub const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Stream index runs held in memory (the tail, ~100 bytes each with its stream's name)
+/// after which the writer checkpoints even if the journal is not full: bounds the tail's
+/// memory (~25 MiB) and what opening after a crash re-derives. About the journal's own
+/// cadence for single-event appends to distinct streams.
+pub const STREAM_TAIL_RUNS_MAX: usize = 262_144;
+
+/// Runs packed into one stream index entry (12 bytes each): a checkpoint rewrites a
+/// stream's last entry to extend it, so the entry stays small (384 bytes), while a
+/// stream of many appends still takes one sled entry per 32 of them, not one each.
+pub const STREAM_ENTRY_RUNS_MAX: usize = 32;
+
 /// Streams whose head (last revision and position) the writer keeps in memory, so the
 /// expectation check of a busy stream costs no sled lookup. Past this the cache is
 /// cleared and refills from sled; memory stays bounded whatever the number of streams.

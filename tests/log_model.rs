@@ -27,7 +27,8 @@ use proptest::test_runner::{Config, RngSeed, TestRunner};
 use rapport::clock::{Clock, ManualClock};
 use rapport::log::id_index::IdIndexShape;
 use rapport::log::record::chain_hash;
-use rapport::log::store::{Store, stream_key};
+use rapport::log::store::Store;
+use rapport::log::stream_index::{decode_stream_entry, stream_key};
 use rapport::log::verify::{VerifyReport, verify_exact, verify_store, verify_streaming};
 use rapport::log::{
     AppendError, AppendOutcome, ExpectedRevision, Hash, Head, Log, LogConfig, LogError,
@@ -1406,10 +1407,15 @@ fn repair_indices_rederives_what_a_crash_left_behind() {
     // Simulate the crash: the events are there, their index entries are not.
     {
         let store = open_store_closed(h.dir.path());
+        // customer-9's runs are packed in one entry: keep only its first run.
         store
             .streams
-            .remove(stream_key("customer-9", 2))
-            .expect("remove run");
+            .tree
+            .insert(
+                stream_key("customer-9", 0),
+                &rapport::log::stream_index::stream_value(1, 2),
+            )
+            .expect("drop the second run");
         store.set_indexed_through(3).expect("lower the watermark");
         store.sync().expect("sync");
         let damaged = verify_store(&store).expect("verify runs");
@@ -1601,6 +1607,95 @@ fn a_format_2_directory_is_converted_when_it_opens() {
     );
 }
 
+/// A version-3 directory (one stream index entry per append) opens as it is: its
+/// entries are one-run entries of format 4. Reads, re-sends and new appends work, the
+/// new runs are packed after the old entries, and the format moves to 4.
+#[test]
+fn a_format_3_directory_opens_as_it_is() {
+    let mut h = Harness::new();
+    // Interleaved singles: 3 streams, 15 runs each that no merge joins.
+    let sent = append_singles(&h, 700, 45);
+    let everything = ReadFilter::default();
+    let before = read_all_pages(h.log(), false, 7, &everything);
+    let streams_before: Vec<Vec<LoggedEvent>> = (0..3)
+        .map(|n| read_stream_pages(h.log(), &stream(&format!("customer-{n}")), false, 4))
+        .collect();
+    let log = h.log.take().expect("open");
+    log.shutdown();
+    drop(log);
+    {
+        // Unpack every entry into one entry per run, as format 3 stored them.
+        let store = open_store_closed(h.dir.path());
+        let entries: Vec<_> = store
+            .streams
+            .tree
+            .iter()
+            .map(|entry| entry.expect("entry"))
+            .collect();
+        assert_eq!(entries.len(), 3, "packed: one entry per stream");
+        store.streams.tree.clear().expect("clear");
+        for (key, value) in entries {
+            let (name, runs) = decode_stream_entry(&key, &value).expect("decodes");
+            assert_eq!(runs.len(), 15);
+            for run in runs {
+                store
+                    .streams
+                    .tree
+                    .insert(
+                        stream_key(&name, run.first_revision),
+                        &rapport::log::stream_index::stream_value(run.first_position, run.count),
+                    )
+                    .expect("insert");
+            }
+        }
+        store
+            .meta
+            .insert("format_version", &3u32.to_be_bytes())
+            .expect("format 3");
+        store.sync().expect("sync");
+    }
+    h.reopen();
+    assert_eq!(read_all_pages(h.log(), false, 7, &everything), before);
+    for (n, expected) in streams_before.iter().enumerate() {
+        let name = stream(&format!("customer-{n}"));
+        assert_eq!(&read_stream_pages(h.log(), &name, false, 4), expected);
+        let mut backward = read_stream_pages(h.log(), &name, true, 4);
+        backward.reverse();
+        assert_eq!(&backward, expected);
+    }
+    for (append, outcome) in &sent {
+        assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
+    }
+    append_singles(&h, 900, 6);
+    let report = h.close();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.head_position, 51);
+    let store = open_store_closed(h.dir.path());
+    assert_eq!(
+        store
+            .meta
+            .get("format_version")
+            .expect("read")
+            .expect("set")
+            .as_ref(),
+        rapport::log::store::FORMAT_VERSION.to_be_bytes()
+    );
+    // The new runs extended each stream's last old entry.
+    let entries: Vec<_> = store
+        .streams
+        .tree
+        .iter()
+        .map(|entry| entry.expect("entry"))
+        .collect();
+    assert_eq!(entries.len(), 45);
+    let (_, last_runs) = decode_stream_entry(&entries[14].0, &entries[14].1).expect("decodes");
+    assert_eq!(
+        last_runs.len(),
+        3,
+        "customer-0's last entry took two new runs"
+    );
+}
+
 /// A clean shutdown empties the journal (sled holds everything after the last
 /// checkpoint), and the next session grows it again and reads every event back.
 #[test]
@@ -1773,9 +1868,10 @@ fn verify_catches_every_kind_of_index_damage() {
             |store| {
                 store
                     .streams
+                    .tree
                     .insert(
                         stream_key("deal-4", 0),
-                        &rapport::log::store::stream_value(2, 1),
+                        &rapport::log::stream_index::stream_value(2, 1),
                     )
                     .expect("insert");
             },
@@ -1786,9 +1882,10 @@ fn verify_catches_every_kind_of_index_damage() {
             |store| {
                 store
                     .streams
+                    .tree
                     .insert(
                         stream_key("customer-4", 1),
-                        &rapport::log::store::stream_value(2, 1),
+                        &rapport::log::stream_index::stream_value(2, 1),
                     )
                     .expect("insert");
             },
@@ -1797,10 +1894,15 @@ fn verify_catches_every_kind_of_index_damage() {
         (
             "a run missing",
             |store| {
+                // customer-4's runs are packed in one entry: keep only its first run.
                 store
                     .streams
-                    .remove(stream_key("customer-4", 2))
-                    .expect("remove");
+                    .tree
+                    .insert(
+                        stream_key("customer-4", 0),
+                        &rapport::log::stream_index::stream_value(1, 2),
+                    )
+                    .expect("drop the second run");
             },
             "customer-4@2",
         ),

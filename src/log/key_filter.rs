@@ -35,7 +35,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use super::error::LogError;
-use super::store::{Store, stream_key_name};
+use super::store::Store;
+use super::stream_index::stream_key_name;
 use crate::limits;
 
 /// Bits per key a filter is sized with.
@@ -311,11 +312,19 @@ fn scan(
     }
 }
 
-/// Adds every stream name of the `streams` tree to `bloom`; returns how many it added.
+/// Adds every stream name of the stream index to `bloom`: its in-memory tail's, then
+/// the `streams` tree's (a checkpoint moving a stream from the tail into the tree during
+/// the scan leaves it in the tree behind the tail's snapshot, or ahead of the tree's
+/// cursor). Returns how many it added (a stream in both counts twice; the filter then
+/// looks full a little sooner).
 fn scan_streams(store: &Store, bloom: &Bloom, stop: &AtomicBool) -> Result<u64, LogError> {
     let mut added = 0u64;
+    store.streams.for_each_tail_stream(|name| {
+        bloom.insert(name.as_bytes());
+        added += 1;
+    });
     let mut previous: Option<sled::IVec> = None;
-    for (index, entry) in store.streams.iter().keys().enumerate() {
+    for (index, entry) in store.streams.tree.iter().keys().enumerate() {
         if index % SCAN_STOP_CHECK_EVERY == 0 && stop.load(Ordering::Relaxed) {
             return Err(LogError::Unavailable("the log is closing".into()));
         }
@@ -423,7 +432,7 @@ mod tests {
 
     #[test]
     fn the_stream_filter_holds_each_stream_of_the_tree_once() {
-        use crate::log::store::{stream_key, stream_value};
+        use crate::log::stream_index::{stream_key, stream_value};
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Arc::new(Store::open(dir.path()).expect("store"));
         // Three runs per stream, and names that are prefixes of one another.
@@ -433,6 +442,7 @@ mod tests {
                 let value = stream_value(n as u64 * 10 + run, 1);
                 store
                     .streams
+                    .tree
                     .insert(stream_key(name, run), &value)
                     .expect("insert");
             }
@@ -461,6 +471,7 @@ mod tests {
         let store = Arc::new(Store::open(dir.path()).expect("store"));
         store
             .streams
+            .tree
             .insert(b"no-separator", &[0u8; 12])
             .expect("insert");
         // A run whose only block has a length no entry fits.

@@ -12,6 +12,7 @@ pub mod id_index;
 mod key_filter;
 pub mod record;
 pub mod store;
+pub mod stream_index;
 pub mod stream_name;
 pub mod verify;
 pub mod wal;

@@ -3,9 +3,9 @@
 //! Trees (one `sled::Db`):
 //! - `events`: chunk first position (u64 BE) → chunk of contiguous events (see `record`).
 //!   The truth: everything else is derived from it.
-//! - `streams`: stream ‖ 0x00 ‖ first revision (u64 BE) → first position (u64 BE) ‖ count
-//!   (u32 BE). One entry per append: an append's events have contiguous positions and
-//!   revisions, so one insert indexes all of them. A stream's head is its last entry.
+//! - `streams`: the stream index, each stream's runs (an append's events have contiguous
+//!   revisions and positions) packed into entries of many runs, the runs since the last
+//!   checkpoint held in memory (see `stream_index`). A stream's head is its last run.
 //! - `id_runs`: the event id index, packed into sorted runs of many ids per sled entry
 //!   (see `id_index`); the newest ids are held in memory and re-read from the events
 //!   when the log opens.
@@ -26,17 +26,25 @@ use sled::{IVec, Tree};
 use super::error::{LogError, ReadError};
 use super::id_index::{IdIndex, IdIndexShape};
 use super::record::{ChunkLayout, Hash, LoggedEvent, ZERO_HASH, parse_chunk};
+use super::stream_index::StreamIndex;
 use super::wal::{ChunkEntry, Wal};
 
-/// The on-disk format this build writes and reads. 3: the event id index is packed
+/// The on-disk format this build writes and reads. 4: a stream index entry packs many
+/// runs (format 3 had one run an entry, which is a valid format-4 entry, so a format-3
+/// directory opens as it is). 3: the event id index is packed
 /// into runs (`id_runs` and its manifest) instead of one `event_ids` entry per event.
 /// 2: customer events carry their personal data sealed (1 had it in clear; the envelope
 /// and chunk layout are unchanged, but a version-1 directory's customer payloads would
 /// not decode as today's types).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
-/// The older format this build converts when it opens it: version 2 differs only in
-/// its id index, which opening packs into runs.
+/// The older format this build opens as it is and moves to [`FORMAT_VERSION`]: its
+/// one-run stream index entries are entries of this format, and older builds must not
+/// open a directory once it holds packed ones.
+pub const COMPATIBLE_FORMAT_VERSION: u32 = 3;
+
+/// The older format this build converts when it opens it: version 2 differs in its id
+/// index, which opening packs into runs (and in its stream index as format 3 does).
 pub const CONVERTED_FORMAT_VERSION: u32 = 2;
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
@@ -146,8 +154,8 @@ pub struct Store {
     pub db: sled::Db,
     /// `events` tree.
     pub events: Tree,
-    /// `streams` tree.
-    pub streams: Tree,
+    /// The stream index (`streams` tree and its in-memory tail).
+    pub streams: StreamIndex,
     /// The event id index.
     pub ids: IdIndex,
     /// `meta` tree.
@@ -213,61 +221,6 @@ pub struct ParsedChunk {
     pub layout: ChunkLayout,
 }
 
-/// Key of the stream index: stream ‖ 0x00 ‖ revision BE.
-pub fn stream_key(stream: &str, revision: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 9);
-    key.extend_from_slice(stream.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&revision.to_be_bytes());
-    key
-}
-
-fn stream_prefix(stream: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(stream.len() + 1);
-    key.extend_from_slice(stream.as_bytes());
-    key.push(0);
-    key
-}
-
-/// Value of the stream index: first position BE ‖ count BE.
-pub fn stream_value(first_position: u64, count: u32) -> [u8; 12] {
-    let mut value = [0u8; 12];
-    value[..8].copy_from_slice(&first_position.to_be_bytes());
-    value[8..].copy_from_slice(&count.to_be_bytes());
-    value
-}
-
-/// Decodes a stream index entry into (stream name, run).
-pub fn decode_stream_entry(key: &[u8], value: &[u8]) -> Result<(String, StreamRun), LogError> {
-    let (Some(name), 12) = (stream_key_name(key), value.len()) else {
-        return Err(LogError::Corrupt("malformed stream index entry".into()));
-    };
-    let stream = std::str::from_utf8(name)
-        .map_err(|_| LogError::Corrupt("stream index key is not UTF-8".into()))?
-        .to_owned();
-    let first_revision = u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8 bytes"));
-    let first_position = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
-    let count = u32::from_be_bytes(value[8..].try_into().expect("4 bytes"));
-    Ok((
-        stream,
-        StreamRun {
-            first_revision,
-            first_position,
-            count,
-        },
-    ))
-}
-
-/// The stream-name bytes of a stream index key (`stream ‖ 0x00 ‖ revision u64 BE`), or
-/// `None` if the key does not have that shape.
-pub fn stream_key_name(key: &[u8]) -> Option<&[u8]> {
-    let name_len = key
-        .len()
-        .checked_sub(9)
-        .filter(|n| *n > 0 && key[*n] == 0)?;
-    Some(&key[..name_len])
-}
-
 /// Decodes a big-endian u64 value.
 pub fn be_u64(bytes: &[u8]) -> Result<u64, LogError> {
     bytes
@@ -318,10 +271,18 @@ impl Store {
                     .map_err(|_| LogError::Corrupt("malformed format version".into()))?;
                 convert = found == CONVERTED_FORMAT_VERSION;
                 if found != FORMAT_VERSION && !convert {
-                    return Err(LogError::UnsupportedFormat {
-                        found,
-                        supported: FORMAT_VERSION,
-                    });
+                    if found != COMPATIBLE_FORMAT_VERSION {
+                        return Err(LogError::UnsupportedFormat {
+                            found,
+                            supported: FORMAT_VERSION,
+                        });
+                    }
+                    meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                    tracing::info!(
+                        from = COMPATIBLE_FORMAT_VERSION,
+                        to = FORMAT_VERSION,
+                        "opened an older directory as it is; new stream index entries are packed"
+                    );
                 }
             }
             None => {
@@ -341,7 +302,7 @@ impl Store {
         }
         let store = Self {
             events: db.open_tree("events")?,
-            streams: db.open_tree("streams")?,
+            streams: StreamIndex::new(db.open_tree("streams")?),
             ids: IdIndex::open(&db, meta.clone(), id_shape)?,
             meta,
             db,
@@ -445,13 +406,15 @@ impl Store {
         Ok(replayed)
     }
 
-    /// Makes everything written to sled durable (flush + fdatasync of its file) and
-    /// empties the journal, whose content sled now holds.
+    /// Moves the stream index's tail into sled, makes everything written to sled durable
+    /// (flush + fdatasync of its file) and empties the journal, whose content sled now
+    /// holds.
     ///
     /// Callers guarantee that every event written so far is indexed (the writer calls it
     /// between groups), so the index watermark moves to the head here — and only here:
     /// after a crash, the repair re-derives indices from the last checkpoint on.
     pub fn checkpoint(&self) -> Result<(), LogError> {
+        self.streams.flush()?;
         self.set_indexed_through(self.head()?.position)?;
         self.sync()?;
         self.wal.lock().expect("journal lock poisoned").reset()
@@ -495,9 +458,9 @@ impl Store {
         Ok(())
     }
 
-    /// Re-derives the stream index entries of events past `indexed_through` (a crash
-    /// between the events and the index inserts leaves them missing). Returns how many
-    /// events were re-indexed.
+    /// Re-derives the stream index runs of events past `indexed_through` (a crash loses
+    /// the in-memory tail of the index, and can leave a checkpoint's moves half done).
+    /// Returns how many events were re-indexed.
     pub fn repair_indices(&self) -> Result<u64, LogError> {
         let head = self.head()?;
         let from = self.indexed_through()? + 1;
@@ -517,10 +480,8 @@ impl Store {
             for logged in &page.events {
                 let event = &logged.event;
                 if self.stream_position(&event.stream, event.revision)? != Some(event.position) {
-                    self.streams.insert(
-                        stream_key(&event.stream, event.revision),
-                        &stream_value(event.position, 1),
-                    )?;
+                    self.streams
+                        .repair(&event.stream, event.revision, event.position)?;
                 }
                 repaired += 1;
             }
@@ -618,13 +579,7 @@ impl Store {
 
     /// The last run of `stream`, if the stream exists.
     pub fn last_run(&self, stream: &str) -> Result<Option<StreamRun>, LogError> {
-        match self.streams.scan_prefix(stream_prefix(stream)).next_back() {
-            None => Ok(None),
-            Some(entry) => {
-                let (key, value) = entry?;
-                Ok(Some(decode_stream_entry(&key, &value)?.1))
-            }
-        }
+        self.streams.last_run(stream)
     }
 
     /// The head of `stream`, if it exists.
@@ -635,28 +590,12 @@ impl Store {
         }))
     }
 
-    /// The stream index entry (key, value) of `stream`'s last run starting at or before
-    /// `revision`: the run holding `revision`, if the stream reaches it.
-    fn run_entry_at_or_before(
-        &self,
-        stream: &str,
-        revision: u64,
-    ) -> Result<Option<(IVec, IVec)>, LogError> {
-        Ok(self
-            .streams
-            .range(stream_prefix(stream)..=stream_key(stream, revision))
-            .next_back()
-            .transpose()?)
-    }
-
     /// Position of `stream` at `revision`, if written.
     pub fn stream_position(&self, stream: &str, revision: u64) -> Result<Option<u64>, LogError> {
-        let Some((key, value)) = self.run_entry_at_or_before(stream, revision)? else {
-            return Ok(None);
-        };
-        let (_, run) = decode_stream_entry(&key, &value)?;
-        let offset = revision - run.first_revision;
-        Ok((offset < u64::from(run.count)).then(|| run.first_position + offset))
+        Ok(self
+            .streams
+            .run_holding(stream, revision)?
+            .map(|run| run.first_position + (revision - run.first_revision)))
     }
 
     /// The events at `positions` (ascending or descending), in that order, left in their
@@ -711,30 +650,24 @@ impl Store {
         if lower >= upper {
             return Ok(positions);
         }
-        let prefix = stream_prefix(stream);
-        let Some((first_key, _)) = self.run_entry_at_or_before(stream, lower)? else {
-            return Err(missing(lower));
-        };
         let mut next = lower;
-        for entry in self.streams.range(first_key..) {
-            let (key, value) = entry?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let (_, run) = decode_stream_entry(&key, &value)?;
+        let mut gap = false;
+        self.streams.for_each_run_from(stream, lower, |run| {
             if run.first_revision > next {
-                return Err(missing(next));
+                gap = true;
+                return false;
             }
             let run_end = run.first_revision + u64::from(run.count);
             while next < run_end && next < upper {
                 positions.push(run.first_position + (next - run.first_revision));
                 next += 1;
             }
-            if next >= upper {
-                return Ok(positions);
-            }
+            next < upper
+        })?;
+        if gap || next < upper {
+            return Err(missing(next));
         }
-        Err(missing(next))
+        Ok(positions)
     }
 
     /// Reads `stream` (see DESIGN §5 fine print for paging), up to the durable `head`: at
@@ -773,15 +706,14 @@ impl Store {
         head: u64,
     ) -> Result<ChunkPage, ReadError> {
         let mut last_durable = 0;
-        for entry in self.streams.scan_prefix(stream_prefix(stream)) {
-            let (key, value) = entry.map_err(LogError::from)?;
-            let (_, run) = decode_stream_entry(&key, &value)?;
+        self.streams.for_each_run_from(stream, 0, |run| {
             for offset in 0..u64::from(run.count) {
                 if run.first_position + offset <= head {
                     last_durable = run.first_revision + offset;
                 }
             }
-        }
+            true
+        })?;
         self.read_stream_within(stream, from_revision, backwards, bound, last_durable)
     }
 

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::error::LogError;
 use super::record::{ChunkLayout, Hash, ZERO_HASH, parse_chunk};
-use super::store::{Store, be_u64, decode_stream_entry};
+use super::store::{Store, be_u64};
+use super::stream_index::decode_stream_entry;
 
 /// What a verify pass found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -209,6 +210,18 @@ fn stream_entry<'b>(buf: &'b mut Vec<u8>, stream: &[u8], revision: u64, position
     buf
 }
 
+/// Verify reads the stream index from its tree, which holds all of it once the store is
+/// open (opening ends with a checkpoint, which moves the in-memory tail into the tree):
+/// a tail left is a fault of the caller's, reported rather than read past.
+fn unflushed_runs(store: &Store, faults: &mut Vec<String>) {
+    let runs = store.streams.tail_runs();
+    if runs > 0 {
+        faults.push(format!(
+            "the stream index holds {runs} runs in memory that no checkpoint wrote"
+        ));
+    }
+}
+
 /// What a worker of the streaming pass makes of one chunk: its layout and the digests of
 /// the index entries its events imply.
 struct ParsedForDigest {
@@ -283,42 +296,44 @@ fn digest_stream_index(
     let mut streams = 0u64;
     // The stream being read, its next revision and its last position.
     let mut current: Option<(String, u64, u64)> = None;
-    for entry in store.streams.iter() {
+    for entry in store.streams.tree.iter() {
         let (entry_key, value) = entry?;
-        let (stream, run) = match decode_stream_entry(&entry_key, &value) {
+        let (stream, runs) = match decode_stream_entry(&entry_key, &value) {
             Ok(decoded) => decoded,
             Err(error) => return Ok(Err(error.to_string())),
         };
-        if run.count == 0 {
-            return Ok(Err(format!("stream index has an empty run in {stream}")));
-        }
-        let continues = match &current {
-            Some((name, next, last)) if *name == stream => {
-                run.first_revision == *next && run.first_position > *last
+        for run in runs {
+            if run.count == 0 {
+                return Ok(Err(format!("stream index has an empty run in {stream}")));
             }
-            _ => {
-                streams += 1;
-                run.first_revision == 0
+            let continues = match &current {
+                Some((name, next, last)) if *name == stream => {
+                    run.first_revision == *next && run.first_position > *last
+                }
+                _ => {
+                    streams += 1;
+                    run.first_revision == 0
+                }
+            };
+            if !continues {
+                return Ok(Err(format!(
+                    "stream index: {stream}@{} does not continue the stream",
+                    run.first_revision
+                )));
             }
-        };
-        if !continues {
-            return Ok(Err(format!(
-                "stream index: {stream}@{} does not continue the stream",
-                run.first_revision
-            )));
+            for offset in 0..u64::from(run.count) {
+                let entry = stream_entry(
+                    &mut buf,
+                    stream.as_bytes(),
+                    run.first_revision + offset,
+                    run.first_position + offset,
+                );
+                digest.add(key, entry);
+            }
+            let next = run.first_revision + u64::from(run.count);
+            let last = run.first_position + u64::from(run.count) - 1;
+            current = Some((stream.clone(), next, last));
         }
-        for offset in 0..u64::from(run.count) {
-            let entry = stream_entry(
-                &mut buf,
-                stream.as_bytes(),
-                run.first_revision + offset,
-                run.first_position + offset,
-            );
-            digest.add(key, entry);
-        }
-        let next = run.first_revision + u64::from(run.count);
-        let last = run.first_position + u64::from(run.count) - 1;
-        current = Some((stream, next, last));
     }
     Ok(Ok((digest, streams)))
 }
@@ -430,6 +445,7 @@ pub fn verify_streaming(store: &Store) -> Result<VerifyReport, LogError> {
                 "index watermark is {indexed}, the head is {head_position}"
             ));
         }
+        unflushed_runs(store, &mut faults);
         Ok(VerifyReport {
             events,
             chunks,
@@ -599,9 +615,9 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
     }
     by_stream.sort_unstable_by_key(|(id, revision, _)| (rank[*id as usize], *revision));
     let mut expected_runs = by_stream.iter().peekable();
-    for entry in store.streams.iter() {
+    for entry in store.streams.tree.iter() {
         let (key, value) = entry?;
-        let (stream, run) = match decode_stream_entry(&key, &value) {
+        let (stream, runs) = match decode_stream_entry(&key, &value) {
             Ok(decoded) => decoded,
             Err(error) => {
                 faults.push(error.to_string());
@@ -612,23 +628,25 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
             faults.push(format!("stream index has {stream}, which has no events"));
             continue;
         };
-        for offset in 0..u64::from(run.count) {
-            let revision = run.first_revision + offset;
-            let position = run.first_position + offset;
-            match expected_runs.next() {
-                Some(&(id, r, p)) if id == stream_id && r == revision && p == position => {}
-                Some(&(id, r, p)) => {
-                    faults.push(format!(
-                        "stream index maps {stream}@{revision} to {position}; next event is {}@{r} at {p}",
-                        names[rank[id as usize] as usize].0
-                    ));
-                    break;
-                }
-                None => {
-                    faults.push(format!(
-                        "stream index maps {stream}@{revision} to {position}, past the events"
-                    ));
-                    break;
+        'runs: for run in runs {
+            for offset in 0..u64::from(run.count) {
+                let revision = run.first_revision + offset;
+                let position = run.first_position + offset;
+                match expected_runs.next() {
+                    Some(&(id, r, p)) if id == stream_id && r == revision && p == position => {}
+                    Some(&(id, r, p)) => {
+                        faults.push(format!(
+                            "stream index maps {stream}@{revision} to {position}; next event is {}@{r} at {p}",
+                            names[rank[id as usize] as usize].0
+                        ));
+                        break 'runs;
+                    }
+                    None => {
+                        faults.push(format!(
+                            "stream index maps {stream}@{revision} to {position}, past the events"
+                        ));
+                        break 'runs;
+                    }
                 }
             }
         }
@@ -645,6 +663,11 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
         faults.push(format!(
             "index watermark is {indexed}, the head is {head_position}"
         ));
+    }
+    let mut unflushed = Vec::new();
+    unflushed_runs(store, &mut unflushed);
+    for fault in unflushed {
+        faults.push(fault);
     }
     let mut list = faults.list;
     if faults.total > list.len() as u64 {

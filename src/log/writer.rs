@@ -29,7 +29,7 @@ use uuid::Uuid;
 use super::error::{AppendError, LogError};
 use super::key_filter::{Indexed, KeyFilter};
 use super::record::{ChunkBuilder, Hash, StoredEvent};
-use super::store::{Head, ParsedChunk, Store, stream_key, stream_value};
+use super::store::{Head, ParsedChunk, Store};
 use super::{AppendOutcome, ExpectedRevision, Job, ProposedEvent, StreamAppend};
 use crate::clock::Clock;
 use crate::limits;
@@ -660,17 +660,22 @@ impl Writer {
         // is a suffix: journal replay restores missing chunks, and the index repair starts
         // from `indexed_through`, which only checkpoints move.
         self.store.insert_chunks(chunks)?;
-        for (stream, first_revision, first_position, count) in &group.runs {
-            // A stream enters the tree with its revision-0 run; later runs add nothing
+        for (stream, first_revision, _, _) in &group.runs {
+            // A stream enters the index with its revision-0 run; later runs add nothing
             // new to the filter (and would only make it look full sooner).
             if *first_revision == 0 {
                 self.stream_filter.insert(stream.as_bytes());
             }
-            self.store.streams.insert(
-                stream_key(stream, *first_revision),
-                &stream_value(*first_position, *count),
-            )?;
         }
+        // Into the index's in-memory tail; the next checkpoint packs it into sled.
+        self.store.streams.push(
+            group
+                .runs
+                .iter()
+                .map(|(stream, revision, position, count)| {
+                    (stream.as_str(), *revision, *position, *count)
+                }),
+        );
         for record in &group.records {
             self.id_filter.insert(&record.event_id);
         }
@@ -696,9 +701,9 @@ impl Writer {
             .lock()
             .expect("journal lock poisoned")
             .len_bytes();
-        if journal_bytes >= limits::JOURNAL_CHECKPOINT_BYTES
-            && let Err(error) = self.store.checkpoint()
-        {
+        let checkpoint_due = journal_bytes >= limits::JOURNAL_CHECKPOINT_BYTES
+            || self.store.streams.tail_runs() >= limits::STREAM_TAIL_RUNS_MAX;
+        if checkpoint_due && let Err(error) = self.store.checkpoint() {
             // This group is in the journal: it is answered OK, or unavailable if the
             // syncer sees this failure first (a retry with the same ids then finds it).
             // The writer stops taking new appends because sled's state is now in doubt.

@@ -1,0 +1,572 @@
+//! The stream index: each stream's runs of revisions and positions, packed into few
+//! sled entries, with the newest runs held in memory.
+//!
+//! An append's events have contiguous revisions and positions, so one run
+//! (`first_revision`, `first_position`, `count`) indexes all of them. The `streams`
+//! tree holds a stream's runs packed:
+//!
+//! - key: stream ‖ 0x00 ‖ first revision (u64 BE);
+//! - value: one or more runs, each first position (u64 BE) ‖ count (u32 BE); the first
+//!   run starts at the key's revision and each next one where the one before ends.
+//!   At most [`crate::limits::STREAM_ENTRY_RUNS_MAX`] runs an entry. A format-3 entry
+//!   (one run) is an entry of this format.
+//!
+//! The runs of the appends since the last checkpoint live in memory, in the tail; the
+//! writer adds to it, readers look at it and at the tree under one lock, and a
+//! checkpoint moves it into the tree ([`StreamIndex::flush`]), extending each stream's
+//! last entry. One sled insert per stream and checkpoint replaces one per append: the
+//! insert was most of the writer's sled work for single-event appends, and small
+//! entries at random keys cost sled several times their bytes on disk. The tail is not
+//! in sled, so after a crash the log re-derives it from the events past
+//! `indexed_through`, which only checkpoints move (see `store`).
+
+use std::collections::HashMap;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use sled::{IVec, Tree};
+
+use super::error::LogError;
+use super::store::StreamRun;
+use crate::limits;
+
+/// Bytes of one packed run: first position (u64 BE) ‖ count (u32 BE).
+const RUN_BYTES: usize = 12;
+
+/// Streams moved from the tail into the tree under one hold of the lock: readers wait
+/// for at most this many entries' inserts.
+const FLUSH_STREAMS_PER_LOCK: usize = 256;
+
+/// Key of the stream index: stream ‖ 0x00 ‖ revision BE.
+pub fn stream_key(stream: &str, revision: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 9);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// The prefix of all of `stream`'s keys: stream ‖ 0x00.
+fn stream_prefix(stream: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(stream.len() + 1);
+    key.extend_from_slice(stream.as_bytes());
+    key.push(0);
+    key
+}
+
+/// Value of a stream index entry of one run: first position BE ‖ count BE.
+pub fn stream_value(first_position: u64, count: u32) -> [u8; 12] {
+    let mut value = [0u8; RUN_BYTES];
+    value[..8].copy_from_slice(&first_position.to_be_bytes());
+    value[8..].copy_from_slice(&count.to_be_bytes());
+    value
+}
+
+/// The value of an entry holding `runs` (which continue one another).
+pub fn entry_value(runs: &[StreamRun]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(runs.len() * RUN_BYTES);
+    for run in runs {
+        value.extend_from_slice(&stream_value(run.first_position, run.count));
+    }
+    value
+}
+
+/// The stream-name bytes of a stream index key (`stream ‖ 0x00 ‖ revision u64 BE`), or
+/// `None` if the key does not have that shape.
+pub fn stream_key_name(key: &[u8]) -> Option<&[u8]> {
+    let name_len = key
+        .len()
+        .checked_sub(9)
+        .filter(|n| *n > 0 && key[*n] == 0)?;
+    Some(&key[..name_len])
+}
+
+/// The first revision of a stream index key (its last 8 bytes; the caller checked its
+/// shape).
+fn key_revision(key: &[u8]) -> u64 {
+    let mut revision = [0u8; 8];
+    revision.copy_from_slice(&key[key.len() - 8..]);
+    u64::from_be_bytes(revision)
+}
+
+/// The runs of an entry whose first run starts at `first_revision`, each next one where
+/// the one before ends. Errors on a value that is not a whole, non-zero number of runs.
+pub fn entry_runs(
+    first_revision: u64,
+    value: &[u8],
+) -> Result<impl Iterator<Item = StreamRun> + '_, LogError> {
+    if value.is_empty() || !value.len().is_multiple_of(RUN_BYTES) {
+        return Err(LogError::Corrupt(format!(
+            "stream index entry of {} bytes",
+            value.len()
+        )));
+    }
+    let mut next_revision = first_revision;
+    Ok(value.chunks_exact(RUN_BYTES).map(move |bytes| {
+        let mut position = [0u8; 8];
+        position.copy_from_slice(&bytes[..8]);
+        let mut count = [0u8; 4];
+        count.copy_from_slice(&bytes[8..]);
+        let run = StreamRun {
+            first_revision: next_revision,
+            first_position: u64::from_be_bytes(position),
+            count: u32::from_be_bytes(count),
+        };
+        next_revision = next_revision.saturating_add(u64::from(run.count));
+        run
+    }))
+}
+
+/// Decodes a stream index entry into (stream name, its runs).
+pub fn decode_stream_entry(key: &[u8], value: &[u8]) -> Result<(String, Vec<StreamRun>), LogError> {
+    let Some(name) = stream_key_name(key) else {
+        return Err(LogError::Corrupt("malformed stream index key".into()));
+    };
+    let stream = std::str::from_utf8(name)
+        .map_err(|_| LogError::Corrupt("stream index key is not UTF-8".into()))?
+        .to_owned();
+    let runs = entry_runs(key_revision(key), value)?.collect();
+    Ok((stream, runs))
+}
+
+/// The revision after `run`'s last.
+fn run_end(run: &StreamRun) -> u64 {
+    run.first_revision.saturating_add(u64::from(run.count))
+}
+
+/// Adds `run` after `runs`' last, merging the two when they are contiguous in positions
+/// too (an append right after the stream's previous one).
+fn push_run(runs: &mut Vec<StreamRun>, run: StreamRun) {
+    if let Some(last) = runs.last_mut()
+        && run_end(last) == run.first_revision
+        && last.first_position.saturating_add(u64::from(last.count)) == run.first_position
+        && let Some(count) = last.count.checked_add(run.count)
+    {
+        last.count = count;
+        return;
+    }
+    runs.push(run);
+}
+
+/// The runs since the last checkpoint, by stream.
+#[derive(Default)]
+struct Tail {
+    by_stream: HashMap<Box<str>, Vec<StreamRun>>,
+    runs: usize,
+}
+
+impl Tail {
+    fn push(&mut self, stream: &str, run: StreamRun) {
+        let runs = match self.by_stream.get_mut(stream) {
+            Some(runs) => runs,
+            None => self.by_stream.entry(stream.into()).or_default(),
+        };
+        let before = runs.len();
+        push_run(runs, run);
+        self.runs += runs.len() - before;
+    }
+}
+
+/// The stream index: the `streams` tree and the tail of runs not yet in it.
+pub struct StreamIndex {
+    /// The `streams` tree (packed entries, see the module docs).
+    pub tree: Tree,
+    tail: RwLock<Tail>,
+}
+
+impl StreamIndex {
+    /// The index over `tree`, with an empty tail.
+    pub fn new(tree: Tree) -> Self {
+        Self {
+            tree,
+            tail: RwLock::new(Tail::default()),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Tail> {
+        self.tail.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Tail> {
+        self.tail.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds appended runs (stream, first revision, first position, count) to the tail.
+    /// The writer calls it for each group; a run continues its stream.
+    pub fn push<'a>(&self, runs: impl IntoIterator<Item = (&'a str, u64, u64, u32)>) {
+        let mut tail = self.write();
+        for (stream, first_revision, first_position, count) in runs {
+            tail.push(
+                stream,
+                StreamRun {
+                    first_revision,
+                    first_position,
+                    count,
+                },
+            );
+        }
+    }
+
+    /// Runs in the tail (after merging contiguous ones): what the next checkpoint moves.
+    pub fn tail_runs(&self) -> usize {
+        self.read().runs
+    }
+
+    /// Calls `f` with each stream name in the tail (for the stream filter's scan, which
+    /// reads the tail before the tree: a stream a checkpoint moves meanwhile is then seen
+    /// in one of the two).
+    pub fn for_each_tail_stream(&self, mut f: impl FnMut(&str)) {
+        for name in self.read().by_stream.keys() {
+            f(name);
+        }
+    }
+
+    /// The last entry of `stream` in the tree: its key's revision and value.
+    fn last_entry(&self, stream: &str) -> Result<Option<(u64, IVec)>, LogError> {
+        match self.tree.scan_prefix(stream_prefix(stream)).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (key, value) = entry?;
+                if stream_key_name(&key).is_none() {
+                    return Err(LogError::Corrupt("malformed stream index key".into()));
+                }
+                Ok(Some((key_revision(&key), value)))
+            }
+        }
+    }
+
+    /// The last run of `stream`, if the stream exists.
+    pub fn last_run(&self, stream: &str) -> Result<Option<StreamRun>, LogError> {
+        let tail = self.read();
+        if let Some(run) = tail.by_stream.get(stream).and_then(|runs| runs.last()) {
+            return Ok(Some(*run));
+        }
+        match self.last_entry(stream)? {
+            None => Ok(None),
+            Some((revision, value)) => Ok(entry_runs(revision, &value)?.last()),
+        }
+    }
+
+    /// The run of `stream` holding `revision`, if the stream reaches it.
+    pub fn run_holding(&self, stream: &str, revision: u64) -> Result<Option<StreamRun>, LogError> {
+        let holds = |run: &StreamRun| run.first_revision <= revision && revision < run_end(run);
+        let tail = self.read();
+        if let Some(runs) = tail.by_stream.get(stream)
+            && runs.first().is_some_and(|r| r.first_revision <= revision)
+        {
+            return Ok(runs.iter().rev().find(|r| holds(r)).copied());
+        }
+        let entry = self
+            .tree
+            .range(stream_prefix(stream)..=stream_key(stream, revision))
+            .next_back()
+            .transpose()?;
+        let Some((key, value)) = entry else {
+            return Ok(None);
+        };
+        Ok(entry_runs(key_revision(&key), &value)?.find(holds))
+    }
+
+    /// Calls `f` with `stream`'s runs in revision order, starting with the run holding
+    /// `lower` (or the first after it), until `f` returns false or the runs end. The
+    /// tree's entries and the tail are read under one hold of the lock, so a checkpoint
+    /// moving the tail never shows a run twice or hides it.
+    pub fn for_each_run_from(
+        &self,
+        stream: &str,
+        lower: u64,
+        mut f: impl FnMut(StreamRun) -> bool,
+    ) -> Result<(), LogError> {
+        let tail = self.read();
+        let in_tail = tail.by_stream.get(stream).map_or(&[][..], Vec::as_slice);
+        let tail_from = in_tail.first().map_or(u64::MAX, |r| r.first_revision);
+        if lower < tail_from {
+            let prefix = stream_prefix(stream);
+            let start = self
+                .tree
+                .range(prefix.clone()..=stream_key(stream, lower))
+                .next_back()
+                .transpose()?
+                .map_or(prefix.clone().into(), |(key, _)| key);
+            for entry in self.tree.range(start..) {
+                let (key, value) = entry?;
+                if !key.starts_with(&prefix) || stream_key_name(&key).is_none() {
+                    break;
+                }
+                for run in entry_runs(key_revision(&key), &value)? {
+                    if run_end(&run) > lower && !f(run) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        for run in in_tail {
+            if run_end(run) > lower && !f(*run) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Indexes `stream`@`revision` at `position` again (opening the log after a crash
+    /// re-derives what the index lacks). A revision past the stream's runs in the tree
+    /// goes to the tail like an append's; one the tree should hold between its entries
+    /// (damage, not a crash) gets an entry of its own, as every run had in format 3.
+    pub fn repair(&self, stream: &str, revision: u64, position: u64) -> Result<(), LogError> {
+        let run = StreamRun {
+            first_revision: revision,
+            first_position: position,
+            count: 1,
+        };
+        let mut tail = self.write();
+        if !tail.by_stream.contains_key(stream) {
+            let tree_end = match self.last_entry(stream)? {
+                None => 0,
+                Some((first, value)) => {
+                    entry_runs(first, &value)?.last().map_or(0, |r| run_end(&r))
+                }
+            };
+            if revision < tree_end {
+                self.tree
+                    .insert(stream_key(stream, revision), &stream_value(position, 1))?;
+                return Ok(());
+            }
+        }
+        tail.push(stream, run);
+        Ok(())
+    }
+
+    /// Moves the tail into the tree: each stream's runs extend its last entry (up to
+    /// [`limits::STREAM_ENTRY_RUNS_MAX`] runs an entry), then go to new entries. Streams
+    /// go in name order, so sled's inserts walk its leaves once. Not durable by itself: the
+    /// caller flushes sled before it moves `indexed_through`. Returns the entries written.
+    pub fn flush(&self) -> Result<u64, LogError> {
+        let mut names: Vec<Box<str>> = self.read().by_stream.keys().cloned().collect();
+        names.sort_unstable();
+        let mut written = 0u64;
+        for batch in names.chunks(FLUSH_STREAMS_PER_LOCK) {
+            let mut tail = self.write();
+            for name in batch {
+                let Some(runs) = tail.by_stream.get(name) else {
+                    continue;
+                };
+                written += self.extend_stream(name, runs)?;
+                let moved = runs.len();
+                tail.by_stream.remove(name);
+                tail.runs -= moved;
+            }
+        }
+        Ok(written)
+    }
+
+    /// Writes `runs` (from the tail) after `stream`'s last entry in the tree. Returns the
+    /// entries written.
+    fn extend_stream(&self, stream: &str, runs: &[StreamRun]) -> Result<u64, LogError> {
+        let Some(first) = runs.first() else {
+            return Ok(0);
+        };
+        // The last entry is extended when the runs continue it; a last entry that does
+        // not decode, or that the runs do not continue (damage verify reports), is left
+        // as it is and the runs start entries of their own.
+        let last = self.last_entry(stream)?.and_then(|(revision, value)| {
+            let held: Vec<StreamRun> = entry_runs(revision, &value).ok()?.collect();
+            let end = held.last().map(run_end)?;
+            (end == first.first_revision && held.len() < limits::STREAM_ENTRY_RUNS_MAX)
+                .then_some(held)
+        });
+        let mut pending = last.unwrap_or_default();
+        let mut written = 0u64;
+        for run in runs {
+            if pending.len() >= limits::STREAM_ENTRY_RUNS_MAX {
+                self.write_entry(stream, &pending)?;
+                written += 1;
+                pending.clear();
+            }
+            push_run(&mut pending, *run);
+        }
+        if !pending.is_empty() {
+            self.write_entry(stream, &pending)?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    fn write_entry(&self, stream: &str, runs: &[StreamRun]) -> Result<(), LogError> {
+        let first = runs.first().map_or(0, |r| r.first_revision);
+        self.tree
+            .insert(stream_key(stream, first), entry_value(runs))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(first_revision: u64, first_position: u64, count: u32) -> StreamRun {
+        StreamRun {
+            first_revision,
+            first_position,
+            count,
+        }
+    }
+
+    fn index() -> (tempfile::TempDir, StreamIndex) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = sled::Config::new()
+            .path(dir.path())
+            .temporary(true)
+            .open()
+            .expect("sled");
+        let index = StreamIndex::new(db.open_tree("streams").expect("tree"));
+        (dir, index)
+    }
+
+    /// Every run of `stream` from revision 0.
+    fn runs_of(index: &StreamIndex, stream: &str) -> Vec<StreamRun> {
+        let mut runs = Vec::new();
+        index
+            .for_each_run_from(stream, 0, |r| {
+                runs.push(r);
+                true
+            })
+            .expect("runs");
+        runs
+    }
+
+    #[test]
+    fn an_entry_value_decodes_to_its_runs() {
+        let runs = vec![run(5, 10, 2), run(7, 40, 1), run(8, 41, 3)];
+        let value = entry_value(&runs);
+        assert_eq!(value.len(), 36);
+        let (name, decoded) =
+            decode_stream_entry(&stream_key("customer-1", 5), &value).expect("decodes");
+        assert_eq!(name, "customer-1");
+        assert_eq!(decoded, runs);
+        for bad in [&[][..], &value[..13]] {
+            assert!(decode_stream_entry(&stream_key("customer-1", 5), bad).is_err());
+        }
+        assert!(decode_stream_entry(b"no-separator", &value).is_err());
+    }
+
+    #[test]
+    fn contiguous_appends_merge_into_one_run() {
+        let mut runs = Vec::new();
+        push_run(&mut runs, run(0, 1, 2));
+        push_run(&mut runs, run(2, 3, 1));
+        push_run(&mut runs, run(3, 9, 1));
+        assert_eq!(runs, vec![run(0, 1, 3), run(3, 9, 1)]);
+        // A count that would overflow starts a new run.
+        let mut full = vec![run(0, 1, u32::MAX)];
+        push_run(
+            &mut full,
+            run(u64::from(u32::MAX), 1 + u64::from(u32::MAX), 1),
+        );
+        assert_eq!(full.len(), 2);
+    }
+
+    #[test]
+    fn reads_see_the_same_runs_before_and_after_a_flush() {
+        let (_dir, index) = index();
+        // Three streams, interleaved, over several checkpoints; one stream outgrows an
+        // entry.
+        let mut position = 1u64;
+        let mut revisions = [0u64; 3];
+        let names = ["customer-1", "customer-10", "deal-1"];
+        let mut expected: Vec<Vec<StreamRun>> = vec![Vec::new(); 3];
+        for round in 0..(limits::STREAM_ENTRY_RUNS_MAX as u64 * 3) {
+            for (slot, name) in names.iter().enumerate() {
+                if slot == 2 && round % 5 != 0 {
+                    continue;
+                }
+                let count = 1 + (round % 3) as u32;
+                let r = run(revisions[slot], position, count);
+                index.push([(*name, r.first_revision, r.first_position, r.count)]);
+                push_run(&mut expected[slot], r);
+                revisions[slot] += u64::from(count);
+                position += u64::from(count);
+            }
+            if round % 7 == 6 {
+                let before: Vec<_> = names.iter().map(|n| runs_of(&index, n)).collect();
+                index.flush().expect("flush");
+                assert_eq!(index.tail_runs(), 0);
+                let after: Vec<_> = names.iter().map(|n| runs_of(&index, n)).collect();
+                assert_eq!(before, after, "round {round}");
+            }
+        }
+        for (slot, name) in names.iter().enumerate() {
+            assert_eq!(runs_of(&index, name), expected[slot], "{name}");
+            assert_eq!(
+                index.last_run(name).expect("last"),
+                expected[slot].last().copied()
+            );
+            for r in &expected[slot] {
+                for revision in r.first_revision..run_end(r) {
+                    assert_eq!(index.run_holding(name, revision).expect("run"), Some(*r));
+                }
+            }
+            assert_eq!(index.run_holding(name, revisions[slot]).expect("run"), None);
+            // A read from the middle starts at the run holding its revision.
+            let middle = revisions[slot] / 2;
+            let mut first = None;
+            index
+                .for_each_run_from(name, middle, |r| {
+                    first = Some(r);
+                    false
+                })
+                .expect("runs");
+            assert_eq!(first, index.run_holding(name, middle).expect("run"));
+        }
+        index.flush().expect("flush");
+        // No entry holds more than the limit; the long stream took several.
+        let mut entries = 0;
+        for entry in index.tree.scan_prefix(stream_prefix("customer-1")) {
+            let (key, value) = entry.expect("entry");
+            let (_, runs) = decode_stream_entry(&key, &value).expect("decodes");
+            assert!(!runs.is_empty() && runs.len() <= limits::STREAM_ENTRY_RUNS_MAX);
+            entries += 1;
+        }
+        assert!(entries > 1, "{entries}");
+        assert_eq!(index.last_run("customer-2").expect("absent"), None);
+        assert_eq!(index.run_holding("customer-2", 0).expect("absent"), None);
+    }
+
+    #[test]
+    fn repair_extends_the_tail_or_fills_a_hole() {
+        let (_dir, index) = index();
+        index.push([("customer-1", 0, 1, 2), ("customer-1", 2, 5, 2)]);
+        index.flush().expect("flush");
+        // A crash lost what followed: revisions 4 and 5 come back through the tail.
+        index.repair("customer-1", 4, 8).expect("repair");
+        index.repair("customer-1", 5, 9).expect("repair");
+        assert_eq!(index.tail_runs(), 1);
+        assert_eq!(
+            runs_of(&index, "customer-1"),
+            vec![run(0, 1, 2), run(2, 5, 2), run(4, 8, 2)]
+        );
+        // A hole in the tree gets an entry of its own.
+        index
+            .tree
+            .insert(stream_key("deal-1", 0), &stream_value(1, 1))
+            .expect("insert");
+        index
+            .tree
+            .insert(stream_key("deal-1", 2), &stream_value(3, 1))
+            .expect("insert");
+        index.repair("deal-1", 1, 2).expect("repair");
+        assert_eq!(index.tail_runs(), 1, "not in the tail");
+        assert_eq!(
+            runs_of(&index, "deal-1"),
+            vec![run(0, 1, 1), run(1, 2, 1), run(2, 3, 1)]
+        );
+        index.flush().expect("flush");
+        assert_eq!(
+            runs_of(&index, "customer-1"),
+            vec![run(0, 1, 2), run(2, 5, 2), run(4, 8, 2)]
+        );
+        // Packed into the entry at revision 0.
+        assert_eq!(
+            index.tree.scan_prefix(stream_prefix("customer-1")).count(),
+            1
+        );
+    }
+}
