@@ -23,12 +23,15 @@ pub async fn serve(
     listen: std::net::SocketAddr,
     master_key_file: Option<PathBuf>,
     id_index: crate::log::id_index::IdIndexShape,
+    checkpoint_runs: Option<usize>,
 ) -> Result<(), CliError> {
     let keys = crate::grpc::server::open_keys(data_dir.clone(), master_key_file).await?;
     let dir = data_dir.clone();
+    let defaults = LogConfig::new(dir);
     let config = LogConfig {
         id_index,
-        ..LogConfig::new(dir)
+        checkpoint_runs: checkpoint_runs.unwrap_or(defaults.checkpoint_runs),
+        ..defaults
     };
     let log = tokio::task::spawn_blocking(move || Log::open(config)).await??;
     let head = log.head();

@@ -138,8 +138,9 @@ pub const JOURNAL_CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Stream index runs held in memory (the tail, ~100 bytes each with its stream's name)
 /// after which the writer checkpoints even if the journal is not full: bounds the tail's
-/// memory (~25 MiB) and what opening after a crash re-derives. About the journal's own
-/// cadence for single-event appends to distinct streams.
+/// memory (~25 MiB, twice that while the runs the last checkpoint froze move into sled)
+/// and what opening after a crash re-derives. About the journal's own cadence for
+/// single-event appends to distinct streams.
 pub const STREAM_TAIL_RUNS_MAX: usize = 262_144;
 
 /// Runs packed into one stream index entry (12 bytes each): a checkpoint rewrites a

@@ -53,6 +53,11 @@ enum Command {
         /// 32768,8,128). Crash tests make it tiny so that kills cut seals and merges.
         #[arg(long, hide = true)]
         id_index_shape: Option<rapport::log::id_index::IdIndexShape>,
+        /// Testing only: stream index runs held in memory before a checkpoint (default
+        /// 262144). Crash tests make it tiny so that kills cut checkpoints and the moves
+        /// of the runs they freeze.
+        #[arg(long, hide = true)]
+        checkpoint_runs: Option<usize>,
     },
     /// Offline audit: recompute the hash chain and check every index; exits 1 on a fault.
     Verify {
@@ -379,11 +384,13 @@ fn main() -> ExitCode {
                 listen,
                 master_key_file,
                 id_index_shape,
+                checkpoint_runs,
             } => rapport::cli::serve(
                 data_dir,
                 listen,
                 master_key_file,
                 id_index_shape.unwrap_or_default(),
+                checkpoint_runs,
             )
             .await
             .map(|()| true),

@@ -106,6 +106,9 @@ fn strip_ansi(line: &str) -> String {
 /// A tail of 4 ids, merges of 2 runs, blocks of 2 entries (`--id-index-shape`).
 const TINY_ID_INDEX: &str = "4,2,2";
 
+/// With the tiny id index: a checkpoint every 16 stream index runs (`--checkpoint-runs`).
+const TINY_CHECKPOINT_RUNS: &str = "16";
+
 impl Server {
     /// Starts `rapport serve` on 127.0.0.1:0 and reads the bound address from its log;
     /// `id_index_shape` (TAIL,FANOUT,BLOCK) overrides the id index's default shape.
@@ -118,7 +121,13 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0");
         if let Some(shape) = id_index_shape {
-            command.arg("--id-index-shape").arg(shape);
+            // Tiny indices all round: checkpoints every few appends too, so kills also cut
+            // checkpoints and the moves of the stream index runs they freeze.
+            command
+                .arg("--id-index-shape")
+                .arg(shape)
+                .arg("--checkpoint-runs")
+                .arg(TINY_CHECKPOINT_RUNS);
         }
         let mut child = command
             .env("RUST_LOG", "info")

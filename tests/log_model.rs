@@ -1696,6 +1696,84 @@ fn a_format_3_directory_opens_as_it_is() {
     );
 }
 
+/// With a checkpoint every few stream index runs, each checkpoint freezes the runs taken
+/// since the last one and the writer moves them into sled over the following groups:
+/// every stream reads the same, forward and backward, at every step in between, the
+/// heads follow, and after a restart the directory verifies and re-sends stay
+/// idempotent.
+#[test]
+fn stream_reads_hold_while_checkpoints_move_the_index() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config = LogConfig {
+        checkpoint_runs: 3,
+        ..LogConfig::new(dir.path())
+    };
+    let log = Log::open(config).expect("open");
+    let mut positions: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut sent = Vec::new();
+    for n in 0..120u128 {
+        let name = format!("customer-{}", n % 7);
+        let events = (0..1 + n % 3)
+            .map(|k| proposed(5_000 + n * 10 + k, format!("event {n}.{k}").as_bytes()))
+            .collect();
+        let append = to(&name, ExpectedRevision::Any, events);
+        let outcome = runtime
+            .block_on(log.append(append.clone()))
+            .expect("append");
+        positions
+            .entry(name.clone())
+            .or_default()
+            .extend(outcome.first_position..=outcome.last_position);
+        sent.push((append, outcome));
+        let expected = &positions[&name];
+        let stream = stream(&name);
+        let forward: Vec<u64> = read_stream_pages(&log, &stream, false, 4)
+            .iter()
+            .map(|e| e.event.position)
+            .collect();
+        assert_eq!(&forward, expected, "append {n}: {name} forward");
+        let mut backward: Vec<u64> = read_stream_pages(&log, &stream, true, 5)
+            .iter()
+            .map(|e| e.event.position)
+            .collect();
+        backward.reverse();
+        assert_eq!(&backward, expected, "append {n}: {name} backward");
+        assert_eq!(
+            log.stream_head(&stream).expect("stream head"),
+            Some(StreamHead {
+                revision: expected.len() as u64 - 1,
+                position: *expected.last().expect("an event"),
+            })
+        );
+    }
+    log.shutdown();
+    drop(log);
+    let report = verify_closed(dir.path());
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.streams, 7);
+    let log = Log::open(LogConfig::new(dir.path())).expect("reopen");
+    for (name, expected) in &positions {
+        let read: Vec<u64> = read_stream_pages(&log, &stream(name), false, 1_000)
+            .iter()
+            .map(|e| e.event.position)
+            .collect();
+        assert_eq!(&read, expected, "{name} after the restart");
+    }
+    for (append, outcome) in &sent {
+        assert_eq!(
+            &runtime
+                .block_on(log.append(append.clone()))
+                .expect("re-send"),
+            outcome
+        );
+    }
+    log.shutdown();
+}
+
 /// A clean shutdown empties the journal (sled holds everything after the last
 /// checkpoint), and the next session grows it again and reads every event back.
 #[test]

@@ -121,6 +121,11 @@ pub struct LogConfig {
     /// How the event id index packs ids (default: the bounds of [`limits`]). Tests make
     /// it small so that seals and merges happen within a few events.
     pub id_index: id_index::IdIndexShape,
+    /// Stream index runs taken in memory after which the writer checkpoints even if the
+    /// journal is not full (default [`limits::STREAM_TAIL_RUNS_MAX`]). Tests make it small
+    /// so that checkpoints, and the moves of the runs they freeze, happen within a few
+    /// appends.
+    pub checkpoint_runs: usize,
 }
 
 impl LogConfig {
@@ -132,6 +137,7 @@ impl LogConfig {
             queue_depth: limits::APPEND_QUEUE_DEPTH_MAX,
             queue_wait: Duration::from_millis(limits::APPEND_QUEUE_WAIT_MS_MAX),
             id_index: id_index::IdIndexShape::default(),
+            checkpoint_runs: limits::STREAM_TAIL_RUNS_MAX,
         }
     }
 }
@@ -172,6 +178,7 @@ impl Log {
             last_recorded_us,
             config.clock.clone(),
             head_tx,
+            config.checkpoint_runs.max(1),
         )?;
         let handle = std::thread::Builder::new()
             .name("rapport-log-writer".into())

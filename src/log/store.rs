@@ -163,6 +163,9 @@ pub struct Store {
     db_file: File,
     /// The journal; only the writer appends to it.
     pub wal: Mutex<Wal>,
+    /// The head when the stream index's runs were last frozen (or all written):
+    /// `indexed_through` moves here once they are in the tree.
+    frozen_through: std::sync::atomic::AtomicU64,
     /// The chunks written or parsed last ([`RECENT_CHUNKS`]).
     recent: Mutex<RecentChunks>,
 }
@@ -308,6 +311,7 @@ impl Store {
             db,
             db_file,
             wal: Mutex::new(wal),
+            frozen_through: std::sync::atomic::AtomicU64::new(0),
             recent: Mutex::new(RecentChunks::default()),
         };
         store.replay_journal(journal)?;
@@ -414,10 +418,48 @@ impl Store {
     /// between groups), so the index watermark moves to the head here — and only here:
     /// after a crash, the repair re-derives indices from the last checkpoint on.
     pub fn checkpoint(&self) -> Result<(), LogError> {
-        self.streams.flush()?;
-        self.set_indexed_through(self.head()?.position)?;
+        let started = std::time::Instant::now();
+        let entries = self.streams.flush()?;
+        let flushed = started.elapsed();
+        let head = self.head()?.position;
+        self.set_indexed_through(head)?;
+        self.frozen_through
+            .store(head, std::sync::atomic::Ordering::Relaxed);
         self.sync()?;
-        self.wal.lock().expect("journal lock poisoned").reset()
+        self.wal.lock().expect("journal lock poisoned").reset()?;
+        tracing::debug!(
+            stream_entries = entries,
+            index_ms = flushed.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "checkpoint"
+        );
+        Ok(())
+    }
+
+    /// The writer's checkpoint while appends go on: like [`Store::checkpoint`], but the
+    /// stream index runs taken since the last one are only frozen, and the writer moves
+    /// them into the tree over the groups that follow. So `indexed_through` moves to
+    /// where the runs frozen at the last checkpoint ended (all in the tree now), not to
+    /// the head; after a crash, opening re-derives at most two checkpoints' worth.
+    pub fn checkpoint_incremental(&self) -> Result<(), LogError> {
+        use std::sync::atomic::Ordering;
+        let started = std::time::Instant::now();
+        // Usually done by the groups since; the rest now.
+        let entries = self.streams.flush_some(usize::MAX)?;
+        let flushed = started.elapsed();
+        self.set_indexed_through(self.frozen_through.load(Ordering::Relaxed))?;
+        let head = self.head()?.position;
+        self.streams.freeze()?;
+        self.frozen_through.store(head, Ordering::Relaxed);
+        self.sync()?;
+        self.wal.lock().expect("journal lock poisoned").reset()?;
+        tracing::debug!(
+            stream_entries_left = entries,
+            index_ms = flushed.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "checkpoint"
+        );
+        Ok(())
     }
 
     /// Flushes sled and fdatasyncs its file: after this returns, every write so far is durable.

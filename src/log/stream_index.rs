@@ -12,13 +12,16 @@
 //!   (one run) is an entry of this format.
 //!
 //! The runs of the appends since the last checkpoint live in memory, in the tail; the
-//! writer adds to it, readers look at it and at the tree under one lock, and a
-//! checkpoint moves it into the tree ([`StreamIndex::flush`]), extending each stream's
-//! last entry. One sled insert per stream and checkpoint replaces one per append: the
-//! insert was most of the writer's sled work for single-event appends, and small
-//! entries at random keys cost sled several times their bytes on disk. The tail is not
-//! in sled, so after a crash the log re-derives it from the events past
-//! `indexed_through`, which only checkpoints move (see `store`).
+//! writer adds to it and readers look at it and at the tree under one lock. A
+//! checkpoint freezes the tail ([`StreamIndex::freeze`]) and the writer moves the frozen
+//! runs into the tree a few streams after each group ([`StreamIndex::flush_some`]),
+//! extending each stream's last entry; the next checkpoint finishes what is left and
+//! only then moves `indexed_through` to where the frozen runs ended. Opening and closing
+//! the log move everything at once ([`StreamIndex::flush`]). One sled insert per stream
+//! and checkpoint replaces one per append: the insert was most of the writer's sled work
+//! for single-event appends, and small entries at random keys cost sled several times
+//! their bytes on disk. What is in memory is not in sled, so after a crash the log
+//! re-derives it from the events past `indexed_through` (see `store`).
 
 use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -32,9 +35,14 @@ use crate::limits;
 /// Bytes of one packed run: first position (u64 BE) ‖ count (u32 BE).
 const RUN_BYTES: usize = 12;
 
-/// Streams moved from the tail into the tree under one hold of the lock: readers wait
+/// Streams moved from memory into the tree under one hold of the lock: readers wait
 /// for at most this many entries' inserts.
 const FLUSH_STREAMS_PER_LOCK: usize = 256;
+
+/// Streams of frozen runs the writer moves into the tree after each group (~5 µs each,
+/// measured): 64 000 streams frozen by a checkpoint move over the next 500 groups
+/// instead of stalling the appends of one group for ~0.3 s.
+pub const FLUSH_STREAMS_PER_GROUP: usize = 128;
 
 /// Key of the stream index: stream ‖ 0x00 ‖ revision BE.
 pub fn stream_key(stream: &str, revision: u64) -> Vec<u8> {
@@ -147,14 +155,14 @@ fn push_run(runs: &mut Vec<StreamRun>, run: StreamRun) {
     runs.push(run);
 }
 
-/// The runs since the last checkpoint, by stream.
+/// Runs not in the tree yet, by stream.
 #[derive(Default)]
-struct Tail {
+struct Runs {
     by_stream: HashMap<Box<str>, Vec<StreamRun>>,
     runs: usize,
 }
 
-impl Tail {
+impl Runs {
     fn push(&mut self, stream: &str, run: StreamRun) {
         let runs = match self.by_stream.get_mut(stream) {
             Some(runs) => runs,
@@ -164,9 +172,43 @@ impl Tail {
         push_run(runs, run);
         self.runs += runs.len() - before;
     }
+
+    fn of(&self, stream: &str) -> &[StreamRun] {
+        self.by_stream.get(stream).map_or(&[][..], Vec::as_slice)
+    }
 }
 
-/// The stream index: the `streams` tree and the tail of runs not yet in it.
+/// The runs not in the tree yet: `active` takes the appends since the last checkpoint;
+/// `frozen`, the runs the last checkpoint froze, is moving into the tree a few streams at
+/// a time (`pending`, in name order). Every run of `frozen` precedes its stream's runs in
+/// `active`.
+#[derive(Default)]
+struct Tail {
+    active: Runs,
+    frozen: Runs,
+    pending: std::collections::VecDeque<Box<str>>,
+}
+
+impl Tail {
+    /// The first revision held in memory for `stream` (frozen, then active).
+    fn first_revision(&self, stream: &str) -> Option<u64> {
+        self.frozen
+            .of(stream)
+            .first()
+            .or_else(|| self.active.of(stream).first())
+            .map(|r| r.first_revision)
+    }
+
+    /// `stream`'s runs in memory, in revision order.
+    fn runs_of<'a>(&'a self, stream: &str) -> impl Iterator<Item = &'a StreamRun> {
+        self.frozen
+            .of(stream)
+            .iter()
+            .chain(self.active.of(stream).iter())
+    }
+}
+
+/// The stream index: the `streams` tree and the runs not in it yet.
 pub struct StreamIndex {
     /// The `streams` tree (packed entries, see the module docs).
     pub tree: Tree,
@@ -174,7 +216,7 @@ pub struct StreamIndex {
 }
 
 impl StreamIndex {
-    /// The index over `tree`, with an empty tail.
+    /// The index over `tree`, with nothing in memory.
     pub fn new(tree: Tree) -> Self {
         Self {
             tree,
@@ -195,7 +237,7 @@ impl StreamIndex {
     pub fn push<'a>(&self, runs: impl IntoIterator<Item = (&'a str, u64, u64, u32)>) {
         let mut tail = self.write();
         for (stream, first_revision, first_position, count) in runs {
-            tail.push(
+            tail.active.push(
                 stream,
                 StreamRun {
                     first_revision,
@@ -206,16 +248,29 @@ impl StreamIndex {
         }
     }
 
-    /// Runs in the tail (after merging contiguous ones): what the next checkpoint moves.
+    /// Runs taken since the last freeze (after merging contiguous ones): the writer
+    /// checkpoints when there are [`limits::STREAM_TAIL_RUNS_MAX`].
     pub fn tail_runs(&self) -> usize {
-        self.read().runs
+        self.read().active.runs
     }
 
-    /// Calls `f` with each stream name in the tail (for the stream filter's scan, which
-    /// reads the tail before the tree: a stream a checkpoint moves meanwhile is then seen
-    /// in one of the two).
+    /// Runs held in memory, taken or frozen: none once [`StreamIndex::flush`] returned.
+    pub fn runs_in_memory(&self) -> usize {
+        let tail = self.read();
+        tail.active.runs + tail.frozen.runs
+    }
+
+    /// Calls `f` with each stream name held in memory (for the stream filter's scan,
+    /// which reads them before the tree: a stream moved into the tree meanwhile is then
+    /// seen in one of the two).
     pub fn for_each_tail_stream(&self, mut f: impl FnMut(&str)) {
-        for name in self.read().by_stream.keys() {
+        let tail = self.read();
+        for name in tail
+            .frozen
+            .by_stream
+            .keys()
+            .chain(tail.active.by_stream.keys())
+        {
             f(name);
         }
     }
@@ -237,7 +292,7 @@ impl StreamIndex {
     /// The last run of `stream`, if the stream exists.
     pub fn last_run(&self, stream: &str) -> Result<Option<StreamRun>, LogError> {
         let tail = self.read();
-        if let Some(run) = tail.by_stream.get(stream).and_then(|runs| runs.last()) {
+        if let Some(run) = tail.runs_of(stream).last() {
             return Ok(Some(*run));
         }
         match self.last_entry(stream)? {
@@ -250,10 +305,11 @@ impl StreamIndex {
     pub fn run_holding(&self, stream: &str, revision: u64) -> Result<Option<StreamRun>, LogError> {
         let holds = |run: &StreamRun| run.first_revision <= revision && revision < run_end(run);
         let tail = self.read();
-        if let Some(runs) = tail.by_stream.get(stream)
-            && runs.first().is_some_and(|r| r.first_revision <= revision)
+        if tail
+            .first_revision(stream)
+            .is_some_and(|first| first <= revision)
         {
-            return Ok(runs.iter().rev().find(|r| holds(r)).copied());
+            return Ok(tail.runs_of(stream).find(|r| holds(r)).copied());
         }
         let entry = self
             .tree
@@ -268,8 +324,8 @@ impl StreamIndex {
 
     /// Calls `f` with `stream`'s runs in revision order, starting with the run holding
     /// `lower` (or the first after it), until `f` returns false or the runs end. The
-    /// tree's entries and the tail are read under one hold of the lock, so a checkpoint
-    /// moving the tail never shows a run twice or hides it.
+    /// tree's entries and the runs in memory are read under one hold of the lock, so
+    /// runs moving into the tree are never shown twice or hidden.
     pub fn for_each_run_from(
         &self,
         stream: &str,
@@ -277,16 +333,14 @@ impl StreamIndex {
         mut f: impl FnMut(StreamRun) -> bool,
     ) -> Result<(), LogError> {
         let tail = self.read();
-        let in_tail = tail.by_stream.get(stream).map_or(&[][..], Vec::as_slice);
-        let tail_from = in_tail.first().map_or(u64::MAX, |r| r.first_revision);
-        if lower < tail_from {
+        if lower < tail.first_revision(stream).unwrap_or(u64::MAX) {
             let prefix = stream_prefix(stream);
             let start = self
                 .tree
                 .range(prefix.clone()..=stream_key(stream, lower))
                 .next_back()
                 .transpose()?
-                .map_or(prefix.clone().into(), |(key, _)| key);
+                .map_or(IVec::from(prefix.clone()), |(key, _)| key);
             for entry in self.tree.range(start..) {
                 let (key, value) = entry?;
                 if !key.starts_with(&prefix) || stream_key_name(&key).is_none() {
@@ -299,7 +353,7 @@ impl StreamIndex {
                 }
             }
         }
-        for run in in_tail {
+        for run in tail.runs_of(stream) {
             if run_end(run) > lower && !f(*run) {
                 return Ok(());
             }
@@ -318,7 +372,7 @@ impl StreamIndex {
             count: 1,
         };
         let mut tail = self.write();
-        if !tail.by_stream.contains_key(stream) {
+        if tail.first_revision(stream).is_none() {
             let tree_end = match self.last_entry(stream)? {
                 None => 0,
                 Some((first, value)) => {
@@ -331,28 +385,78 @@ impl StreamIndex {
                 return Ok(());
             }
         }
-        tail.push(stream, run);
+        tail.active.push(stream, run);
         Ok(())
     }
 
-    /// Moves the tail into the tree: each stream's runs extend its last entry (up to
-    /// [`limits::STREAM_ENTRY_RUNS_MAX`] runs an entry), then go to new entries. Streams
-    /// go in name order, so sled's inserts walk its leaves once. Not durable by itself: the
-    /// caller flushes sled before it moves `indexed_through`. Returns the entries written.
-    pub fn flush(&self) -> Result<u64, LogError> {
-        let mut names: Vec<Box<str>> = self.read().by_stream.keys().cloned().collect();
+    /// Freezes the runs taken so far, to be moved into the tree by
+    /// [`StreamIndex::flush_some`] while new appends go on: the writer calls it at a
+    /// checkpoint, once the runs frozen at the one before are all in the tree.
+    pub fn freeze(&self) -> Result<(), LogError> {
+        self.flush_frozen(usize::MAX)?;
+        let mut tail = self.write();
+        let active = std::mem::take(&mut tail.active);
+        let mut names: Vec<Box<str>> = active.by_stream.keys().cloned().collect();
         names.sort_unstable();
+        tail.pending = names.into();
+        tail.frozen = active;
+        Ok(())
+    }
+
+    /// Moves up to `streams` streams' frozen runs into the tree (the writer calls it
+    /// after each group, so a checkpoint's moves are spread over the groups after it
+    /// instead of stalling every append at once). Returns the entries written.
+    pub fn flush_some(&self, streams: usize) -> Result<u64, LogError> {
+        self.flush_frozen(streams)
+    }
+
+    /// Moves every run in memory into the tree (frozen first, then the rest), as a
+    /// checkpoint that leaves nothing in memory does (opening and closing the log). Not
+    /// durable by itself: the caller flushes sled before it moves `indexed_through`.
+    /// Returns the entries written.
+    pub fn flush(&self) -> Result<u64, LogError> {
+        let before = self.flush_frozen(usize::MAX)?;
+        self.freeze()?;
+        Ok(before + self.flush_frozen(usize::MAX)?)
+    }
+
+    /// True while frozen runs wait to move into the tree.
+    pub fn flushing(&self) -> bool {
+        !self.read().pending.is_empty()
+    }
+
+    /// Moves up to `streams` pending streams' frozen runs into the tree, in name order (so
+    /// sled's inserts walk its leaves once), [`FLUSH_STREAMS_PER_LOCK`] under one hold of
+    /// the lock. Each stream's runs extend its last entry (up to
+    /// [`limits::STREAM_ENTRY_RUNS_MAX`] runs an entry), then go to new entries.
+    fn flush_frozen(&self, streams: usize) -> Result<u64, LogError> {
         let mut written = 0u64;
-        for batch in names.chunks(FLUSH_STREAMS_PER_LOCK) {
+        let mut left = streams;
+        while left > 0 {
             let mut tail = self.write();
-            for name in batch {
-                let Some(runs) = tail.by_stream.get(name) else {
+            if tail.pending.is_empty() {
+                break;
+            }
+            for _ in 0..FLUSH_STREAMS_PER_LOCK.min(left) {
+                let Some(name) = tail.pending.pop_front() else {
+                    break;
+                };
+                left -= 1;
+                let Some(runs) = tail.frozen.by_stream.remove(&name) else {
                     continue;
                 };
-                written += self.extend_stream(name, runs)?;
-                let moved = runs.len();
-                tail.by_stream.remove(name);
-                tail.runs -= moved;
+                match self.extend_stream(&name, &runs) {
+                    Ok(entries) => {
+                        tail.frozen.runs -= runs.len();
+                        written += entries;
+                    }
+                    Err(error) => {
+                        // Keep the stream's runs frozen, first in line for the next try.
+                        tail.frozen.by_stream.insert(name.clone(), runs);
+                        tail.pending.push_front(name);
+                        return Err(error);
+                    }
+                }
             }
         }
         Ok(written)
@@ -366,13 +470,18 @@ impl StreamIndex {
         };
         // The last entry is extended when the runs continue it; a last entry that does
         // not decode, or that the runs do not continue (damage verify reports), is left
-        // as it is and the runs start entries of their own.
-        let last = self.last_entry(stream)?.and_then(|(revision, value)| {
-            let held: Vec<StreamRun> = entry_runs(revision, &value).ok()?.collect();
-            let end = held.last().map(run_end)?;
-            (end == first.first_revision && held.len() < limits::STREAM_ENTRY_RUNS_MAX)
-                .then_some(held)
-        });
+        // as it is and the runs start entries of their own. A stream's revision-0 run has
+        // nothing before it to read.
+        let last = if first.first_revision == 0 {
+            None
+        } else {
+            self.last_entry(stream)?.and_then(|(revision, value)| {
+                let held: Vec<StreamRun> = entry_runs(revision, &value).ok()?.collect();
+                let end = held.last().map(run_end)?;
+                (end == first.first_revision && held.len() < limits::STREAM_ENTRY_RUNS_MAX)
+                    .then_some(held)
+            })
+        };
         let mut pending = last.unwrap_or_default();
         let mut written = 0u64;
         for run in runs {
@@ -465,10 +574,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_see_the_same_runs_before_and_after_a_flush() {
+    fn reads_see_the_same_runs_while_they_move_into_the_tree() {
         let (_dir, index) = index();
-        // Three streams, interleaved, over several checkpoints; one stream outgrows an
-        // entry.
+        // Three streams, interleaved, over several freezes whose runs move a stream at a
+        // time while appends go on; one stream outgrows an entry.
         let mut position = 1u64;
         let mut revisions = [0u64; 3];
         let names = ["customer-1", "customer-10", "deal-1"];
@@ -485,12 +594,23 @@ mod tests {
                 revisions[slot] += u64::from(count);
                 position += u64::from(count);
             }
-            if round % 7 == 6 {
-                let before: Vec<_> = names.iter().map(|n| runs_of(&index, n)).collect();
+            match round % 7 {
+                6 => index.freeze().expect("freeze"),
+                _ => {
+                    index.flush_some(1).expect("flush some");
+                }
+            }
+            if round % 31 == 30 {
                 index.flush().expect("flush");
-                assert_eq!(index.tail_runs(), 0);
-                let after: Vec<_> = names.iter().map(|n| runs_of(&index, n)).collect();
-                assert_eq!(before, after, "round {round}");
+                assert_eq!(index.runs_in_memory(), 0);
+                assert!(!index.flushing());
+            }
+            for (slot, name) in names.iter().enumerate() {
+                assert_eq!(
+                    runs_of(&index, name),
+                    expected[slot],
+                    "round {round}: {name}"
+                );
             }
         }
         for (slot, name) in names.iter().enumerate() {

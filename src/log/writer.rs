@@ -30,6 +30,7 @@ use super::error::{AppendError, LogError};
 use super::key_filter::{Indexed, KeyFilter};
 use super::record::{ChunkBuilder, Hash, StoredEvent};
 use super::store::{Head, ParsedChunk, Store};
+use super::stream_index::FLUSH_STREAMS_PER_GROUP;
 use super::{AppendOutcome, ExpectedRevision, Job, ProposedEvent, StreamAppend};
 use crate::clock::Clock;
 use crate::limits;
@@ -109,6 +110,8 @@ pub(super) struct Writer {
     id_filter: KeyFilter,
     /// Which streams certainly do not exist yet (saves reading their last run).
     stream_filter: KeyFilter,
+    /// Stream index runs in memory that make a checkpoint due (see `LogConfig`).
+    checkpoint_runs: usize,
     /// Counters for the periodic debug line (groups, events, time spent).
     stats: WriterStats,
     /// The id index's merging thread, told after each seal.
@@ -212,6 +215,7 @@ impl Writer {
         last_recorded_us: i64,
         clock: Arc<dyn Clock>,
         head_tx: watch::Sender<Head>,
+        checkpoint_runs: usize,
     ) -> Result<Self, LogError> {
         let failure: Failure = Arc::default();
         let journal = store
@@ -250,6 +254,7 @@ impl Writer {
             store,
             id_filter,
             stream_filter,
+            checkpoint_runs,
             head,
             last_recorded_us,
             clock,
@@ -702,8 +707,17 @@ impl Writer {
             .expect("journal lock poisoned")
             .len_bytes();
         let checkpoint_due = journal_bytes >= limits::JOURNAL_CHECKPOINT_BYTES
-            || self.store.streams.tail_runs() >= limits::STREAM_TAIL_RUNS_MAX;
-        if checkpoint_due && let Err(error) = self.store.checkpoint() {
+            || self.store.streams.tail_runs() >= self.checkpoint_runs;
+        let result = if checkpoint_due {
+            self.store.checkpoint_incremental()
+        } else {
+            // The stream index runs the last checkpoint froze, a few streams a group.
+            self.store
+                .streams
+                .flush_some(FLUSH_STREAMS_PER_GROUP)
+                .map(|_| ())
+        };
+        if let Err(error) = result {
             // This group is in the journal: it is answered OK, or unavailable if the
             // syncer sees this failure first (a retry with the same ids then finds it).
             // The writer stops taking new appends because sled's state is now in doubt.
