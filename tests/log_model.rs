@@ -1545,6 +1545,49 @@ fn ids_of_a_run_the_manifest_lost_are_read_back_from_the_events() {
     );
 }
 
+/// After a converted directory reopened: re-sends stay idempotent, `more` new appends
+/// land, and the closed directory verifies with its head at `head` and is of this
+/// build's format. Returns its store, opened.
+fn resend_append_and_close(
+    h: &mut Harness,
+    sent: &[(StreamAppend, AppendOutcome)],
+    more: u128,
+    head: u64,
+) -> Store {
+    for (append, outcome) in sent {
+        assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
+    }
+    append_singles(h, 900, more);
+    let report = h.close();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.head_position, head);
+    let store = open_store_closed(h.dir.path());
+    assert_current_format(&store);
+    store
+}
+
+/// Writes `version` as the directory's `format_version`, durably.
+fn set_format(store: &Store, version: u32) {
+    store
+        .meta
+        .insert("format_version", &version.to_be_bytes())
+        .expect("format version");
+    store.sync().expect("sync");
+}
+
+/// The directory's `format_version` is this build's.
+fn assert_current_format(store: &Store) {
+    assert_eq!(
+        store
+            .meta
+            .get("format_version")
+            .expect("read")
+            .expect("set")
+            .as_ref(),
+        rapport::log::store::FORMAT_VERSION.to_be_bytes()
+    );
+}
+
 /// A version-2 directory (one `event_ids` entry per event) opens: its index is packed
 /// into a run, the format moves to 3 and the old tree is dropped; ids are found.
 #[test]
@@ -1573,30 +1616,10 @@ fn a_format_2_directory_is_converted_when_it_opens() {
             .meta
             .remove(rapport::log::id_index::MANIFEST_KEY)
             .expect("remove manifest");
-        store
-            .meta
-            .insert("format_version", &2u32.to_be_bytes())
-            .expect("format 2");
-        store.sync().expect("sync");
+        set_format(&store, 2);
     }
     h.reopen();
-    for (append, outcome) in &sent {
-        assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
-    }
-    append_singles(&h, 900, 5);
-    let report = h.close();
-    assert!(report.is_ok(), "{:?}", report.faults);
-    assert_eq!(report.head_position, 30);
-    let store = open_store_closed(h.dir.path());
-    assert_eq!(
-        store
-            .meta
-            .get("format_version")
-            .expect("read")
-            .expect("set")
-            .as_ref(),
-        rapport::log::store::FORMAT_VERSION.to_be_bytes()
-    );
+    let store = resend_append_and_close(&mut h, &sent, 5, 30);
     assert!(
         !store
             .db
@@ -1648,11 +1671,7 @@ fn a_format_3_directory_opens_as_it_is() {
                     .expect("insert");
             }
         }
-        store
-            .meta
-            .insert("format_version", &3u32.to_be_bytes())
-            .expect("format 3");
-        store.sync().expect("sync");
+        set_format(&store, 3);
     }
     h.reopen();
     assert_eq!(read_all_pages(h.log(), false, 7, &everything), before);
@@ -1663,23 +1682,7 @@ fn a_format_3_directory_opens_as_it_is() {
         backward.reverse();
         assert_eq!(&backward, expected);
     }
-    for (append, outcome) in &sent {
-        assert_eq!(&h.append(append.clone()).expect("re-send"), outcome);
-    }
-    append_singles(&h, 900, 6);
-    let report = h.close();
-    assert!(report.is_ok(), "{:?}", report.faults);
-    assert_eq!(report.head_position, 51);
-    let store = open_store_closed(h.dir.path());
-    assert_eq!(
-        store
-            .meta
-            .get("format_version")
-            .expect("read")
-            .expect("set")
-            .as_ref(),
-        rapport::log::store::FORMAT_VERSION.to_be_bytes()
-    );
+    let store = resend_append_and_close(&mut h, &sent, 6, 51);
     // The new runs extended each stream's last old entry.
     let entries: Vec<_> = store
         .streams

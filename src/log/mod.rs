@@ -3,8 +3,9 @@
 //! One writer thread owns all writes ([`writer`]): it drains every waiting append,
 //! checks idempotency and expected revisions in order, writes the group's chunks to the
 //! journal ([`wal`]) and its entries to sled, and a syncer thread fdatasyncs the journal
-//! once and answers them all (group commit). Reads go straight to sled ([`store`]) and
-//! never see past the durable head. The log knows nothing of
+//! once and answers them all (group commit). Reads go to sled ([`store`]) and to the
+//! newest index entries the writer holds in memory until a checkpoint writes them
+//! ([`stream_index`], [`id_index`]), and never see past the durable head. The log knows nothing of
 //! the CRM: an event is a type name, a schema version and payload bytes.
 
 pub mod error;

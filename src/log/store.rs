@@ -425,15 +425,7 @@ impl Store {
         self.set_indexed_through(head)?;
         self.frozen_through
             .store(head, std::sync::atomic::Ordering::Relaxed);
-        self.sync()?;
-        self.wal.lock().expect("journal lock poisoned").reset()?;
-        tracing::debug!(
-            stream_entries = entries,
-            index_ms = flushed.as_secs_f64() * 1e3,
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
-            "checkpoint"
-        );
-        Ok(())
+        self.end_checkpoint(started, flushed, entries)
     }
 
     /// The writer's checkpoint while appends go on: like [`Store::checkpoint`], but the
@@ -451,11 +443,22 @@ impl Store {
         let head = self.head()?.position;
         self.streams.freeze()?;
         self.frozen_through.store(head, Ordering::Relaxed);
+        self.end_checkpoint(started, flushed, entries)
+    }
+
+    /// The end of either checkpoint: sled made durable, the journal emptied, and a debug
+    /// line with the stream index entries written and the time they took.
+    fn end_checkpoint(
+        &self,
+        started: std::time::Instant,
+        index_time: std::time::Duration,
+        stream_entries: u64,
+    ) -> Result<(), LogError> {
         self.sync()?;
         self.wal.lock().expect("journal lock poisoned").reset()?;
         tracing::debug!(
-            stream_entries_left = entries,
-            index_ms = flushed.as_secs_f64() * 1e3,
+            stream_entries,
+            index_ms = index_time.as_secs_f64() * 1e3,
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "checkpoint"
         );
