@@ -394,12 +394,15 @@ impl StreamIndex {
     /// checkpoint, once the runs frozen at the one before are all in the tree.
     pub fn freeze(&self) -> Result<(), LogError> {
         self.flush_frozen(usize::MAX)?;
-        let mut tail = self.write();
-        let active = std::mem::take(&mut tail.active);
-        let mut names: Vec<Box<str>> = active.by_stream.keys().cloned().collect();
+        // Readers wait only for the swap; the names are listed and sorted under a read
+        // hold (only the writer, which is here, moves frozen runs).
+        {
+            let mut tail = self.write();
+            tail.frozen = std::mem::take(&mut tail.active);
+        }
+        let mut names: Vec<Box<str>> = self.read().frozen.by_stream.keys().cloned().collect();
         names.sort_unstable();
-        tail.pending = names.into();
-        tail.frozen = active;
+        self.write().pending = names.into();
         Ok(())
     }
 
