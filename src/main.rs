@@ -53,9 +53,9 @@ enum Command {
         /// 32768,8,128). Crash tests make it tiny so that kills cut seals and merges.
         #[arg(long, hide = true)]
         id_index_shape: Option<rapport::log::id_index::IdIndexShape>,
-        /// Testing only: stream index runs held in memory before a checkpoint (default
-        /// 262144). Crash tests make it tiny so that kills cut checkpoints and the moves
-        /// of the runs they freeze.
+        /// Testing only: stream index runs held in memory before a checkpoint (default and
+        /// most 262144). Crash tests make it tiny so that kills cut checkpoints and the
+        /// moves of the runs they freeze.
         #[arg(long, hide = true)]
         checkpoint_runs: Option<usize>,
     },

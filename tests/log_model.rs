@@ -1566,6 +1566,16 @@ fn resend_append_and_close(
     store
 }
 
+/// Every entry of the `streams` tree, in key order.
+fn stream_index_entries(store: &Store) -> Vec<(sled::IVec, sled::IVec)> {
+    store
+        .streams
+        .tree
+        .iter()
+        .map(|entry| entry.expect("entry"))
+        .collect()
+}
+
 /// Writes `version` as the directory's `format_version`, durably.
 fn set_format(store: &Store, version: u32) {
     store
@@ -1649,12 +1659,7 @@ fn a_format_3_directory_opens_as_it_is() {
     {
         // Unpack every entry into one entry per run, as format 3 stored them.
         let store = open_store_closed(h.dir.path());
-        let entries: Vec<_> = store
-            .streams
-            .tree
-            .iter()
-            .map(|entry| entry.expect("entry"))
-            .collect();
+        let entries = stream_index_entries(&store);
         assert_eq!(entries.len(), 3, "packed: one entry per stream");
         store.streams.tree.clear().expect("clear");
         for (key, value) in entries {
@@ -1684,12 +1689,7 @@ fn a_format_3_directory_opens_as_it_is() {
     }
     let store = resend_append_and_close(&mut h, &sent, 6, 51);
     // The new runs extended each stream's last old entry.
-    let entries: Vec<_> = store
-        .streams
-        .tree
-        .iter()
-        .map(|entry| entry.expect("entry"))
-        .collect();
+    let entries = stream_index_entries(&store);
     assert_eq!(entries.len(), 45);
     let (_, last_runs) = decode_stream_entry(&entries[14].0, &entries[14].1).expect("decodes");
     assert_eq!(

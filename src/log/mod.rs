@@ -5,8 +5,8 @@
 //! journal ([`wal`]) and its entries to sled, and a syncer thread fdatasyncs the journal
 //! once and answers them all (group commit). Reads go to sled ([`store`]) and to the
 //! newest index entries the writer holds in memory until a checkpoint writes them
-//! ([`stream_index`], [`id_index`]), and never see past the durable head. The log knows nothing of
-//! the CRM: an event is a type name, a schema version and payload bytes.
+//! ([`stream_index`], [`id_index`]), and never see past the durable head. The log knows
+//! nothing of the CRM: an event is a type name, a schema version and payload bytes.
 
 pub mod error;
 pub mod id_index;
@@ -123,9 +123,9 @@ pub struct LogConfig {
     /// it small so that seals and merges happen within a few events.
     pub id_index: id_index::IdIndexShape,
     /// Stream index runs taken in memory after which the writer checkpoints even if the
-    /// journal is not full (default [`limits::STREAM_TAIL_RUNS_MAX`]). Tests make it small
-    /// so that checkpoints, and the moves of the runs they freeze, happen within a few
-    /// appends.
+    /// journal is not full (default and upper bound [`limits::STREAM_TAIL_RUNS_MAX`], which
+    /// bounds the memory; at least 1). Tests make it small so that checkpoints, and the
+    /// moves of the runs they freeze, happen within a few appends.
     pub checkpoint_runs: usize,
 }
 
@@ -179,7 +179,9 @@ impl Log {
             last_recorded_us,
             config.clock.clone(),
             head_tx,
-            config.checkpoint_runs.max(1),
+            config
+                .checkpoint_runs
+                .clamp(1, limits::STREAM_TAIL_RUNS_MAX),
         )?;
         let handle = std::thread::Builder::new()
             .name("rapport-log-writer".into())

@@ -415,8 +415,9 @@ impl Store {
     /// holds.
     ///
     /// Callers guarantee that every event written so far is indexed (the writer calls it
-    /// between groups), so the index watermark moves to the head here — and only here:
-    /// after a crash, the repair re-derives indices from the last checkpoint on.
+    /// between groups), so the index watermark moves to the head here (and behind it in
+    /// [`Store::checkpoint_incremental`]), and only at checkpoints: after a crash, the
+    /// repair re-derives indices from the watermark on.
     pub fn checkpoint(&self) -> Result<(), LogError> {
         let started = std::time::Instant::now();
         let entries = self.streams.flush()?;
@@ -436,13 +437,13 @@ impl Store {
     pub fn checkpoint_incremental(&self) -> Result<(), LogError> {
         use std::sync::atomic::Ordering;
         let started = std::time::Instant::now();
-        // Usually done by the groups since; the rest now.
-        let entries = self.streams.flush_some(usize::MAX)?;
+        // The runs frozen last time go into the tree first (usually the groups since
+        // moved them all), so the watermark may move to where they ended.
+        let entries = self.streams.freeze()?;
         let flushed = started.elapsed();
         self.set_indexed_through(self.frozen_through.load(Ordering::Relaxed))?;
-        let head = self.head()?.position;
-        self.streams.freeze()?;
-        self.frozen_through.store(head, Ordering::Relaxed);
+        self.frozen_through
+            .store(self.head()?.position, Ordering::Relaxed);
         self.end_checkpoint(started, flushed, entries)
     }
 
@@ -622,14 +623,9 @@ impl Store {
         Ok(self.event_at(position)?.filter(|e| &e.event.event_id == id))
     }
 
-    /// The last run of `stream`, if the stream exists.
-    pub fn last_run(&self, stream: &str) -> Result<Option<StreamRun>, LogError> {
-        self.streams.last_run(stream)
-    }
-
     /// The head of `stream`, if it exists.
     pub fn stream_head(&self, stream: &str) -> Result<Option<StreamHead>, LogError> {
-        Ok(self.last_run(stream)?.map(|run| StreamHead {
+        Ok(self.streams.last_run(stream)?.map(|run| StreamHead {
             revision: run.first_revision + u64::from(run.count) - 1,
             position: run.first_position + u64::from(run.count) - 1,
         }))
@@ -695,11 +691,10 @@ impl Store {
         if lower >= upper {
             return Ok(positions);
         }
+        // A gap stops the walk with `next` short of `upper`, as the runs ending do.
         let mut next = lower;
-        let mut gap = false;
         self.streams.for_each_run_from(stream, lower, |run| {
             if run.first_revision > next {
-                gap = true;
                 return false;
             }
             let run_end = run.first_revision + u64::from(run.count);
@@ -709,7 +704,7 @@ impl Store {
             }
             next < upper
         })?;
-        if gap || next < upper {
+        if next < upper {
             return Err(missing(next));
         }
         Ok(positions)
@@ -752,10 +747,10 @@ impl Store {
     ) -> Result<ChunkPage, ReadError> {
         let mut last_durable = 0;
         self.streams.for_each_run_from(stream, 0, |run| {
-            for offset in 0..u64::from(run.count) {
-                if run.first_position + offset <= head {
-                    last_durable = run.first_revision + offset;
-                }
+            // The run's revisions whose positions are durable: a prefix of it.
+            if run.count > 0 && run.first_position <= head {
+                let durable = (head - run.first_position).min(u64::from(run.count) - 1);
+                last_durable = run.first_revision + durable;
             }
             true
         })?;

@@ -249,7 +249,8 @@ impl StreamIndex {
     }
 
     /// Runs taken since the last freeze (after merging contiguous ones): the writer
-    /// checkpoints when there are [`limits::STREAM_TAIL_RUNS_MAX`].
+    /// checkpoints when there are `LogConfig::checkpoint_runs` (at most
+    /// [`limits::STREAM_TAIL_RUNS_MAX`]).
     pub fn tail_runs(&self) -> usize {
         self.read().active.runs
     }
@@ -340,7 +341,7 @@ impl StreamIndex {
                 .range(prefix.clone()..=stream_key(stream, lower))
                 .next_back()
                 .transpose()?
-                .map_or(IVec::from(prefix.clone()), |(key, _)| key);
+                .map_or_else(|| IVec::from(prefix.as_slice()), |(key, _)| key);
             for entry in self.tree.range(start..) {
                 let (key, value) = entry?;
                 if !key.starts_with(&prefix) || stream_key_name(&key).is_none() {
@@ -389,11 +390,11 @@ impl StreamIndex {
         Ok(())
     }
 
-    /// Freezes the runs taken so far, to be moved into the tree by
-    /// [`StreamIndex::flush_some`] while new appends go on: the writer calls it at a
-    /// checkpoint, once the runs frozen at the one before are all in the tree.
-    pub fn freeze(&self) -> Result<(), LogError> {
-        self.flush_frozen(usize::MAX)?;
+    /// Moves what is still frozen into the tree, then freezes the runs taken so far, to
+    /// be moved by [`StreamIndex::flush_some`] while new appends go on: the writer calls
+    /// it at a checkpoint. Returns the entries written for the runs frozen before.
+    pub fn freeze(&self) -> Result<u64, LogError> {
+        let written = self.flush_some(usize::MAX)?;
         // Readers wait only for the swap; the names are listed and sorted under a read
         // hold (only the writer, which is here, moves frozen runs).
         {
@@ -403,14 +404,7 @@ impl StreamIndex {
         let mut names: Vec<Box<str>> = self.read().frozen.by_stream.keys().cloned().collect();
         names.sort_unstable();
         self.write().pending = names.into();
-        Ok(())
-    }
-
-    /// Moves up to `streams` streams' frozen runs into the tree (the writer calls it
-    /// after each group, so a checkpoint's moves are spread over the groups after it
-    /// instead of stalling every append at once). Returns the entries written.
-    pub fn flush_some(&self, streams: usize) -> Result<u64, LogError> {
-        self.flush_frozen(streams)
+        Ok(written)
     }
 
     /// Moves every run in memory into the tree (frozen first, then the rest), as a
@@ -418,21 +412,23 @@ impl StreamIndex {
     /// durable by itself: the caller flushes sled before it moves `indexed_through`.
     /// Returns the entries written.
     pub fn flush(&self) -> Result<u64, LogError> {
-        let before = self.flush_frozen(usize::MAX)?;
-        self.freeze()?;
-        Ok(before + self.flush_frozen(usize::MAX)?)
+        Ok(self.freeze()? + self.flush_some(usize::MAX)?)
     }
 
     /// True while frozen runs wait to move into the tree.
-    pub fn flushing(&self) -> bool {
+    #[cfg(test)]
+    fn flushing(&self) -> bool {
         !self.read().pending.is_empty()
     }
 
     /// Moves up to `streams` pending streams' frozen runs into the tree, in name order (so
     /// sled's inserts walk its leaves once), [`FLUSH_STREAMS_PER_LOCK`] under one hold of
     /// the lock. Each stream's runs extend its last entry (up to
-    /// [`limits::STREAM_ENTRY_RUNS_MAX`] runs an entry), then go to new entries.
-    fn flush_frozen(&self, streams: usize) -> Result<u64, LogError> {
+    /// [`limits::STREAM_ENTRY_RUNS_MAX`] runs an entry), then go to new entries. The
+    /// writer calls it after each group, so a checkpoint's moves are spread over the
+    /// groups after it instead of stalling every append at once. Returns the entries
+    /// written.
+    pub fn flush_some(&self, streams: usize) -> Result<u64, LogError> {
         let mut written = 0u64;
         let mut left = streams;
         while left > 0 {
@@ -454,7 +450,8 @@ impl StreamIndex {
                         written += entries;
                     }
                     Err(error) => {
-                        // Keep the stream's runs frozen, first in line for the next try.
+                        // Keep the stream's runs frozen, first in line for the next try
+                        // (`Log::shutdown` checkpoints again after the writer failed).
                         tail.frozen.by_stream.insert(name.clone(), runs);
                         tail.pending.push_front(name);
                         return Err(error);
@@ -466,25 +463,33 @@ impl StreamIndex {
     }
 
     /// Writes `runs` (from the tail) after `stream`'s last entry in the tree. Returns the
-    /// entries written.
+    /// entries written. Runs the tree already holds are skipped: a move cut short by an
+    /// error after some of a stream's entries were written is tried again whole.
     fn extend_stream(&self, stream: &str, runs: &[StreamRun]) -> Result<u64, LogError> {
         let Some(first) = runs.first() else {
             return Ok(0);
         };
-        // The last entry is extended when the runs continue it; a last entry that does
-        // not decode, or that the runs do not continue (damage verify reports), is left
-        // as it is and the runs start entries of their own. A stream's revision-0 run has
-        // nothing before it to read.
-        let last = if first.first_revision == 0 {
-            None
+        // A stream's revision-0 run has nothing before it to read. Otherwise the last
+        // entry is extended when the runs continue it; a last entry that does not decode,
+        // or that the runs do not continue (damage verify reports), is left as it is and
+        // the runs start entries of their own.
+        let held: Vec<StreamRun> = if first.first_revision == 0 {
+            Vec::new()
         } else {
-            self.last_entry(stream)?.and_then(|(revision, value)| {
-                let held: Vec<StreamRun> = entry_runs(revision, &value).ok()?.collect();
-                let end = held.last().map(run_end)?;
-                (end == first.first_revision && held.len() < limits::STREAM_ENTRY_RUNS_MAX)
-                    .then_some(held)
-            })
+            match self.last_entry(stream)? {
+                Some((revision, value)) => entry_runs(revision, &value)
+                    .map(Iterator::collect)
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            }
         };
+        let tree_end = held.last().map_or(0, run_end);
+        let runs = &runs[runs.iter().take_while(|r| run_end(r) <= tree_end).count()..];
+        let Some(first) = runs.first() else {
+            return Ok(0);
+        };
+        let last = (tree_end == first.first_revision && held.len() < limits::STREAM_ENTRY_RUNS_MAX)
+            .then_some(held);
         let mut pending = last.unwrap_or_default();
         let mut written = 0u64;
         for run in runs {
@@ -599,10 +604,8 @@ mod tests {
             }
             match round % 7 {
                 6 => index.freeze().expect("freeze"),
-                _ => {
-                    index.flush_some(1).expect("flush some");
-                }
-            }
+                _ => index.flush_some(1).expect("flush some"),
+            };
             if round % 31 == 30 {
                 index.flush().expect("flush");
                 assert_eq!(index.runs_in_memory(), 0);
@@ -651,6 +654,32 @@ mod tests {
         assert!(entries > 1, "{entries}");
         assert_eq!(index.last_run("customer-2").expect("absent"), None);
         assert_eq!(index.run_holding("customer-2", 0).expect("absent"), None);
+    }
+
+    #[test]
+    fn a_move_tried_again_writes_each_run_once() {
+        let (_dir, index) = index();
+        index.push([("customer-1", 0, 1, 1), ("customer-1", 1, 3, 1)]);
+        index.flush().expect("flush");
+        // 40 more runs: they fill the entry at revision 0 and start one at 32.
+        let runs: Vec<StreamRun> = (0..40).map(|k| run(2 + k, 10 + 2 * k, 1)).collect();
+        assert_eq!(index.extend_stream("customer-1", &runs).expect("move"), 2);
+        let once = runs_of(&index, "customer-1");
+        assert_eq!(once.len(), 42);
+        // Tried again whole after all of it was written: nothing is written twice.
+        assert_eq!(index.extend_stream("customer-1", &runs).expect("again"), 0);
+        assert_eq!(runs_of(&index, "customer-1"), once);
+        // Tried again after the second entry was lost: only it is written again.
+        index
+            .tree
+            .remove(stream_key("customer-1", 32))
+            .expect("remove");
+        assert_eq!(index.extend_stream("customer-1", &runs).expect("again"), 1);
+        assert_eq!(runs_of(&index, "customer-1"), once);
+        assert_eq!(
+            index.tree.scan_prefix(stream_prefix("customer-1")).count(),
+            2
+        );
     }
 
     #[test]

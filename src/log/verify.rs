@@ -211,15 +211,12 @@ fn stream_entry<'b>(buf: &'b mut Vec<u8>, stream: &[u8], revision: u64, position
 }
 
 /// Verify reads the stream index from its tree, which holds all of it once the store is
-/// open (opening ends with a checkpoint, which moves the in-memory tail into the tree):
-/// a tail left is a fault of the caller's, reported rather than read past.
-fn unflushed_runs(store: &Store, faults: &mut Vec<String>) {
-    let runs = store.streams.tail_runs();
-    if runs > 0 {
-        faults.push(format!(
-            "the stream index holds {runs} runs in memory that no checkpoint wrote"
-        ));
-    }
+/// open (opening ends with a checkpoint, which moves every run held in memory into the
+/// tree): runs left in memory are a fault of the caller's, reported rather than read past.
+fn unflushed_runs(store: &Store) -> Option<String> {
+    let runs = store.streams.runs_in_memory();
+    (runs > 0)
+        .then(|| format!("the stream index holds {runs} runs in memory that no checkpoint wrote"))
 }
 
 /// What a worker of the streaming pass makes of one chunk: its layout and the digests of
@@ -445,7 +442,7 @@ pub fn verify_streaming(store: &Store) -> Result<VerifyReport, LogError> {
                 "index watermark is {indexed}, the head is {head_position}"
             ));
         }
-        unflushed_runs(store, &mut faults);
+        faults.extend(unflushed_runs(store));
         Ok(VerifyReport {
             events,
             chunks,
@@ -664,9 +661,7 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
             "index watermark is {indexed}, the head is {head_position}"
         ));
     }
-    let mut unflushed = Vec::new();
-    unflushed_runs(store, &mut unflushed);
-    for fault in unflushed {
+    if let Some(fault) = unflushed_runs(store) {
         faults.push(fault);
     }
     let mut list = faults.list;
