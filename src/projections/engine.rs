@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::{ApplyError, CHECKPOINT_KEY, Projection, ProjectionError, StateBatch, valid_name};
 use crate::limits;
-use crate::log::{Log, LogError, LoggedEvent, Page, ReadFilter};
+use crate::log::{Log, LogError, LoggedEvent, ReadFilter};
 
 /// Name of the meta tree.
 pub const META_TREE: &str = "projections";
@@ -282,22 +282,38 @@ pub fn read_batch(
     envelopes_only: bool,
     from: u64,
 ) -> Result<ReadBatch, ProjectionError> {
-    let mut events = Vec::new();
+    read_batch_into(log, filter, envelopes_only, from, Vec::new())
+}
+
+/// [`read_batch`] into `events` (emptied first), whose capacity is kept: a runner
+/// following a busy log reads thousands of events per batch, and growing a fresh vector
+/// to that size each time (reallocations, and fresh pages the kernel zeroes) was about
+/// half of the `log_stats` runner's time under batched appends.
+pub fn read_batch_into(
+    log: &Log,
+    filter: &ReadFilter,
+    envelopes_only: bool,
+    from: u64,
+    mut events: Vec<LoggedEvent>,
+) -> Result<ReadBatch, ProjectionError> {
+    events.clear();
     let mut bytes = 0usize;
     let mut cursor = from;
     loop {
-        let page = if envelopes_only {
-            read_envelopes(log, cursor, filter)
+        let first = events.len();
+        let (end_reached, next_cursor) = if envelopes_only {
+            read_envelopes(log, cursor, filter, &mut events)
         } else {
             log.read_all(cursor, false, limits::PROJECTION_READ_PAGE_EVENTS, filter)
+                .map(|page| {
+                    events.extend(page.events);
+                    (page.end_reached, page.next_cursor)
+                })
         }
         .map_err(ProjectionError::from)?;
-        for event in page.events {
-            bytes += event_bytes(&event);
-            events.push(event);
-        }
-        cursor = page.next_cursor.max(cursor);
-        if page.end_reached
+        bytes += events[first..].iter().map(event_bytes).sum::<usize>();
+        cursor = next_cursor.max(cursor);
+        if end_reached
             || events.len() >= limits::PROJECTION_BATCH_EVENTS_MAX
             || bytes >= limits::PROJECTION_BATCH_BYTES_MAX
             || cursor - from >= limits::PROJECTION_BATCH_SCAN_MAX
@@ -315,8 +331,14 @@ pub fn read_batch(
 }
 
 /// One forward page of the whole log from `cursor`, each event decoded without its
-/// payload and metadata: borrowed from its chunk, only the envelope is copied out.
-fn read_envelopes(log: &Log, cursor: u64, filter: &ReadFilter) -> Result<Page, LogError> {
+/// payload and metadata: borrowed from its chunk, only the envelope is copied out, onto
+/// the end of `events`. Returns the page's `(end_reached, next_cursor)`.
+fn read_envelopes(
+    log: &Log,
+    cursor: u64,
+    filter: &ReadFilter,
+    events: &mut Vec<LoggedEvent>,
+) -> Result<(bool, u64), LogError> {
     let page = log.read_all_in_chunks(
         cursor,
         false,
@@ -324,21 +346,14 @@ fn read_envelopes(log: &Log, cursor: u64, filter: &ReadFilter) -> Result<Page, L
         usize::MAX,
         filter,
     )?;
-    let events = page
-        .events
-        .iter()
-        .map(|(chunk, index)| {
-            Ok(LoggedEvent {
-                event: chunk.layout.view(&chunk.value, *index)?.to_owned_envelope(),
-                hash: chunk.layout.hashes[*index],
-            })
-        })
-        .collect::<Result<Vec<_>, LogError>>()?;
-    Ok(Page {
-        events,
-        end_reached: page.end_reached,
-        next_cursor: page.next_cursor,
-    })
+    events.reserve(page.events.len());
+    for (chunk, index) in &page.events {
+        events.push(LoggedEvent {
+            event: chunk.layout.view(&chunk.value, *index)?.to_owned_envelope(),
+            hash: chunk.layout.hashes[*index],
+        });
+    }
+    Ok((page.end_reached, page.next_cursor))
 }
 
 /// Reads batches ahead on a thread of its own while the caller applies the previous
@@ -435,22 +450,40 @@ pub fn step(
     filter: &ReadFilter,
     tree: &sled::Tree,
 ) -> Result<StepOutcome, StepError> {
-    step_prefetched(log, projection, filter, tree, None)
+    step_with(log, projection, filter, tree, &mut Vec::new())
 }
 
-/// [`step`], taking the batch from `prefetcher` when it has the right one.
+/// [`step`], reading into `spare` and leaving it there afterwards, emptied with its
+/// capacity kept ([`read_batch_into`]): what a runner passes on every step.
+pub fn step_with(
+    log: &Log,
+    projection: &dyn Projection,
+    filter: &ReadFilter,
+    tree: &sled::Tree,
+    spare: &mut Vec<LoggedEvent>,
+) -> Result<StepOutcome, StepError> {
+    step_prefetched(log, projection, filter, tree, None, spare)
+}
+
+/// [`step_with`], taking the batch from `prefetcher` when it has the right one (its
+/// events then go back to the prefetcher's thread, not into `spare`).
 pub fn step_prefetched(
     log: &Log,
     projection: &dyn Projection,
     filter: &ReadFilter,
     tree: &sled::Tree,
     prefetcher: Option<&mut Prefetcher>,
+    spare: &mut Vec<LoggedEvent>,
 ) -> Result<StepOutcome, StepError> {
     let mut prefetcher = prefetcher;
     let from = checkpoint(tree)? + 1;
-    let read = match prefetcher.as_deref_mut().and_then(|p| p.next(from)) {
-        Some(read) => read?,
-        None => read_batch(log, filter, projection.envelopes_only(), from)?,
+    let (read, prefetched) = match prefetcher.as_deref_mut().and_then(|p| p.next(from)) {
+        Some(read) => (read?, true),
+        None => {
+            let events = std::mem::take(spare);
+            let read = read_batch_into(log, filter, projection.envelopes_only(), from, events)?;
+            (read, false)
+        }
     };
     let ReadBatch {
         from,
@@ -468,8 +501,12 @@ pub fn step_prefetched(
         Ok(()) => {
             batch.commit(reached).map_err(ProjectionError::from)?;
             let count = events.len();
-            if let Some(prefetcher) = prefetcher {
-                prefetcher.recycle(events);
+            match prefetcher {
+                Some(prefetcher) if prefetched => prefetcher.recycle(events),
+                _ => {
+                    *spare = events;
+                    spare.clear();
+                }
             }
             Ok(StepOutcome {
                 checkpoint: reached,
@@ -603,6 +640,7 @@ pub fn rebuild_offline(
             &filter,
             &tree,
             Some(&mut prefetcher),
+            &mut Vec::new(),
         ) {
             Ok(outcome) => outcome,
             Err(StepError::Apply(error)) => {

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use super::engine::{self, Catalog, Generation, MetaRecord, Meter, StepError};
 use super::{Projection, ProjectionError, valid_name};
 use crate::limits;
-use crate::log::{Head, Log, ReadFilter};
+use crate::log::{Head, Log, LoggedEvent, ReadFilter};
 
 /// The tree serving reads for a projection and the position it has applied. While a
 /// view exists its generation's tree is kept, even when a rebuilt generation switches in
@@ -301,6 +301,7 @@ fn build(log: Log, shared: Arc<Shared>, slot: Arc<Slot>, generation: Generation,
                 &slot.filter,
                 &tree,
                 Some(&mut prefetcher),
+                &mut Vec::new(),
             )
         }));
         let Ok(step) = step.map_err(|panic| {
@@ -384,8 +385,14 @@ fn shadow_with_builder(
 
 /// One unit of work: a batch of the shadow (and the switch once it caught up) unless a
 /// builder thread owns it, then a batch of the active generation. Returns whether
-/// anything moved.
-fn work_once(log: &Log, shared: &Arc<Shared>, slot: &Arc<Slot>) -> Result<bool, ProjectionError> {
+/// anything moved. `spare` is the runner's batch buffer, reused from step to step
+/// ([`engine::step_with`]).
+fn work_once(
+    log: &Log,
+    shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
+    spare: &mut Vec<LoggedEvent>,
+) -> Result<bool, ProjectionError> {
     let catalog = &shared.catalog;
     let name = slot.projection.name();
     let (active_tree, shadow, follows, active_checkpoint, shadow_checkpoint) = {
@@ -408,7 +415,7 @@ fn work_once(log: &Log, shared: &Arc<Shared>, slot: &Arc<Slot>) -> Result<bool, 
     if let Some((generation, tree)) = shadow {
         let mut checkpoint = shadow_checkpoint;
         if checkpoint < head {
-            match engine::step(log, slot.projection.as_ref(), &slot.filter, &tree) {
+            match engine::step_with(log, slot.projection.as_ref(), &slot.filter, &tree, spare) {
                 Ok(outcome) => {
                     checkpoint = outcome.checkpoint;
                     slot.lock().shadow_checkpoint = checkpoint;
@@ -451,7 +458,13 @@ fn work_once(log: &Log, shared: &Arc<Shared>, slot: &Arc<Slot>) -> Result<bool, 
         }
     }
     if follows && active_checkpoint < head {
-        match engine::step(log, slot.projection.as_ref(), &slot.filter, &active_tree) {
+        match engine::step_with(
+            log,
+            slot.projection.as_ref(),
+            &slot.filter,
+            &active_tree,
+            spare,
+        ) {
             Ok(outcome) => {
                 let mut inner = slot.lock();
                 inner.active_checkpoint = outcome.checkpoint;
@@ -494,6 +507,9 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
     };
     let mut head = log.watch_head();
     let mut head_open = true;
+    // Holds up to a batch's events between steps (~1.5 MB at most): see
+    // [`engine::read_batch_into`].
+    let mut spare = Vec::new();
     while !shared.stop.load(Ordering::Acquire) {
         // Marks the current head as seen before looking at it: a move after this point
         // wakes the wait below, so no append is ever missed.
@@ -501,7 +517,9 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
         // A panic outside a fold (those are caught per batch) must not end the thread
         // silently with the projection looking alive: it fails like any other error,
         // and a rebuild request is still heard.
-        let moved = match catch_unwind(AssertUnwindSafe(|| work_once(&log, &shared, &slot))) {
+        let moved = match catch_unwind(AssertUnwindSafe(|| {
+            work_once(&log, &shared, &slot, &mut spare)
+        })) {
             Ok(Ok(moved)) => moved,
             Ok(Err(error)) => {
                 if shared.stop.load(Ordering::Acquire) {

@@ -131,9 +131,20 @@ async fn a_reader_of_envelopes_gets_every_envelope_without_bodies() {
         },
     ] {
         let mut from = 1;
+        // A runner's reused buffer, starting with stale events in it: each batch read into
+        // it is the batch read afresh.
+        let mut spare = engine::read_batch(&log, &ReadFilter::default(), false, 1)
+            .unwrap()
+            .events;
         loop {
             let whole = engine::read_batch(&log, &filter, false, from).unwrap();
             let envelopes = engine::read_batch(&log, &filter, true, from).unwrap();
+            let reused = engine::read_batch_into(&log, &filter, true, from, spare).unwrap();
+            assert_eq!(
+                (reused.from, reused.reached, &reused.events),
+                (envelopes.from, envelopes.reached, &envelopes.events)
+            );
+            spare = reused.events;
             assert_eq!(
                 (envelopes.from, envelopes.reached),
                 (whole.from, whole.reached)
