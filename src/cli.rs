@@ -403,9 +403,21 @@ pub async fn bench_read_stream(
     Ok(())
 }
 
+/// One of the reads `rapport bench read` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBench {
+    /// `ReadAll` pages of 1 000, decoded.
+    Pages,
+    /// A `Subscribe` replay from 0 to the head, decoded into `RecordedEvent`s.
+    Decoded,
+    /// The same replay received as raw messages (positions checked, nothing decoded).
+    Raw,
+}
+
 /// `rapport bench read`: reads the whole log over gRPC: ReadAll pages, a decoded
-/// Subscribe replay, and a receive-only one (the client side of the peer's `\copy`).
-pub async fn bench_read(server: String) -> Result<(), CliError> {
+/// Subscribe replay, and a receive-only one (the client side of the peer's `\copy`); with
+/// `only`, just that one (to time a single read, or profile the server during it).
+pub async fn bench_read(server: String, only: Option<ReadBench>) -> Result<(), CliError> {
     let report = |what: &str, (events, elapsed): (u64, Duration)| {
         println!(
             "{what}: {events} events in {:.2} s = {:.0} events/s",
@@ -414,24 +426,31 @@ pub async fn bench_read(server: String) -> Result<(), CliError> {
         );
     };
     let failed = |e: Box<dyn std::error::Error>| e.to_string();
-    report(
-        "read all (ReadAll pages of 1000)",
-        crate::loadgen::run_read_all(&server)
-            .await
-            .map_err(failed)?,
-    );
-    report(
-        "replay (Subscribe from 0 to the head)",
-        crate::loadgen::run_subscribe_all(&server)
-            .await
-            .map_err(failed)?,
-    );
-    report(
-        "replay, receive only (Subscribe, raw messages, positions checked)",
-        crate::loadgen::run_subscribe_raw(&server)
-            .await
-            .map_err(failed)?,
-    );
+    let runs = |which: ReadBench| only.is_none_or(|only| only == which);
+    if runs(ReadBench::Pages) {
+        report(
+            "read all (ReadAll pages of 1000)",
+            crate::loadgen::run_read_all(&server)
+                .await
+                .map_err(failed)?,
+        );
+    }
+    if runs(ReadBench::Decoded) {
+        report(
+            "replay (Subscribe from 0 to the head)",
+            crate::loadgen::run_subscribe_all(&server)
+                .await
+                .map_err(failed)?,
+        );
+    }
+    if runs(ReadBench::Raw) {
+        report(
+            "replay, receive only (Subscribe, raw messages, positions checked)",
+            crate::loadgen::run_subscribe_raw(&server)
+                .await
+                .map_err(failed)?,
+        );
+    }
     Ok(())
 }
 

@@ -23,6 +23,27 @@ struct Cli {
     command: Command,
 }
 
+/// The reads `rapport bench read --only` picks from.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReadBenchArg {
+    /// ReadAll pages of 1 000.
+    Pages,
+    /// A decoded Subscribe replay.
+    Decoded,
+    /// A receive-only Subscribe replay.
+    Raw,
+}
+
+impl From<ReadBenchArg> for rapport::cli::ReadBench {
+    fn from(arg: ReadBenchArg) -> Self {
+        match arg {
+            ReadBenchArg::Pages => Self::Pages,
+            ReadBenchArg::Decoded => Self::Decoded,
+            ReadBenchArg::Raw => Self::Raw,
+        }
+    }
+}
+
 /// The kinds of file `rapport import` reads.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ImportKindArg {
@@ -320,6 +341,9 @@ enum Bench {
     Read {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         server: String,
+        /// Time only this read (default: all three, in this order).
+        #[arg(long, value_enum)]
+        only: Option<ReadBenchArg>,
     },
     /// Fill a data directory offline with bench events (for verify, read and size figures).
     Fill {
@@ -583,7 +607,11 @@ fn main() -> ExitCode {
                 } => rapport::cli::bench_read_stream(server, clients, streams, duration, threads)
                     .await
                     .map(|()| true),
-                Bench::Read { server } => rapport::cli::bench_read(server).await.map(|()| true),
+                Bench::Read { server, only } => {
+                    rapport::cli::bench_read(server, only.map(Into::into))
+                        .await
+                        .map(|()| true)
+                }
                 Bench::Fill {
                     data_dir,
                     events,
