@@ -29,12 +29,13 @@
 //! blocks are left in place and deleted later.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use sled::{IVec, Tree};
 
+use super::FastMap;
 use super::error::LogError;
 use crate::limits;
 
@@ -140,7 +141,7 @@ impl Run {
 
 #[derive(Default)]
 struct State {
-    tail: HashMap<[u8; 16], u64>,
+    tail: FastMap<[u8; 16], u64>,
     /// Oldest first.
     runs: Vec<Run>,
 }
@@ -341,7 +342,7 @@ impl IdIndex {
             meta,
             shape: shape.sane(),
             state: RwLock::new(State {
-                tail: HashMap::new(),
+                tail: FastMap::default(),
                 runs,
             }),
             pins: AtomicUsize::new(0),

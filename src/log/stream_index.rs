@@ -23,11 +23,11 @@
 //! their bytes on disk. What is in memory is not in sled, so after a crash the log
 //! re-derives it from the events past `indexed_through` (see `store`).
 
-use std::collections::HashMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use sled::{IVec, Tree};
 
+use super::FastMap;
 use super::error::LogError;
 use super::store::StreamRun;
 use crate::limits;
@@ -158,7 +158,7 @@ fn push_run(runs: &mut Vec<StreamRun>, run: StreamRun) {
 /// Runs not in the tree yet, by stream.
 #[derive(Default)]
 struct Runs {
-    by_stream: HashMap<Box<str>, Vec<StreamRun>>,
+    by_stream: FastMap<Box<str>, Vec<StreamRun>>,
     runs: usize,
 }
 

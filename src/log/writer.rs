@@ -18,7 +18,6 @@
 //! checks against written-but-unsynced state, which is right: syncs complete in order,
 //! so that state is durable before any later acknowledgement.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -31,7 +30,7 @@ use super::key_filter::{Indexed, KeyFilter};
 use super::record::{ChunkBuilder, Hash, StoredEvent};
 use super::store::{Head, ParsedChunk, Store};
 use super::stream_index::FLUSH_STREAMS_PER_GROUP;
-use super::{AppendOutcome, ExpectedRevision, Job, ProposedEvent, StreamAppend};
+use super::{AppendOutcome, ExpectedRevision, FastMap, FastSet, Job, ProposedEvent, StreamAppend};
 use crate::clock::Clock;
 use crate::limits;
 
@@ -43,9 +42,9 @@ struct Overlay {
     /// Records to write, positions `base..base+len`.
     records: Vec<StoredEvent>,
     /// Stream → last revision and position after the overlay.
-    heads: HashMap<String, (u64, u64)>,
+    heads: FastMap<String, (u64, u64)>,
     /// Event id → position of records in the overlay.
-    ids: HashMap<[u8; 16], u64>,
+    ids: FastMap<[u8; 16], u64>,
     /// Stream index runs: (stream, first revision, first position, count).
     runs: Vec<(String, u64, u64, u32)>,
 }
@@ -105,7 +104,7 @@ pub(super) struct Writer {
     failure: Failure,
     applied: Applied,
     /// Heads of recently written streams (bounded by `STREAM_HEAD_CACHE_ENTRIES`).
-    head_cache: HashMap<String, (u64, u64)>,
+    head_cache: FastMap<String, (u64, u64)>,
     /// Which ids are certainly not in the id index (saves the lookup).
     id_filter: KeyFilter,
     /// Which streams certainly do not exist yet (saves reading their last run).
@@ -262,7 +261,7 @@ impl Writer {
             syncer: Some(syncer),
             failure,
             applied,
-            head_cache: HashMap::new(),
+            head_cache: FastMap::default(),
             stats: WriterStats::default(),
             spare: Default::default(),
         })
@@ -489,7 +488,7 @@ impl Writer {
             return Err(AppendError::Empty);
         }
         // 1. Idempotency comes first, whatever the expectation says.
-        let mut seen = std::collections::HashSet::with_capacity(append.events.len());
+        let mut seen = FastSet::with_capacity_and_hasher(append.events.len(), Default::default());
         let mut existing = Vec::new();
         let mut new_ids = 0usize;
         for proposed in &append.events {
