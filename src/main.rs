@@ -391,8 +391,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// the kernel then backs them with 2 MiB pages: every page mimalloc frees back (or sled's
 /// I/O buffers, allocated per segment) comes back on the next touch as a fresh huge page
 /// the kernel zeroes whole. Under batched appends that zeroing was ~7 % of the machine's
-/// samples (perf, `clear_page_erms`); without it the server spent 0.90–0.93× the CPU per
-/// event in eight A/B pairs (BENCHMARKS.md). The flag covers mappings made before it too,
+/// samples (perf, `clear_page_erms`; 0.3 % without); the server's CPU per event was
+/// 0.79–1.10× in 19 A/B pairs, median 0.92× (BENCHMARKS.md). The flag covers mappings made before it too,
 /// as the kernel checks it at fault time. Best effort: a kernel that refuses leaves the
 /// process as it was.
 fn disable_transparent_huge_pages() {
