@@ -347,12 +347,22 @@ pub const SEGMENT_INCREMENTAL_CUSTOMERS_MAX: usize = 50_000;
 /// How long a projection runner woken by a new head waits before reading, in
 /// milliseconds, so that several appends are read (and committed) in one step: each
 /// runner reads everything it follows, and reading per event took a seventh of the
-/// server's CPU under load. A read-your-writes wait cuts the gather short. Longer gathers
-/// measured faster still (20–50 ms: single-event appends 1.05–1.25×, BENCHMARKS.md), but
-/// reads without `min_position` — some answer NOT_FOUND for what the model has not
-/// reached yet — would see a projection that much later; that needs a "not found only
-/// after catching up with the head" rule in the read services first.
-pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 2;
+/// server's CPU under load. Any read of the projection cuts the gather short: one with a
+/// `min_position`, and one without, which sees every event durable when it asked
+/// ([`crate::projections::Projections::wait_for`]), so the gather delays no reader's view.
+/// 20 ms against 2 ms measured single-event appends 1.05–1.25× (BENCHMARKS.md).
+pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 20;
+
+/// How far behind the head (positions) a projection may be for a read without a
+/// `min_position` to wait until it has caught up: one step's scan
+/// ([`PROJECTION_BATCH_SCAN_MAX`]). Further behind, it is catching up or rebuilding, and
+/// the read answers at once with what it has.
+pub const PROJECTION_IMPLICIT_LAG_MAX: u64 = PROJECTION_BATCH_SCAN_MAX;
+
+/// The longest a read without a `min_position` waits for its projection to catch up with
+/// the head (ms) before answering with what it has: a following runner takes one step,
+/// milliseconds; this bounds the wait when it is slow.
+pub const PROJECTION_IMPLICIT_WAIT_MS: u64 = 500;
 
 // --- Loyalty (issue 5) -------------------------------------------------------------------
 

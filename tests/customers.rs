@@ -171,6 +171,22 @@ async fn registration_then_profile_with_read_your_writes() {
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
 
+/// Without a `min_position`, a read right after a write still sees it: the projection
+/// runner gathers appends for a while before reading them, and the read waits for it to
+/// reach the head the server had when the read came.
+#[tokio::test]
+async fn a_read_without_a_position_sees_the_write_just_acknowledged() {
+    let t = TestServer::start().await;
+    let mut c = t.customers().await;
+    for n in 0..10 {
+        let name = format!("Grace{n}");
+        let (id, position) = register(&mut c, &format!("grace{n}@example.com"), &name).await;
+        let profile = get(&mut c, &id, 0).await;
+        assert_eq!(profile.given_name, name);
+        assert!(profile.as_of_position >= position);
+    }
+}
+
 #[tokio::test]
 async fn an_email_belongs_to_one_live_customer() {
     let t = TestServer::start().await;

@@ -205,9 +205,20 @@ impl LoyaltyService {
     /// its own ledger until the loyalty policy has moved it (`LedgerMerged`, right after
     /// the merge in log order); until then its id still names that ledger.
     async fn resolve_member(&self, id: Uuid) -> Result<Uuid, Status> {
-        let (log, projections) = (self.inner.log.clone(), self.inner.projections.clone());
+        let log = self.inner.log.clone();
+        // As current as the log was when the command came (a merge acknowledged before it
+        // is seen), though the runner gathers appends before reading them.
+        let view = self
+            .inner
+            .projections
+            .wait_for(
+                crate::projections::customers::NAME,
+                0,
+                std::time::Duration::from_millis(limits::PROJECTION_IMPLICIT_WAIT_MS),
+            )
+            .await;
         blocking(move || {
-            let Ok(view) = projections.reader(crate::projections::customers::NAME) else {
+            let Ok(view) = view else {
                 return Ok(id);
             };
             let survivor = crate::projections::customers::read_resolved(&view.tree, id)

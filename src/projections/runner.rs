@@ -629,11 +629,46 @@ impl Projections {
         })
     }
 
-    /// Read your writes: waits until `name` has applied `min_position` (0 = no wait), at
-    /// most `timeout` (capped at [`limits::PROJECTION_WAIT_MS_MAX`]). A position beyond
-    /// the log's head waits too (it may be appended meanwhile). `NotYet` when the time is
-    /// up, `Failed` when the projection stopped before reaching it.
+    /// Read your writes: waits until `name` has applied `min_position`, at most `timeout`
+    /// (capped at [`limits::PROJECTION_WAIT_MS_MAX`]). A position beyond the log's head
+    /// waits too (it may be appended meanwhile). `NotYet` when the time is up, `Failed`
+    /// when the projection stopped before reaching it.
+    ///
+    /// `min_position` 0 asks for no position: the view then holds every event durable
+    /// when the call was made, as long as the projection follows the log closely (behind
+    /// only by its gather, at most [`limits::PROJECTION_IMPLICIT_LAG_MAX`] positions), so a
+    /// read right after a write never answers from before it (a NOT_FOUND for what was
+    /// just created). A projection further behind (catching up after a restart, or frozen
+    /// for a rebuild) answers at once with what it has, as does one that does not get
+    /// there within [`limits::PROJECTION_IMPLICIT_WAIT_MS`].
     pub async fn wait_for(
+        &self,
+        name: &str,
+        min_position: u64,
+        timeout: Duration,
+    ) -> Result<ProjectionView, ProjectionError> {
+        if min_position > 0 {
+            return self.wait_until(name, min_position, timeout).await;
+        }
+        let slot = self.slot(name)?;
+        let head = self.shared.head.borrow().position;
+        let applied = *slot.applied.borrow();
+        let following = {
+            let inner = slot.lock();
+            inner.active_follows && inner.failed.is_none()
+        };
+        if !following || head <= applied || head - applied > limits::PROJECTION_IMPLICIT_LAG_MAX {
+            return self.reader(name);
+        }
+        let timeout = timeout.min(Duration::from_millis(limits::PROJECTION_IMPLICIT_WAIT_MS));
+        match self.wait_until(name, head, timeout).await {
+            Err(ProjectionError::NotYet { .. }) => self.reader(name),
+            other => other,
+        }
+    }
+
+    /// [`Self::wait_for`] a position given.
+    async fn wait_until(
         &self,
         name: &str,
         min_position: u64,

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 
 use super::engine::{self, Catalog};
 use super::*;
+use crate::limits;
 use crate::log::{ExpectedRevision, Log, LogConfig, ProposedEvent, StreamAppend, StreamName};
 
 /// Counts events per stream and chains their positions (`h` = BLAKE3 of the previous `h`
@@ -488,7 +489,7 @@ async fn a_requested_rebuild_keeps_the_old_generation_live_until_the_switch() {
     let dir = tempfile::tempdir().unwrap();
     let log = open_log(dir.path());
     // More than one batch, so a builder thread takes the new generation.
-    const N: u64 = crate::limits::PROJECTION_BATCH_EVENTS_MAX as u64 * 2;
+    const N: u64 = limits::PROJECTION_BATCH_EVENTS_MAX as u64 * 2;
     for n in (0..N).step_by(1000) {
         append(&log, "toy-a", n, 1000.min(N - n)).await;
     }
@@ -584,6 +585,56 @@ async fn wait_for_semantics() {
         Err(ProjectionError::ShuttingDown)
     ));
     log.shutdown();
+}
+
+/// A read without a position sees every event durable when it asked, though the runner
+/// gathers appends for a while before reading them; a projection far behind (here: a
+/// backlog past the implicit lag bound) answers at once with what it has.
+#[tokio::test]
+async fn a_read_without_a_position_sees_what_was_durable_when_it_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_log(dir.path());
+    let projections = Projections::start(log.clone(), vec![Arc::new(Toy::new("toy", 1))]).unwrap();
+    projections.wait_for("toy", 0, WAIT).await.unwrap();
+    for round in 0..20u64 {
+        append(&log, "toy-a", round, 1).await;
+        let head = log.head().position;
+        let view = projections.wait_for("toy", 0, WAIT).await.unwrap();
+        assert!(
+            view.applied >= head,
+            "round {round}: {} < {head}",
+            view.applied
+        );
+        assert_eq!(toy_count(&view.tree, "toy-a"), round + 1);
+    }
+    projections.shutdown();
+    log.shutdown();
+
+    // A runner stuck in its first batch (a closed gate): behind by more than the implicit
+    // lag bound, a read answers at once with what the projection has; behind by less, it
+    // waits at most PROJECTION_IMPLICIT_WAIT_MS and then does the same. Never an error.
+    for backlog in [limits::PROJECTION_IMPLICIT_LAG_MAX + 1, 5] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path());
+        let mut written = 0;
+        while written < backlog {
+            let count = (backlog - written).min(limits::EVENTS_PER_APPEND_MAX as u64);
+            append(&log, "toy-b", written, count).await;
+            written += count;
+        }
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let mut toy = Toy::new("toy", 1);
+        toy.gate = Some(gate.clone());
+        let projections = Projections::start(log.clone(), vec![Arc::new(toy)]).unwrap();
+        let view = projections.wait_for("toy", 0, WAIT).await.unwrap();
+        assert_eq!(view.applied, 0, "backlog {backlog}");
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        drop(view);
+        projections.wait_for("toy", backlog, WAIT).await.unwrap();
+        projections.shutdown();
+        log.shutdown();
+    }
 }
 
 #[tokio::test]
