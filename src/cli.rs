@@ -418,37 +418,30 @@ pub enum ReadBench {
 /// Subscribe replay, and a receive-only one (the client side of the peer's `\copy`); with
 /// `only`, just that one (to time a single read, or profile the server during it).
 pub async fn bench_read(server: String, only: Option<ReadBench>) -> Result<(), CliError> {
-    let report = |what: &str, (events, elapsed): (u64, Duration)| {
+    use crate::loadgen::{run_read_all, run_subscribe_all, run_subscribe_raw};
+    for which in [ReadBench::Pages, ReadBench::Decoded, ReadBench::Raw] {
+        if only.is_some_and(|only| only != which) {
+            continue;
+        }
+        let (what, timed) = match which {
+            ReadBench::Pages => (
+                "read all (ReadAll pages of 1000)",
+                run_read_all(&server).await,
+            ),
+            ReadBench::Decoded => (
+                "replay (Subscribe from 0 to the head)",
+                run_subscribe_all(&server).await,
+            ),
+            ReadBench::Raw => (
+                "replay, receive only (Subscribe, raw messages, positions checked)",
+                run_subscribe_raw(&server).await,
+            ),
+        };
+        let (events, elapsed) = timed.map_err(|e| e.to_string())?;
         println!(
             "{what}: {events} events in {:.2} s = {:.0} events/s",
             elapsed.as_secs_f64(),
             events as f64 / elapsed.as_secs_f64()
-        );
-    };
-    let failed = |e: Box<dyn std::error::Error>| e.to_string();
-    let runs = |which: ReadBench| only.is_none_or(|only| only == which);
-    if runs(ReadBench::Pages) {
-        report(
-            "read all (ReadAll pages of 1000)",
-            crate::loadgen::run_read_all(&server)
-                .await
-                .map_err(failed)?,
-        );
-    }
-    if runs(ReadBench::Decoded) {
-        report(
-            "replay (Subscribe from 0 to the head)",
-            crate::loadgen::run_subscribe_all(&server)
-                .await
-                .map_err(failed)?,
-        );
-    }
-    if runs(ReadBench::Raw) {
-        report(
-            "replay, receive only (Subscribe, raw messages, positions checked)",
-            crate::loadgen::run_subscribe_raw(&server)
-                .await
-                .map_err(failed)?,
         );
     }
     Ok(())

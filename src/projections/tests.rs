@@ -557,7 +557,7 @@ async fn wait_for_semantics() {
         projections.reader("nope"),
         Err(ProjectionError::NotFound(_))
     ));
-    // 0 never waits.
+    // 0 asks for no position: never an error, even with no time to catch up.
     projections
         .wait_for("toy", 0, Duration::ZERO)
         .await
