@@ -363,8 +363,9 @@ fn read_envelopes(
 pub struct Prefetcher {
     batches: Option<std::sync::mpsc::Receiver<Result<ReadBatch, ProjectionError>>>,
     /// Applied batches going back to the reader thread, which allocated them, to be
-    /// freed there: freeing on the allocating thread is mimalloc's fast path, and a
-    /// rebuild's folding thread spent ~10% of its time freeing the reader's events.
+    /// freed there and read into again: freeing on the allocating thread is mimalloc's
+    /// fast path, and a rebuild's folding thread spent ~10% of its time freeing the
+    /// reader's events.
     spent: Option<std::sync::mpsc::SyncSender<Vec<LoggedEvent>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -388,10 +389,13 @@ impl Prefetcher {
             .spawn(move || {
                 let mut from = from;
                 while from <= until {
+                    // The newest returned batch is read into (its events freed here, its
+                    // capacity kept: [`read_batch_into`]); any others are freed.
+                    let mut spare = Vec::new();
                     while let Ok(events) = returned.try_recv() {
-                        drop(events);
+                        spare = events;
                     }
-                    let read = read_batch(&log, &filter, envelopes_only, from);
+                    let read = read_batch_into(&log, &filter, envelopes_only, from, spare);
                     let next = read.as_ref().map(|b| b.reached + 1).ok();
                     // The receiver is gone: the consumer stopped.
                     if sender.send(read).is_err() {
@@ -411,8 +415,8 @@ impl Prefetcher {
         }
     }
 
-    /// Hands applied events back to the reader thread to be freed there; frees them here
-    /// when it is gone or has not caught up with the returns.
+    /// Hands applied events back to the reader thread to be freed and reused there; frees
+    /// them here when it is gone or has not caught up with the returns.
     pub fn recycle(&mut self, events: Vec<LoggedEvent>) {
         if let Some(spent) = &self.spent {
             let _ = spent.try_send(events);
