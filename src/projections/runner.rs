@@ -507,7 +507,8 @@ fn run(log: Log, shared: Arc<Shared>, slot: Arc<Slot>) {
     };
     let mut head = log.watch_head();
     let mut head_open = true;
-    // Holds up to a batch's events between steps (~1.5 MB at most): see
+    // Keeps the capacity of the largest batch read (at most PROJECTION_BATCH_EVENTS_MAX
+    // events and one page, their strings freed after each step): see
     // [`engine::read_batch_into`].
     let mut spare = Vec::new();
     while !shared.stop.load(Ordering::Acquire) {
