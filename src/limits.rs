@@ -350,7 +350,8 @@ pub const SEGMENT_INCREMENTAL_CUSTOMERS_MAX: usize = 50_000;
 /// server's CPU under load. Any read of the projection cuts the gather short: one with a
 /// `min_position`, and one without, which sees every event durable when it asked
 /// ([`crate::projections::Projections::wait_for`]), so the gather delays no reader's view.
-/// 20 ms against 2 ms measured single-event appends 1.05–1.25× (BENCHMARKS.md).
+/// 20 ms against 2 ms: single-event appends 1.05–1.25× (2026-12-04), medians 1.13× at one
+/// client and 1.14× at 64 (2026-12-07, BENCHMARKS.md).
 pub const PROJECTION_FOLLOW_GATHER_MS: u64 = 20;
 
 /// How far behind the head (positions) a projection may be for a read without a
