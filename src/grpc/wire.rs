@@ -41,9 +41,14 @@ fn varint(mut value: u64) -> ([u8; 10], usize) {
     (bytes, n + 1)
 }
 
-fn put_varint(out: &mut Vec<u8>, value: u64) {
-    let (bytes, n) = varint(value);
-    out.extend_from_slice(&bytes[..n]);
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    // Byte by byte: most varints here (keys, small lengths) are one or two bytes, and a
+    // copy of a variable-length slice is a call to memcpy (~4 % of a replay's samples).
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 fn put_key(out: &mut Vec<u8>, field: u32, wire_type: u32) {
@@ -80,19 +85,55 @@ fn begin_nested(out: &mut Vec<u8>, field: u32) -> usize {
     out.len()
 }
 
-/// Closes the nested message opened at `start`: short content (most) keeps the one-byte
-/// length; longer content moves right to make room for its varint.
+/// Opens a nested message whose content is likely 128 bytes to 16 KiB long (a whole
+/// event, a custom body): as [`begin_nested`] with a two-byte length placeholder, so
+/// [`end_nested_wide`] seldom moves the content. Moving a whole event right by one byte,
+/// for every event of a page, was most of a replay's `memmove`.
+fn begin_nested_wide(out: &mut Vec<u8>, field: u32) -> usize {
+    put_key(out, field, LENGTH_DELIMITED);
+    out.extend_from_slice(&[0, 0]);
+    out.len()
+}
+
+/// Closes the nested message opened at `start` by [`begin_nested`]: short content (most)
+/// keeps the one-byte length; longer content moves right to make room for its varint.
+#[inline]
 fn end_nested(out: &mut Vec<u8>, start: usize) {
     let len = out.len() - start;
     if len < 0x80 {
         out[start - 1] = len as u8;
     } else {
-        // Grow by the extra length bytes, move the content right, write the varint.
-        let (bytes, n) = varint(len as u64);
-        out.resize(out.len() + n - 1, 0);
-        out.copy_within(start..start + len, start - 1 + n);
-        out[start - 1..start - 1 + n].copy_from_slice(&bytes[..n]);
+        move_to_fit(out, start, 1);
     }
+}
+
+/// Closes the nested message opened at `start` by [`begin_nested_wide`].
+#[inline]
+fn end_nested_wide(out: &mut Vec<u8>, start: usize) {
+    let len = out.len() - start;
+    if (0x80..0x4000).contains(&len) {
+        out[start - 2] = (len as u8) | 0x80;
+        out[start - 1] = (len >> 7) as u8;
+    } else {
+        move_to_fit(out, start, 2);
+    }
+}
+
+/// Writes the length of the content from `start` to the end of `out` when its varint
+/// does not take the `reserved` bytes before it: moves the content to fit the varint, as
+/// protobuf lengths are written in their shortest form (as prost writes them).
+#[cold]
+#[inline(never)]
+fn move_to_fit(out: &mut Vec<u8>, start: usize, reserved: usize) {
+    let len = out.len() - start;
+    let (bytes, n) = varint(len as u64);
+    let at = start - reserved;
+    if n > reserved {
+        out.resize(out.len() + n - reserved, 0);
+    }
+    out.copy_within(start..start + len, at + n);
+    out.truncate(at + n + len);
+    out[at..at + n].copy_from_slice(&bytes[..n]);
 }
 
 /// `google.protobuf.Timestamp` as field `field` (always present, as the message sets it).
@@ -217,9 +258,9 @@ pub fn put_read_response_view(
     owned: Option<&StoredEvent>,
     privacy: Option<&Privacy>,
 ) -> Result<(), Status> {
-    let start = begin_nested(out, 1);
+    let start = begin_nested_wide(out, 1);
     put_recorded_view(out, event, hash, owned, privacy)?;
-    end_nested(out, start);
+    end_nested_wide(out, start);
     Ok(())
 }
 
@@ -240,10 +281,10 @@ fn put_custom_body(out: &mut Vec<u8>, event: &StoredEventView<'_>) -> Result<(),
             ),
         ));
     }
-    let body = begin_nested(out, 6);
-    let custom = begin_nested(out, 1);
+    let body = begin_nested_wide(out, 6);
+    let custom = begin_nested_wide(out, 1);
     put_bytes_field(out, 1, event.event_type.as_bytes());
-    let data = begin_nested(out, 2);
+    let data = begin_nested_wide(out, 2);
     let mut stored = Bincode {
         bytes: event.payload,
     };
@@ -262,9 +303,9 @@ fn put_custom_body(out: &mut Vec<u8>, event: &StoredEventView<'_>) -> Result<(),
                 ),
             )
         })?;
-    end_nested(out, data);
-    end_nested(out, custom);
-    end_nested(out, body);
+    end_nested_wide(out, data);
+    end_nested_wide(out, custom);
+    end_nested_wide(out, body);
     Ok(())
 }
 
@@ -494,8 +535,20 @@ mod tests {
     #[test]
     fn a_read_response_encodes_as_the_message_does() {
         let data: BTreeMap<String, Value> = [("a".into(), Value::Number(1.5))].into();
+        // Events whose lengths take one, two and three varint bytes: the two-byte
+        // placeholder of each event is kept, shrunk and grown.
+        let big: BTreeMap<String, Value> = [("a".into(), Value::String(long(20_000)))].into();
+        let mut tiny = logged("a", encode(&BTreeMap::<String, Value>::new()), Vec::new());
+        tiny.event.stream = "a-1".into();
+        tiny.event.revision = 0;
+        tiny.event.recorded_at_us = 0;
+        tiny.event.occurred_at_us = 0;
+        tiny.event.correlation_id = String::new();
+        tiny.event.actor = String::new();
         let events = vec![
             logged("a.b", encode(&data), Vec::new()),
+            tiny,
+            logged("c.d", encode(&big), Vec::new()),
             logged("c.d", encode(&data), Vec::new()),
         ];
         let mut out = Vec::new();
@@ -509,6 +562,11 @@ mod tests {
             next_cursor: 302,
         };
         assert_eq!(out, expected.encode_to_vec());
+        let lengths: Vec<usize> = expected.events.iter().map(|e| e.encoded_len()).collect();
+        assert!(
+            lengths[0] >= 0x80 && lengths[1] < 0x80 && lengths[2] >= 0x4000,
+            "{lengths:?}"
+        );
         out.clear();
         put_read_response(&mut out, &[], false, 0, None).unwrap();
         assert!(out.is_empty());
