@@ -500,6 +500,20 @@ impl ChunkLayout {
 /// event's hash and checking the stored last hash: what is read is what was written.
 /// Pass the same stored `value` to [`ChunkLayout::decode`].
 pub fn parse_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, LogError> {
+    parse_chunk_known(first_position, value, None)
+}
+
+/// As [`parse_chunk`], but with the chain hashes an earlier parse of this chunk computed
+/// (`known`, one per event): they are taken instead of recomputed when there are as many
+/// as the chunk has events and the last equals the chunk's stored last hash; otherwise
+/// the hashes are recomputed and checked as [`parse_chunk`] does. Everything else (the
+/// decompression, the header, every event's length, the trailing bytes) is checked
+/// either way. Verify never passes `known`.
+pub fn parse_chunk_known(
+    first_position: u64,
+    value: &[u8],
+    known: Option<&[Hash]>,
+) -> Result<ChunkLayout, LogError> {
     if value.first() == Some(&COMPRESSED_CHUNK_TAG) {
         let corrupt = |what: &str| LogError::Corrupt(format!("chunk at {first_position}: {what}"));
         let raw_len = value
@@ -527,14 +541,18 @@ pub fn parse_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, Log
         if written != raw_len - 1 {
             return Err(corrupt("raw length mismatch"));
         }
-        let mut layout = parse_raw_chunk(first_position, &raw)?;
+        let mut layout = parse_raw_chunk(first_position, &raw, known)?;
         layout.raw = Some(raw);
         return Ok(layout);
     }
-    parse_raw_chunk(first_position, value)
+    parse_raw_chunk(first_position, value, known)
 }
 
-fn parse_raw_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, LogError> {
+fn parse_raw_chunk(
+    first_position: u64,
+    value: &[u8],
+    known: Option<&[Hash]>,
+) -> Result<ChunkLayout, LogError> {
     let corrupt = |what: &str| LogError::Corrupt(format!("chunk at {first_position}: {what}"));
     if value.len() < 1 + 32 + 4 + 32 || value[0] != CHUNK_TAG {
         return Err(corrupt("bad header"));
@@ -546,10 +564,14 @@ fn parse_raw_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, Log
     }
     let body_end = value.len() - 32;
     let stored_last: Hash = value[body_end..].try_into().expect("32 bytes");
+    let known = known.filter(|k| k.len() == count as usize && k.last() == Some(&stored_last));
     let mut offset = 37;
     let mut hash = prev_hash;
     let mut spans = Vec::with_capacity(count as usize);
-    let mut hashes = Vec::with_capacity(count as usize);
+    let mut hashes = match known {
+        Some(known) => known.to_vec(),
+        None => Vec::with_capacity(count as usize),
+    };
     for index in 0..u64::from(count) {
         if offset + 4 > body_end {
             return Err(corrupt("truncated length"));
@@ -560,13 +582,18 @@ fn parse_raw_chunk(first_position: u64, value: &[u8]) -> Result<ChunkLayout, Log
         if offset + len > body_end {
             return Err(corrupt("truncated event"));
         }
-        hash = chain_hash(&hash, first_position + index, &value[offset..offset + len]);
+        if known.is_none() {
+            hash = chain_hash(&hash, first_position + index, &value[offset..offset + len]);
+            hashes.push(hash);
+        }
         spans.push((offset, len));
-        hashes.push(hash);
         offset += len;
     }
     if offset != body_end {
         return Err(corrupt("trailing bytes"));
+    }
+    if known.is_some() {
+        hash = stored_last;
     }
     if hash != stored_last {
         return Err(corrupt("hash chain mismatch (event bytes altered)"));
@@ -665,6 +692,59 @@ mod tests {
                 parsed.decode(&stored, 0).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn known_hashes_are_taken_only_when_they_fit_the_chunk() {
+        for count in [3u64, 20] {
+            let stored = compress_chunk(builder_raw(count));
+            assert_eq!(stored[0] == COMPRESSED_CHUNK_TAG, count == 20);
+            let computed = parse_chunk(1, &stored).unwrap();
+            // The right hashes: the same layout, hashes taken as they are.
+            let known = computed.hashes.clone();
+            assert_eq!(
+                parse_chunk_known(1, &stored, Some(&known)).unwrap(),
+                computed
+            );
+            // Too few, too many, or a last hash the chunk does not store: recomputed.
+            let mut wrong = known.clone();
+            wrong.pop();
+            assert_eq!(
+                parse_chunk_known(1, &stored, Some(&wrong)).unwrap(),
+                computed
+            );
+            wrong = known.clone();
+            wrong.push([9; 32]);
+            assert_eq!(
+                parse_chunk_known(1, &stored, Some(&wrong)).unwrap(),
+                computed
+            );
+            wrong = known.clone();
+            *wrong.last_mut().unwrap() = [9; 32];
+            assert_eq!(
+                parse_chunk_known(1, &stored, Some(&wrong)).unwrap(),
+                computed
+            );
+            // Known hashes never excuse a damaged chunk's structure.
+            let mut raw = builder_raw(count);
+            raw.push(0);
+            let body_end = raw.len() - 33;
+            raw.copy_within(body_end..body_end + 32, body_end + 1);
+            raw[body_end] = 0;
+            assert!(parse_chunk_known(1, &raw, Some(&known)).is_err());
+        }
+    }
+
+    /// The raw chunk of events 1..=count.
+    fn builder_raw(count: u64) -> Vec<u8> {
+        let mut builder = ChunkBuilder::new(ZERO_HASH);
+        let mut hash = ZERO_HASH;
+        for position in 1..=count {
+            let bytes = event(position).encode();
+            hash = chain_hash(&hash, position, &bytes);
+            builder.push(&bytes, hash);
+        }
+        builder.finish()
     }
 
     #[test]

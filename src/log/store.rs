@@ -25,7 +25,7 @@ use sled::{IVec, Tree};
 
 use super::error::{LogError, ReadError};
 use super::id_index::{IdIndex, IdIndexShape};
-use super::record::{ChunkLayout, Hash, LoggedEvent, ZERO_HASH, parse_chunk};
+use super::record::{ChunkLayout, Hash, LoggedEvent, ZERO_HASH, parse_chunk, parse_chunk_known};
 use super::stream_index::StreamIndex;
 use super::wal::{ChunkEntry, Wal};
 
@@ -168,6 +168,61 @@ pub struct Store {
     frozen_through: std::sync::atomic::AtomicU64,
     /// The chunks written or parsed last ([`RECENT_CHUNKS`]).
     recent: Mutex<RecentChunks>,
+    /// The chain hashes of many more chunks ([`ChunkHashes`]).
+    hashes: Mutex<ChunkHashes>,
+}
+
+/// The chain hashes of the chunks written or parsed last, by first position, oldest
+/// first out past [`crate::limits::CHUNK_HASH_CACHE_EVENTS`] hashes: a chunk parsed again
+/// after it left [`RecentChunks`] is decompressed but not re-hashed
+/// ([`parse_chunk_known`] takes these only if the chunk's stored last hash agrees).
+struct ChunkHashes {
+    by_first: super::FastMap<u64, Box<[Hash]>>,
+    order: VecDeque<u64>,
+    /// Hashes held, and at most.
+    held: usize,
+    capacity: usize,
+}
+
+impl Default for ChunkHashes {
+    fn default() -> Self {
+        Self::with_capacity(crate::limits::CHUNK_HASH_CACHE_EVENTS)
+    }
+}
+
+impl ChunkHashes {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            by_first: Default::default(),
+            order: VecDeque::new(),
+            held: 0,
+            capacity,
+        }
+    }
+
+    /// The hashes of the chunk under `first`, if kept.
+    fn get(&self, first: u64) -> Option<&[Hash]> {
+        self.by_first.get(&first).map(|h| &h[..])
+    }
+
+    /// Keeps `hashes` under `first` (unless some are kept there), dropping the oldest
+    /// past the limit (a chunk larger than the whole limit is not kept).
+    fn remember(&mut self, first: u64, hashes: &[Hash]) {
+        if hashes.is_empty() || hashes.len() > self.capacity || self.by_first.contains_key(&first) {
+            return;
+        }
+        while self.held + hashes.len() > self.capacity {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = self.by_first.remove(&old) {
+                self.held -= gone.len();
+            }
+        }
+        self.held += hashes.len();
+        self.order.push_back(first);
+        self.by_first.insert(first, hashes.into());
+    }
 }
 
 /// Chunks a [`Store`] keeps parsed (decompressed, with their chain hashes) for the next
@@ -313,6 +368,7 @@ impl Store {
             wal: Mutex::new(wal),
             frozen_through: std::sync::atomic::AtomicU64::new(0),
             recent: Mutex::new(RecentChunks::default()),
+            hashes: Mutex::new(ChunkHashes::default()),
         };
         store.replay_journal(journal)?;
         if convert {
@@ -559,7 +615,12 @@ impl Store {
         if let Some(found) = lock().get(first, value.len()) {
             return Ok(found);
         }
-        let layout = parse_chunk(first, &value)?;
+        let hashes = || self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+        let known = hashes().get(first).map(<[Hash]>::to_vec);
+        let layout = parse_chunk_known(first, &value, known.as_deref())?;
+        if known.is_none() {
+            hashes().remember(first, &layout.hashes);
+        }
         let parsed = Arc::new(ParsedChunk {
             first,
             value,
@@ -577,6 +638,12 @@ impl Store {
         for chunk in &chunks {
             self.events
                 .insert(chunk.first.to_be_bytes(), chunk.value.clone())?;
+        }
+        {
+            let mut hashes = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+            for chunk in &chunks {
+                hashes.remember(chunk.first, &chunk.layout.hashes);
+            }
         }
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         for chunk in chunks {
@@ -964,5 +1031,36 @@ impl Store {
             end_reached: lowest <= 1,
             next_cursor: lowest.max(1),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_hashes_stay_within_their_limit_oldest_out_first() {
+        let mut cache = ChunkHashes::with_capacity(100);
+        for first in 0..40u64 {
+            let hashes = vec![[first as u8; 32]; 1 + (first as usize % 25)];
+            cache.remember(first * 100, &hashes);
+            assert!(cache.held <= 100, "{} held", cache.held);
+            assert_eq!(
+                cache.held,
+                cache.by_first.values().map(|h| h.len()).sum::<usize>()
+            );
+            assert_eq!(cache.get(first * 100), Some(&hashes[..]));
+        }
+        // What is left is the newest chunks, in order.
+        let kept: Vec<u64> = cache.order.iter().copied().collect();
+        assert!(kept.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(kept.last(), Some(&3900));
+        assert_eq!(cache.get(0), None);
+        // A chunk already kept is not replaced; one larger than the limit is not kept.
+        cache.remember(3900, &[[0; 32]]);
+        assert_eq!(cache.get(3900).map(<[Hash]>::len), Some(1 + 39 % 25));
+        cache.remember(5000, &vec![[1; 32]; 101]);
+        assert_eq!(cache.get(5000), None);
+        assert!(cache.held <= 100);
     }
 }
