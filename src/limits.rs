@@ -148,14 +148,16 @@ pub const STREAM_TAIL_RUNS_MAX: usize = 262_144;
 /// stream of many appends still takes one sled entry per 32 of them, not one each.
 pub const STREAM_ENTRY_RUNS_MAX: usize = 32;
 
-/// Chain hashes the log keeps in memory for chunks it has read or written (32 bytes
-/// each, so 64 MiB, plus ~100 bytes a chunk): a chunk read again (a replay, the streams
-/// of a customer read again, a projection catching up) takes its events' hashes from
-/// here instead of re-hashing the whole chunk, which was a fifth of a replay's server
-/// CPU and most of a one-stream read's. The first read of a chunk still recomputes and
-/// checks its chain; sled checksums every page it reads from disk. Oldest chunks go
-/// first past the limit.
-pub const CHUNK_HASH_CACHE_EVENTS: usize = 2 * 1024 * 1024;
+/// Memory for the chain hashes the log keeps for chunks it has read or written: 32 bytes
+/// an event plus ~100 bytes a chunk (its key, map and queue entries, the allocation), so
+/// about 2 Mi events in chunks of many events (a batched log, 25 events a chunk) and
+/// ~500 Ki in chunks of one (single-event appends). A chunk read again (a replay, a
+/// customer's stream read again, a projection catching up) takes its events' hashes from
+/// here instead of re-hashing the whole chunk, which was a fifth of a replay's server CPU
+/// and most of a one-stream read's. The first read of a chunk in a process still
+/// recomputes and checks its chain; sled checks the CRC of every page it reads from disk.
+/// Oldest chunks go first past the limit.
+pub const CHUNK_HASH_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Streams whose head (last revision and position) the writer keeps in memory, so the
 /// expectation check of a busy stream costs no sled lookup. Past this the cache is

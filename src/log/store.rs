@@ -173,24 +173,30 @@ pub struct Store {
 }
 
 /// The chain hashes of the chunks written or parsed last, by first position, oldest
-/// first out past [`crate::limits::CHUNK_HASH_CACHE_EVENTS`] hashes: a chunk parsed again
-/// after it left [`RecentChunks`] is decompressed but not re-hashed
-/// ([`parse_chunk_known`] takes these only if the chunk's stored last hash agrees).
+/// first out past [`crate::limits::CHUNK_HASH_CACHE_BYTES`]: a chunk parsed again after
+/// it left [`RecentChunks`] is decompressed but not re-hashed ([`parse_chunk_known`]
+/// takes these only if the chunk's stored last hash agrees).
 struct ChunkHashes {
     by_first: super::FastMap<u64, Box<[Hash]>>,
     order: VecDeque<u64>,
-    /// Hashes held, and at most.
+    /// Bytes held ([`ChunkHashes::cost`] of each chunk kept), and at most.
     held: usize,
     capacity: usize,
 }
 
 impl Default for ChunkHashes {
     fn default() -> Self {
-        Self::with_capacity(crate::limits::CHUNK_HASH_CACHE_EVENTS)
+        Self::with_capacity(crate::limits::CHUNK_HASH_CACHE_BYTES)
     }
 }
 
 impl ChunkHashes {
+    /// Memory one chunk's entry takes: its hashes, and its key, map slot, queue slot and
+    /// allocation, counted as a round 100 bytes.
+    fn cost(hashes: usize) -> usize {
+        hashes * std::mem::size_of::<Hash>() + 100
+    }
+
     fn with_capacity(capacity: usize) -> Self {
         Self {
             by_first: Default::default(),
@@ -208,18 +214,19 @@ impl ChunkHashes {
     /// Keeps `hashes` under `first` (unless some are kept there), dropping the oldest
     /// past the limit (a chunk larger than the whole limit is not kept).
     fn remember(&mut self, first: u64, hashes: &[Hash]) {
-        if hashes.is_empty() || hashes.len() > self.capacity || self.by_first.contains_key(&first) {
+        let cost = Self::cost(hashes.len());
+        if hashes.is_empty() || cost > self.capacity || self.by_first.contains_key(&first) {
             return;
         }
-        while self.held + hashes.len() > self.capacity {
+        while self.held + cost > self.capacity {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
             if let Some(gone) = self.by_first.remove(&old) {
-                self.held -= gone.len();
+                self.held -= Self::cost(gone.len());
             }
         }
-        self.held += hashes.len();
+        self.held += cost;
         self.order.push_back(first);
         self.by_first.insert(first, hashes.into());
     }
@@ -1040,15 +1047,18 @@ mod tests {
 
     #[test]
     fn chunk_hashes_stay_within_their_limit_oldest_out_first() {
-        let mut cache = ChunkHashes::with_capacity(100);
+        let limit = ChunkHashes::cost(100);
+        let mut cache = ChunkHashes::with_capacity(limit);
         for first in 0..40u64 {
             let hashes = vec![[first as u8; 32]; 1 + (first as usize % 25)];
             cache.remember(first * 100, &hashes);
-            assert!(cache.held <= 100, "{} held", cache.held);
-            assert_eq!(
-                cache.held,
-                cache.by_first.values().map(|h| h.len()).sum::<usize>()
-            );
+            assert!(cache.held <= limit, "{} held", cache.held);
+            let counted: usize = cache
+                .by_first
+                .values()
+                .map(|h| ChunkHashes::cost(h.len()))
+                .sum();
+            assert_eq!(cache.held, counted);
             assert_eq!(cache.get(first * 100), Some(&hashes[..]));
         }
         // What is left is the newest chunks, in order.
@@ -1061,6 +1071,6 @@ mod tests {
         assert_eq!(cache.get(3900).map(<[Hash]>::len), Some(1 + 39 % 25));
         cache.remember(5000, &vec![[1; 32]; 101]);
         assert_eq!(cache.get(5000), None);
-        assert!(cache.held <= 100);
+        assert!(cache.held <= limit);
     }
 }
