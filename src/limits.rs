@@ -148,6 +148,14 @@ pub const STREAM_TAIL_RUNS_MAX: usize = 262_144;
 /// stream of many appends still takes one sled entry per 32 of them, not one each.
 pub const STREAM_ENTRY_RUNS_MAX: usize = 32;
 
+/// Events of a `ReadStream` page read and encoded on the async worker that took the
+/// call, before the rest of a longer page goes to a blocking thread: at most this many
+/// chunk reads (tens of µs when sled has them cached), and only when the stream's newest
+/// entry is durable (otherwise finding the page can take as long as the stream is). The
+/// hand-off to the blocking pool and back cost a quarter of the server's CPU per call
+/// for short streams (BENCHMARKS.md), while most customer streams are this short.
+pub const READ_INLINE_EVENTS: usize = 16;
+
 /// Memory for the chain hashes the log keeps for chunks it has read or written: 32 bytes
 /// an event plus ~100 bytes a chunk (its key, map and queue entries, the allocation), so
 /// about 2 Mi events in chunks of many events (a batched log, 25 events a chunk) and

@@ -1330,6 +1330,17 @@ async fn read_stream_pages_follow_the_fine_print() {
     let p = page(100, false, 5).await;
     assert!(p.events.is_empty());
     assert!(p.end_reached);
+    // Pages longer than the part read on the async worker (limits::READ_INLINE_EVENTS)
+    // go on from where it stopped, both ways, and are one page to the client.
+    let p = page(2, false, 20).await;
+    assert_eq!(p.events, all[2..22]);
+    assert_eq!((p.next_cursor, p.end_reached), (22, false));
+    let p = page(0, true, 20).await;
+    assert_eq!(p.events, all[4..].iter().rev().cloned().collect::<Vec<_>>());
+    assert_eq!((p.next_cursor, p.end_reached), (4, false));
+    let p = page(0, false, 0).await;
+    assert_eq!(p.events, all);
+    assert_eq!((p.next_cursor, p.end_reached), (24, true));
 
     // Backward: exclusive; 0 = from the end; next_cursor is the last returned.
     let p = page(0, true, 5).await;

@@ -573,18 +573,54 @@ impl EventStoreService {
         } = request.into_inner();
         let stream =
             StreamName::parse(&stream).map_err(|e| invalid_field("stream", e.to_string()))?;
+        let count = page_size(max_count);
+        let max_bytes = limits::READ_PAGE_BYTES_MAX;
+        // A short page (most customer streams) is read and encoded right here: bounded
+        // work, cheaper than the hand-off to a blocking thread and back.
+        let quick = count.min(limits::READ_INLINE_EVENTS);
+        let first = match self.log.read_stream_in_chunks_quick(
+            &stream,
+            from_revision,
+            backwards,
+            quick,
+            max_bytes,
+        )? {
+            // Done: the stream ends within it, it is the whole page, or the byte bound
+            // cut it (a valid page that continues at its cursor).
+            Some(page)
+                if page.end_reached
+                    || page.events.len() < quick
+                    || page.events.len() >= count
+                    || page.stored_bytes() >= max_bytes =>
+            {
+                let bytes = chunk_page_bytes(page, backwards, Cursor::Revision, &self.privacy)?;
+                return Ok(Response::new(bytes));
+            }
+            other => other,
+        };
         let log = self.log.clone();
         let privacy = self.privacy.clone();
-        // Reading and encoding a page (up to 1000 events) is blocking CPU work: both run
-        // off the async workers.
+        // The rest of a longer page (up to 1000 events) is blocking work: read and
+        // encoded off the async workers, after the events read above.
         let page = blocking(move || {
-            let page = log.read_stream_in_chunks(
-                &stream,
-                from_revision,
-                backwards,
-                page_size(max_count),
-                limits::READ_PAGE_BYTES_MAX,
-            )?;
+            let page = match first {
+                None => {
+                    log.read_stream_in_chunks(&stream, from_revision, backwards, count, max_bytes)?
+                }
+                Some(mut first) => {
+                    let rest = log.read_stream_in_chunks(
+                        &stream,
+                        first.next_cursor,
+                        backwards,
+                        count - first.events.len(),
+                        max_bytes - first.stored_bytes(),
+                    )?;
+                    first.events.extend(rest.events);
+                    first.end_reached = rest.end_reached;
+                    first.next_cursor = rest.next_cursor;
+                    first
+                }
+            };
             chunk_page_bytes(page, backwards, Cursor::Revision, &privacy)
         })
         .await?;

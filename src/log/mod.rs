@@ -302,6 +302,28 @@ impl Log {
         )
     }
 
+    /// [`Log::read_stream_in_chunks`] when its work is bounded by the page (the stream's
+    /// newest entry is durable, the usual case): `None` when the read must first look
+    /// for the last durable revision among the stream's runs, which can take as long as
+    /// the stream is. A caller on an async worker reads a short page this way.
+    pub fn read_stream_in_chunks_quick(
+        &self,
+        stream: &StreamName,
+        from_revision: u64,
+        backwards: bool,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> Result<Option<ChunkPage>, ReadError> {
+        let head = self.head().position;
+        self.inner.store.read_stream_quick(
+            stream.as_str(),
+            from_revision,
+            backwards,
+            (max_count, max_bytes),
+            head,
+        )
+    }
+
     /// Reads the whole log (blocking).
     pub fn read_all(
         &self,

@@ -130,6 +130,14 @@ pub struct ChunkPage {
 }
 
 impl ChunkPage {
+    /// The stored bytes of the page's events (what a page's byte bound counts).
+    pub fn stored_bytes(&self) -> usize {
+        self.events
+            .iter()
+            .map(|(chunk, index)| chunk.layout.spans[*index].1)
+            .sum()
+    }
+
     /// The page's events, decoded (each checked to claim its position).
     pub fn decode(&self) -> Result<Vec<LoggedEvent>, LogError> {
         self.events
@@ -799,14 +807,32 @@ impl Store {
         head: u64,
     ) -> Result<ChunkPage, ReadError> {
         let bound = (max_count, max_bytes);
+        match self.read_stream_quick(stream, from_revision, backwards, bound, head)? {
+            Some(page) => Ok(page),
+            None => self.read_stream_capped(stream, from_revision, backwards, bound, head),
+        }
+    }
+
+    /// [`Store::read_stream_in_chunks`] when the stream's newest entry is durable (its
+    /// work bounded by the page: index lookups and a chunk per event at most); `None`
+    /// when it is not, and the read must first find the last durable revision.
+    pub fn read_stream_quick(
+        &self,
+        stream: &str,
+        from_revision: u64,
+        backwards: bool,
+        bound: (usize, usize),
+        head: u64,
+    ) -> Result<Option<ChunkPage>, ReadError> {
         let Some(last) = self.stream_head(stream)?.filter(|h| h.position <= head) else {
             // The stream either does not exist or its first event is not durable yet.
             if self.stream_position(stream, 0)?.is_none_or(|p| p > head) {
                 return Err(ReadError::StreamNotFound(stream.to_owned()));
             }
-            return self.read_stream_capped(stream, from_revision, backwards, bound, head);
+            return Ok(None);
         };
         self.read_stream_within(stream, from_revision, backwards, bound, last.revision)
+            .map(Some)
     }
 
     /// Slow path for a stream whose newest entry is past the durable head: find the last
