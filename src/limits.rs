@@ -100,8 +100,9 @@ pub const GROUP_COMMIT_APPENDS_MAX: usize = 1_024;
 pub const GROUP_COMMIT_EVENTS_MAX: usize = 8_192;
 
 /// Encoded events packed into one stored chunk, in bytes. A chunk closes once it reaches
-/// this size. Every read of one event re-hashes its whole chunk (the chain check), so a
-/// chunk must stay small; 8 KiB (~25 events of ~300 B) still turns ~25 sled inserts into
+/// this size. The first read of one event re-hashes its whole chunk (the chain check; a
+/// read again finds the hashes kept, [`CHUNK_HASH_CACHE_BYTES`]) and every read
+/// decompresses it, so a chunk must stay small; 8 KiB (~25 events of ~300 B) still turns ~25 sled inserts into
 /// one, and keeps chunks far below sled's large-value threshold (values past it become a
 /// blob file each).
 pub const CHUNK_BYTES_TARGET: usize = 8 * 1024;

@@ -16,8 +16,10 @@
 //!
 //! ## Hash chain
 //! `hash_n = BLAKE3(hash_{n-1} ‖ position_n as u64 big-endian ‖ event bytes_n)`, with
-//! `hash_0` = 32 zero bytes. The per-event hashes are recomputed whenever a chunk is read
-//! and must end in the chunk's stored `last_hash`, so every read checks its bytes.
+//! `hash_0` = 32 zero bytes. The per-event hashes are recomputed when a chunk is read
+//! ([`parse_chunk`]) and must end in the chunk's stored `last_hash`, so a read checks its
+//! bytes; a store that already computed a chunk's hashes passes them back
+//! ([`parse_chunk_known`]) and only the stored last hash is compared.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
