@@ -632,8 +632,9 @@ impl Store {
         }
         let hashes = || self.hashes.lock().unwrap_or_else(|e| e.into_inner());
         let known = hashes().get(first).map(<[Hash]>::to_vec);
-        let layout = parse_chunk_known(first, &value, known.as_deref())?;
-        if known.is_none() {
+        let computed = known.is_none();
+        let layout = parse_chunk_known(first, &value, known)?;
+        if computed {
             hashes().remember(first, &layout.hashes);
         }
         let parsed = Arc::new(ParsedChunk {
