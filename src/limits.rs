@@ -102,9 +102,9 @@ pub const GROUP_COMMIT_EVENTS_MAX: usize = 8_192;
 /// Encoded events packed into one stored chunk, in bytes. A chunk closes once it reaches
 /// this size. The first read of one event re-hashes its whole chunk (the chain check; a
 /// read again finds the hashes kept, [`CHUNK_HASH_CACHE_BYTES`]) and every read
-/// decompresses it, so a chunk must stay small; 8 KiB (~25 events of ~300 B) still turns ~25 sled inserts into
-/// one, and keeps chunks far below sled's large-value threshold (values past it become a
-/// blob file each).
+/// decompresses it, so a chunk must stay small; 8 KiB (~25 events of ~300 B) still turns
+/// ~25 sled inserts into one, and keeps chunks far below sled's large-value threshold
+/// (values past it become a blob file each).
 pub const CHUNK_BYTES_TARGET: usize = 8 * 1024;
 
 /// Encoded batches buffered between the disk readers and the network for one
@@ -152,20 +152,21 @@ pub const STREAM_ENTRY_RUNS_MAX: usize = 32;
 /// Events of a `ReadStream` page read and encoded on the async worker that took the
 /// call, before the rest of a longer page goes to a blocking thread: at most this many
 /// chunk reads (tens of µs when sled has them cached), and only when the stream's newest
-/// entry is durable (otherwise finding the page can take as long as the stream is). The
-/// hand-off to the blocking pool and back cost a quarter of the server's CPU per call
-/// for short streams (BENCHMARKS.md), while most customer streams are this short.
+/// entry is durable (otherwise finding the page can take as long as the stream is).
+/// Without it, every call handed its read to the blocking pool and back: streams of 10
+/// took 1.2–1.4× the server CPU per event they take now (BENCHMARKS.md), and most
+/// customer streams are this short.
 pub const READ_INLINE_EVENTS: usize = 16;
 
 /// Memory for the chain hashes the log keeps for chunks it has read or written: 32 bytes
 /// an event plus ~100 bytes a chunk (its key, map and queue entries, the allocation), so
-/// about 2 Mi events in chunks of many events (a batched log, 25 events a chunk) and
-/// ~500 Ki in chunks of one (single-event appends). A chunk read again (a replay, a
-/// customer's stream read again, a projection catching up) takes its events' hashes from
-/// here instead of re-hashing the whole chunk, which was a fifth of a replay's server CPU
-/// and most of a one-stream read's. The first read of a chunk in a process still
-/// recomputes and checks its chain; sled checks the CRC of every page it reads from disk.
-/// Oldest chunks go first past the limit.
+/// ~1.9M events in chunks of many events (a batched log, 25 events a chunk) and ~500k in
+/// chunks of one (single-event appends). A chunk read again (a replay, a customer's
+/// stream read again, a projection catching up) takes its events' hashes from here
+/// instead of re-hashing the whole chunk: BLAKE3 was 15–20 % of a replay's server CPU,
+/// and stream reads of a spread log took 1.15–1.4× longer. The first read of a chunk in
+/// a process still recomputes and checks its chain; sled checks the CRC of every page it
+/// reads from disk. Oldest chunks go first past the limit.
 pub const CHUNK_HASH_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Streams whose head (last revision and position) the writer keeps in memory, so the

@@ -392,8 +392,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// I/O buffers, allocated per segment) comes back on the next touch as a fresh huge page
 /// the kernel zeroes whole. Under batched appends that zeroing was ~7 % of the machine's
 /// samples (perf, `clear_page_erms`; 0.3 % without); the server's CPU per event was
-/// 0.79–1.10× in 19 A/B pairs, median 0.92× (BENCHMARKS.md). The flag covers mappings made before it too,
-/// as the kernel checks it at fault time. Best effort: a kernel that refuses leaves the
+/// 0.79–1.10× in 19 A/B pairs, median 0.92× (BENCHMARKS.md). The flag covers mappings
+/// made before it too, as the kernel checks it at fault time. Best effort: a kernel that refuses leaves the
 /// process as it was.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]

@@ -88,7 +88,7 @@ fn begin_nested(out: &mut Vec<u8>, field: u32) -> usize {
 /// Opens a nested message whose content is likely 128 bytes to 16 KiB long (a whole
 /// event, a custom body): as [`begin_nested`] with a two-byte length placeholder, so
 /// [`end_nested_wide`] seldom moves the content. Moving a whole event right by one byte,
-/// for every event of a page, was most of a replay's `memmove`.
+/// for every event of a page, was ~2 % of a replay's server samples.
 fn begin_nested_wide(out: &mut Vec<u8>, field: u32) -> usize {
     put_key(out, field, LENGTH_DELIMITED);
     out.extend_from_slice(&[0, 0]);

@@ -597,10 +597,7 @@ fn parse_raw_chunk(
     if offset != body_end {
         return Err(corrupt("trailing bytes"));
     }
-    if !computing {
-        hash = stored_last;
-    }
-    if hash != stored_last {
+    if computing && hash != stored_last {
         return Err(corrupt("hash chain mismatch (event bytes altered)"));
     }
     Ok(ChunkLayout {

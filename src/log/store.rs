@@ -810,7 +810,10 @@ impl Store {
         let bound = (max_count, max_bytes);
         match self.read_stream_quick(stream, from_revision, backwards, bound, head)? {
             Some(page) => Ok(page),
-            None => self.read_stream_capped(stream, from_revision, backwards, bound, head),
+            None => {
+                let last = self.last_durable_revision(stream, head)?;
+                self.read_stream_within(stream, from_revision, backwards, bound, last)
+            }
         }
     }
 
@@ -836,16 +839,9 @@ impl Store {
             .map(Some)
     }
 
-    /// Slow path for a stream whose newest entry is past the durable head: find the last
-    /// durable revision, then read within it.
-    fn read_stream_capped(
-        &self,
-        stream: &str,
-        from_revision: u64,
-        backwards: bool,
-        bound: (usize, usize),
-        head: u64,
-    ) -> Result<ChunkPage, ReadError> {
+    /// The slow path's first step, for a stream whose newest entry is past the durable
+    /// head: its last revision at or below `head`, found among all its runs.
+    fn last_durable_revision(&self, stream: &str, head: u64) -> Result<u64, ReadError> {
         let mut last_durable = 0;
         self.streams.for_each_run_from(stream, 0, |run| {
             // The run's revisions whose positions are durable: a prefix of it.
@@ -855,7 +851,7 @@ impl Store {
             }
             true
         })?;
-        self.read_stream_within(stream, from_revision, backwards, bound, last_durable)
+        Ok(last_durable)
     }
 
     fn read_stream_within(
