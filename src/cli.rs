@@ -342,7 +342,7 @@ pub fn dir_size(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-/// `rapport bench append`: the load generator, its clients on `threads` client threads.
+/// `rapport bench append`: the load generator, its clients set up as `setup` says.
 pub async fn bench_append(
     server: String,
     clients: usize,
@@ -350,7 +350,7 @@ pub async fn bench_append(
     duration: Duration,
     requests_per_client: Option<u64>,
     kind: crate::loadgen::AppendKind,
-    threads: usize,
+    setup: crate::loadgen::ClientSetup,
 ) -> Result<(), CliError> {
     let report = crate::loadgen::run_append_with(
         &server,
@@ -359,7 +359,7 @@ pub async fn bench_append(
         duration,
         requests_per_client,
         kind,
-        threads,
+        setup,
     )
     .await?;
     let kind = match kind {
@@ -371,16 +371,15 @@ pub async fn bench_append(
     Ok(())
 }
 
-/// `rapport bench head`: the bare gRPC call rate (GetHead) with `clients` callers on
-/// `threads` client threads.
+/// `rapport bench head`: the bare gRPC call rate (GetHead) with `clients` callers set up
+/// as `setup` says.
 pub async fn bench_head(
     server: String,
     clients: usize,
     duration: Duration,
-    threads: usize,
+    setup: crate::loadgen::ClientSetup,
 ) -> Result<(), CliError> {
-    let (calls, elapsed) =
-        crate::loadgen::run_get_head(&server, clients, duration, threads).await?;
+    let (calls, elapsed) = crate::loadgen::run_get_head(&server, clients, duration, setup).await?;
     println!(
         "GetHead clients={clients}: {:.0} calls/s ({calls} calls in {:.1} s)",
         calls as f64 / elapsed.as_secs_f64(),
@@ -395,10 +394,10 @@ pub async fn bench_read_stream(
     clients: usize,
     streams: u64,
     duration: Duration,
-    threads: usize,
+    setup: crate::loadgen::ClientSetup,
 ) -> Result<(), CliError> {
     let report =
-        crate::loadgen::run_read_stream(&server, clients, streams, duration, threads).await?;
+        crate::loadgen::run_read_stream(&server, clients, streams, duration, setup).await?;
     println!("read-stream clients={clients} streams={streams}: {report}");
     Ok(())
 }

@@ -44,6 +44,40 @@ impl From<ReadBenchArg> for rapport::cli::ReadBench {
     }
 }
 
+/// How a load generator's clients run (`rapport bench append|head|read-stream`).
+#[derive(clap::Args)]
+struct ClientSetupArgs {
+    /// Client threads, each one event loop driving its share of the clients (as
+    /// pgbench -j).
+    #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
+    threads: usize,
+    /// How calls reach the server: a bare HTTP/2 stream per call (h2, the lightest
+    /// client) or tonic's client (what a Rust service would use; more CPU per call).
+    #[arg(long, value_enum, default_value = "h2")]
+    transport: TransportArg,
+}
+
+/// The load generator's transports.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TransportArg {
+    /// A bare HTTP/2 stream per call.
+    H2,
+    /// tonic's client.
+    Tonic,
+}
+
+impl From<ClientSetupArgs> for rapport::loadgen::ClientSetup {
+    fn from(args: ClientSetupArgs) -> Self {
+        Self {
+            threads: args.threads,
+            transport: match args.transport {
+                TransportArg::H2 => rapport::loadgen::Transport::H2,
+                TransportArg::Tonic => rapport::loadgen::Transport::Tonic,
+            },
+        }
+    }
+}
+
 /// The kinds of file `rapport import` reads.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ImportKindArg {
@@ -286,10 +320,8 @@ enum Bench {
         /// baseline that isolates the cost of sealing.
         #[arg(long, conflicts_with = "personal")]
         customer_streams: bool,
-        /// Client threads, each one event loop driving its share of the clients (as
-        /// pgbench -j).
-        #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
-        threads: usize,
+        #[command(flatten)]
+        setup: ClientSetupArgs,
     },
     /// GetCustomer at a fixed rate (open loop) over seeded customers; prints p50/p99/p99.9.
     GetCustomer {
@@ -314,10 +346,8 @@ enum Bench {
         clients: usize,
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
-        /// Client threads, each one event loop driving its share of the clients (as
-        /// pgbench -j).
-        #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
-        threads: usize,
+        #[command(flatten)]
+        setup: ClientSetupArgs,
     },
     /// Concurrent ReadStream calls, each reading one whole stream picked at random among
     /// the `customer-N` streams of `bench fill` (as the peer's read_stream.sql); prints
@@ -332,10 +362,8 @@ enum Bench {
         streams: u64,
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
-        /// Client threads, each one event loop driving its share of the clients (as
-        /// pgbench -j).
-        #[arg(long, default_value_t = rapport::loadgen::CLIENT_THREADS_DEFAULT)]
-        threads: usize,
+        #[command(flatten)]
+        setup: ClientSetupArgs,
     },
     /// Read the whole log over gRPC (ReadAll pages of 1000, one decoded Subscribe, one receive-only Subscribe); prints events/s.
     Read {
@@ -560,7 +588,7 @@ fn main() -> ExitCode {
                     requests_per_client,
                     personal,
                     customer_streams,
-                    threads,
+                    setup,
                 } => rapport::cli::bench_append(
                     server,
                     clients,
@@ -572,7 +600,7 @@ fn main() -> ExitCode {
                         (false, true) => rapport::loadgen::AppendKind::CustomOnCustomerStreams,
                         (false, false) => rapport::loadgen::AppendKind::Custom,
                     },
-                    threads,
+                    setup.into(),
                 )
                 .await
                 .map(|()| true),
@@ -594,8 +622,8 @@ fn main() -> ExitCode {
                     server,
                     clients,
                     duration,
-                    threads,
-                } => rapport::cli::bench_head(server, clients, duration, threads)
+                    setup,
+                } => rapport::cli::bench_head(server, clients, duration, setup.into())
                     .await
                     .map(|()| true),
                 Bench::ReadStream {
@@ -603,10 +631,12 @@ fn main() -> ExitCode {
                     clients,
                     streams,
                     duration,
-                    threads,
-                } => rapport::cli::bench_read_stream(server, clients, streams, duration, threads)
-                    .await
-                    .map(|()| true),
+                    setup,
+                } => {
+                    rapport::cli::bench_read_stream(server, clients, streams, duration, setup.into())
+                        .await
+                        .map(|()| true)
+                }
                 Bench::Read { server, only } => {
                     rapport::cli::bench_read(server, only.map(Into::into))
                         .await

@@ -42,33 +42,97 @@ async fn replays_of_an_empty_log_read_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_split_over_threads_do_all_their_work() {
+async fn clients_split_over_threads_do_all_their_work_on_either_transport() {
     let server = TestServer::start().await;
     let url = server.server.url();
-    // 5 callers over 3 client threads (shares of 1, 2 and 2), 20 calls of 3 events each.
-    let report = loadgen::run_append_with(
-        &url,
-        5,
-        3,
-        Duration::from_secs(60),
-        Some(20),
-        loadgen::AppendKind::Custom,
-        3,
-    )
-    .await
-    .expect("load generator runs");
-    assert_eq!(report.errors, 0);
-    assert_eq!(report.requests, 5 * 20);
-    assert_eq!(report.events, 5 * 20 * 3);
-    assert!(report.p50_us > 0 && report.p50_us <= report.max_us);
-    let (read, _) = loadgen::run_read_all(&url).await.expect("ReadAll replay");
-    assert_eq!(read, report.events);
+    let mut appended = 0;
+    for transport in [loadgen::Transport::H2, loadgen::Transport::Tonic] {
+        // 5 callers over 3 client threads (shares of 1, 2 and 2), 20 calls of 3 events each.
+        let report = loadgen::run_append_with(
+            &url,
+            5,
+            3,
+            Duration::from_secs(60),
+            Some(20),
+            loadgen::AppendKind::Custom,
+            loadgen::ClientSetup {
+                threads: 3,
+                transport,
+            },
+        )
+        .await
+        .expect("load generator runs");
+        assert_eq!(report.errors, 0, "{transport:?}");
+        assert_eq!(report.requests, 5 * 20);
+        assert_eq!(report.events, 5 * 20 * 3);
+        assert!(report.p50_us > 0 && report.p50_us <= report.max_us);
+        appended += report.events;
+        let (read, _) = loadgen::run_read_all(&url).await.expect("ReadAll replay");
+        assert_eq!(read, appended);
 
-    // More threads than clients: one client each, no empty thread.
-    let (calls, elapsed) = loadgen::run_get_head(&url, 2, Duration::from_millis(200), 8)
+        // More threads than clients: one client each, no empty thread.
+        let (calls, elapsed) = loadgen::run_get_head(
+            &url,
+            2,
+            Duration::from_millis(200),
+            loadgen::ClientSetup {
+                threads: 8,
+                transport,
+            },
+        )
         .await
         .expect("GetHead runs");
-    assert!(calls > 0, "no GetHead call answered in {elapsed:?}");
+        assert!(calls > 0, "no GetHead call answered in {elapsed:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_h2_client_answers_what_the_server_answered() {
+    let server = TestServer::start().await;
+    let url = server.server.url();
+    let connection = loadgen::H2Connection::connect(&url).await.expect("connects");
+    let head: rapport::grpc::pb::LogHead = connection
+        .unary("/rapport.v1.EventStore/GetHead", &())
+        .await
+        .expect("GetHead");
+    assert_eq!(head.position, 0);
+    // A non-OK answer comes back as its status, with its message.
+    let missing = connection
+        .unary::<_, rapport::grpc::pb::ReadResponse>(
+            "/rapport.v1.EventStore/ReadStream",
+            &rapport::grpc::pb::ReadStreamRequest {
+                stream: "customer-nobody".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("no such stream");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    assert!(missing.message().contains("customer-nobody"), "{missing:?}");
+    // So does a path the server does not serve.
+    let unknown = connection
+        .unary::<_, rapport::grpc::pb::LogHead>("/rapport.v1.EventStore/NoSuchCall", &())
+        .await
+        .expect_err("no such method");
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented, "{unknown:?}");
+    // An invalid append is rejected with its field violations, and changes nothing.
+    let invalid = connection
+        .unary::<_, rapport::grpc::pb::AppendResponse>(
+            "/rapport.v1.EventStore/Append",
+            &rapport::grpc::pb::AppendRequest {
+                stream: "customer-x".into(),
+                expected: None,
+                events: Vec::new(),
+            },
+        )
+        .await
+        .expect_err("no events");
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{invalid:?}");
+    let head: rapport::grpc::pb::LogHead = connection
+        .unary("/rapport.v1.EventStore/GetHead", &())
+        .await
+        .expect("GetHead");
+    assert_eq!(head.position, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,20 +144,28 @@ async fn a_server_that_is_not_there_is_an_error_not_a_hang() {
         .expect("addr")
         .port();
     let url = format!("http://127.0.0.1:{port}");
-    let result = loadgen::run_append_with(
-        &url,
-        4,
-        1,
-        Duration::from_secs(1),
-        Some(1),
-        loadgen::AppendKind::Custom,
-        2,
-    )
-    .await;
-    assert!(
-        matches!(result, Err(loadgen::LoadError::Connect(_))),
-        "{result:?}"
-    );
+    for transport in [loadgen::Transport::H2, loadgen::Transport::Tonic] {
+        let result = loadgen::run_append_with(
+            &url,
+            4,
+            1,
+            Duration::from_secs(1),
+            Some(1),
+            loadgen::AppendKind::Custom,
+            loadgen::ClientSetup {
+                threads: 2,
+                transport,
+            },
+        )
+        .await;
+        assert!(
+            matches!(
+                result,
+                Err(loadgen::LoadError::Connect(_) | loadgen::LoadError::ConnectH2(_))
+            ),
+            "{result:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +181,13 @@ async fn read_stream_reads_whole_streams_and_counts_a_missing_one_as_an_error() 
             .await
             .expect("append");
     }
-    let report = loadgen::run_read_stream(&url, 3, 4, Duration::from_millis(300), 2)
+    let report = loadgen::run_read_stream(
+        &url,
+        3,
+        4,
+        Duration::from_millis(300),
+        loadgen::ClientSetup::with_threads(2),
+    )
         .await
         .expect("read-stream runs");
     assert_eq!(report.errors, 0);
@@ -117,7 +195,16 @@ async fn read_stream_reads_whole_streams_and_counts_a_missing_one_as_an_error() 
     assert_eq!(report.events, report.requests * 3);
 
     // customer-4 does not exist: its reads are NOT_FOUND, counted as errors.
-    let report = loadgen::run_read_stream(&url, 2, 5, Duration::from_millis(300), 1)
+    let report = loadgen::run_read_stream(
+        &url,
+        2,
+        5,
+        Duration::from_millis(300),
+        loadgen::ClientSetup {
+            threads: 1,
+            transport: loadgen::Transport::Tonic,
+        },
+    )
         .await
         .expect("read-stream runs");
     assert!(report.errors > 0 && report.requests > 0, "{report}");

@@ -16,6 +16,9 @@ use crate::grpc::append_wire::{WireAppendRequest, WireProposedEvent};
 use crate::grpc::pb;
 use crate::grpc::pb::event_store_client::EventStoreClient;
 
+mod h2_client;
+pub use h2_client::{H2ConnectError, H2Connection};
+
 /// Streams each load-generator client owns and cycles over (the peer's known-revision
 /// script does the same with 1000 fresh streams per client).
 pub const STREAMS_PER_CLIENT: usize = 1000;
@@ -26,9 +29,7 @@ pub const PAYLOAD_BYTES: usize = 200;
 /// Distinct sample bodies an append run encodes up front and cycles over.
 pub const SAMPLE_POOL: usize = 4096;
 
-fn append_path() -> tonic::codegen::http::uri::PathAndQuery {
-    tonic::codegen::http::uri::PathAndQuery::from_static("/rapport.v1.EventStore/Append")
-}
+const APPEND_PATH: &str = "/rapport.v1.EventStore/Append";
 
 /// Client-made event ids (UUIDv4 layout) from a per-client generator seeded once from the
 /// OS: `Uuid::new_v4` asked the kernel for 16 random bytes per event.
@@ -109,56 +110,151 @@ fn count_call(tally: &mut Tally, micros: u64, outcome: Result<u64, String>, what
     }
 }
 
-/// One unary call of `path` with `request` over `client`: its latency in microseconds
-/// (from waiting for the channel to the decoded answer) and the answer.
-async fn timed_unary<Req, Resp>(
-    client: &mut tonic::client::Grpc<Channel>,
-    path: tonic::codegen::http::uri::PathAndQuery,
-    request: Req,
-) -> (u64, Result<Resp, tonic::Status>)
-where
-    Req: prost::Message + Send + Sync + 'static,
-    Resp: prost::Message + Default + Send + Sync + 'static,
-{
-    let start = Instant::now();
-    let result = match client.ready().await {
-        Ok(()) => client
-            .unary(
-                tonic::Request::new(request),
-                path,
-                tonic_prost::ProstCodec::<Req, Resp>::default(),
-            )
-            .await
-            .map(tonic::Response::into_inner),
-        Err(error) => Err(tonic::Status::unavailable(error.to_string())),
-    };
-    (start.elapsed().as_micros() as u64, result)
+/// How the load generator's calls reach the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// A bare HTTP/2 stream per call ([`H2Connection`]): the lightest client, so that the
+    /// CPU the machine has goes to the server under test, as pgbench's libpq leaves it.
+    #[default]
+    H2,
+    /// tonic's client (`Channel`), what a Rust service would use: the same wire, with a
+    /// buffer task and hyper's client in front of the connection (~26 µs of CPU a call
+    /// more on this machine).
+    Tonic,
 }
 
-/// Runs `clients` load-generator clients on `threads` client threads
-/// ([`on_client_threads`]): each thread connects its share of [`CONNECTIONS_MAX`] and
-/// spawns `client(index, channel)` for each of its clients. Returns every client's result,
-/// in client order.
+/// How a run's clients are set up: client threads ([`on_client_threads`]) and transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientSetup {
+    /// OS threads, each one event loop driving its share of the clients.
+    pub threads: usize,
+    /// How calls reach the server.
+    pub transport: Transport,
+}
+
+impl Default for ClientSetup {
+    fn default() -> Self {
+        Self {
+            threads: CLIENT_THREADS_DEFAULT,
+            transport: Transport::default(),
+        }
+    }
+}
+
+impl ClientSetup {
+    /// The default transport on `threads` client threads.
+    pub fn with_threads(threads: usize) -> Self {
+        Self {
+            threads,
+            ..Self::default()
+        }
+    }
+}
+
+/// One connection of a run, shared by the clients handed clones of it.
+#[derive(Clone)]
+enum Connection {
+    Tonic(Channel),
+    H2(H2Connection),
+}
+
+/// What one client calls through.
+enum Caller {
+    Tonic(tonic::client::Grpc<Channel>),
+    H2(H2Connection),
+}
+
+impl Caller {
+    fn new(connection: Connection) -> Self {
+        match connection {
+            Connection::Tonic(channel) => Self::Tonic(
+                tonic::client::Grpc::new(channel)
+                    .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX),
+            ),
+            Connection::H2(connection) => Self::H2(connection),
+        }
+    }
+
+    /// One unary call of `path` with `request`: its latency in microseconds (from waiting
+    /// for the connection to the decoded answer) and the answer.
+    async fn timed_unary<Req, Resp>(
+        &mut self,
+        path: &'static str,
+        request: Req,
+    ) -> (u64, Result<Resp, tonic::Status>)
+    where
+        Req: prost::Message + Send + Sync + 'static,
+        Resp: prost::Message + Default + Send + Sync + 'static,
+    {
+        let start = Instant::now();
+        let result = match self {
+            Self::Tonic(client) => match client.ready().await {
+                Ok(()) => client
+                    .unary(
+                        tonic::Request::new(request),
+                        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                        tonic_prost::ProstCodec::<Req, Resp>::default(),
+                    )
+                    .await
+                    .map(tonic::Response::into_inner),
+                Err(error) => Err(tonic::Status::unavailable(error.to_string())),
+            },
+            Self::H2(connection) => connection.unary(path, &request).await,
+        };
+        (start.elapsed().as_micros() as u64, result)
+    }
+}
+
+/// Connects `connections` connections of `transport` to `server`.
+async fn connect_with(
+    server: &str,
+    connections: usize,
+    transport: Transport,
+) -> Result<Vec<Connection>, LoadError> {
+    Ok(match transport {
+        Transport::Tonic => connect(server, connections)
+            .await?
+            .into_iter()
+            .map(Connection::Tonic)
+            .collect(),
+        Transport::H2 => {
+            let mut all = Vec::with_capacity(connections.max(1));
+            for _ in 0..connections.max(1) {
+                all.push(Connection::H2(H2Connection::connect(server).await?));
+            }
+            all
+        }
+    })
+}
+
+/// Runs `clients` load-generator clients as `setup` says ([`on_client_threads`]): each
+/// thread connects its share of [`CONNECTIONS_MAX`] and spawns `client(index, caller)` for
+/// each of its clients. Returns every client's result, in client order.
 async fn run_clients<T, F, Fut>(
     server: &str,
     clients: usize,
-    threads: usize,
+    setup: ClientSetup,
     client: F,
 ) -> Result<Vec<T>, LoadError>
 where
-    F: Fn(usize, Channel) -> Fut + Send + Sync + 'static,
+    F: Fn(usize, Caller) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
     let server: Arc<str> = server.into();
-    let connections = connections_per_thread(threads);
+    let connections = connections_per_thread(setup.threads);
     let client = Arc::new(client);
-    let parts = on_client_threads(threads, clients, move |range| {
+    let parts = on_client_threads(setup.threads, clients, move |range| {
         let (server, client) = (server.clone(), client.clone());
         async move {
-            let channels = connect(&server, range.len().clamp(1, connections)).await?;
+            let all =
+                connect_with(&server, range.len().clamp(1, connections), setup.transport).await?;
             let tasks: Vec<_> = range
-                .map(|index| tokio::spawn(client(index, channels[index % channels.len()].clone())))
+                .map(|index| {
+                    let caller = Caller::new(all[index % all.len()].clone());
+                    tokio::spawn(client(index, caller))
+                })
                 .collect();
             let mut results = Vec::with_capacity(tasks.len());
             for task in tasks {
@@ -234,6 +330,9 @@ pub enum LoadError {
     /// A connection to the server failed.
     #[error("cannot connect: {0}")]
     Connect(#[from] tonic::transport::Error),
+    /// An HTTP/2 connection to the server failed.
+    #[error("cannot connect: {0}")]
+    ConnectH2(#[from] H2ConnectError),
     /// A client thread or its runtime could not be started.
     #[error("cannot start a client thread: {0}")]
     Thread(#[from] std::io::Error),
@@ -437,7 +536,7 @@ pub async fn run_append(
         duration,
         requests_per_client,
         AppendKind::Custom,
-        CLIENT_THREADS_DEFAULT,
+        ClientSetup::default(),
     )
     .await
 }
@@ -455,8 +554,8 @@ pub enum AppendKind {
     Personal,
 }
 
-/// [`run_append`] with a choice of events and streams ([`AppendKind`]) and of client
-/// threads ([`on_client_threads`]). The customer streams outlive one run (the same ids
+/// [`run_append`] with a choice of events and streams ([`AppendKind`]), of client
+/// threads ([`on_client_threads`]) and of transport ([`ClientSetup`]). The customer streams outlive one run (the same ids
 /// every time, so a warm-up run creates the keys), hence expected revision `any` on them.
 pub async fn run_append_with(
     server: &str,
@@ -465,7 +564,7 @@ pub async fn run_append_with(
     duration: Duration,
     requests_per_client: Option<u64>,
     kind: AppendKind,
-    threads: usize,
+    setup: ClientSetup,
 ) -> Result<LoadReport, LoadError> {
     let personal = kind == AppendKind::Personal;
     let customer_streams = kind != AppendKind::Custom;
@@ -492,8 +591,8 @@ pub async fn run_append_with(
         serial: std::sync::atomic::AtomicU64::new(0),
         pool,
     });
-    let tallies = run_clients(server, clients, threads, move |client_index, channel| {
-        append_client(run.clone(), channel, client_index)
+    let tallies = run_clients(server, clients, setup, move |client_index, caller| {
+        append_client(run.clone(), caller, client_index)
     })
     .await?;
     Ok(LoadReport::merged(tallies, start.elapsed()))
@@ -513,12 +612,10 @@ struct AppendRun {
     pool: Vec<Bytes>,
 }
 
-/// One append client (the `client_index`th, on `channel`): calls until the deadline or
-/// its call budget; returns its latency histogram and its (requests, events, errors).
-async fn append_client(run: Arc<AppendRun>, channel: Channel, client_index: usize) -> Tally {
-    let mut client = tonic::client::Grpc::new(channel)
-        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
+/// One append client (the `client_index`th, calling through `caller`): calls until the
+/// deadline or its call budget; returns its latency histogram and its (requests, events,
+/// errors).
+async fn append_client(run: Arc<AppendRun>, mut caller: Caller, client_index: usize) -> Tally {
     // Like the peer's known-revision client: each caller owns STREAMS_PER_CLIENT
     // fresh streams and cycles over them, knowing each one's revision.
     let customers: Vec<Uuid> = (0..STREAMS_PER_CLIENT)
@@ -573,8 +670,9 @@ async fn append_client(run: Arc<AppendRun>, channel: Channel, client_index: usiz
             },
             events: batch,
         };
-        let (micros, result) =
-            timed_unary::<_, pb::AppendResponse>(&mut client, append_path(), request).await;
+        let (micros, result) = caller
+            .timed_unary::<_, pb::AppendResponse>(APPEND_PATH, request)
+            .await;
         let outcome = result
             .map(|response| {
                 revisions[slot] = Some(response.last_revision);
@@ -587,21 +685,22 @@ async fn append_client(run: Arc<AppendRun>, channel: Channel, client_index: usiz
 }
 
 /// The gRPC ceiling of this machine: `clients` callers doing `GetHead` (no log work,
-/// a few bytes each way) for `duration`, on `threads` client threads
-/// ([`on_client_threads`]); returns (calls, elapsed).
+/// a few bytes each way) for `duration`, set up as `setup` says; returns (calls, elapsed).
 pub async fn run_get_head(
     server: &str,
     clients: usize,
     duration: Duration,
-    threads: usize,
+    setup: ClientSetup,
 ) -> Result<(u64, Duration), LoadError> {
     let start = Instant::now();
     let deadline = deadline_after(start, duration);
-    let calls = run_clients(server, clients, threads, move |_, channel| async move {
-        let mut client = EventStoreClient::new(channel);
+    let calls = run_clients(server, clients, setup, move |_, mut caller| async move {
         let mut calls = 0u64;
         while Instant::now() < deadline {
-            if client.get_head(()).await.is_ok() {
+            let (_, result) = caller
+                .timed_unary::<_, pb::LogHead>(GET_HEAD_PATH, ())
+                .await;
+            if result.is_ok() {
                 calls += 1;
             }
         }
@@ -627,12 +726,11 @@ struct RawReadResponse {
     next_cursor: u64,
 }
 
-fn read_stream_path() -> tonic::codegen::http::uri::PathAndQuery {
-    tonic::codegen::http::uri::PathAndQuery::from_static("/rapport.v1.EventStore/ReadStream")
-}
+const READ_STREAM_PATH: &str = "/rapport.v1.EventStore/ReadStream";
 
-/// Reads whole streams with `clients` callers for `duration`, on `threads` client threads
-/// ([`on_client_threads`]), as the peer's `read_stream.sql`: each call one `ReadStream`
+const GET_HEAD_PATH: &str = "/rapport.v1.EventStore/GetHead";
+
+/// Reads whole streams with `clients` callers for `duration`, set up as `setup` says, as the peer's `read_stream.sql`: each call one `ReadStream`
 /// from revision 0 of a stream picked at random (seeded per client) among
 /// `customer-0 .. customer-{streams - 1}`, the streams `rapport bench fill --streams`
 /// writes. The client keeps each event's bytes without decoding them. A call that finds
@@ -643,13 +741,13 @@ pub async fn run_read_stream(
     clients: usize,
     streams: u64,
     duration: Duration,
-    threads: usize,
+    setup: ClientSetup,
 ) -> Result<LoadReport, LoadError> {
     let streams = streams.max(1);
     let start = Instant::now();
     let deadline = deadline_after(start, duration);
-    let tallies = run_clients(server, clients, threads, move |client_index, channel| {
-        read_stream_client(channel, client_index, streams, deadline)
+    let tallies = run_clients(server, clients, setup, move |client_index, caller| {
+        read_stream_client(caller, client_index, streams, deadline)
     })
     .await?;
     Ok(LoadReport::merged(tallies, start.elapsed()))
@@ -658,13 +756,11 @@ pub async fn run_read_stream(
 /// One read-stream client: calls until the deadline; returns its latency histogram and
 /// its (requests, events, errors).
 async fn read_stream_client(
-    channel: Channel,
+    mut caller: Caller,
     client_index: usize,
     streams: u64,
     deadline: Instant,
 ) -> Tally {
-    let mut client = tonic::client::Grpc::new(channel)
-        .max_decoding_message_size(crate::limits::MESSAGE_BYTES_MAX);
     let mut picks = EventIds::new(client_index as u64);
     let mut tally = new_tally();
     while Instant::now() < deadline {
@@ -674,8 +770,9 @@ async fn read_stream_client(
             backwards: false,
             max_count: 0,
         };
-        let (micros, result) =
-            timed_unary::<_, RawReadResponse>(&mut client, read_stream_path(), request).await;
+        let (micros, result) = caller
+            .timed_unary::<_, RawReadResponse>(READ_STREAM_PATH, request)
+            .await;
         let outcome = match result {
             Ok(page) if !page.events.is_empty() && page.end_reached => Ok(page.events.len() as u64),
             Ok(page) => Err(format!(
