@@ -415,8 +415,13 @@ pub enum ReadBench {
 
 /// `rapport bench read`: reads the whole log over gRPC: ReadAll pages, a decoded
 /// Subscribe replay, and a receive-only one (the client side of the peer's `\copy`); with
-/// `only`, just that one (to time a single read, or profile the server during it).
-pub async fn bench_read(server: String, only: Option<ReadBench>) -> Result<(), CliError> {
+/// `only`, just that one (to time a single read, or profile the server during it). The
+/// receive-only replay goes over `transport`.
+pub async fn bench_read(
+    server: String,
+    only: Option<ReadBench>,
+    transport: crate::loadgen::Transport,
+) -> Result<(), CliError> {
     use crate::loadgen::{run_read_all, run_subscribe_all, run_subscribe_raw};
     for which in [ReadBench::Pages, ReadBench::Decoded, ReadBench::Raw] {
         if only.is_some_and(|only| only != which) {
@@ -433,7 +438,7 @@ pub async fn bench_read(server: String, only: Option<ReadBench>) -> Result<(), C
             ),
             ReadBench::Raw => (
                 "replay, receive only (Subscribe, raw messages, positions checked)",
-                run_subscribe_raw(&server).await,
+                run_subscribe_raw(&server, transport).await,
             ),
         };
         let (events, elapsed) = timed.map_err(|e| e.to_string())?;

@@ -25,7 +25,8 @@
 //!   forecast, metrics, lists over a model) and [`grpc::pipeline`] (the `Pipeline`
 //!   service).
 //! - [`cli`]: the commands of the `rapport` binary (serve, verify, tail, bench).
-//! - [`loadgen`]: the load generator behind `rapport bench`.
+//! - [`loadgen`]: the load generator behind `rapport bench` (`loadgen/h2_client`: its
+//!   lean gRPC client over bare HTTP/2 streams).
 //! - [`seed`]: `rapport seed`, a deterministic retail history for tests, benches and demos;
 //!   [`seed_sales`] adds accounts, leads, deals and tasks to it.
 //! - [`replay`]: `rapport replay`, the log as JSON lines, offline or through a server.

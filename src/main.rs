@@ -55,6 +55,9 @@ struct ClientSetupArgs {
     /// client) or tonic's client (what a Rust service would use; more CPU per call).
     #[arg(long, value_enum, default_value = "h2")]
     transport: TransportArg,
+    /// HTTP/2 connections the clients share, over all threads (each thread at least one).
+    #[arg(long, default_value_t = rapport::loadgen::CONNECTIONS_DEFAULT)]
+    connections: usize,
 }
 
 /// The load generator's transports.
@@ -66,14 +69,21 @@ enum TransportArg {
     Tonic,
 }
 
+impl From<TransportArg> for rapport::loadgen::Transport {
+    fn from(arg: TransportArg) -> Self {
+        match arg {
+            TransportArg::H2 => Self::H2,
+            TransportArg::Tonic => Self::Tonic,
+        }
+    }
+}
+
 impl From<ClientSetupArgs> for rapport::loadgen::ClientSetup {
     fn from(args: ClientSetupArgs) -> Self {
         Self {
             threads: args.threads,
-            transport: match args.transport {
-                TransportArg::H2 => rapport::loadgen::Transport::H2,
-                TransportArg::Tonic => rapport::loadgen::Transport::Tonic,
-            },
+            transport: args.transport.into(),
+            connections: args.connections,
         }
     }
 }
@@ -372,6 +382,10 @@ enum Bench {
         /// Time only this read (default: all three, in this order).
         #[arg(long, value_enum)]
         only: Option<ReadBenchArg>,
+        /// How the receive-only replay reaches the server (the other two use tonic's
+        /// client).
+        #[arg(long, value_enum, default_value = "h2")]
+        transport: TransportArg,
     },
     /// Fill a data directory offline with bench events (for verify, read and size figures).
     Fill {
@@ -632,16 +646,22 @@ fn main() -> ExitCode {
                     streams,
                     duration,
                     setup,
-                } => {
-                    rapport::cli::bench_read_stream(server, clients, streams, duration, setup.into())
-                        .await
-                        .map(|()| true)
-                }
-                Bench::Read { server, only } => {
-                    rapport::cli::bench_read(server, only.map(Into::into))
-                        .await
-                        .map(|()| true)
-                }
+                } => rapport::cli::bench_read_stream(
+                    server,
+                    clients,
+                    streams,
+                    duration,
+                    setup.into(),
+                )
+                .await
+                .map(|()| true),
+                Bench::Read {
+                    server,
+                    only,
+                    transport,
+                } => rapport::cli::bench_read(server, only.map(Into::into), transport.into())
+                    .await
+                    .map(|()| true),
                 Bench::Fill {
                     data_dir,
                     events,

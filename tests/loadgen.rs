@@ -27,17 +27,24 @@ async fn every_replay_reads_back_what_the_load_generator_appended() {
         .await
         .expect("decoded Subscribe replay");
     assert_eq!(decoded, report.events);
-    let (raw, _) = loadgen::run_subscribe_raw(&url)
-        .await
-        .expect("receive-only Subscribe replay");
-    assert_eq!(raw, report.events);
+    for transport in [loadgen::Transport::H2, loadgen::Transport::Tonic] {
+        let (raw, _) = loadgen::run_subscribe_raw(&url, transport)
+            .await
+            .expect("receive-only Subscribe replay");
+        assert_eq!(raw, report.events, "{transport:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_of_an_empty_log_read_nothing() {
     let server = TestServer::start().await;
     let url = server.server.url();
-    assert_eq!(loadgen::run_subscribe_raw(&url).await.expect("replay").0, 0);
+    for transport in [loadgen::Transport::H2, loadgen::Transport::Tonic] {
+        let (raw, _) = loadgen::run_subscribe_raw(&url, transport)
+            .await
+            .expect("replay");
+        assert_eq!(raw, 0);
+    }
     assert_eq!(loadgen::run_subscribe_all(&url).await.expect("replay").0, 0);
 }
 
@@ -58,6 +65,7 @@ async fn clients_split_over_threads_do_all_their_work_on_either_transport() {
             loadgen::ClientSetup {
                 threads: 3,
                 transport,
+                connections: 2,
             },
         )
         .await
@@ -78,6 +86,7 @@ async fn clients_split_over_threads_do_all_their_work_on_either_transport() {
             loadgen::ClientSetup {
                 threads: 8,
                 transport,
+                ..Default::default()
             },
         )
         .await
@@ -90,7 +99,9 @@ async fn clients_split_over_threads_do_all_their_work_on_either_transport() {
 async fn the_h2_client_answers_what_the_server_answered() {
     let server = TestServer::start().await;
     let url = server.server.url();
-    let connection = loadgen::H2Connection::connect(&url).await.expect("connects");
+    let connection = loadgen::H2Connection::connect(&url)
+        .await
+        .expect("connects");
     let head: rapport::grpc::pb::LogHead = connection
         .unary("/rapport.v1.EventStore/GetHead", &())
         .await
@@ -155,6 +166,7 @@ async fn a_server_that_is_not_there_is_an_error_not_a_hang() {
             loadgen::ClientSetup {
                 threads: 2,
                 transport,
+                ..Default::default()
             },
         )
         .await;
@@ -188,8 +200,8 @@ async fn read_stream_reads_whole_streams_and_counts_a_missing_one_as_an_error() 
         Duration::from_millis(300),
         loadgen::ClientSetup::with_threads(2),
     )
-        .await
-        .expect("read-stream runs");
+    .await
+    .expect("read-stream runs");
     assert_eq!(report.errors, 0);
     assert!(report.requests > 0);
     assert_eq!(report.events, report.requests * 3);
@@ -203,10 +215,11 @@ async fn read_stream_reads_whole_streams_and_counts_a_missing_one_as_an_error() 
         loadgen::ClientSetup {
             threads: 1,
             transport: loadgen::Transport::Tonic,
+            connections: 1,
         },
     )
-        .await
-        .expect("read-stream runs");
+    .await
+    .expect("read-stream runs");
     assert!(report.errors > 0 && report.requests > 0, "{report}");
     assert_eq!(report.events, report.requests * 3);
 }

@@ -8,7 +8,7 @@
 //! is as thin as this. The wire is the same gRPC (the server cannot tell the two apart;
 //! `rapport bench ... --transport tonic` runs the same load through tonic for comparison).
 //!
-//! Only what the load generator needs: unary calls, no compression, no deadlines, answers
+//! Only what the load generator needs: unary and server-streaming calls, no compression, no deadlines, answers
 //! of at most [`crate::limits::MESSAGE_BYTES_MAX`].
 
 use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -67,20 +67,37 @@ impl H2Connection {
     /// Calls `path` with `request` and decodes the answer as `Resp`. A non-OK `grpc-status`
     /// comes back as that status; a broken connection or malformed answer as `UNAVAILABLE`
     /// or `INTERNAL`.
-    pub async fn unary<Req, Resp>(&self, path: &str, request: &Req) -> Result<Resp, tonic::Status>
+    pub async fn unary<Req, Resp>(
+        &self,
+        path: &'static str,
+        request: &Req,
+    ) -> Result<Resp, tonic::Status>
     where
         Req: prost::Message,
         Resp: prost::Message + Default,
     {
-        let message = self.call(path, frame(request)).await?;
+        let mut answer = self.server_streaming(path, request).await?;
+        let message = answer
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::internal("an OK answer without a message"))?;
+        if answer.message().await?.is_some() {
+            return Err(tonic::Status::internal(
+                "a unary answer of several messages",
+            ));
+        }
         Resp::decode(message)
             .map_err(|e| tonic::Status::internal(format!("decoding the answer: {e}")))
     }
 
-    /// One call: sends the framed request, returns the answer's message bytes.
-    async fn call(&self, path: &str, body: Bytes) -> Result<Bytes, tonic::Status> {
-        let unavailable = |e: h2::Error| tonic::Status::unavailable(e.to_string());
-        let request = http::Request::builder()
+    /// Calls `path` with `request` and returns its answer's messages as they come, as
+    /// bytes ([`H2Messages`]).
+    pub async fn server_streaming<Req: prost::Message>(
+        &self,
+        path: &'static str,
+        request: &Req,
+    ) -> Result<H2Messages, tonic::Status> {
+        let request_head = http::Request::builder()
             .method(http::Method::POST)
             .uri(format!("{}{path}", self.base))
             .header(http::header::CONTENT_TYPE, "application/grpc")
@@ -88,9 +105,13 @@ impl H2Connection {
             .body(())
             .map_err(|e| tonic::Status::internal(format!("building the request: {e}")))?;
         let mut sender = self.sender.clone().ready().await.map_err(unavailable)?;
-        let (response, mut stream) = sender.send_request(request, false).map_err(unavailable)?;
-        stream.send_data(body, true).map_err(unavailable)?;
-        let (parts, mut body) = response.await.map_err(unavailable)?.into_parts();
+        let (response, mut stream) = sender
+            .send_request(request_head, false)
+            .map_err(unavailable)?;
+        stream
+            .send_data(frame(request), true)
+            .map_err(unavailable)?;
+        let (parts, body) = response.await.map_err(unavailable)?.into_parts();
         if parts.status != http::StatusCode::OK {
             return Err(tonic::Status::unknown(format!(
                 "HTTP status {}",
@@ -98,31 +119,89 @@ impl H2Connection {
             )));
         }
         // A trailers-only answer (an error, usually) carries grpc-status in its headers.
-        if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
-            return Err(if status.code() == tonic::Code::Ok {
-                tonic::Status::internal("an OK answer without a message")
-            } else {
-                status
-            });
-        }
-        let mut received = BytesMut::new();
-        while let Some(data) = body.data().await {
-            let data = data.map_err(unavailable)?;
-            let _ = body.flow_control().release_capacity(data.len());
-            if received.len() + data.len() > crate::limits::MESSAGE_BYTES_MAX + 5 {
-                return Err(tonic::Status::resource_exhausted(
-                    "answer larger than the message limit",
-                ));
+        let ended = match tonic::Status::from_header_map(&parts.headers) {
+            Some(status) if status.code() == tonic::Code::Ok => true,
+            Some(status) => return Err(status),
+            None => false,
+        };
+        Ok(H2Messages {
+            body,
+            buffer: BytesMut::new(),
+            ended,
+        })
+    }
+}
+
+fn unavailable(error: h2::Error) -> tonic::Status {
+    tonic::Status::unavailable(error.to_string())
+}
+
+/// The messages of one answer, as their encoded bytes, in order.
+pub struct H2Messages {
+    body: h2::RecvStream,
+    /// Received bytes not yet returned as messages.
+    buffer: BytesMut,
+    /// The answer ended OK (no more messages).
+    ended: bool,
+}
+
+impl H2Messages {
+    /// The next message; `None` once the answer ended with an OK `grpc-status`; the status
+    /// if it ended with another one.
+    pub async fn message(&mut self) -> Result<Option<Bytes>, tonic::Status> {
+        loop {
+            if let Some(message) = next_message(&mut self.buffer)? {
+                return Ok(Some(message));
             }
-            received.extend_from_slice(&data);
-        }
-        let trailers = body.trailers().await.map_err(unavailable)?;
-        match trailers.as_ref().and_then(tonic::Status::from_header_map) {
-            Some(status) if status.code() == tonic::Code::Ok => unframe(received.freeze()),
-            Some(status) => Err(status),
-            None => Err(tonic::Status::internal("answer without grpc-status")),
+            if self.ended {
+                return if self.buffer.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(tonic::Status::internal("the answer ended inside a message"))
+                };
+            }
+            match self.body.data().await {
+                Some(data) => {
+                    let data = data.map_err(unavailable)?;
+                    let _ = self.body.flow_control().release_capacity(data.len());
+                    self.buffer.extend_from_slice(&data);
+                }
+                None => {
+                    let trailers = self.body.trailers().await.map_err(unavailable)?;
+                    match trailers.as_ref().and_then(tonic::Status::from_header_map) {
+                        Some(status) if status.code() == tonic::Code::Ok => self.ended = true,
+                        Some(status) => return Err(status),
+                        None => return Err(tonic::Status::internal("answer without grpc-status")),
+                    }
+                }
+            }
         }
     }
+}
+
+/// Takes the first whole length-prefixed message off `buffer`, if it holds one.
+fn next_message(buffer: &mut BytesMut) -> Result<Option<Bytes>, tonic::Status> {
+    if buffer.len() < 5 {
+        return Ok(None);
+    }
+    if buffer[0] != 0 {
+        return Err(tonic::Status::internal(
+            "a compressed message (none was asked)",
+        ));
+    }
+    let len = u32::from_be_bytes(buffer[1..5].try_into().expect("4 bytes")) as usize;
+    if len > crate::limits::MESSAGE_BYTES_MAX {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "a message of {len} bytes, over the limit of {}",
+            crate::limits::MESSAGE_BYTES_MAX
+        )));
+    }
+    if buffer.len() < 5 + len {
+        buffer.reserve(5 + len - buffer.len());
+        return Ok(None);
+    }
+    buffer.advance(5);
+    Ok(Some(buffer.split_to(len).freeze()))
 }
 
 /// `message` as one gRPC length-prefixed message: flag 0 (not compressed), length, bytes.
@@ -137,56 +216,42 @@ fn frame<M: prost::Message>(message: &M) -> Bytes {
     out.freeze()
 }
 
-/// The one message of an answer's body (a unary answer has exactly one).
-fn unframe(mut body: Bytes) -> Result<Bytes, tonic::Status> {
-    if body.len() < 5 {
-        return Err(tonic::Status::internal("answer without a message"));
-    }
-    let compressed = body.get_u8();
-    let len = body.get_u32() as usize;
-    if compressed != 0 {
-        return Err(tonic::Status::internal("a compressed answer (none was asked)"));
-    }
-    if body.len() != len {
-        return Err(tonic::Status::internal(format!(
-            "answer body of {} bytes for a message of {len}",
-            body.len()
-        )));
-    }
-    Ok(body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_framed_message_unframes_to_its_bytes() {
-        let message = crate::grpc::pb::GetHeadResponse {
+    fn framed_messages_come_off_the_buffer_whole_and_in_order() {
+        let head = crate::grpc::pb::LogHead {
             position: 42,
             ..Default::default()
         };
-        let framed = frame(&message);
-        assert_eq!(framed[0], 0);
+        let mut received = BytesMut::new();
+        received.extend_from_slice(&frame(&head));
+        received.extend_from_slice(&frame(&()));
+        let framed = frame(&head);
+        // The third message arrives in two pieces.
+        received.extend_from_slice(&framed[..3]);
+        let first = next_message(&mut received).unwrap().unwrap();
         assert_eq!(
-            u32::from_be_bytes(framed[1..5].try_into().unwrap()) as usize,
-            framed.len() - 5
+            <crate::grpc::pb::LogHead as prost::Message>::decode(first).unwrap(),
+            head
         );
-        let bytes = unframe(framed).unwrap();
-        assert_eq!(
-            <crate::grpc::pb::GetHeadResponse as prost::Message>::decode(bytes).unwrap(),
-            message
-        );
+        assert_eq!(next_message(&mut received).unwrap().unwrap().len(), 0);
+        assert_eq!(next_message(&mut received).unwrap(), None);
+        received.extend_from_slice(&framed[3..]);
+        assert!(next_message(&mut received).unwrap().is_some());
+        assert!(received.is_empty());
     }
 
     #[test]
-    fn short_compressed_or_mis_sized_bodies_are_errors() {
-        assert!(unframe(Bytes::from_static(&[0, 0, 0])).is_err());
-        assert!(unframe(Bytes::from_static(&[1, 0, 0, 0, 1, 7])).is_err());
-        assert!(unframe(Bytes::from_static(&[0, 0, 0, 0, 2, 7])).is_err());
+    fn compressed_or_oversize_messages_are_errors() {
+        let mut compressed = BytesMut::from(&[1u8, 0, 0, 0, 1, 7][..]);
+        assert!(next_message(&mut compressed).is_err());
+        let mut oversize = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
         assert_eq!(
-            unframe(Bytes::from_static(&[0, 0, 0, 0, 1, 7])).unwrap(),
-            Bytes::from_static(&[7])
+            next_message(&mut oversize).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
         );
     }
 
@@ -196,7 +261,12 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        for url in ["https://127.0.0.1:1", "127.0.0.1:1", "http://", "http://a:1/x"] {
+        for url in [
+            "https://127.0.0.1:1",
+            "127.0.0.1:1",
+            "http://",
+            "http://a:1/x",
+        ] {
             assert!(matches!(
                 runtime.block_on(H2Connection::connect(url)),
                 Err(H2ConnectError::Url(_))

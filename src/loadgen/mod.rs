@@ -17,7 +17,7 @@ use crate::grpc::pb;
 use crate::grpc::pb::event_store_client::EventStoreClient;
 
 mod h2_client;
-pub use h2_client::{H2ConnectError, H2Connection};
+pub use h2_client::{H2ConnectError, H2Connection, H2Messages};
 
 /// Streams each load-generator client owns and cycles over (the peer's known-revision
 /// script does the same with 1000 fresh streams per client).
@@ -130,6 +130,9 @@ pub struct ClientSetup {
     pub threads: usize,
     /// How calls reach the server.
     pub transport: Transport,
+    /// HTTP/2 connections over all threads (each thread at least one), shared by the
+    /// clients as services behind one gRPC channel pool would share them.
+    pub connections: usize,
 }
 
 impl Default for ClientSetup {
@@ -137,6 +140,7 @@ impl Default for ClientSetup {
         Self {
             threads: CLIENT_THREADS_DEFAULT,
             transport: Transport::default(),
+            connections: CONNECTIONS_DEFAULT,
         }
     }
 }
@@ -229,7 +233,7 @@ async fn connect_with(
 }
 
 /// Runs `clients` load-generator clients as `setup` says ([`on_client_threads`]): each
-/// thread connects its share of [`CONNECTIONS_MAX`] and spawns `client(index, caller)` for
+/// thread connects its share of the connections and spawns `client(index, caller)` for
 /// each of its clients. Returns every client's result, in client order.
 async fn run_clients<T, F, Fut>(
     server: &str,
@@ -243,7 +247,7 @@ where
     T: Send + 'static,
 {
     let server: Arc<str> = server.into();
-    let connections = connections_per_thread(setup.threads);
+    let connections = (setup.connections / setup.threads.max(1)).max(1);
     let client = Arc::new(client);
     let parts = on_client_threads(setup.threads, clients, move |range| {
         let (server, client) = (server.clone(), client.clone());
@@ -349,12 +353,7 @@ pub const CLIENT_THREADS_DEFAULT: usize = 1;
 
 /// HTTP/2 connections of a run's clients, over all its threads: clients share them, as
 /// services behind one gRPC channel pool would.
-pub const CONNECTIONS_MAX: usize = 8;
-
-/// Each client thread's share of [`CONNECTIONS_MAX`].
-fn connections_per_thread(threads: usize) -> usize {
-    (CONNECTIONS_MAX / threads.max(1)).max(1)
-}
+pub const CONNECTIONS_DEFAULT: usize = 8;
 
 /// Runs `clients` load-generator clients split over `threads` OS threads, each driving its
 /// share (a range of client indices) on a single-threaded tokio runtime, as `pgbench -j`
@@ -849,10 +848,15 @@ pub async fn run_subscribe_all(
 /// arrives as its raw protobuf message and only its `position` (field 1, written first) is
 /// read, to check that positions come dense and in order. The client side of
 /// `psql \copy ... TO /dev/null`, which receives rows without parsing them into values;
-/// [`run_subscribe_all`] is the same replay decoded into `RecordedEvent`s.
+/// [`run_subscribe_all`] is the same replay decoded into `RecordedEvent`s. Over
+/// `transport`: tonic's streaming client, or a bare HTTP/2 stream ([`H2Messages`]).
 pub async fn run_subscribe_raw(
     server: &str,
+    transport: Transport,
 ) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+    if transport == Transport::H2 {
+        return subscribe_raw_h2(server).await;
+    }
     use tokio_stream::StreamExt;
     let channel = connect(server, 1).await?.remove(0);
     let head = EventStoreClient::new(channel.clone())
@@ -879,6 +883,37 @@ pub async fn run_subscribe_raw(
             .into_inner();
         while let Some(message) = stream.next().await {
             let position = leading_position(message?)?;
+            events += 1;
+            if position != events {
+                return Err(format!("event {events} of the replay has position {position}").into());
+            }
+            if position >= head {
+                break;
+            }
+        }
+    }
+    Ok((events, start.elapsed()))
+}
+
+/// [`run_subscribe_raw`] over a bare HTTP/2 stream.
+async fn subscribe_raw_h2(server: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+    let connection = H2Connection::connect(server).await?;
+    let head = connection
+        .unary::<_, pb::LogHead>(GET_HEAD_PATH, &())
+        .await?
+        .position;
+    let start = Instant::now();
+    let mut events = 0u64;
+    if head > 0 {
+        let request = pb::SubscribeRequest {
+            after_position: 0,
+            filter: None,
+        };
+        let mut messages = connection
+            .server_streaming("/rapport.v1.EventStore/Subscribe", &request)
+            .await?;
+        while let Some(message) = messages.message().await? {
+            let position = leading_position(message)?;
             events += 1;
             if position != events {
                 return Err(format!("event {events} of the replay has position {position}").into());
