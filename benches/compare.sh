@@ -42,6 +42,9 @@ URL="http://127.0.0.1:$PORT"
 for c in $CLIENTS; do
   "$BIN" bench append --server "$URL" --clients "$c" --events-per-request 1 --duration "${DUR}s"
 done
+# The same 64 clients through tonic's client instead of bare HTTP/2 streams (the default
+# --transport h2): what a Rust service's client costs the shared cores.
+"$BIN" bench append --server "$URL" --clients 64 --events-per-request 1 --duration "${DUR}s" --transport tonic
 "$BIN" bench append --server "$URL" --clients "$BATCH_CLIENTS" --events-per-request "$BATCH" --duration "${DUR}s"
 kill -INT $SERVER; wait $SERVER || true
 trap - EXIT
