@@ -881,16 +881,13 @@ pub async fn run_subscribe_raw(
             .server_streaming(request, path, RawCodec)
             .await?
             .into_inner();
+        let mut replay = DenseReplay { events: 0, head };
         while let Some(message) = stream.next().await {
-            let position = leading_position(message?)?;
-            events += 1;
-            if position != events {
-                return Err(format!("event {events} of the replay has position {position}").into());
-            }
-            if position >= head {
+            if replay.take(message?)? {
                 break;
             }
         }
+        events = replay.events;
     }
     Ok((events, start.elapsed()))
 }
@@ -912,18 +909,35 @@ async fn subscribe_raw_h2(server: &str) -> Result<(u64, Duration), Box<dyn std::
         let mut messages = connection
             .server_streaming("/rapport.v1.EventStore/Subscribe", &request)
             .await?;
+        let mut replay = DenseReplay { events: 0, head };
         while let Some(message) = messages.message().await? {
-            let position = leading_position(message)?;
-            events += 1;
-            if position != events {
-                return Err(format!("event {events} of the replay has position {position}").into());
-            }
-            if position >= head {
+            if replay.take(message)? {
                 break;
             }
         }
+        events = replay.events;
     }
     Ok((events, start.elapsed()))
+}
+
+/// A receive-only replay's count: positions must come dense from 1, up to the head known
+/// when it started.
+struct DenseReplay {
+    events: u64,
+    head: u64,
+}
+
+impl DenseReplay {
+    /// Takes the next raw `RecordedEvent` message; `true` once the head is reached.
+    fn take(&mut self, message: Bytes) -> Result<bool, Box<dyn std::error::Error>> {
+        let position = leading_position(message)?;
+        self.events += 1;
+        if position != self.events {
+            let events = self.events;
+            return Err(format!("event {events} of the replay has position {position}").into());
+        }
+        Ok(position >= self.head)
+    }
 }
 
 /// The `position` of a raw `RecordedEvent` message (prost writes field 1 first).
