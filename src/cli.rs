@@ -422,26 +422,28 @@ pub async fn bench_read(
     only: Option<ReadBench>,
     transport: crate::loadgen::Transport,
 ) -> Result<(), CliError> {
-    use crate::loadgen::{run_read_all, run_subscribe_all, run_subscribe_raw};
+    use crate::loadgen::{on_own_thread, run_read_all, run_subscribe_all, run_subscribe_raw};
     for which in [ReadBench::Pages, ReadBench::Decoded, ReadBench::Raw] {
         if only.is_some_and(|only| only != which) {
             continue;
         }
+        let server = server.clone();
         let (what, timed) = match which {
             ReadBench::Pages => (
                 "read all (ReadAll pages of 1000)",
-                run_read_all(&server).await,
+                on_own_thread(move || async move { run_read_all(&server).await }).await,
             ),
             ReadBench::Decoded => (
                 "replay (Subscribe from 0 to the head)",
-                run_subscribe_all(&server).await,
+                on_own_thread(move || async move { run_subscribe_all(&server).await }).await,
             ),
             ReadBench::Raw => (
                 "replay, receive only (Subscribe, raw messages, positions checked)",
-                run_subscribe_raw(&server, transport).await,
+                on_own_thread(move || async move { run_subscribe_raw(&server, transport).await })
+                    .await,
             ),
         };
-        let (events, elapsed) = timed.map_err(|e| e.to_string())?;
+        let (events, elapsed) = timed?;
         println!(
             "{what}: {events} events in {:.2} s = {:.0} events/s",
             elapsed.as_secs_f64(),

@@ -126,7 +126,7 @@ impl H2Connection {
         };
         Ok(H2Messages {
             body,
-            buffer: BytesMut::new(),
+            received: Reassembler::default(),
             ended,
         })
     }
@@ -140,7 +140,7 @@ fn unavailable(error: h2::Error) -> tonic::Status {
 pub struct H2Messages {
     body: h2::RecvStream,
     /// Received bytes not yet returned as messages.
-    buffer: BytesMut,
+    received: Reassembler,
     /// The answer ended OK (no more messages).
     ended: bool,
 }
@@ -150,11 +150,11 @@ impl H2Messages {
     /// if it ended with another one.
     pub async fn message(&mut self) -> Result<Option<Bytes>, tonic::Status> {
         loop {
-            if let Some(message) = next_message(&mut self.buffer)? {
+            if let Some(message) = self.received.next()? {
                 return Ok(Some(message));
             }
             if self.ended {
-                return if self.buffer.is_empty() {
+                return if self.received.is_empty() {
                     Ok(None)
                 } else {
                     Err(tonic::Status::internal("the answer ended inside a message"))
@@ -164,7 +164,7 @@ impl H2Messages {
                 Some(data) => {
                     let data = data.map_err(unavailable)?;
                     let _ = self.body.flow_control().release_capacity(data.len());
-                    self.buffer.extend_from_slice(&data);
+                    self.received.feed(data);
                 }
                 None => {
                     let trailers = self.body.trailers().await.map_err(unavailable)?;
@@ -179,29 +179,79 @@ impl H2Messages {
     }
 }
 
-/// Takes the first whole length-prefixed message off `buffer`, if it holds one.
-fn next_message(buffer: &mut BytesMut) -> Result<Option<Bytes>, tonic::Status> {
-    if buffer.len() < 5 {
+/// Cuts the received DATA frames into length-prefixed messages. A message inside one frame
+/// comes off it without a copy (a replay's messages are a few hundred bytes, its frames
+/// 16 KiB); only a message that straddles frames is copied together.
+#[derive(Default)]
+struct Reassembler {
+    /// What is left of the last frame fed.
+    pending: Bytes,
+    /// The start of a message that began in an earlier frame.
+    partial: BytesMut,
+}
+
+impl Reassembler {
+    /// Adds a received frame; call only once [`Self::next`] returned `None`.
+    fn feed(&mut self, data: Bytes) {
+        debug_assert!(self.pending.is_empty());
+        self.pending = data;
+    }
+
+    /// Nothing received is left over.
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.partial.is_empty()
+    }
+
+    /// The next whole message, or `None` until more is fed.
+    fn next(&mut self) -> Result<Option<Bytes>, tonic::Status> {
+        loop {
+            if self.partial.is_empty() {
+                if let Some(total) = frame_len(&self.pending)?
+                    && self.pending.len() >= total
+                {
+                    let mut message = self.pending.split_to(total);
+                    message.advance(5);
+                    return Ok(Some(message));
+                }
+                // A message that goes on in the next frame starts here (or nothing is left).
+                self.partial.extend_from_slice(&self.pending);
+                self.pending.clear();
+                return Ok(None);
+            }
+            if self.pending.is_empty() {
+                return Ok(None);
+            }
+            let total = frame_len(&self.partial)?.unwrap_or(5);
+            let take = (total - self.partial.len()).min(self.pending.len());
+            self.partial.extend_from_slice(&self.pending.split_to(take));
+            if frame_len(&self.partial)? == Some(self.partial.len()) {
+                let mut message = std::mem::take(&mut self.partial).freeze();
+                message.advance(5);
+                return Ok(Some(message));
+            }
+        }
+    }
+}
+
+/// The length, header included, of the length-prefixed message `bytes` starts with, once
+/// its 5-byte header is there.
+fn frame_len(bytes: &[u8]) -> Result<Option<usize>, tonic::Status> {
+    if bytes.len() < 5 {
         return Ok(None);
     }
-    if buffer[0] != 0 {
+    if bytes[0] != 0 {
         return Err(tonic::Status::internal(
             "a compressed message (none was asked)",
         ));
     }
-    let len = u32::from_be_bytes(buffer[1..5].try_into().expect("4 bytes")) as usize;
+    let len = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize;
     if len > crate::limits::MESSAGE_BYTES_MAX {
         return Err(tonic::Status::resource_exhausted(format!(
             "a message of {len} bytes, over the limit of {}",
             crate::limits::MESSAGE_BYTES_MAX
         )));
     }
-    if buffer.len() < 5 + len {
-        buffer.reserve(5 + len - buffer.len());
-        return Ok(None);
-    }
-    buffer.advance(5);
-    Ok(Some(buffer.split_to(len).freeze()))
+    Ok(Some(5 + len))
 }
 
 /// `message` as one gRPC length-prefixed message: flag 0 (not compressed), length, bytes.
@@ -220,39 +270,53 @@ fn frame<M: prost::Message>(message: &M) -> Bytes {
 mod tests {
     use super::*;
 
-    #[test]
-    fn framed_messages_come_off_the_buffer_whole_and_in_order() {
-        let head = crate::grpc::pb::LogHead {
-            position: 42,
-            ..Default::default()
-        };
-        let mut received = BytesMut::new();
-        received.extend_from_slice(&frame(&head));
-        received.extend_from_slice(&frame(&()));
-        let framed = frame(&head);
-        // The third message arrives in two pieces.
-        received.extend_from_slice(&framed[..3]);
-        let first = next_message(&mut received).unwrap().unwrap();
-        assert_eq!(
-            <crate::grpc::pb::LogHead as prost::Message>::decode(first).unwrap(),
-            head
-        );
-        assert_eq!(next_message(&mut received).unwrap().unwrap().len(), 0);
-        assert_eq!(next_message(&mut received).unwrap(), None);
-        received.extend_from_slice(&framed[3..]);
-        assert!(next_message(&mut received).unwrap().is_some());
+    /// Feeds `stream` cut at `cuts` and returns every message that comes out.
+    fn reassemble(stream: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut received = Reassembler::default();
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([stream.len()]) {
+            received.feed(Bytes::copy_from_slice(&stream[start..end]));
+            while let Some(message) = received.next().unwrap() {
+                out.push(message);
+            }
+            start = end;
+        }
         assert!(received.is_empty());
+        out
+    }
+
+    #[test]
+    fn messages_come_out_whole_and_in_order_however_the_frames_cut_them() {
+        let messages: Vec<Vec<u8>> = vec![vec![7; 10], vec![], vec![1, 2, 3], vec![9; 40]];
+        let mut stream = Vec::new();
+        for message in &messages {
+            stream.extend_from_slice(&frame(&Bytes::from(message.clone())));
+        }
+        // Whole, cut inside a header, cut inside a body, cut at every byte.
+        let every_byte: Vec<usize> = (1..stream.len()).collect();
+        for cuts in [&[][..], &[3], &[20], &[15, 16, 17], &every_byte[..]] {
+            let out = reassemble(&stream, cuts);
+            // `frame` of a `Bytes` message adds its own field tag and length.
+            let decoded: Vec<Vec<u8>> = out
+                .into_iter()
+                .map(|m| <Bytes as prost::Message>::decode(m).unwrap().to_vec())
+                .collect();
+            assert_eq!(decoded, messages, "cuts {cuts:?}");
+        }
     }
 
     #[test]
     fn compressed_or_oversize_messages_are_errors() {
-        let mut compressed = BytesMut::from(&[1u8, 0, 0, 0, 1, 7][..]);
-        assert!(next_message(&mut compressed).is_err());
-        let mut oversize = BytesMut::from(&[0u8, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(frame_len(&[1u8, 0, 0, 0, 1, 7]).is_err());
         assert_eq!(
-            next_message(&mut oversize).unwrap_err().code(),
+            frame_len(&[0u8, 0xff, 0xff, 0xff, 0xff])
+                .unwrap_err()
+                .code(),
             tonic::Code::ResourceExhausted
         );
+        assert_eq!(frame_len(&[0u8, 0, 0, 0]).unwrap(), None);
+        assert_eq!(frame_len(&[0u8, 0, 0, 0, 3]).unwrap(), Some(8));
     }
 
     #[test]

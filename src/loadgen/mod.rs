@@ -355,6 +355,29 @@ pub const CLIENT_THREADS_DEFAULT: usize = 1;
 /// services behind one gRPC channel pool would.
 pub const CONNECTIONS_DEFAULT: usize = 8;
 
+/// Runs `work` to its end on a thread of its own with a single-threaded runtime, as one
+/// client thread of [`on_client_threads`]: the whole-log reads of `rapport bench read` run
+/// this way. On the process's multi-threaded runtime a replay's connection task and its
+/// reading loop woke each other across threads (a quarter of the client's samples in
+/// thread switches; the receive-only replay's client took 0.32–0.40 s of CPU for 1M events
+/// there, 0.22–0.24 s on one thread, measured here). Errors come back as their text.
+pub async fn on_own_thread<T, F, Fut>(work: F) -> Result<T, String>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, Box<dyn std::error::Error>>>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(async move { work().await.map_err(|e| e.to_string()) })
+    })
+    .await
+    .map_err(|e| format!("the reading thread failed: {e}"))?
+}
+
 /// Runs `clients` load-generator clients split over `threads` OS threads, each driving its
 /// share (a range of client indices) on a single-threaded tokio runtime, as `pgbench -j`
 /// splits its clients over threads that are each one event loop. On the process's
