@@ -2426,6 +2426,54 @@ async fn subscribe_with_a_filter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_refused_at_the_start_says_why_with_its_field_violations() {
+    let t = TestServer::start().await;
+    let mut c = t.client().await;
+    let too_many: Vec<String> = (0..=limits::FILTER_ITEMS_MAX)
+        .map(|i| format!("customer-{i}"))
+        .collect();
+    for filter in [
+        pb::Filter {
+            stream_prefixes: too_many,
+            event_types: Vec::new(),
+        },
+        pb::Filter {
+            stream_prefixes: Vec::new(),
+            event_types: vec![String::new()],
+        },
+    ] {
+        let status = c
+            .subscribe(pb::SubscribeRequest {
+                after_position: 0,
+                filter: Some(filter),
+            })
+            .await
+            .expect_err("a bad filter is refused before any event");
+        let fields = violated_fields(&status);
+        assert!(
+            fields.iter().all(|f| f.starts_with("filter.")),
+            "{fields:?}"
+        );
+    }
+    // The server still serves subscriptions after the refusals.
+    append_ok(&mut c, append("customer-1", None, vec![proposed("", 1.0)])).await;
+    let mut events = c
+        .subscribe(pb::SubscribeRequest {
+            after_position: 0,
+            filter: None,
+        })
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let first = events
+        .message()
+        .await
+        .expect("an event")
+        .expect("not ended");
+    assert_eq!(first.position, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_goes_away_does_not_break_the_server() {
     let t = TestServer::start().await;
     let mut c = t.client().await;

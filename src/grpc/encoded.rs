@@ -5,10 +5,15 @@
 //! its events' bodies late ([`super::append_wire`]: custom data goes from the request's
 //! bytes straight to its stored bytes).
 //!
-//! [`EventStoreEdge`] routes those three paths to [`tonic::server::Grpc`] with
+//! [`EventStoreEdge`] routes `ReadStream` and `ReadAll` to [`tonic::server::Grpc`] with
 //! [`EncodedCodec`] (requests decoded by prost as usual, responses written as they are),
 //! `Append` to it with prost's codec over [`super::append_wire::WireAppendRequest`], and
-//! every other path to the generated `EventStoreServer`. Both sides apply the same
+//! every other path to the generated `EventStoreServer`. `Subscribe` answers with a body
+//! of its own ([`super::event_store::SubscriptionBody`]): each step's messages, already
+//! behind their gRPC length prefixes, go out as one data frame, and the status in the
+//! trailers; tonic's per-message copy into its buffer was ~12 % of a warm replay's
+//! server CPU (BENCHMARKS.md). Its request is decoded by `request_message`, with
+//! tonic's rules. Both sides apply the same
 //! message size limits. The wire contract does not change: the bytes decode to the
 //! messages the generated service would send (tests in [`super::wire`] and the
 //! integration tests, which use the generated client).
@@ -90,6 +95,68 @@ impl<D: prost::Message + Default> Decoder for RequestDecoder<D> {
     }
 }
 
+/// The one message of a request body, decoded as `M`, as tonic's server decodes it: no
+/// compression, at most [`limits::MESSAGE_BYTES_MAX`] (`RESOURCE_EXHAUSTED` past it, as
+/// every service answers), exactly one message. For the paths that answer with a body of
+/// their own instead of through [`Grpc`].
+async fn request_message<M, B>(request: http::Request<B>) -> Result<M, Status>
+where
+    M: prost::Message + Default,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    use prost::bytes::Buf;
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding.as_bytes() != b"identity"
+    {
+        return Err(Status::unimplemented(format!(
+            "message compression {encoding:?} is not supported"
+        )));
+    }
+    let too_large = |len: usize| {
+        Status::resource_exhausted(format!(
+            "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+            limits::MESSAGE_BYTES_MAX
+        ))
+    };
+    let mut body = std::pin::pin!(request.into_body());
+    let mut received = prost::bytes::BytesMut::new();
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame =
+            frame.map_err(|e| Status::internal(format!("reading the request: {}", e.into())))?;
+        if let Ok(mut data) = frame.into_data() {
+            if received.len() + data.remaining() > limits::MESSAGE_BYTES_MAX + 5 {
+                return Err(too_large(received.len() + data.remaining() - 5));
+            }
+            while data.has_remaining() {
+                let chunk = data.chunk();
+                let n = chunk.len();
+                received.extend_from_slice(chunk);
+                data.advance(n);
+            }
+        }
+    }
+    if received.len() < 5 {
+        return Err(Status::internal("Missing request message."));
+    }
+    if received[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed messages are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([received[1], received[2], received[3], received[4]]) as usize;
+    if len > limits::MESSAGE_BYTES_MAX {
+        return Err(too_large(len));
+    }
+    if received.len() != 5 + len {
+        return Err(Status::internal(format!(
+            "a request body of {} bytes for one message of {len}",
+            received.len()
+        )));
+    }
+    M::decode(&received[5..]).map_err(|e| Status::internal(format!("decoding the request: {e}")))
+}
+
 /// The mounted `rapport.v1.EventStore` service (see the module doc).
 #[derive(Clone)]
 pub struct EventStoreEdge {
@@ -165,15 +232,70 @@ where
                 Ok(grpc::<pb::ReadAllRequest>().unary(read, request).await)
             }),
             "/rapport.v1.EventStore/Subscribe" => Box::pin(async move {
-                let subscribe = service_fn(move |request| {
-                    let answer = service.subscribe_encoded(request);
-                    async move { answer }
-                });
-                Ok(grpc::<pb::SubscribeRequest>()
-                    .server_streaming(subscribe, request)
-                    .await)
+                let answer = request_message::<pb::SubscribeRequest, B>(request)
+                    .await
+                    .and_then(|subscribe| service.subscribe_body(subscribe));
+                Ok(match answer {
+                    Ok(body) => http::Response::builder()
+                        .header(http::header::CONTENT_TYPE, "application/grpc")
+                        .body(tonic::body::Body::new(body))
+                        .unwrap_or_else(|_| Status::internal("building the response").into_http()),
+                    Err(status) => status.into_http(),
+                })
             }),
             _ => self.generated.call(request),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request whose body is `body` (ASCII bytes here, so a `String` body carries them).
+    fn request(body: &[u8], encoding: Option<&str>) -> http::Request<String> {
+        let mut builder = http::Request::builder().uri("/rapport.v1.EventStore/Subscribe");
+        if let Some(encoding) = encoding {
+            builder = builder.header("grpc-encoding", encoding);
+        }
+        builder
+            .body(String::from_utf8(body.to_vec()).expect("ASCII"))
+            .expect("request")
+    }
+
+    fn decode(body: &[u8], encoding: Option<&str>) -> Result<pb::SubscribeRequest, Status> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(request_message::<pb::SubscribeRequest, _>(request(
+                body, encoding,
+            )))
+    }
+
+    #[test]
+    fn a_request_body_decodes_as_tonic_would_and_nothing_else_does() {
+        // after_position = 5: field 1, varint 5.
+        let one = [0, 0, 0, 0, 2, 0x08, 0x05];
+        assert_eq!(decode(&one, None).unwrap().after_position, 5);
+        assert_eq!(decode(&one, Some("identity")).unwrap().after_position, 5);
+        let code = |body: &[u8], encoding| decode(body, encoding).unwrap_err().code();
+        assert_eq!(code(&one, Some("gzip")), tonic::Code::Unimplemented);
+        assert_eq!(
+            code(&[1, 0, 0, 0, 2, 8, 5], None),
+            tonic::Code::Unimplemented
+        );
+        assert_eq!(code(b"", None), tonic::Code::Internal);
+        assert_eq!(code(&[0, 0, 0], None), tonic::Code::Internal);
+        // A declared length over the limit, before any of it arrives.
+        assert_eq!(
+            code(&[0, 0x7f, 0x7f, 0x7f, 0x7f], None),
+            tonic::Code::ResourceExhausted
+        );
+        // Two messages, or one cut short.
+        let two = [0, 0, 0, 0, 2, 8, 5, 0, 0, 0, 0, 2, 8, 6];
+        assert_eq!(code(&two, None), tonic::Code::Internal);
+        assert_eq!(code(&one[..6], None), tonic::Code::Internal);
+        // Bytes that are not a SubscribeRequest.
+        assert_eq!(code(&[0, 0, 0, 0, 1, 0x08], None), tonic::Code::Internal);
     }
 }

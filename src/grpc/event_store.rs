@@ -655,10 +655,38 @@ impl EventStoreService {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<EncodedStream>, Status> {
+        let receiver = self.start_subscription(request.into_inner())?;
+        Ok(Response::new(EncodedStream {
+            receiver,
+            current: Batch::default(),
+            next: 0,
+        }))
+    }
+
+    /// `Subscribe` as the response body itself: each step's messages, already behind their
+    /// gRPC length prefixes, go out as one frame of data, without tonic's copy of every
+    /// message into its own buffer; the trailers carry the status that ends it.
+    pub fn subscribe_body(
+        &self,
+        request: pb::SubscribeRequest,
+    ) -> Result<SubscriptionBody, Status> {
+        Ok(SubscriptionBody {
+            receiver: self.start_subscription(request)?,
+            error: None,
+            done: false,
+        })
+    }
+
+    /// Checks a subscription request, takes one of the subscription slots and starts
+    /// feeding the subscription ([`follow`]); returns where its batches arrive.
+    fn start_subscription(
+        &self,
+        request: pb::SubscribeRequest,
+    ) -> Result<mpsc::Receiver<Batch>, Status> {
         let pb::SubscribeRequest {
             after_position,
             filter,
-        } = request.into_inner();
+        } = request;
         let filter = filter_from_proto(filter)?;
         let permit = self
             .subscriptions
@@ -678,11 +706,7 @@ impl EventStoreService {
             let _permit = permit;
             follow(log, privacy, after_position, filter, sender, shutdown).await;
         });
-        Ok(Response::new(EncodedStream {
-            receiver,
-            current: Batch::default(),
-            next: 0,
-        }))
+        Ok(receiver)
     }
 }
 
@@ -841,14 +865,18 @@ fn read_step(
 }
 
 /// Events on their way to one subscriber, in order: their `RecordedEvent` messages back
-/// to back in one buffer, and an error that ends the subscription after them.
+/// to back in one buffer, each behind its gRPC length prefix (so the buffer is already the
+/// response body's bytes), and an error that ends the subscription after them.
 #[derive(Default)]
 struct Batch {
     bytes: prost::bytes::Bytes,
-    /// Where each message ends in `bytes`.
+    /// Where each message ends in `bytes` (its prefix starts 5 bytes before the message).
     ends: Vec<usize>,
     error: Option<Status>,
 }
+
+/// A gRPC length prefix's size: the compression flag and a big-endian `u32` length.
+const PREFIX_BYTES: usize = 5;
 
 impl Batch {
     fn failed(error: Status) -> Self {
@@ -871,6 +899,7 @@ fn to_batch(events: &[(Arc<ParsedChunk>, usize)], privacy: &Privacy) -> (Batch, 
     let mut error = None;
     for (chunk, index) in events {
         let start = bytes.len();
+        bytes.extend_from_slice(&[0; PREFIX_BYTES]);
         let written = chunk
             .layout
             .view(&chunk.value, *index)
@@ -883,6 +912,15 @@ fn to_batch(events: &[(Arc<ParsedChunk>, usize)], privacy: &Privacy) -> (Batch, 
             bytes.truncate(start);
             error = Some(failed);
             break;
+        }
+        let len = bytes.len() - start - PREFIX_BYTES;
+        match u32::try_from(len) {
+            Ok(len) => bytes[start + 1..start + PREFIX_BYTES].copy_from_slice(&len.to_be_bytes()),
+            Err(_) => {
+                bytes.truncate(start);
+                error = Some(Status::internal("an event larger than 4 GiB"));
+                break;
+            }
         }
         ends.push(bytes.len());
     }
@@ -911,6 +949,65 @@ async fn send(
     }
 }
 
+/// A subscription's response body ([`EventStoreService::subscribe_body`]): one data frame
+/// per batch, then trailers with the status that ended it (OK when the server stops).
+pub struct SubscriptionBody {
+    receiver: mpsc::Receiver<Batch>,
+    /// The error that ends the subscription, once the data before it is out.
+    error: Option<Status>,
+    /// The trailers are out.
+    done: bool,
+}
+
+impl SubscriptionBody {
+    fn trailers(&mut self, status: Status) -> http_body::Frame<prost::bytes::Bytes> {
+        self.done = true;
+        let mut trailers = tonic::codegen::http::HeaderMap::new();
+        if let Err(unencodable) = status.add_header(&mut trailers) {
+            // A message that cannot be a header: its code alone still goes out.
+            let _ = Status::new(unencodable.code(), "").add_header(&mut trailers);
+        }
+        http_body::Frame::trailers(trailers)
+    }
+}
+
+impl http_body::Body for SubscriptionBody {
+    type Data = prost::bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return std::task::Poll::Ready(None);
+            }
+            if let Some(error) = this.error.take() {
+                return std::task::Poll::Ready(Some(Ok(this.trailers(error))));
+            }
+            match std::task::ready!(this.receiver.poll_recv(cx)) {
+                Some(batch) => {
+                    this.error = batch.error;
+                    if !batch.bytes.is_empty() {
+                        return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+                            batch.bytes,
+                        ))));
+                    }
+                }
+                None => {
+                    return std::task::Poll::Ready(Some(Ok(this.trailers(Status::ok("")))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
 /// The subscriber's side of a subscription: each event's `RecordedEvent` bytes in turn.
 pub struct EncodedStream {
     receiver: mpsc::Receiver<Batch>,
@@ -929,7 +1026,8 @@ impl Stream for EncodedStream {
         loop {
             let this = &mut *self;
             if let Some(&end) = this.current.ends.get(this.next) {
-                let start = this.next.checked_sub(1).map_or(0, |i| this.current.ends[i]);
+                let start =
+                    this.next.checked_sub(1).map_or(0, |i| this.current.ends[i]) + PREFIX_BYTES;
                 this.next += 1;
                 let message = this.current.bytes.slice(start..end);
                 return std::task::Poll::Ready(Some(Ok(Encoded(message))));
