@@ -11,8 +11,9 @@
 //! every other path to the generated `EventStoreServer`. `Subscribe` answers with a body
 //! of its own ([`super::event_store::SubscriptionBody`]): each step's messages, already
 //! behind their gRPC length prefixes, go out as one data frame, and the status in the
-//! trailers; tonic's per-message copy into its buffer was ~12 % of a warm replay's
-//! server CPU (BENCHMARKS.md). Its request is decoded by `request_message`, with
+//! trailers. Without tonic's poll and copy of every message into its buffer, a warm
+//! replay took 0.88× the server CPU (BENCHMARKS.md). Its request is decoded by
+//! `request_message`, with
 //! tonic's rules. Both sides apply the same
 //! message size limits. The wire contract does not change: the bytes decode to the
 //! messages the generated service would send (tests in [`super::wire`] and the
@@ -95,6 +96,39 @@ impl<D: prost::Message + Default> Decoder for RequestDecoder<D> {
     }
 }
 
+/// A gRPC length prefix's size: the compression flag and a big-endian `u32` length.
+pub const PREFIX_BYTES: usize = 5;
+
+/// A message over [`limits::MESSAGE_BYTES_MAX`], in tonic's words (so every service says
+/// it alike).
+fn too_large(len: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
+        limits::MESSAGE_BYTES_MAX
+    ))
+}
+
+/// The length, prefix included, of the length-prefixed gRPC message `bytes` starts with,
+/// once its prefix is there (`None` before). A compressed message is `UNIMPLEMENTED` (no
+/// compression is offered either way), one over [`limits::MESSAGE_BYTES_MAX`]
+/// `RESOURCE_EXHAUSTED`. The server's own request decoding and the load generator's
+/// client both read prefixes with it.
+pub fn prefixed_len(bytes: &[u8]) -> Result<Option<usize>, Status> {
+    let Some(prefix) = bytes.get(..PREFIX_BYTES) else {
+        return Ok(None);
+    };
+    if prefix[0] != 0 {
+        return Err(Status::unimplemented(
+            "compressed messages are not supported",
+        ));
+    }
+    let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+    if len > limits::MESSAGE_BYTES_MAX {
+        return Err(too_large(len));
+    }
+    Ok(Some(PREFIX_BYTES + len))
+}
+
 /// The one message of a request body, decoded as `M`, as tonic's server decodes it: no
 /// compression, at most [`limits::MESSAGE_BYTES_MAX`] (`RESOURCE_EXHAUSTED` past it, as
 /// every service answers), exactly one message. For the paths that answer with a body of
@@ -113,20 +147,14 @@ where
             "message compression {encoding:?} is not supported"
         )));
     }
-    let too_large = |len: usize| {
-        Status::resource_exhausted(format!(
-            "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
-            limits::MESSAGE_BYTES_MAX
-        ))
-    };
     let mut body = std::pin::pin!(request.into_body());
     let mut received = prost::bytes::BytesMut::new();
     while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
         let frame =
             frame.map_err(|e| Status::internal(format!("reading the request: {}", e.into())))?;
         if let Ok(mut data) = frame.into_data() {
-            if received.len() + data.remaining() > limits::MESSAGE_BYTES_MAX + 5 {
-                return Err(too_large(received.len() + data.remaining() - 5));
+            if received.len() + data.remaining() > limits::MESSAGE_BYTES_MAX + PREFIX_BYTES {
+                return Err(too_large(received.len() + data.remaining() - PREFIX_BYTES));
             }
             while data.has_remaining() {
                 let chunk = data.chunk();
@@ -136,25 +164,19 @@ where
             }
         }
     }
-    if received.len() < 5 {
-        return Err(Status::internal("Missing request message."));
+    match prefixed_len(&received)? {
+        None => return Err(Status::internal("Missing request message.")),
+        Some(total) if total != received.len() => {
+            return Err(Status::internal(format!(
+                "a request body of {} bytes for one message of {}",
+                received.len(),
+                total - PREFIX_BYTES
+            )));
+        }
+        Some(_) => {}
     }
-    if received[0] != 0 {
-        return Err(Status::unimplemented(
-            "compressed messages are not supported",
-        ));
-    }
-    let len = u32::from_be_bytes([received[1], received[2], received[3], received[4]]) as usize;
-    if len > limits::MESSAGE_BYTES_MAX {
-        return Err(too_large(len));
-    }
-    if received.len() != 5 + len {
-        return Err(Status::internal(format!(
-            "a request body of {} bytes for one message of {len}",
-            received.len()
-        )));
-    }
-    M::decode(&received[5..]).map_err(|e| Status::internal(format!("decoding the request: {e}")))
+    M::decode(&received[PREFIX_BYTES..])
+        .map_err(|e| Status::internal(format!("decoding the request: {e}")))
 }
 
 /// The mounted `rapport.v1.EventStore` service (see the module doc).

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::append_wire::{WireAppendRequest, WireProposedEvent, custom_to_stored};
 use super::convert::{event_from_proto, timestamp_to_us};
-use super::encoded::Encoded;
+use super::encoded::{Encoded, PREFIX_BYTES};
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
 use super::wire;
@@ -870,13 +870,11 @@ fn read_step(
 #[derive(Default)]
 struct Batch {
     bytes: prost::bytes::Bytes,
-    /// Where each message ends in `bytes` (its prefix starts 5 bytes before the message).
+    /// Where each message ends in `bytes`. The next message's prefix starts there (the
+    /// first's at 0), and the message itself [`PREFIX_BYTES`] further on.
     ends: Vec<usize>,
     error: Option<Status>,
 }
-
-/// A gRPC length prefix's size: the compression flag and a big-endian `u32` length.
-const PREFIX_BYTES: usize = 5;
 
 impl Batch {
     fn failed(error: Status) -> Self {

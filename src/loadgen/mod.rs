@@ -118,8 +118,8 @@ pub enum Transport {
     #[default]
     H2,
     /// tonic's client (`Channel`), what a Rust service would use: the same wire, with a
-    /// buffer task and hyper's client in front of the connection (~26 µs of CPU a call
-    /// more on this machine).
+    /// buffer task and hyper's client in front of the connection (23–25 µs of client CPU
+    /// per call at 64 clients on this machine, against 13–16 µs for [`Transport::H2`]).
     Tonic,
 }
 
