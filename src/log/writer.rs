@@ -392,7 +392,7 @@ impl Writer {
         // The group goes to the syncer as soon as the journal has it: its fdatasync runs
         // while this thread writes the group to sled below. Accepted appends, idempotent
         // re-sends and rejections alike wait for a sync that covers what they were
-        // checked against (tests/log_model.rs,
+        // checked against (tests/integration/log_model.rs,
         // a_rejection_is_answered_only_once_what_it_saw_is_durable).
         if let Err(std::sync::mpsc::SendError(written)) = self.to_sync.send(Written {
             head: self.head,

@@ -3,8 +3,6 @@
 //! tier upgrade and downgrade, expiry boundary, as-of answers), exactly-once earning by
 //! the policy, 32 concurrent redemptions that never overdraw, and the error codes.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The Admin service over a real server: projection status, log statistics, a rebuild
 //! watched to the end, and the error statuses.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

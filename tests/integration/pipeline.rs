@@ -2,7 +2,7 @@
 //! forecast and metrics are computed by hand below, as-of answers, every command's
 //! rules and status codes, concurrent stage moves, tasks, leads matched to customers.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use rapport::grpc::pb;

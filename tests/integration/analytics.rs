@@ -1,7 +1,7 @@
 //! The Analytics service over real gRPC: RFM rows of customers recorded through the
 //! Customers service, hand-computed, as of two business dates, paged, per currency.
 
-mod common;
+use crate::common;
 
 use common::TestServer;
 use rapport::grpc::pb;

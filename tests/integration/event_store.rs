@@ -5,7 +5,7 @@
 //! the generated tonic client. Nothing sleeps: live behaviour is awaited event by event
 //! under `tokio::time::timeout` guards.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -24,7 +24,7 @@
 //!   `shared/values.v1.bin`: every variant of the enums and value types added with the
 //!   profile events (consent, feedback, identifiers, custom fields).
 //!
-//! A missing fixture fails the test; `RAPPORT_BLESS=1 cargo test --test golden` writes
+//! A missing fixture fails the test; `RAPPORT_BLESS=1 cargo test --test integration golden::` writes
 //! missing fixtures (and only missing ones) for you to review and commit. Never
 //! re-bless a fixture that exists: if its bytes must change, the change needs a new
 //! schema version (with an upcaster from the old one) or a new on-disk format version.
@@ -87,7 +87,7 @@ fn fixture(relative: &str, current: &[u8]) -> Vec<u8> {
                 panic!(
                     "golden fixture {} is missing.\n\
                      A new event type or schema version needs one: run\n    \
-                     RAPPORT_BLESS=1 cargo test --test golden\n\
+                     RAPPORT_BLESS=1 cargo test --test integration golden::\n\
                      review the new file and commit it. (Blessing writes missing fixtures only.)",
                     path.display()
                 )
@@ -784,13 +784,13 @@ fn every_built_in_type_has_a_golden_fixture() {
     assert_eq!(
         golden, built_in,
         "every built-in event type needs a fully populated value in clear_events() \
-         (tests/golden.rs) and a fixture tests/fixtures/<EventType>.v<N>.bin"
+         (tests/integration/golden.rs) and a fixture tests/fixtures/<EventType>.v<N>.bin"
     );
     for event in golden_events() {
         let path = fixtures_dir().join(fixture_name(&event));
         assert!(
             path.exists() || blessing(),
-            "{} is missing; run RAPPORT_BLESS=1 cargo test --test golden and commit it",
+            "{} is missing; run RAPPORT_BLESS=1 cargo test --test integration golden:: and commit it",
             path.display()
         );
     }

@@ -2,7 +2,7 @@
 //! their status codes, merges, read-your-writes, as-of, and the personal-data guarantees
 //! (nothing personal on disk in clear, erasure by crypto-shredding).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

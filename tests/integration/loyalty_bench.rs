@@ -2,7 +2,7 @@
 //! default; run in release:
 //!
 //! ```sh
-//! RAPPORT_LOYALTY_BENCH_CUSTOMERS=20000 cargo test --release --test loyalty_bench -- --ignored --nocapture
+//! RAPPORT_LOYALTY_BENCH_CUSTOMERS=20000 cargo test --release --test integration loyalty_bench:: -- --ignored --nocapture
 //! ```
 //!
 //! Every seeded customer is enrolled first (a programme with a tier multiplier, a

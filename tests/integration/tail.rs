@@ -2,7 +2,7 @@
 //! line, `--after`, the stream-prefix and type filters, `--follow` (history then live),
 //! and a reader that goes away early (`rapport tail | head`) ends it quietly.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! replay of `rapport bench read` reads back in full (ReadAll pages, the decoded
 //! Subscribe, the receive-only Subscribe that checks positions from raw messages).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -14,12 +14,12 @@
 //! overrides it); what lands before the kill depends on scheduling, but no assertion
 //! depends on wall-clock time.
 //!
-//! `cargo test --test crash` runs 20 kill/restart iterations. The soak runs 200 (or
+//! `cargo test --test integration crash::acknowledged` runs 20 kill/restart iterations. The soak runs 200 (or
 //! `RAPPORT_CRASH_ITERATIONS`) in release mode:
 //!
 //! ```text
-//! cargo test --release --test crash -- --ignored
-//! RAPPORT_CRASH_ITERATIONS=1000 cargo test --release --test crash -- --ignored
+//! cargo test --release --test integration crash:: -- --ignored
+//! RAPPORT_CRASH_ITERATIONS=1000 cargo test --release --test integration crash:: -- --ignored
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -564,7 +564,7 @@ async fn acknowledged_appends_survive_kill_9() {
     crash_loop(ITERATIONS).await;
 }
 
-/// The soak: `cargo test --release --test crash -- --ignored`.
+/// The soak: `cargo test --release --test integration crash:: -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "soak: hundreds of kill -9 cycles; run in release with --ignored"]
 async fn soak_acknowledged_appends_survive_kill_9() {

@@ -453,7 +453,7 @@ fn the_sample_generator_writes_an_importable_file() {
 }
 
 /// Writes the bench file: `RAPPORT_IMPORT_SAMPLE=/tmp/p.csv RAPPORT_IMPORT_ROWS=1000000
-/// cargo test --release --test import -- --ignored write_bench_sample`, then
+/// cargo test --release --test integration import::write_bench_sample -- --ignored`, then
 /// `/usr/bin/time -v target/release/rapport import purchases /tmp/p.csv --data-dir …`.
 #[test]
 #[ignore = "writes a large file for the import bench"]
