@@ -5,30 +5,27 @@
 //! its events' bodies late ([`super::append_wire`]: custom data goes from the request's
 //! bytes straight to its stored bytes).
 //!
-//! [`EventStoreEdge`] routes `ReadStream` and `ReadAll` to [`tonic::server::Grpc`] with
-//! [`EncodedCodec`] (requests decoded by prost as usual, responses written as they are),
-//! `Append` to it with prost's codec over [`super::append_wire::WireAppendRequest`], and
-//! every other path to the generated `EventStoreServer`. `Subscribe` answers with a body
-//! of its own ([`super::event_store::SubscriptionBody`]): each step's messages, already
-//! behind their gRPC length prefixes, go out as one data frame, and the status in the
-//! trailers. Without tonic's poll and copy of every message into its buffer, a warm
-//! replay took 0.88× the server CPU (BENCHMARKS.md). Its request is decoded by
-//! `request_message`, with
-//! tonic's rules. Both sides apply the same
-//! message size limits. The wire contract does not change: the bytes decode to the
-//! messages the generated service would send (tests in [`super::wire`] and the
-//! integration tests, which use the generated client).
+//! [`EventStoreEdge`] answers those four paths itself and routes every other one to the
+//! generated `EventStoreServer`. Their requests are decoded by `request_message`, with
+//! tonic's rules (no compression, the message size limit as `RESOURCE_EXHAUSTED`, exactly
+//! one message). `Append`, `ReadStream` and `ReadAll` answer through `unary_response`:
+//! the message behind its length prefix (a read page's bytes are not copied) and
+//! `grpc-status: 0` in the trailers, or a trailers-only error, as tonic's `Grpc::unary`
+//! writes them. `Subscribe` answers with a body of its own
+//! ([`super::event_store::SubscriptionBody`]): each step's messages, already behind
+//! their gRPC length prefixes, go out as one data frame, and the status in the trailers.
+//! Without tonic's poll and copy of every message into its buffer, a warm replay took
+//! 0.88× the server CPU (BENCHMARKS.md). The wire contract does not change: the bytes
+//! decode to the messages the generated service would send (tests in [`super::wire`]
+//! and the integration tests, which use the generated client).
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::task::{Context, Poll};
 
 use prost::bytes::{BufMut, Bytes};
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, StdError, http};
-use tonic::server::{Grpc, NamedService};
-use tower::service_fn;
+use tonic::server::NamedService;
 
 use super::append_wire::WireAppendRequest;
 use super::event_store::EventStoreService;
@@ -44,55 +41,6 @@ impl Encoded {
     /// Decodes the message as `M` (for callers that want the message itself).
     pub fn decode<M: prost::Message + Default>(self) -> Result<M, Status> {
         M::decode(self.0).map_err(|e| Status::internal(format!("re-decoding a response: {e}")))
-    }
-}
-
-/// Requests decoded by prost as `D`; responses are [`Encoded`] and written as they are.
-pub struct EncodedCodec<D>(PhantomData<fn() -> D>);
-
-impl<D> Default for EncodedCodec<D> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-/// The response side of [`EncodedCodec`].
-pub struct EncodedEncoder;
-
-impl Encoder for EncodedEncoder {
-    type Item = Encoded;
-    type Error = Status;
-
-    fn encode(&mut self, item: Encoded, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item.0);
-        Ok(())
-    }
-}
-
-impl<D: prost::Message + Default + Send + 'static> Codec for EncodedCodec<D> {
-    type Encode = Encoded;
-    type Decode = D;
-    type Encoder = EncodedEncoder;
-    type Decoder = RequestDecoder<D>;
-
-    fn encoder(&mut self) -> EncodedEncoder {
-        EncodedEncoder
-    }
-
-    fn decoder(&mut self) -> RequestDecoder<D> {
-        RequestDecoder(tonic_prost::ProstDecoder::default())
-    }
-}
-
-/// The request side of [`EncodedCodec`]: tonic-prost's decoder (same errors).
-pub struct RequestDecoder<D>(tonic_prost::ProstDecoder<D>);
-
-impl<D: prost::Message + Default> Decoder for RequestDecoder<D> {
-    type Item = D;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        self.0.decode(src)
     }
 }
 
@@ -179,6 +127,85 @@ where
         .map_err(|e| Status::internal(format!("decoding the request: {e}")))
 }
 
+/// A message at most this long goes out in one data frame with its prefix (one copy);
+/// a longer one (a read page) as the prefix's frame and then its own bytes, uncopied.
+const UNARY_COPY_BYTES_MAX: usize = 16 * 1024;
+
+/// A unary call's answer as tonic's server would write it: for an encoded message, the
+/// `application/grpc` headers, the message behind its length prefix and `grpc-status: 0`
+/// in the trailers; for an error, a trailers-only response. A message over
+/// [`limits::MESSAGE_BYTES_MAX`] is refused as tonic refuses it (`OUT_OF_RANGE`).
+fn unary_response(answer: Result<Bytes, Status>) -> http::Response<tonic::body::Body> {
+    let message = match answer {
+        Ok(message) if message.len() > limits::MESSAGE_BYTES_MAX => {
+            return Status::out_of_range(format!(
+                "Error, encoded message length too large: found {} bytes, the limit is: {} bytes",
+                message.len(),
+                limits::MESSAGE_BYTES_MAX
+            ))
+            .into_http();
+        }
+        Ok(message) => message,
+        Err(status) => return status.into_http(),
+    };
+    let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
+    let mut frames = Vec::with_capacity(2);
+    if message.len() <= UNARY_COPY_BYTES_MAX {
+        let mut framed = prost::bytes::BytesMut::with_capacity(PREFIX_BYTES + message.len());
+        framed.put_u8(0);
+        framed.put_u32(len);
+        framed.extend_from_slice(&message);
+        frames.push(framed.freeze());
+    } else {
+        let mut prefix = prost::bytes::BytesMut::with_capacity(PREFIX_BYTES);
+        prefix.put_u8(0);
+        prefix.put_u32(len);
+        frames.push(prefix.freeze());
+        frames.push(message);
+    }
+    frames.reverse();
+    http::Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(tonic::body::Body::new(UnaryBody {
+            frames,
+            done: false,
+        }))
+        .unwrap_or_else(|_| Status::internal("building the response").into_http())
+}
+
+/// The body of [`unary_response`]: its data frames, then `grpc-status: 0`.
+struct UnaryBody {
+    /// The data frames still to send, last first.
+    frames: Vec<Bytes>,
+    /// The trailers are out.
+    done: bool,
+}
+
+impl http_body::Body for UnaryBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.frames.pop() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        self.done = true;
+        let mut trailers = http::HeaderMap::with_capacity(1);
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
 /// The mounted `rapport.v1.EventStore` service (see the module doc).
 #[derive(Clone)]
 pub struct EventStoreEdge {
@@ -200,18 +227,6 @@ impl NamedService for EventStoreEdge {
     const NAME: &'static str = <EventStoreServer<EventStoreService> as NamedService>::NAME;
 }
 
-/// `codec` with the message size limits of every service.
-fn limited<C: Codec>(codec: C) -> Grpc<C> {
-    Grpc::new(codec).apply_max_message_size_config(
-        Some(limits::MESSAGE_BYTES_MAX),
-        Some(limits::MESSAGE_BYTES_MAX),
-    )
-}
-
-fn grpc<D: prost::Message + Default + Send + 'static>() -> Grpc<EncodedCodec<D>> {
-    limited(EncodedCodec::default())
-}
-
 impl<B> tonic::codegen::Service<http::Request<B>> for EventStoreEdge
 where
     B: tonic::codegen::Body + Send + 'static,
@@ -231,27 +246,34 @@ where
         let service = self.service.clone();
         match request.uri().path() {
             "/rapport.v1.EventStore/Append" => Box::pin(async move {
-                let append = service_fn(move |request| {
-                    let service = service.clone();
-                    async move { service.append_wire(request).await }
-                });
-                let codec =
-                    tonic_prost::ProstCodec::<pb::AppendResponse, WireAppendRequest>::default();
-                Ok(limited(codec).unary(append, request).await)
+                let answer = match request_message::<WireAppendRequest, B>(request).await {
+                    Ok(append) => service
+                        .append_wire(tonic::Request::new(append))
+                        .await
+                        .map(|response| prost::Message::encode_to_vec(response.get_ref())),
+                    Err(status) => Err(status),
+                };
+                Ok(unary_response(answer.map(Bytes::from)))
             }),
             "/rapport.v1.EventStore/ReadStream" => Box::pin(async move {
-                let read = service_fn(move |request| {
-                    let service = service.clone();
-                    async move { service.read_stream_encoded(request).await }
-                });
-                Ok(grpc::<pb::ReadStreamRequest>().unary(read, request).await)
+                let answer = match request_message::<pb::ReadStreamRequest, B>(request).await {
+                    Ok(read) => service
+                        .read_stream_encoded(tonic::Request::new(read))
+                        .await
+                        .map(|response| response.into_inner().0),
+                    Err(status) => Err(status),
+                };
+                Ok(unary_response(answer))
             }),
             "/rapport.v1.EventStore/ReadAll" => Box::pin(async move {
-                let read = service_fn(move |request| {
-                    let service = service.clone();
-                    async move { service.read_all_encoded(request).await }
-                });
-                Ok(grpc::<pb::ReadAllRequest>().unary(read, request).await)
+                let answer = match request_message::<pb::ReadAllRequest, B>(request).await {
+                    Ok(read) => service
+                        .read_all_encoded(tonic::Request::new(read))
+                        .await
+                        .map(|response| response.into_inner().0),
+                    Err(status) => Err(status),
+                };
+                Ok(unary_response(answer))
             }),
             "/rapport.v1.EventStore/Subscribe" => Box::pin(async move {
                 let answer = request_message::<pb::SubscribeRequest, B>(request)
@@ -319,5 +341,54 @@ mod tests {
         assert_eq!(code(&one[..6], None), tonic::Code::Internal);
         // Bytes that are not a SubscribeRequest.
         assert_eq!(code(&[0, 0, 0, 0, 1, 0x08], None), tonic::Code::Internal);
+    }
+
+    /// Every frame of a response body: data frames concatenated, then the trailers.
+    fn frames(response: http::Response<tonic::body::Body>) -> (Vec<Bytes>, http::HeaderMap) {
+        use http_body::Body as _;
+        let mut body = std::pin::pin!(response.into_body());
+        let mut data = Vec::new();
+        let mut trailers = http::HeaderMap::new();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(async {
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+                {
+                    let frame = frame.expect("frame");
+                    match frame.into_data() {
+                        Ok(bytes) => data.push(bytes),
+                        Err(frame) => trailers = frame.into_trailers().expect("trailers"),
+                    }
+                }
+            });
+        (data, trailers)
+    }
+
+    #[test]
+    fn a_unary_answer_is_framed_as_tonic_frames_it() {
+        // A small message: one frame, prefix and message, then grpc-status 0.
+        let response = unary_response(Ok(Bytes::from_static(&[0x08, 0x05])));
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+        let (data, trailers) = frames(response);
+        assert_eq!(data, vec![Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x05])]);
+        assert_eq!(trailers["grpc-status"], "0");
+        // A page: the prefix, then the page's own bytes, not copied.
+        let page = Bytes::from(vec![7u8; UNARY_COPY_BYTES_MAX + 1]);
+        let (data, trailers) = frames(unary_response(Ok(page.clone())));
+        let len = u32::try_from(page.len()).unwrap().to_be_bytes();
+        assert_eq!(data[0].as_ref(), [0, len[0], len[1], len[2], len[3]]);
+        assert_eq!(data[1].as_ptr(), page.as_ptr());
+        assert_eq!(data.len(), 2);
+        assert_eq!(trailers["grpc-status"], "0");
+        // An error: trailers-only, as tonic answers one.
+        let response = unary_response(Err(Status::not_found("no stream")));
+        assert_eq!(response.headers()["grpc-status"], "5");
+        assert_eq!(response.headers()["grpc-message"], "no%20stream");
+        // A message over the limit is refused, not sent.
+        let over = Bytes::from(vec![0u8; limits::MESSAGE_BYTES_MAX + 1]);
+        let response = unary_response(Ok(over));
+        assert_eq!(response.headers()["grpc-status"], "11");
     }
 }
