@@ -104,3 +104,123 @@ pub fn append(
         events,
     }
 }
+
+/// A running `rapport serve` child process on 127.0.0.1:0 over `dir` (the kill -9
+/// tests): its stderr is drained for its whole life (a full pipe would block it) and
+/// the last lines kept for failure messages.
+pub struct ChildServer {
+    child: std::process::Child,
+    /// The address the server reported.
+    pub addr: std::net::SocketAddr,
+    stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// How long a child server may take to report its address.
+const CHILD_STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes ANSI colour sequences, in case the subscriber colours its output anyway.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl ChildServer {
+    /// Starts `rapport serve --data-dir dir --listen 127.0.0.1:0 [args]` and reads the
+    /// bound address from its log.
+    pub fn start(dir: &std::path::Path, args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rapport serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    let text: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                    if let (Ok(addr), Some(tx)) = (text.parse(), addr_tx.take()) {
+                        let _ = tx.send(addr);
+                    }
+                }
+                lines.push(line);
+                if lines.len() > 200 {
+                    lines.remove(0);
+                }
+            }
+            lines
+        });
+        match addr_rx.recv_timeout(CHILD_STARTUP_TIMEOUT) {
+            Ok(addr) => Self {
+                child,
+                addr,
+                stderr: reader,
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                let lines = reader.join().unwrap_or_default();
+                panic!(
+                    "rapport serve did not report its address ({status:?}); stderr:\n{}",
+                    lines.join("\n")
+                );
+            }
+        }
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reap; the last lines it logged.
+    pub fn kill(mut self) -> Vec<String> {
+        self.child.kill().expect("SIGKILL the server");
+        self.child.wait().expect("reap the server");
+        self.stderr.join().unwrap_or_default()
+    }
+}
+
+/// A digest of a projection's tree, every key and value but the engine's checkpoint
+/// (keys starting with 0): equal digests, equal read models.
+pub fn tree_digest(tree: &sled::Tree) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    for item in tree.iter() {
+        let (key, value) = item.unwrap();
+        if key.first() == Some(&0) {
+            continue; // the engine's checkpoint
+        }
+        hasher.update(&(key.len() as u64).to_le_bytes());
+        hasher.update(&key);
+        hasher.update(&(value.len() as u64).to_le_bytes());
+        hasher.update(&value);
+    }
+    hasher.finalize()
+}

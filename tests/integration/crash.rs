@@ -23,14 +23,13 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::ChildServer;
 use rapport::grpc::pb;
 use rapport::grpc::pb::event_store_client::EventStoreClient;
 use tonic::transport::Channel;
@@ -51,9 +50,6 @@ const EVENTS_PER_APPEND_MAX: u64 = 5;
 /// How long the load runs before the kill, in milliseconds: a seeded draw in this range.
 const LOAD_MS_MIN: u64 = 300;
 const LOAD_MS_MAX: u64 = 800;
-
-/// How long a restarted server may take to print its address.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 const SEED: u64 = 0xC0FF_EE00_DEAD_BEEF;
 
@@ -78,115 +74,28 @@ impl Rng {
     }
 }
 
-/// A running `rapport serve` child process.
-struct Server {
-    child: std::process::Child,
-    addr: SocketAddr,
-    stderr: std::thread::JoinHandle<Vec<String>>,
-}
-
-/// Removes ANSI colour sequences, in case the subscriber colours its output anyway.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// A tail of 4 ids, merges of 2 runs, blocks of 2 entries (`--id-index-shape`).
 const TINY_ID_INDEX: &str = "4,2,2";
 
 /// With the tiny id index: a checkpoint every 16 stream index runs (`--checkpoint-runs`).
 const TINY_CHECKPOINT_RUNS: &str = "16";
 
-impl Server {
-    /// Starts `rapport serve` on 127.0.0.1:0 and reads the bound address from its log;
-    /// `id_index_shape` (TAIL,FANOUT,BLOCK) overrides the id index's default shape.
-    fn start(dir: &Path, id_index_shape: Option<&str>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rapport"));
-        command
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir)
-            .arg("--listen")
-            .arg("127.0.0.1:0");
-        if let Some(shape) = id_index_shape {
-            // Tiny indices all round: checkpoints every few appends too, so kills also cut
-            // checkpoints and the moves of the stream index runs they freeze.
-            command
-                .arg("--id-index-shape")
-                .arg(shape)
-                .arg("--checkpoint-runs")
-                .arg(TINY_CHECKPOINT_RUNS);
-        }
-        let mut child = command
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rapport serve");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (addr_tx, addr_rx) = mpsc::channel();
-        // Drains stderr for the child's whole life (a full pipe would block it) and
-        // keeps the last lines for failure messages.
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            let mut addr_tx = Some(addr_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    let text: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    if let (Ok(addr), Some(tx)) = (text.parse::<SocketAddr>(), addr_tx.take()) {
-                        let _ = tx.send(addr);
-                    }
-                }
-                lines.push(line);
-                if lines.len() > 200 {
-                    lines.remove(0);
-                }
-            }
-            lines
-        });
-        match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(addr) => Self {
-                child,
-                addr,
-                stderr: reader,
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait();
-                let lines = reader.join().unwrap_or_default();
-                panic!(
-                    "rapport serve did not report its address ({status:?}); stderr:\n{}",
-                    lines.join("\n")
-                );
-            }
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
-    fn kill(mut self) -> Vec<String> {
-        self.child.kill().expect("SIGKILL the server");
-        self.child.wait().expect("reap the server");
-        self.stderr.join().unwrap_or_default()
+/// `rapport serve` over `dir`; `id_index_shape` (TAIL,FANOUT,BLOCK) overrides the id
+/// index's default shape.
+fn start_server(dir: &Path, id_index_shape: Option<&str>) -> ChildServer {
+    match id_index_shape {
+        // Tiny indices all round: checkpoints every few appends too, so kills also cut
+        // checkpoints and the moves of the stream index runs they freeze.
+        Some(shape) => ChildServer::start(
+            dir,
+            &[
+                "--id-index-shape",
+                shape,
+                "--checkpoint-runs",
+                TINY_CHECKPOINT_RUNS,
+            ],
+        ),
+        None => ChildServer::start(dir, &[]),
     }
 }
 
@@ -429,7 +338,7 @@ async fn crash_loop(iterations: u64) {
     // its tail and merges of its runs (on the merging thread); the sessions between run
     // the default shape over what those left behind.
     let shape = |iteration: u64| iteration.is_multiple_of(2).then_some(TINY_ID_INDEX);
-    let mut server = Server::start(&dir.path().join("data"), shape(0));
+    let mut server = start_server(&dir.path().join("data"), shape(0));
     // Appends in flight at a kill that had landed / had not (both must happen to be sure
     // the kills hit mid-write).
     let (mut landed, mut lost) = (0u64, 0u64);
@@ -486,7 +395,7 @@ async fn crash_loop(iterations: u64) {
             );
         }
 
-        server = Server::start(&dir.path().join("data"), shape(iteration + 1));
+        server = start_server(&dir.path().join("data"), shape(iteration + 1));
         let mut client = connect(&server.url()).await;
         let acked_so_far = acks.lock().expect("acks").clone();
         let positions = check_log(&mut client, &acked_so_far).await;

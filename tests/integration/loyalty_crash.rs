@@ -8,15 +8,12 @@
 //! kills interrupted.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::common::ChildServer;
 use rapport::domain::DomainEvent;
 use rapport::grpc::pb;
 use rapport::grpc::pb::customers_client::CustomersClient;
@@ -27,71 +24,6 @@ use uuid::Uuid;
 
 const ROUNDS: u64 = 3;
 const CUSTOMERS: usize = 4;
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rapport serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    let text: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    if let (Ok(addr), Some(tx)) = (text.parse::<SocketAddr>(), tx.take()) {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("rapport serve reports its address");
-        Self { child, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
 
 /// Offline audit of a stopped server's log: for every purchase, how many `base` awards
 /// name it as their source (and causation), and whether any (source, rule) repeats.
@@ -210,7 +142,7 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
     let data = dir.path().join("data");
 
     // Set-up: a programme, enrolled customers.
-    let server = Server::start(&data);
+    let server = ChildServer::start(&data, &[]);
     let mut loyalty = LoyaltyClient::connect(server.url()).await.unwrap();
     let mut customers = CustomersClient::connect(server.url()).await.unwrap();
     loyalty
@@ -268,12 +200,12 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
             .unwrap();
         ids.push(id);
     }
-    server.kill();
+    let _ = server.kill();
 
     let counter = Arc::new(AtomicU64::new(0));
     let mut caught_between = 0;
     for round in 0..ROUNDS {
-        let server = Server::start(&data);
+        let server = ChildServer::start(&data, &[]);
         let buyers = spawn_buyers(server.url(), ids.clone(), counter.clone());
         if round == 0 {
             // The last member is merged into the first while the buyers run, once both
@@ -323,7 +255,7 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
             assert!(merged, "the merge kept losing to the buyers");
         }
         tokio::time::sleep(Duration::from_millis(300 + 200 * round)).await;
-        server.kill();
+        let _ = server.kill();
         for buyer in buyers {
             let _ = buyer.await;
         }
@@ -352,9 +284,9 @@ async fn killed_between_purchases_and_awards_every_award_appears_exactly_once() 
     );
 
     // Restart: the policy resumes from its checkpoint and awards what is missing.
-    let server = Server::start(&data);
+    let server = ChildServer::start(&data, &[]);
     settle(server.url()).await;
-    server.kill();
+    let _ = server.kill();
     let data2 = data.clone();
     let found = tokio::task::spawn_blocking(move || audit(&data2))
         .await

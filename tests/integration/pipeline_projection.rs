@@ -5,6 +5,7 @@
 //! - the live model (the tree loaded) equals the as-of fold of the log at the head, and
 //!   so every query answers the same live and as of the head.
 
+use crate::common::tree_digest as digest;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -286,21 +287,6 @@ async fn write(log: &Log, ops: &[Op], range: std::ops::Range<usize>) {
         .await
         .unwrap();
     }
-}
-
-fn digest(tree: &sled::Tree) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new();
-    for item in tree.iter() {
-        let (key, value) = item.unwrap();
-        if key.first() == Some(&0) {
-            continue; // the engine's checkpoint
-        }
-        hasher.update(&(key.len() as u64).to_le_bytes());
-        hasher.update(&key);
-        hasher.update(&(value.len() as u64).to_le_bytes());
-        hasher.update(&value);
-    }
-    hasher.finalize()
 }
 
 fn run_case(ops: Vec<Op>, restart_at: usize) -> Result<(), TestCaseError> {

@@ -2,15 +2,11 @@
 //! after a restart, the read model's digest equals a fresh rebuild from the log (the
 //! checkpoint is committed with the state, so no event is applied twice or skipped).
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::common::ChildServer;
 use rapport::grpc::pb;
 use rapport::grpc::pb::admin_client::AdminClient;
 use rapport::grpc::pb::customers_client::CustomersClient;
@@ -19,71 +15,6 @@ use rapport::projections::customers::{self, CustomersProjection};
 use rapport::projections::{Projection, Projections, rebuild_offline};
 
 const ROUNDS: u64 = 3;
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rapport"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn rapport serve");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                if let Some(rest) = line.split("addr=").nth(1) {
-                    let text: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                    if let (Ok(addr), Some(tx)) = (text.parse::<SocketAddr>(), tx.take()) {
-                        let _ = tx.send(addr);
-                    }
-                }
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("rapport serve reports its address");
-        Self { child, addr }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
 
 /// Writers registering customers and recording purchases until the server dies.
 fn spawn_writers(url: String, counter: Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
@@ -135,15 +66,15 @@ async fn killed_during_live_projection_and_rebuild_the_read_model_equals_a_fresh
     let counter = Arc::new(AtomicU64::new(0));
     for round in 0..ROUNDS {
         // Live projection under write load, then SIGKILL.
-        let server = Server::start(&data);
+        let server = ChildServer::start(&data, &[]);
         let writers = spawn_writers(server.url(), counter.clone());
         tokio::time::sleep(Duration::from_millis(400 + 150 * round)).await;
-        server.kill();
+        let _ = server.kill();
         for writer in writers {
             let _ = writer.await;
         }
         // A rebuild in progress (with writes continuing), then SIGKILL.
-        let server = Server::start(&data);
+        let server = ChildServer::start(&data, &[]);
         let writers = spawn_writers(server.url(), counter.clone());
         let mut admin = AdminClient::connect(server.url()).await.unwrap();
         admin
@@ -153,7 +84,7 @@ async fn killed_during_live_projection_and_rebuild_the_read_model_equals_a_fresh
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(30 + 40 * round)).await;
-        server.kill();
+        let _ = server.kill();
         for writer in writers {
             let _ = writer.await;
         }

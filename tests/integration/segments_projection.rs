@@ -2,6 +2,7 @@
 //! changes, archivals and entered / left events, the tree built incrementally (with
 //! runner restarts) equals a rebuild from scratch, byte for byte.
 
+use crate::common::tree_digest as digest;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,21 +103,6 @@ async fn write(log: &Log, ops: &[Op], range: std::ops::Range<usize>) {
         .await
         .unwrap();
     }
-}
-
-fn digest(tree: &sled::Tree) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new();
-    for item in tree.iter() {
-        let (key, value) = item.unwrap();
-        if key.first() == Some(&0) {
-            continue; // the engine's checkpoint
-        }
-        hasher.update(&(key.len() as u64).to_le_bytes());
-        hasher.update(&key);
-        hasher.update(&(value.len() as u64).to_le_bytes());
-        hasher.update(&value);
-    }
-    hasher.finalize()
 }
 
 fn run_case(ops: Vec<Op>, restart_at: usize) -> Result<(), TestCaseError> {
