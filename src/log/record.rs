@@ -378,6 +378,7 @@ impl ChunkBuilder {
             spans,
             hashes,
             raw: None,
+            categories: CategoryCache::default(),
         };
         match compressed_value(&raw) {
             Some(stored) => {
@@ -403,9 +404,52 @@ pub struct ChunkLayout {
     pub hashes: Vec<Hash>,
     /// The raw chunk when the stored value was compressed (spans point into it).
     raw: Option<Vec<u8>>,
+    /// Which stream categories the chunk holds, worked out on the first filtered read.
+    categories: CategoryCache,
 }
 
+/// The bit a stream category sets in a [`CategoryMask`]: the top 6 bits of FNV-1a over
+/// its bytes (the low bits put `bench` and `customer` on one bit; the top ones give the
+/// fifteen categories of this project and its benches fifteen bits). Deterministic, and
+/// the same in the chunk's mask and in a filter's.
+pub fn category_bit(category: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in category.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    1 << (hash >> 58)
+}
+
+/// A set of stream categories as 64 hashed bits ([`category_bit`]): two masks with no bit
+/// in common share no category; a common bit may be a collision.
+pub type CategoryMask = u64;
+
+/// A chunk's [`CategoryMask`], computed once by the first filtered read that asks (six
+/// followers of the log — projections and jobs — each scan every fresh chunk). A cache,
+/// not part of the layout's identity: it compares equal whether computed or not.
+#[derive(Debug, Default)]
+struct CategoryCache(std::sync::OnceLock<Option<CategoryMask>>);
+
+impl PartialEq for CategoryCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CategoryCache {}
+
 impl ChunkLayout {
+    /// The stream categories of the chunk's events, or `None` when an envelope does not
+    /// decode (a filtered read then checks event by event and reports the fault there).
+    pub fn categories(&self, value: &[u8]) -> Option<CategoryMask> {
+        *self.categories.0.get_or_init(|| {
+            (0..self.len()).try_fold(0, |mask, index| {
+                let (stream, _) = self.peek(value, index).ok()?;
+                Some(mask | category_bit(super::stream_name::category(stream)))
+            })
+        })
+    }
+
     /// Number of events in the chunk.
     pub fn len(&self) -> usize {
         self.spans.len()
@@ -606,6 +650,7 @@ fn parse_raw_chunk(
         spans,
         hashes,
         raw: None,
+        categories: CategoryCache::default(),
     })
 }
 
@@ -851,5 +896,28 @@ mod tests {
         let payload_byte = value.len() - 32 - 2;
         value[payload_byte] ^= 0xff;
         assert!(matches!(parse_chunk(1, &value), Err(LogError::Corrupt(_))));
+    }
+
+    #[test]
+    fn the_categories_of_this_project_have_bits_of_their_own() {
+        let categories = [
+            "bench",
+            "customer",
+            "deal",
+            "lead",
+            "account",
+            "segment",
+            "member",
+            "reward",
+            "loyalty_programme",
+            "task",
+            "loyalty",
+            "order",
+            "contact",
+            "case",
+            "campaign",
+        ];
+        let mask = categories.iter().fold(0, |mask, c| mask | category_bit(c));
+        assert_eq!(mask.count_ones() as usize, categories.len());
     }
 }

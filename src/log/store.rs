@@ -25,7 +25,10 @@ use sled::{IVec, Tree};
 
 use super::error::{LogError, ReadError};
 use super::id_index::{IdIndex, IdIndexShape};
-use super::record::{ChunkLayout, Hash, LoggedEvent, ZERO_HASH, parse_chunk, parse_chunk_known};
+use super::record::{
+    CategoryMask, ChunkLayout, Hash, LoggedEvent, ZERO_HASH, category_bit, parse_chunk,
+    parse_chunk_known,
+};
 use super::stream_index::StreamIndex;
 use super::wal::{ChunkEntry, Wal};
 
@@ -93,6 +96,20 @@ impl ReadFilter {
     /// True when the filter constrains nothing.
     pub fn is_empty(&self) -> bool {
         self.stream_prefixes.is_empty() && self.event_types.is_empty()
+    }
+
+    /// The stream categories every matching event's stream is in, when the prefixes
+    /// settle them: each prefix holds a `-`, so a stream that starts with it has the
+    /// prefix's part before the `-` as its category. `None` when there are no prefixes or
+    /// one has no `-` (it could match streams of many categories).
+    pub fn categories(&self) -> Option<CategoryMask> {
+        if self.stream_prefixes.is_empty() {
+            return None;
+        }
+        self.stream_prefixes.iter().try_fold(0, |mask, prefix| {
+            let (category, _) = prefix.split_once('-')?;
+            Some(mask | category_bit(category))
+        })
     }
 
     /// True when `event` passes the filter.
@@ -950,6 +967,7 @@ impl Store {
         let mut next = start;
         let mut examined = 0;
         let mut bytes = 0usize;
+        let categories = filter.categories();
         if start <= head {
             let first_chunk = self.chunk_at(start)?.map_or(start, |(first, _)| first);
             'chunks: for entry in self.events.range(first_chunk.to_be_bytes()..) {
@@ -960,6 +978,24 @@ impl Store {
                 }
                 let chunk = self.parsed(first, value, true)?;
                 let (layout, value) = (&chunk.layout, &chunk.value);
+                // A chunk with none of the filter's stream categories is passed over whole,
+                // exactly as the loop below would pass over it event by event: same events
+                // examined, same cursor (so only when the loop would not stop inside it).
+                if let Some(wanted) = categories {
+                    let (from, last) = (next.max(first), layout.last_position().min(head));
+                    if from <= last
+                        && events.len() < max_count
+                        && examined + (last - from + 1) as usize
+                            <= crate::limits::READ_SCAN_EVENTS_MAX
+                        && layout
+                            .categories(value)
+                            .is_some_and(|held| held & wanted == 0)
+                    {
+                        examined += (last - from + 1) as usize;
+                        next = last + 1;
+                        continue;
+                    }
+                }
                 for index in 0..layout.len() {
                     let position = first + index as u64;
                     if position < next {
@@ -1095,5 +1131,23 @@ mod tests {
         cache.remember(5000, &vec![[1; 32]; 101]);
         assert_eq!(cache.get(5000), None);
         assert!(cache.held <= limit);
+    }
+
+    #[test]
+    fn a_filter_settles_its_categories_only_when_every_prefix_names_one() {
+        let filter = |prefixes: &[&str]| ReadFilter {
+            stream_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            event_types: vec!["any.type".into()],
+        };
+        let bit = category_bit;
+        assert_eq!(filter(&["customer-"]).categories(), Some(bit("customer")));
+        assert_eq!(
+            filter(&["customer-12", "deal-"]).categories(),
+            Some(bit("customer") | bit("deal"))
+        );
+        // "cust" matches customer-… and custard-… alike; no prefix, any category.
+        assert_eq!(filter(&["cust"]).categories(), None);
+        assert_eq!(filter(&["deal-", "cust"]).categories(), None);
+        assert_eq!(filter(&[]).categories(), None);
     }
 }

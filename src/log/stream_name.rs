@@ -61,8 +61,16 @@ impl StreamName {
 
     /// The part before the first `-`.
     pub fn category(&self) -> &str {
-        self.0.split_once('-').map(|(c, _)| c).unwrap_or(&self.0)
+        category(&self.0)
     }
+}
+
+/// The category of a stream name: the part before its first `-` (the `<category>-<id>`
+/// of DESIGN §2), the whole name when it has none.
+pub fn category(stream: &str) -> &str {
+    stream
+        .split_once('-')
+        .map_or(stream, |(category, _)| category)
 }
 
 /// True when `category` is a valid stream category.

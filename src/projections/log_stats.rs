@@ -78,12 +78,7 @@ impl Stat {
     }
 }
 
-/// The category of a stream: the part before the first `-` (the whole name if none).
-pub fn category(stream: &str) -> &str {
-    stream
-        .split_once('-')
-        .map_or(stream, |(category, _)| category)
-}
+pub use crate::log::stream_name::category;
 
 impl Projection for LogStatsProjection {
     fn name(&self) -> &'static str {

@@ -277,3 +277,88 @@ async fn stream_pages_over_interleaved_runs_are_slices_of_the_whole_stream() {
     }
     log.shutdown();
 }
+
+/// Chunks that hold none of a filter's stream categories are passed over whole: the pages
+/// are the ones an event-by-event scan gives — the first `max_count` matches after the
+/// cursor, the cursor just past the last of them (or past the head at the end) — for
+/// prefixes that name categories, longer prefixes, prefixes without a `-` (no skipping),
+/// and event types with them.
+#[tokio::test]
+async fn chunks_without_the_filtered_categories_are_passed_over_page_for_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(LogConfig::new(dir.path())).unwrap();
+    // Runs of one category long enough to fill chunks of their own, and mixed appends.
+    let categories = ["order", "customer", "deal", "customerx"];
+    for round in 0..40usize {
+        let category = categories[(round / 3) % categories.len()];
+        let count = if round % 5 == 0 { 40 } else { 3 };
+        let mut events = append(&format!("{category}-{}", round % 4), &vec![200; count]);
+        for (i, event) in events.events.iter_mut().enumerate() {
+            event.event_type = if (round + i) % 3 == 0 {
+                "a.happened"
+            } else {
+                "b.happened"
+            }
+            .into();
+        }
+        log.append(events).await.unwrap();
+    }
+    let head = log.head().position;
+    let whole = log
+        .read_all(0, false, 100_000, &ReadFilter::default())
+        .unwrap()
+        .events;
+    assert_eq!(whole.len() as u64, head);
+    let filters = [
+        (vec!["customer-"], vec![]),
+        (vec!["customer-", "deal-"], vec![]),
+        (vec!["customer-1"], vec![]),
+        (vec!["cust"], vec![]),
+        (vec!["deal-"], vec!["a.happened"]),
+        (vec!["nothing-"], vec![]),
+    ];
+    for (prefixes, types) in filters {
+        let filter = ReadFilter {
+            stream_prefixes: prefixes.iter().map(|p| (*p).to_owned()).collect(),
+            event_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        let matching: Vec<&LoggedEvent> = whole
+            .iter()
+            .filter(|e| filter.matches(&e.event.stream, &e.event.event_type))
+            .collect();
+        for max_count in [1, 7, 1_000] {
+            let mut cursor = 0;
+            loop {
+                let page = log
+                    .read_all_in_chunks(cursor, false, max_count, usize::MAX, &filter)
+                    .unwrap();
+                let expected: Vec<&LoggedEvent> = matching
+                    .iter()
+                    .filter(|e| e.event.position >= cursor)
+                    .take(max_count)
+                    .copied()
+                    .collect();
+                let got = viewed(&page);
+                assert_eq!(
+                    got.iter().map(|e| e.event.position).collect::<Vec<_>>(),
+                    expected
+                        .iter()
+                        .map(|e| e.event.position)
+                        .collect::<Vec<_>>(),
+                    "{filter:?}, max_count {max_count}, cursor {cursor}"
+                );
+                let next = match expected.last() {
+                    Some(last) if expected.len() == max_count => last.event.position + 1,
+                    _ => head + 1,
+                };
+                assert_eq!(page.next_cursor, next, "{filter:?}, cursor {cursor}");
+                assert_eq!(page.end_reached, next > head);
+                if page.end_reached {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+        }
+    }
+    log.shutdown();
+}
