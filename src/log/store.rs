@@ -1057,6 +1057,7 @@ impl Store {
         let mut lowest = upper;
         let mut examined = 0;
         let mut bytes = 0usize;
+        let categories = filter.categories();
         if upper > 1 {
             let top = upper - 1;
             'chunks: for entry in self.events.range(..=top.to_be_bytes()).rev() {
@@ -1064,6 +1065,23 @@ impl Store {
                 let first = be_u64(&key)?;
                 let chunk = self.parsed(first, value, true)?;
                 let (layout, value) = (&chunk.layout, &chunk.value);
+                // As forward: a chunk of none of the filter's categories is passed over
+                // whole when the loop below would examine all of it without stopping.
+                if let Some(wanted) = categories {
+                    let from = layout.last_position().min(lowest - 1);
+                    if from >= first
+                        && events.len() < max_count
+                        && examined + (from - first + 1) as usize
+                            <= crate::limits::READ_SCAN_EVENTS_MAX
+                        && layout
+                            .categories(value)
+                            .is_some_and(|held| held & wanted == 0)
+                    {
+                        examined += (from - first + 1) as usize;
+                        lowest = first;
+                        continue;
+                    }
+                }
                 for index in (0..layout.len()).rev() {
                     let position = first + index as u64;
                     if position >= lowest {

@@ -280,7 +280,8 @@ async fn stream_pages_over_interleaved_runs_are_slices_of_the_whole_stream() {
 
 /// Chunks that hold none of a filter's stream categories are passed over whole: the pages
 /// are the ones an event-by-event scan gives — the first `max_count` matches after the
-/// cursor, the cursor just past the last of them (or past the head at the end) — for
+/// cursor, the cursor just past the last of them (or past the head at the end); backward,
+/// the matches below the cursor and the cursor at the last of them — for
 /// prefixes that name categories, longer prefixes, prefixes without a `-` (no skipping),
 /// and event types with them.
 #[tokio::test]
@@ -353,6 +354,40 @@ async fn chunks_without_the_filtered_categories_are_passed_over_page_for_page() 
                 };
                 assert_eq!(page.next_cursor, next, "{filter:?}, cursor {cursor}");
                 assert_eq!(page.end_reached, next > head);
+                if page.end_reached {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+            // Backward from the head: the first `max_count` matches below the cursor, the
+            // cursor at the last of them (or at position 1 past the last match).
+            let mut cursor = 0;
+            loop {
+                let page = log
+                    .read_all_in_chunks(cursor, true, max_count, usize::MAX, &filter)
+                    .unwrap();
+                let upper = if cursor == 0 { head + 1 } else { cursor };
+                let expected: Vec<u64> = matching
+                    .iter()
+                    .rev()
+                    .map(|e| e.event.position)
+                    .filter(|&p| p < upper)
+                    .take(max_count)
+                    .collect();
+                let got: Vec<u64> = viewed(&page).iter().map(|e| e.event.position).collect();
+                assert_eq!(
+                    got, expected,
+                    "{filter:?} backward, max_count {max_count}, cursor {cursor}"
+                );
+                let next = match expected.last() {
+                    Some(&last) if expected.len() == max_count => last,
+                    _ => 1,
+                };
+                assert_eq!(
+                    page.next_cursor, next,
+                    "{filter:?} backward, cursor {cursor}"
+                );
+                assert_eq!(page.end_reached, next <= 1);
                 if page.end_reached {
                     break;
                 }
