@@ -424,11 +424,14 @@ pub fn category_bit(category: &str) -> u64 {
 /// in common share no category; a common bit may be a collision.
 pub type CategoryMask = u64;
 
-/// A chunk's [`CategoryMask`], computed once by the first filtered read that asks (six
-/// followers of the log — projections and jobs — each scan every fresh chunk). A cache,
-/// not part of the layout's identity: it compares equal whether computed or not.
+/// A chunk's [`CategoryMask`], left by the first filtered read that examined every event
+/// of the chunk (it peeks at each stream name anyway). The chunks that the writer just
+/// packed are shared by every reader that follows the head, so the later followers find
+/// it and may pass the chunk over; a chunk parsed for one read only is never looked at
+/// twice for it. A cache, not part of the layout's identity: it compares equal whether
+/// set or not.
 #[derive(Debug, Default)]
-struct CategoryCache(std::sync::OnceLock<Option<CategoryMask>>);
+struct CategoryCache(std::sync::OnceLock<CategoryMask>);
 
 impl PartialEq for CategoryCache {
     fn eq(&self, _: &Self) -> bool {
@@ -439,15 +442,15 @@ impl PartialEq for CategoryCache {
 impl Eq for CategoryCache {}
 
 impl ChunkLayout {
-    /// The stream categories of the chunk's events, or `None` when an envelope does not
-    /// decode (a filtered read then checks event by event and reports the fault there).
-    pub fn categories(&self, value: &[u8]) -> Option<CategoryMask> {
-        *self.categories.0.get_or_init(|| {
-            (0..self.len()).try_fold(0, |mask, index| {
-                let (stream, _) = self.peek(value, index).ok()?;
-                Some(mask | category_bit(super::stream_name::category(stream)))
-            })
-        })
+    /// The stream categories of the chunk's events, when a read that examined all of them
+    /// left them ([`ChunkLayout::keep_categories`]).
+    pub fn known_categories(&self) -> Option<CategoryMask> {
+        self.categories.0.get().copied()
+    }
+
+    /// Keeps `mask`, the categories of every event of the chunk, for later readers.
+    pub fn keep_categories(&self, mask: CategoryMask) {
+        let _ = self.categories.0.set(mask);
     }
 
     /// Number of events in the chunk.

@@ -30,6 +30,7 @@ use super::record::{
     parse_chunk_known,
 };
 use super::stream_index::StreamIndex;
+use super::stream_name::category;
 use super::wal::{ChunkEntry, Wal};
 
 /// The on-disk format this build writes and reads. 4: a stream index entry packs many
@@ -988,7 +989,7 @@ impl Store {
                         && examined + (last - from + 1) as usize
                             <= crate::limits::READ_SCAN_EVENTS_MAX
                         && layout
-                            .categories(value)
+                            .known_categories()
                             .is_some_and(|held| held & wanted == 0)
                     {
                         examined += (last - from + 1) as usize;
@@ -996,6 +997,13 @@ impl Store {
                         continue;
                     }
                 }
+                // The categories of the events this read peeks at: kept for later readers
+                // when it peeks at every event of the chunk.
+                let whole = categories.is_some()
+                    && next <= first
+                    && layout.known_categories().is_none()
+                    && layout.last_position() <= head;
+                let mut seen: CategoryMask = 0;
                 for index in 0..layout.len() {
                     let position = first + index as u64;
                     if position < next {
@@ -1013,6 +1021,9 @@ impl Store {
                     // projection following the log) skips most events without decoding.
                     if !filter.is_empty() {
                         let (stream, event_type) = layout.peek(value, index)?;
+                        if whole {
+                            seen |= category_bit(category(stream));
+                        }
                         if !filter.matches(stream, event_type) {
                             continue;
                         }
@@ -1024,6 +1035,9 @@ impl Store {
                         break 'chunks;
                     }
                     events.push((chunk.clone(), index));
+                }
+                if whole {
+                    layout.keep_categories(seen);
                 }
             }
         }
@@ -1074,7 +1088,7 @@ impl Store {
                         && examined + (from - first + 1) as usize
                             <= crate::limits::READ_SCAN_EVENTS_MAX
                         && layout
-                            .categories(value)
+                            .known_categories()
                             .is_some_and(|held| held & wanted == 0)
                     {
                         examined += (from - first + 1) as usize;
@@ -1082,6 +1096,10 @@ impl Store {
                         continue;
                     }
                 }
+                let whole = categories.is_some()
+                    && lowest > layout.last_position()
+                    && layout.known_categories().is_none();
+                let mut seen: CategoryMask = 0;
                 for index in (0..layout.len()).rev() {
                     let position = first + index as u64;
                     if position >= lowest {
@@ -1093,6 +1111,9 @@ impl Store {
                     }
                     if !filter.is_empty() {
                         let (stream, event_type) = layout.peek(value, index)?;
+                        if whole {
+                            seen |= category_bit(category(stream));
+                        }
                         if !filter.matches(stream, event_type) {
                             examined += 1;
                             lowest = position;
@@ -1107,6 +1128,9 @@ impl Store {
                     examined += 1;
                     lowest = position;
                     events.push((chunk.clone(), index));
+                }
+                if whole {
+                    layout.keep_categories(seen);
                 }
             }
         }
