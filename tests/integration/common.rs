@@ -224,3 +224,36 @@ pub fn tree_digest(tree: &sled::Tree) -> blake3::Hash {
     }
     hasher.finalize()
 }
+
+/// Runs `open` again while it fails with `LogError::Locked`, for up to 2 s: sled lets go
+/// of a closed directory's file lock only once its background I/O threads drop their
+/// handles, a few milliseconds after this process dropped its last one (the server's
+/// start waits the same way).
+pub fn retry_while_locked<T>(
+    mut open: impl FnMut() -> Result<T, rapport::log::LogError>,
+) -> Result<T, rapport::log::LogError> {
+    for _ in 0..100 {
+        match open() {
+            Err(rapport::log::LogError::Locked(_)) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+    open()
+}
+
+/// `sled::open(path)`, again while the directory is still locked by a handle this
+/// process just dropped (see [`retry_while_locked`]).
+pub fn sled_open_closed(path: &std::path::Path) -> sled::Db {
+    for _ in 0..100 {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(error) if error.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("opening {}: {error}", path.display()),
+        }
+    }
+    sled::open(path).expect("the directory stayed locked")
+}

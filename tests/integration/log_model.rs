@@ -16,6 +16,7 @@
 //! `PROPTEST_CASES`) and a [`ManualClock`]. Failures found by this test are frozen
 //! below as named regression tests, each with a short post-mortem.
 
+use crate::common::retry_while_locked;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,9 +32,9 @@ use rapport::log::store::Store;
 use rapport::log::stream_index::{decode_stream_entry, stream_key};
 use rapport::log::verify::{VerifyReport, verify_exact, verify_store, verify_streaming};
 use rapport::log::{
-    AppendError, AppendOutcome, ExpectedRevision, Hash, Head, Log, LogConfig, LogError,
-    LoggedEvent, ProposedEvent, ReadError, ReadFilter, StoredEvent, StreamAppend, StreamHead,
-    StreamName, ZERO_HASH,
+    AppendError, AppendOutcome, ExpectedRevision, Hash, Head, Log, LogConfig, LoggedEvent,
+    ProposedEvent, ReadError, ReadFilter, StoredEvent, StreamAppend, StreamHead, StreamName,
+    ZERO_HASH,
 };
 use uuid::Uuid;
 
@@ -576,27 +577,15 @@ fn open_log(dir: &Path, clock: &ManualClock) -> Log {
         },
         ..LogConfig::new(dir)
     };
-    for _ in 0..100 {
-        match Log::open(config.clone()) {
-            Ok(log) => return log,
-            Err(LogError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            Err(error) => panic!("reopening the log failed: {error}"),
-        }
-    }
-    panic!("the data directory stayed locked after shutdown")
+    retry_while_locked(|| Log::open(config.clone()))
+        .unwrap_or_else(|error| panic!("reopening the log failed: {error}"))
 }
 
 /// Opens the store of a closed directory, retrying briefly while the previous handle's
 /// background threads (sled's I/O pool) let go of the file lock.
 fn open_store_closed(dir: &Path) -> Store {
-    for _ in 0..100 {
-        match Store::open(dir) {
-            Ok(store) => return store,
-            Err(LogError::Locked(_)) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            Err(error) => panic!("opening the store failed: {error}"),
-        }
-    }
-    panic!("the data directory stayed locked after shutdown")
+    retry_while_locked(|| Store::open(dir))
+        .unwrap_or_else(|error| panic!("opening the store failed: {error}"))
 }
 
 /// Verifies a closed directory with both passes, which must agree; returns the exact one.
@@ -1758,7 +1747,7 @@ fn stream_reads_hold_while_checkpoints_move_the_index() {
     let report = verify_closed(dir.path());
     assert!(report.is_ok(), "{:?}", report.faults);
     assert_eq!(report.streams, 7);
-    let log = Log::open(LogConfig::new(dir.path())).expect("reopen");
+    let log = retry_while_locked(|| Log::open(LogConfig::new(dir.path()))).expect("reopen");
     for (name, expected) in &positions {
         let read: Vec<u64> = read_stream_pages(&log, &stream(name), false, 1_000)
             .iter()

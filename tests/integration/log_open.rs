@@ -1,6 +1,7 @@
 //! Opening a data directory: an unknown on-disk format and a directory in use are
 //! refused with clear errors and change nothing.
 
+use crate::common::{retry_while_locked, sled_open_closed};
 use rapport::log::{
     ExpectedRevision, Log, LogConfig, LogError, ProposedEvent, StreamAppend, StreamName,
 };
@@ -29,12 +30,12 @@ async fn an_unknown_format_version_refuses_to_open_and_changes_nothing() {
 
     // A future build wrote format 99.
     {
-        let db = sled::open(dir.path().join("sled")).unwrap();
+        let db = sled_open_closed(&dir.path().join("sled"));
         let meta = db.open_tree("meta").unwrap();
         meta.insert("format_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    match Log::open(LogConfig::new(dir.path())) {
+    match retry_while_locked(|| Log::open(LogConfig::new(dir.path()))) {
         Err(
             error @ LogError::UnsupportedFormat {
                 found: 99,
@@ -54,7 +55,7 @@ async fn an_unknown_format_version_refuses_to_open_and_changes_nothing() {
 
     // Nothing was touched: restoring the version gives back the same log.
     {
-        let db = sled::open(dir.path().join("sled")).unwrap();
+        let db = sled_open_closed(&dir.path().join("sled"));
         let meta = db.open_tree("meta").unwrap();
         meta.insert(
             "format_version",
@@ -63,7 +64,7 @@ async fn an_unknown_format_version_refuses_to_open_and_changes_nothing() {
         .unwrap();
         db.flush().unwrap();
     }
-    let log = Log::open(LogConfig::new(dir.path())).unwrap();
+    let log = retry_while_locked(|| Log::open(LogConfig::new(dir.path()))).unwrap();
     assert_eq!(log.head(), head);
     log.shutdown();
 }
