@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use prost::bytes::{BufMut, Bytes};
+use prost::bytes::Bytes;
 use tonic::Status;
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::NamedService;
@@ -46,6 +46,24 @@ impl Encoded {
 
 /// A gRPC length prefix's size: the compression flag and a big-endian `u32` length.
 pub const PREFIX_BYTES: usize = 5;
+
+/// The gRPC length prefix of an uncompressed message of `len` bytes: flag 0, then the
+/// length as a big-endian `u32`; `None` past `u32::MAX`. The server's unary answers and
+/// subscription batches and the load generator's requests all write prefixes with it.
+pub fn length_prefix(len: usize) -> Option<[u8; PREFIX_BYTES]> {
+    let [a, b, c, d] = u32::try_from(len).ok()?.to_be_bytes();
+    Some([0, a, b, c, d])
+}
+
+/// The trailers that end a response with `status`: `grpc-status`, and `grpc-message` and
+/// details when it has them. A message that cannot be a header sends its code alone.
+pub fn status_trailers(status: &Status) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::with_capacity(1);
+    if let Err(unencodable) = status.add_header(&mut trailers) {
+        let _ = Status::new(unencodable.code(), "").add_header(&mut trailers);
+    }
+    trailers
+}
 
 /// A message over [`limits::MESSAGE_BYTES_MAX`], in tonic's words (so every service says
 /// it alike).
@@ -136,34 +154,29 @@ const UNARY_COPY_BYTES_MAX: usize = 16 * 1024;
 /// in the trailers; for an error, a trailers-only response. A message over
 /// [`limits::MESSAGE_BYTES_MAX`] is refused as tonic refuses it (`OUT_OF_RANGE`).
 fn unary_response(answer: Result<Bytes, Status>) -> http::Response<tonic::body::Body> {
-    let message = match answer {
-        Ok(message) if message.len() > limits::MESSAGE_BYTES_MAX => {
-            return Status::out_of_range(format!(
-                "Error, encoded message length too large: found {} bytes, the limit is: {} bytes",
-                message.len(),
-                limits::MESSAGE_BYTES_MAX
-            ))
-            .into_http();
-        }
-        Ok(message) => message,
+    let (message, prefix) = match answer {
+        Ok(message) => match length_prefix(message.len()) {
+            Some(prefix) if message.len() <= limits::MESSAGE_BYTES_MAX => (message, prefix),
+            _ => {
+                return Status::out_of_range(format!(
+                    "Error, encoded message length too large: found {} bytes, the limit is: {} bytes",
+                    message.len(),
+                    limits::MESSAGE_BYTES_MAX
+                ))
+                .into_http();
+            }
+        },
         Err(status) => return status.into_http(),
     };
-    let len = u32::try_from(message.len()).unwrap_or(u32::MAX);
-    let mut frames = Vec::with_capacity(2);
-    if message.len() <= UNARY_COPY_BYTES_MAX {
+    let frames = if message.len() <= UNARY_COPY_BYTES_MAX {
         let mut framed = prost::bytes::BytesMut::with_capacity(PREFIX_BYTES + message.len());
-        framed.put_u8(0);
-        framed.put_u32(len);
+        framed.extend_from_slice(&prefix);
         framed.extend_from_slice(&message);
-        frames.push(framed.freeze());
+        vec![framed.freeze()]
     } else {
-        let mut prefix = prost::bytes::BytesMut::with_capacity(PREFIX_BYTES);
-        prefix.put_u8(0);
-        prefix.put_u32(len);
-        frames.push(prefix.freeze());
-        frames.push(message);
-    }
-    frames.reverse();
+        // Last first: the body pops them.
+        vec![message, Bytes::copy_from_slice(&prefix)]
+    };
     http::Response::builder()
         .header(http::header::CONTENT_TYPE, "application/grpc")
         .body(tonic::body::Body::new(UnaryBody {
@@ -196,8 +209,7 @@ impl http_body::Body for UnaryBody {
             return Poll::Ready(None);
         }
         self.done = true;
-        let mut trailers = http::HeaderMap::with_capacity(1);
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let trailers = status_trailers(&Status::ok(""));
         Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
     }
 
@@ -390,5 +402,14 @@ mod tests {
         let over = Bytes::from(vec![0u8; limits::MESSAGE_BYTES_MAX + 1]);
         let response = unary_response(Ok(over));
         assert_eq!(response.headers()["grpc-status"], "11");
+    }
+
+    #[test]
+    fn a_length_prefix_says_uncompressed_and_the_length_big_endian() {
+        assert_eq!(length_prefix(0), Some([0, 0, 0, 0, 0]));
+        assert_eq!(length_prefix(0x0102_0304), Some([0, 1, 2, 3, 4]));
+        let prefix = length_prefix(300).unwrap();
+        assert_eq!(prefixed_len(&prefix).unwrap(), Some(PREFIX_BYTES + 300));
+        assert_eq!(length_prefix(u32::MAX as usize + 1), None);
     }
 }

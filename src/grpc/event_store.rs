@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::append_wire::{WireAppendRequest, WireProposedEvent, custom_to_stored};
 use super::convert::{event_from_proto, timestamp_to_us};
-use super::encoded::{Encoded, PREFIX_BYTES};
+use super::encoded::{Encoded, PREFIX_BYTES, length_prefix, status_trailers};
 use super::pb;
 use super::status::{invalid_argument, invalid_field};
 use super::wire;
@@ -911,10 +911,9 @@ fn to_batch(events: &[(Arc<ParsedChunk>, usize)], privacy: &Privacy) -> (Batch, 
             error = Some(failed);
             break;
         }
-        let len = bytes.len() - start - PREFIX_BYTES;
-        match u32::try_from(len) {
-            Ok(len) => bytes[start + 1..start + PREFIX_BYTES].copy_from_slice(&len.to_be_bytes()),
-            Err(_) => {
+        match length_prefix(bytes.len() - start - PREFIX_BYTES) {
+            Some(prefix) => bytes[start..start + PREFIX_BYTES].copy_from_slice(&prefix),
+            None => {
                 bytes.truncate(start);
                 error = Some(Status::internal("an event larger than 4 GiB"));
                 break;
@@ -960,12 +959,7 @@ pub struct SubscriptionBody {
 impl SubscriptionBody {
     fn trailers(&mut self, status: Status) -> http_body::Frame<prost::bytes::Bytes> {
         self.done = true;
-        let mut trailers = tonic::codegen::http::HeaderMap::new();
-        if let Err(unencodable) = status.add_header(&mut trailers) {
-            // A message that cannot be a header: its code alone still goes out.
-            let _ = Status::new(unencodable.code(), "").add_header(&mut trailers);
-        }
-        http_body::Frame::trailers(trailers)
+        http_body::Frame::trailers(status_trailers(&status))
     }
 }
 

@@ -12,10 +12,10 @@
 //! Only what the load generator needs: unary and server-streaming calls, no compression, no deadlines, answers
 //! of at most [`crate::limits::MESSAGE_BYTES_MAX`].
 
-use prost::bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::bytes::{Buf, Bytes, BytesMut};
 use tonic::codegen::http;
 
-use crate::grpc::encoded::{PREFIX_BYTES, prefixed_len};
+use crate::grpc::encoded::{PREFIX_BYTES, length_prefix, prefixed_len};
 
 /// One HTTP/2 connection to a gRPC server, shared by the clients given clones of it.
 #[derive(Clone)]
@@ -112,7 +112,7 @@ impl H2Connection {
             .send_request(request_head, false)
             .map_err(unavailable)?;
         stream
-            .send_data(frame(request), true)
+            .send_data(frame(request)?, true)
             .map_err(unavailable)?;
         let (parts, body) = response.await.map_err(unavailable)?.into_parts();
         if parts.status != http::StatusCode::OK {
@@ -236,16 +236,18 @@ impl Reassembler {
     }
 }
 
-/// `message` as one gRPC length-prefixed message: flag 0 (not compressed), length, bytes.
-fn frame<M: prost::Message>(message: &M) -> Bytes {
+/// `message` as one gRPC length-prefixed message: flag 0 (not compressed), length, bytes;
+/// `OUT_OF_RANGE` past what a prefix can say.
+fn frame<M: prost::Message>(message: &M) -> Result<Bytes, tonic::Status> {
     let len = message.encoded_len();
+    let prefix = length_prefix(len)
+        .ok_or_else(|| tonic::Status::out_of_range(format!("a request of {len} bytes")))?;
     let mut out = BytesMut::with_capacity(PREFIX_BYTES + len);
-    out.put_u8(0);
-    out.put_u32(len as u32);
+    out.extend_from_slice(&prefix);
     message
         .encode(&mut out)
         .expect("the buffer has the message's length reserved");
-    out.freeze()
+    Ok(out.freeze())
 }
 
 #[cfg(test)]
@@ -273,7 +275,8 @@ mod tests {
         let messages: Vec<Vec<u8>> = vec![vec![7; 10], vec![], vec![1, 2, 3], vec![9; 40]];
         let mut stream = Vec::new();
         for message in &messages {
-            stream.extend_from_slice(&frame(&Bytes::from(message.clone())));
+            stream
+                .extend_from_slice(&frame(&Bytes::from(message.clone())).expect("a small message"));
         }
         // Whole, cut inside a header, cut inside a body, cut at every byte.
         let every_byte: Vec<usize> = (1..stream.len()).collect();

@@ -360,7 +360,7 @@ pub const CONNECTIONS_DEFAULT: usize = 8;
 /// this way. On the process's multi-threaded runtime a replay's connection task and its
 /// reading loop woke each other across threads (a quarter of the client's samples in
 /// thread switches; the receive-only replay's client took 0.32–0.40 s of CPU for 1M events
-/// there, 0.22–0.24 s on one thread, measured here). Errors come back as their text.
+/// there, 0.21–0.25 s on one thread, measured here). Errors come back as their text.
 pub async fn on_own_thread<T, F, Fut>(work: F) -> Result<T, String>
 where
     F: FnOnce() -> Fut + Send + 'static,

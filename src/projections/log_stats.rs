@@ -78,7 +78,7 @@ impl Stat {
     }
 }
 
-pub use crate::log::stream_name::category;
+use crate::log::stream_name::category;
 
 impl Projection for LogStatsProjection {
     fn name(&self) -> &'static str {
