@@ -141,8 +141,7 @@ where
         }
         Some(_) => {}
     }
-    M::decode(&received[PREFIX_BYTES..])
-        .map_err(|e| Status::internal(format!("decoding the request: {e}")))
+    M::decode(&received[PREFIX_BYTES..]).map_err(|e| super::status::undecodable_request(&e))
 }
 
 /// A message at most this long goes out in one data frame with its prefix (one copy);

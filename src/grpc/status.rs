@@ -45,6 +45,39 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> Status {
     }])
 }
 
+/// A request whose bytes are not a valid message of its type (invalid UTF-8 in a string,
+/// a truncated field, a wrong wire type): `INVALID_ARGUMENT` on the field prost names, as
+/// a dotted path of field names (`filter.stream_prefixes`), or on `request` when it names
+/// none. Bad input from the client, not a fault of the server (tonic's own codec says
+/// `INTERNAL`).
+pub fn undecodable_request(error: &prost::DecodeError) -> Status {
+    // prost writes "failed to decode Protobuf message: Inner.field: Outer.field: what",
+    // the innermost field first.
+    let text = error.to_string();
+    let mut rest = text
+        .strip_prefix("failed to decode Protobuf message: ")
+        .unwrap_or(&text);
+    let mut path: Vec<&str> = Vec::new();
+    while let Some((step, tail)) = rest.split_once(": ") {
+        let is_name =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        match step.split_once('.') {
+            Some((message, field)) if is_name(message) && is_name(field) => {
+                path.push(field);
+                rest = tail;
+            }
+            _ => break,
+        }
+    }
+    path.reverse();
+    let field = if path.is_empty() {
+        "request".to_owned()
+    } else {
+        path.join(".")
+    };
+    invalid_field(&field, format!("not a valid protobuf message: {rest}"))
+}
+
 fn with_info(
     code: Code,
     message: String,
@@ -366,5 +399,45 @@ impl From<crate::domain::loyalty::RuleError> for Status {
             L::NoProgramme => {}
         }
         with_info(code, message, reason, info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+    use crate::grpc::pb;
+
+    fn violations(status: &Status) -> Vec<(String, String)> {
+        status
+            .get_details_bad_request()
+            .expect("a BadRequest")
+            .field_violations
+            .into_iter()
+            .map(|v| (v.field, v.description))
+            .collect()
+    }
+
+    #[test]
+    fn an_undecodable_request_is_invalid_on_the_field_prost_names() {
+        // ReadAllRequest { filter (4): Filter { stream_prefixes (1): "\xff" } }
+        let bad_utf8 = [0x22, 0x03, 0x0a, 0x01, 0xff];
+        let error = pb::ReadAllRequest::decode(&bad_utf8[..]).expect_err("invalid UTF-8");
+        let status = undecodable_request(&error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let found = violations(&status);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "filter.stream_prefixes");
+        assert!(found[0].1.contains("UTF-8"), "{found:?}");
+        // A length past the end: the field it cut.
+        let error = pb::ReadAllRequest::decode(&[0x22, 0x05, 0x0a][..]).expect_err("truncated");
+        let found = violations(&undecodable_request(&error));
+        assert_eq!(found[0].0, "filter", "{found:?}");
+        // A wire type no field has: no field named, the request as a whole.
+        let error = pb::ReadAllRequest::decode(&[0x0f][..]).expect_err("wire type 7");
+        let status = undecodable_request(&error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(violations(&status)[0].0, "request");
     }
 }

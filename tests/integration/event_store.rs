@@ -2980,3 +2980,121 @@ async fn event_bodies_take_the_protobuf_rules_whichever_way_they_are_converted()
         .collect();
     assert_eq!(stored, vec![merged, custom(7.0), custom(3.0)]);
 }
+
+/// A request's strings as raw bytes, to send what a Rust `String` cannot hold.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BytesStreamRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    stream: Vec<u8>,
+}
+
+/// `Filter` with raw-byte prefixes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct BytesFilter {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    stream_prefixes: Vec<Vec<u8>>,
+}
+
+/// `ReadAllRequest` with a raw-byte filter (filter = 4).
+#[derive(Clone, PartialEq, prost::Message)]
+struct BytesReadAll {
+    #[prost(message, optional, tag = "4")]
+    filter: Option<BytesFilter>,
+}
+
+/// `SubscribeRequest` with a raw-byte filter (filter = 2).
+#[derive(Clone, PartialEq, prost::Message)]
+struct BytesSubscribe {
+    #[prost(message, optional, tag = "2")]
+    filter: Option<BytesFilter>,
+}
+
+/// Bytes that are not a valid message of the request's type (here: invalid UTF-8 in a
+/// string) are bad input: INVALID_ARGUMENT naming the field, for each of the service's
+/// request types, and nothing is appended.
+#[tokio::test]
+async fn a_request_that_is_not_valid_protobuf_is_invalid_on_its_field() {
+    let t = TestServer::start().await;
+    let mut c = t.client().await;
+    c.append(append("order-1", None, vec![proposed("", 1.0)]))
+        .await
+        .unwrap();
+    let before = head(&mut c).await;
+    let mut grpc = tonic::client::Grpc::new(t.channel().await);
+    let path = |p: &'static str| tonic::codegen::http::uri::PathAndQuery::from_static(p);
+    let bad_stream = BytesStreamRequest {
+        stream: b"order-\xff".to_vec(),
+    };
+    let bad_filter = Some(BytesFilter {
+        stream_prefixes: vec![b"ord\xfe".to_vec()],
+    });
+    let mut answers = Vec::new();
+    grpc.ready().await.unwrap();
+    answers.push((
+        "Append",
+        "stream",
+        grpc.unary(
+            tonic::Request::new(bad_stream.clone()),
+            path("/rapport.v1.EventStore/Append"),
+            tonic_prost::ProstCodec::<BytesStreamRequest, pb::AppendResponse>::default(),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    ));
+    grpc.ready().await.unwrap();
+    answers.push((
+        "ReadStream",
+        "stream",
+        grpc.unary(
+            tonic::Request::new(bad_stream),
+            path("/rapport.v1.EventStore/ReadStream"),
+            tonic_prost::ProstCodec::<BytesStreamRequest, pb::ReadResponse>::default(),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    ));
+    grpc.ready().await.unwrap();
+    answers.push((
+        "ReadAll",
+        "filter.stream_prefixes",
+        grpc.unary(
+            tonic::Request::new(BytesReadAll {
+                filter: bad_filter.clone(),
+            }),
+            path("/rapport.v1.EventStore/ReadAll"),
+            tonic_prost::ProstCodec::<BytesReadAll, pb::ReadResponse>::default(),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    ));
+    grpc.ready().await.unwrap();
+    answers.push((
+        "Subscribe",
+        "filter.stream_prefixes",
+        grpc.server_streaming(
+            tonic::Request::new(BytesSubscribe { filter: bad_filter }),
+            path("/rapport.v1.EventStore/Subscribe"),
+            tonic_prost::ProstCodec::<BytesSubscribe, pb::RecordedEvent>::default(),
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err(),
+    ));
+    for (rpc, field, status) in answers {
+        assert_eq!(status.code(), Code::InvalidArgument, "{rpc}: {status:?}");
+        let violations = status
+            .get_details_bad_request()
+            .unwrap_or_else(|| panic!("{rpc}: a BadRequest in {status:?}"))
+            .field_violations;
+        assert_eq!(violations.len(), 1, "{rpc}: {violations:?}");
+        assert_eq!(violations[0].field, field, "{rpc}");
+        assert!(
+            violations[0].description.contains("UTF-8"),
+            "{rpc}: {violations:?}"
+        );
+    }
+    assert_eq!(head(&mut c).await, before, "nothing was appended");
+}
