@@ -246,7 +246,10 @@ pub async fn tail(
         }
         return Ok(());
     }
-    let mut cursor = after + 1;
+    // Nothing lies after the last position there can be.
+    let Some(mut cursor) = after.checked_add(1) else {
+        return Ok(());
+    };
     loop {
         let page = client
             .read_all(pb::ReadAllRequest {

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codegen::http;
+use tonic::server::NamedService;
 
 use std::sync::Arc;
 
@@ -205,27 +206,22 @@ pub async fn serve_log(
             .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::event_store_server::EventStoreServer<EventStoreService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::customers_server::CustomersServer<CustomersService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::analytics_server::AnalyticsServer<AnalyticsService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::loyalty_server::LoyaltyServer<crate::grpc::loyalty::LoyaltyService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::pipeline_server::PipelineServer<PipelineService>>()
-        .await;
-    health_reporter
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
+    // The server as a whole ("") and each service by name: SERVING now, NOT_SERVING from
+    // the start of a shutdown (a probe of one service must see the drain too).
+    let health_names: Vec<&'static str> = vec![
+        "",
+        <pb::event_store_server::EventStoreServer<EventStoreService> as NamedService>::NAME,
+        <pb::admin_server::AdminServer<AdminService> as NamedService>::NAME,
+        <pb::customers_server::CustomersServer<CustomersService> as NamedService>::NAME,
+        <pb::analytics_server::AnalyticsServer<AnalyticsService> as NamedService>::NAME,
+        <pb::loyalty_server::LoyaltyServer<crate::grpc::loyalty::LoyaltyService> as NamedService>::NAME,
+        <pb::pipeline_server::PipelineServer<PipelineService> as NamedService>::NAME,
+    ];
+    for name in &health_names {
+        health_reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -243,9 +239,11 @@ pub async fn serve_log(
         shutdown.await;
         tracing::info!("shutting down: ending subscriptions, draining requests");
         let _ = stop_tx.send(true);
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        for name in health_names {
+            health_reporter
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
     };
     // The drain waits for every open response to finish. A subscriber that stopped
     // reading keeps its stream's last frames unsent forever, so the drain is bounded:

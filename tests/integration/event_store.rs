@@ -2810,6 +2810,50 @@ async fn health_reports_serving() {
     t.server.stop().await.unwrap();
 }
 
+/// From the start of a shutdown the server and every service report NOT_SERVING, so a
+/// probe aimed at one service stops routing to a draining server too.
+#[tokio::test]
+async fn health_of_each_service_turns_not_serving_when_a_shutdown_begins() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let t = TestServer::start().await;
+    let mut health = HealthClient::new(t.channel().await);
+    let mut watches = Vec::new();
+    for service in [
+        "",
+        "rapport.v1.EventStore",
+        "rapport.v1.Customers",
+        "rapport.v1.Pipeline",
+    ] {
+        let mut stream = health
+            .watch(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("watch {service:?}: {s:?}"))
+            .into_inner();
+        let first = timeout(STEP, stream.message()).await.unwrap().unwrap();
+        assert_eq!(
+            first.map(|r| r.status()),
+            Some(ServingStatus::Serving),
+            "{service:?}"
+        );
+        watches.push((service, stream));
+    }
+    // The watches stay open, so the drain runs to its bound: stop in the background.
+    let stopping = tokio::spawn(t.server.stop());
+    for (service, mut stream) in watches {
+        let next = timeout(STEP, stream.message()).await.unwrap();
+        assert_eq!(
+            next.ok().flatten().map(|r| r.status()),
+            Some(ServingStatus::NotServing),
+            "{service:?}"
+        );
+    }
+    timeout(STEP, stopping).await.unwrap().unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     let t = TestServer::start().await;

@@ -63,6 +63,8 @@ async fn tail_prints_filters_follows_and_stops_quietly_on_a_closed_pipe() {
     assert_eq!(all[1]["event_type"], "test.happened");
     assert_eq!(all[1]["data"]["n"], 2.0);
     assert_eq!(positions(&lines(&url, &["--after", "1"])), [2, 3]);
+    // After the last position there can be: nothing (not a wrap to the start).
+    assert!(lines(&url, &["--after", &u64::MAX.to_string()]).is_empty());
     assert_eq!(
         positions(&lines(&url, &["--stream-prefix", "order-"])),
         [1, 2]
