@@ -660,6 +660,7 @@ impl EventStoreService {
             receiver,
             current: Batch::default(),
             next: 0,
+            ended: false,
         }))
     }
 
@@ -989,7 +990,7 @@ impl http_body::Body for SubscriptionBody {
                     }
                 }
                 None => {
-                    return std::task::Poll::Ready(Some(Ok(this.trailers(Status::ok("")))));
+                    return std::task::Poll::Ready(Some(Ok(this.trailers(interrupted()))));
                 }
             }
         }
@@ -1000,12 +1001,25 @@ impl http_body::Body for SubscriptionBody {
     }
 }
 
+/// How a subscription ends when its feeder stopped without an error of its own: it only
+/// stops so at a shutdown (a subscription has no end of its own; a gone subscriber reads
+/// nothing more). `UNAVAILABLE`, the status a client retries on, so a follower
+/// resubscribes after the last position it received instead of taking the end for a
+/// normal one.
+fn interrupted() -> Status {
+    Status::unavailable(
+        "the server is shutting down; subscribe again after the last position received",
+    )
+}
+
 /// The subscriber's side of a subscription: each event's `RecordedEvent` bytes in turn.
 pub struct EncodedStream {
     receiver: mpsc::Receiver<Batch>,
     current: Batch,
     /// How many messages of `current` are out.
     next: usize,
+    /// The end is out (an error, or [`interrupted`]).
+    ended: bool,
 }
 
 impl Stream for EncodedStream {
@@ -1024,7 +1038,11 @@ impl Stream for EncodedStream {
                 let message = this.current.bytes.slice(start..end);
                 return std::task::Poll::Ready(Some(Ok(Encoded(message))));
             }
+            if this.ended {
+                return std::task::Poll::Ready(None);
+            }
             if let Some(error) = this.current.error.take() {
+                this.ended = true;
                 return std::task::Poll::Ready(Some(Err(error)));
             }
             match std::task::ready!(this.receiver.poll_recv(cx)) {
@@ -1032,7 +1050,10 @@ impl Stream for EncodedStream {
                     this.current = batch;
                     this.next = 0;
                 }
-                None => return std::task::Poll::Ready(None),
+                None => {
+                    this.ended = true;
+                    return std::task::Poll::Ready(Some(Err(interrupted())));
+                }
             }
         }
     }

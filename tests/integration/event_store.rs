@@ -2965,6 +2965,36 @@ async fn a_stalled_subscriber_does_not_block_shutdown() {
         .unwrap();
 }
 
+/// A subscriber reading along when the server shuts down gets every event up to the
+/// head, then `UNAVAILABLE` (the status to resubscribe on), not a normal end.
+#[tokio::test]
+async fn a_subscription_ends_unavailable_when_the_server_shuts_down() {
+    let t = TestServer::start().await;
+    let mut client = t.client().await;
+    append_ok(
+        &mut client,
+        append("order-1", None, vec![proposed("", 1.0)]),
+    )
+    .await;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            after_position: 0,
+            filter: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = timeout(STEP, stream.message()).await.unwrap().unwrap();
+    assert_eq!(first.map(|e| e.position), Some(1));
+    let stopping = tokio::spawn(t.server.stop());
+    let end = timeout(STEP, stream.message())
+        .await
+        .expect("the subscription ends at the shutdown");
+    let status = end.expect_err("an UNAVAILABLE end, not a normal one");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    timeout(STEP, stopping).await.unwrap().unwrap().unwrap();
+}
+
 /// Sends an append as raw wire parts (event bodies as bytes), as any client may encode it.
 async fn append_raw(
     t: &TestServer,
