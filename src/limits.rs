@@ -85,6 +85,24 @@ pub const READ_SCAN_EVENTS_MAX: usize = 20_000;
 /// Stream prefixes or event types in one filter.
 pub const FILTER_ITEMS_MAX: usize = 64;
 
+/// Bytes of `EventStore` request bodies the server holds at once, from the first byte
+/// received until the call is answered (a queued append holds its events that long):
+/// 256 MiB, 64 full-size appends. Past it a call is refused at once with
+/// `RESOURCE_EXHAUSTED`, so many clients (or one with many streams) cannot grow memory
+/// without bound before the bounded writer queue is even reached.
+pub const REQUEST_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
+
+/// Bytes of `ReadStream` / `ReadAll` answers the server holds at once, from the page
+/// read until the client has taken it (HTTP/2 flow control holds a page a slow client
+/// does not read): 512 MiB, 256 full pages. Past it a read is refused with
+/// `RESOURCE_EXHAUSTED`.
+pub const RESPONSE_BYTES_IN_FLIGHT_MAX: usize = 512 * 1024 * 1024;
+
+/// Concurrent HTTP/2 streams (calls) one connection may open: each holds state and up to
+/// a stream window of buffered request bytes. hyper's own default is 200; tonic lifts it
+/// unless it is set.
+pub const HTTP2_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
+
 /// Appends waiting for the writer. When full, an append waits up to
 /// [`APPEND_QUEUE_WAIT_MS_MAX`] for room and then fails with `RESOURCE_EXHAUSTED`, so a
 /// burst of clients can never grow memory without bound.

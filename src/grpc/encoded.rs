@@ -20,9 +20,11 @@
 //! and the integration tests, which use the generated client).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use prost::bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::NamedService;
@@ -95,11 +97,80 @@ pub fn prefixed_len(bytes: &[u8]) -> Result<Option<usize>, Status> {
     Ok(Some(PREFIX_BYTES + len))
 }
 
+/// The memory the edge may hold for calls in flight, in bytes, as semaphore permits
+/// ([`limits::REQUEST_BYTES_IN_FLIGHT_MAX`], [`limits::RESPONSE_BYTES_IN_FLIGHT_MAX`]). A
+/// call takes what it holds without waiting, or is refused with `RESOURCE_EXHAUSTED`.
+#[derive(Clone)]
+pub struct Budget {
+    requests: Arc<Semaphore>,
+    responses: Arc<Semaphore>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(
+            limits::REQUEST_BYTES_IN_FLIGHT_MAX,
+            limits::RESPONSE_BYTES_IN_FLIGHT_MAX,
+        )
+    }
+}
+
+impl Budget {
+    /// A budget of `request_bytes` for request bodies and `response_bytes` for answers.
+    pub fn new(request_bytes: usize, response_bytes: usize) -> Self {
+        Self {
+            requests: Arc::new(Semaphore::new(request_bytes)),
+            responses: Arc::new(Semaphore::new(response_bytes)),
+        }
+    }
+
+    /// Adds `bytes` of a request body to `held`, or refuses the call.
+    fn take_request(&self, held: &mut OwnedSemaphorePermit, bytes: usize) -> Result<(), Status> {
+        let more = u32::try_from(bytes)
+            .ok()
+            .and_then(|n| self.requests.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "the server holds its limit of {} MiB of requests in flight; retry later",
+                    limits::REQUEST_BYTES_IN_FLIGHT_MAX >> 20
+                ))
+            })?;
+        held.merge(more);
+        Ok(())
+    }
+
+    /// Holds `bytes` of an answer until it is sent, or refuses it.
+    fn take_response(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Status> {
+        u32::try_from(bytes)
+            .ok()
+            .and_then(|n| self.responses.clone().try_acquire_many_owned(n).ok())
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "the server holds its limit of {} MiB of read answers in flight; retry later",
+                    limits::RESPONSE_BYTES_IN_FLIGHT_MAX >> 20
+                ))
+            })
+    }
+
+    /// An empty hold, to add a request's bytes to as they arrive.
+    fn nothing(&self) -> OwnedSemaphorePermit {
+        self.requests
+            .clone()
+            .try_acquire_many_owned(0)
+            .expect("zero permits are always there")
+    }
+}
+
 /// The one message of a request body, decoded as `M`, as tonic's server decodes it: no
 /// compression, at most [`limits::MESSAGE_BYTES_MAX`] (`RESOURCE_EXHAUSTED` past it, as
 /// every service answers), exactly one message. For the paths that answer with a body of
-/// their own instead of through [`Grpc`].
-async fn request_message<M, B>(request: http::Request<B>) -> Result<M, Status>
+/// their own instead of through [`Grpc`]. The body's bytes are taken from `budget` as they
+/// arrive, into `held` (the caller keeps them until it has answered).
+async fn request_message<M, B>(
+    request: http::Request<B>,
+    budget: &Budget,
+    held: &mut OwnedSemaphorePermit,
+) -> Result<M, Status>
 where
     M: prost::Message + Default,
     B: tonic::codegen::Body + Send + 'static,
@@ -122,6 +193,7 @@ where
             if received.len() + data.remaining() > limits::MESSAGE_BYTES_MAX + PREFIX_BYTES {
                 return Err(too_large(received.len() + data.remaining() - PREFIX_BYTES));
             }
+            budget.take_request(held, data.remaining())?;
             while data.has_remaining() {
                 let chunk = data.chunk();
                 let n = chunk.len();
@@ -152,7 +224,10 @@ const UNARY_COPY_BYTES_MAX: usize = 16 * 1024;
 /// `application/grpc` headers, the message behind its length prefix and `grpc-status: 0`
 /// in the trailers; for an error, a trailers-only response. A message over
 /// [`limits::MESSAGE_BYTES_MAX`] is refused as tonic refuses it (`OUT_OF_RANGE`).
-fn unary_response(answer: Result<Bytes, Status>) -> http::Response<tonic::body::Body> {
+fn unary_response(
+    answer: Result<Bytes, Status>,
+    hold: Option<OwnedSemaphorePermit>,
+) -> http::Response<tonic::body::Body> {
     let (message, prefix) = match answer {
         Ok(message) => match length_prefix(message.len()) {
             Some(prefix) if message.len() <= limits::MESSAGE_BYTES_MAX => (message, prefix),
@@ -181,8 +256,21 @@ fn unary_response(answer: Result<Bytes, Status>) -> http::Response<tonic::body::
         .body(tonic::body::Body::new(UnaryBody {
             frames,
             done: false,
+            _hold: hold,
         }))
         .unwrap_or_else(|_| Status::internal("building the response").into_http())
+}
+
+/// A read's answer, its bytes held in `budget` until it is sent (or refused when the
+/// budget is spent).
+fn held_answer(
+    answer: Result<Bytes, Status>,
+    budget: &Budget,
+) -> http::Response<tonic::body::Body> {
+    match answer.and_then(|page| Ok((budget.take_response(page.len())?, page))) {
+        Ok((hold, page)) => unary_response(Ok(page), Some(hold)),
+        Err(status) => unary_response(Err(status), None),
+    }
 }
 
 /// The body of [`unary_response`]: its data frames, then `grpc-status: 0`.
@@ -191,6 +279,9 @@ struct UnaryBody {
     frames: Vec<Bytes>,
     /// The trailers are out.
     done: bool,
+    /// The answer's bytes in the edge's [`Budget`], given back when the body is dropped
+    /// (sent, or its stream reset).
+    _hold: Option<OwnedSemaphorePermit>,
 }
 
 impl http_body::Body for UnaryBody {
@@ -222,15 +313,26 @@ impl http_body::Body for UnaryBody {
 pub struct EventStoreEdge {
     service: EventStoreService,
     generated: EventStoreServer<EventStoreService>,
+    budget: Budget,
 }
 
 impl EventStoreEdge {
-    /// Serves `service`, with the message size limits of every service.
+    /// Serves `service`, with the message size limits of every service and the default
+    /// [`Budget`].
     pub fn new(service: EventStoreService) -> Self {
+        Self::with_budget(service, Budget::default())
+    }
+
+    /// Serves `service` within `budget`.
+    pub fn with_budget(service: EventStoreService, budget: Budget) -> Self {
         let generated = EventStoreServer::new(service.clone())
             .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
-        Self { service, generated }
+        Self {
+            service,
+            generated,
+            budget,
+        }
     }
 }
 
@@ -255,41 +357,55 @@ where
         // tonic's unary / server-streaming adaptors take any tower service of the right
         // shape: a closure over the service each.
         let service = self.service.clone();
+        let budget = self.budget.clone();
+        // The request's bytes, held until the call is answered.
+        let mut held = budget.nothing();
         match request.uri().path() {
             "/rapport.v1.EventStore/Append" => Box::pin(async move {
-                let answer = match request_message::<WireAppendRequest, B>(request).await {
+                let answer = match request_message::<WireAppendRequest, B>(
+                    request, &budget, &mut held,
+                )
+                .await
+                {
                     Ok(append) => service
                         .append_wire(tonic::Request::new(append))
                         .await
                         .map(|response| prost::Message::encode_to_vec(response.get_ref())),
                     Err(status) => Err(status),
                 };
-                Ok(unary_response(answer.map(Bytes::from)))
+                Ok(unary_response(answer.map(Bytes::from), None))
             }),
             "/rapport.v1.EventStore/ReadStream" => Box::pin(async move {
-                let answer = match request_message::<pb::ReadStreamRequest, B>(request).await {
-                    Ok(read) => service
-                        .read_stream_encoded(tonic::Request::new(read))
+                let answer =
+                    match request_message::<pb::ReadStreamRequest, B>(request, &budget, &mut held)
                         .await
-                        .map(|response| response.into_inner().0),
-                    Err(status) => Err(status),
-                };
-                Ok(unary_response(answer))
+                    {
+                        Ok(read) => service
+                            .read_stream_encoded(tonic::Request::new(read))
+                            .await
+                            .map(|response| response.into_inner().0),
+                        Err(status) => Err(status),
+                    };
+                Ok(held_answer(answer, &budget))
             }),
             "/rapport.v1.EventStore/ReadAll" => Box::pin(async move {
-                let answer = match request_message::<pb::ReadAllRequest, B>(request).await {
-                    Ok(read) => service
-                        .read_all_encoded(tonic::Request::new(read))
+                let answer =
+                    match request_message::<pb::ReadAllRequest, B>(request, &budget, &mut held)
                         .await
-                        .map(|response| response.into_inner().0),
-                    Err(status) => Err(status),
-                };
-                Ok(unary_response(answer))
+                    {
+                        Ok(read) => service
+                            .read_all_encoded(tonic::Request::new(read))
+                            .await
+                            .map(|response| response.into_inner().0),
+                        Err(status) => Err(status),
+                    };
+                Ok(held_answer(answer, &budget))
             }),
             "/rapport.v1.EventStore/Subscribe" => Box::pin(async move {
-                let answer = request_message::<pb::SubscribeRequest, B>(request)
-                    .await
-                    .and_then(|subscribe| service.subscribe_body(subscribe));
+                let answer =
+                    request_message::<pb::SubscribeRequest, B>(request, &budget, &mut held)
+                        .await
+                        .and_then(|subscribe| service.subscribe_body(subscribe));
                 Ok(match answer {
                     Ok(body) => http::Response::builder()
                         .header(http::header::CONTENT_TYPE, "application/grpc")
@@ -318,13 +434,64 @@ mod tests {
             .expect("request")
     }
 
-    fn decode(body: &[u8], encoding: Option<&str>) -> Result<pb::SubscribeRequest, Status> {
+    fn decode_within(
+        body: &[u8],
+        encoding: Option<&str>,
+        budget: &Budget,
+    ) -> Result<pb::SubscribeRequest, Status> {
+        let mut held = budget.nothing();
         tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime")
-            .block_on(request_message::<pb::SubscribeRequest, _>(request(
-                body, encoding,
-            )))
+            .block_on(request_message::<pb::SubscribeRequest, _>(
+                request(body, encoding),
+                budget,
+                &mut held,
+            ))
+    }
+
+    fn decode(body: &[u8], encoding: Option<&str>) -> Result<pb::SubscribeRequest, Status> {
+        decode_within(body, encoding, &Budget::default())
+    }
+
+    #[test]
+    fn requests_and_answers_past_the_budget_are_refused_and_hold_nothing() {
+        let one = [0, 0, 0, 0, 2, 0x08, 0x05];
+        let budget = Budget::new(one.len(), 100);
+        // One request fits; while it is held, a second does not.
+        let mut held = budget.nothing();
+        budget.take_request(&mut held, one.len()).unwrap();
+        let refused = decode_within(&one, None, &budget).unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::ResourceExhausted,
+            "{refused:?}"
+        );
+        drop(held);
+        assert_eq!(
+            decode_within(&one, None, &budget).unwrap().after_position,
+            5
+        );
+        // Nothing is kept past a decode (the caller's hold is dropped): the whole budget
+        // is there again, and a request larger than it is refused.
+        assert_eq!(budget.requests.available_permits(), one.len());
+        let long = [0, 0, 0, 0, 4, 0x08, 0x05, 0x08, 0x06];
+        assert_eq!(
+            decode_within(&long, None, &budget).unwrap_err().code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(budget.requests.available_permits(), one.len());
+        // An answer is held until its body is dropped.
+        let page = Bytes::from(vec![7u8; 60]);
+        let response = held_answer(Ok(page.clone()), &budget);
+        assert_eq!(budget.responses.available_permits(), 40);
+        let refused = held_answer(Ok(page), &budget);
+        assert_eq!(
+            refused.headers().get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"8"[..])
+        );
+        drop(response);
+        assert_eq!(budget.responses.available_permits(), 100);
     }
 
     #[test]
@@ -350,8 +517,11 @@ mod tests {
         let two = [0, 0, 0, 0, 2, 8, 5, 0, 0, 0, 0, 2, 8, 6];
         assert_eq!(code(&two, None), tonic::Code::Internal);
         assert_eq!(code(&one[..6], None), tonic::Code::Internal);
-        // Bytes that are not a SubscribeRequest.
-        assert_eq!(code(&[0, 0, 0, 0, 1, 0x08], None), tonic::Code::Internal);
+        // Bytes that are not a SubscribeRequest: the client's fault.
+        assert_eq!(
+            code(&[0, 0, 0, 0, 1, 0x08], None),
+            tonic::Code::InvalidArgument
+        );
     }
 
     /// Every frame of a response body: data frames concatenated, then the trailers.
@@ -380,26 +550,26 @@ mod tests {
     #[test]
     fn a_unary_answer_is_framed_as_tonic_frames_it() {
         // A small message: one frame, prefix and message, then grpc-status 0.
-        let response = unary_response(Ok(Bytes::from_static(&[0x08, 0x05])));
+        let response = unary_response(Ok(Bytes::from_static(&[0x08, 0x05])), None);
         assert_eq!(response.headers()["content-type"], "application/grpc");
         let (data, trailers) = frames(response);
         assert_eq!(data, vec![Bytes::from_static(&[0, 0, 0, 0, 2, 0x08, 0x05])]);
         assert_eq!(trailers["grpc-status"], "0");
         // A page: the prefix, then the page's own bytes, not copied.
         let page = Bytes::from(vec![7u8; UNARY_COPY_BYTES_MAX + 1]);
-        let (data, trailers) = frames(unary_response(Ok(page.clone())));
+        let (data, trailers) = frames(unary_response(Ok(page.clone()), None));
         let len = u32::try_from(page.len()).unwrap().to_be_bytes();
         assert_eq!(data[0].as_ref(), [0, len[0], len[1], len[2], len[3]]);
         assert_eq!(data[1].as_ptr(), page.as_ptr());
         assert_eq!(data.len(), 2);
         assert_eq!(trailers["grpc-status"], "0");
         // An error: trailers-only, as tonic answers one.
-        let response = unary_response(Err(Status::not_found("no stream")));
+        let response = unary_response(Err(Status::not_found("no stream")), None);
         assert_eq!(response.headers()["grpc-status"], "5");
         assert_eq!(response.headers()["grpc-message"], "no%20stream");
         // A message over the limit is refused, not sent.
         let over = Bytes::from(vec![0u8; limits::MESSAGE_BYTES_MAX + 1]);
-        let response = unary_response(Ok(over));
+        let response = unary_response(Ok(over), None);
         assert_eq!(response.headers()["grpc-status"], "11");
     }
 

@@ -265,6 +265,7 @@ pub async fn serve_log(
         })
     });
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits::HTTP2_STREAMS_PER_CONNECTION_MAX))
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW_BYTES))
         .layer(tower::util::MapResponseLayer::new(
