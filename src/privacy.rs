@@ -16,7 +16,7 @@ use crate::domain::DomainEvent;
 use crate::domain::customer::Identifier;
 use crate::domain::events::IdentifierKind;
 use crate::domain::profile::SealedRef;
-use crate::keys::{KeyError, KeyStore, LookupKind};
+use crate::keys::{DataKey, KeyError, KeyStore, LookupKind};
 
 /// The state of an event's (or a profile's) personal data after opening.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,22 @@ pub fn associated_data(stream: &str, event_id: Uuid, field: &str) -> Vec<u8> {
     ad
 }
 
+/// Seals the personal parts of `events` with `keys[i]` for customer `owners[i]` (`owners`
+/// sorted, every event's owner among them).
+fn seal_with(events: &mut [(&str, Uuid, &mut DomainEvent)], owners: &[Uuid], keys: &[DataKey]) {
+    for (stream, event_id, event) in events.iter_mut() {
+        let Some(owner) = event.personal_owner() else {
+            continue;
+        };
+        if !event.has_personal_parts() {
+            continue;
+        }
+        let index = owners.binary_search(&owner).expect("owner collected above");
+        let key = &keys[index];
+        event.seal(&mut |field, plain| key.seal(&associated_data(stream, *event_id, field), plain));
+    }
+}
+
 /// Seals and opens personal data with the key store's per-customer keys.
 #[derive(Clone)]
 pub struct Privacy {
@@ -101,20 +117,24 @@ impl Privacy {
             KeyError::Erased(id) => PrivacyError::Erased(id),
             other => PrivacyError::Keys(other),
         })?;
-        for (stream, event_id, event) in events.iter_mut() {
-            let Some(owner) = event.personal_owner() else {
-                continue;
-            };
-            if !event.has_personal_parts() {
-                continue;
-            }
-            let index = owners.binary_search(&owner).expect("owner collected above");
-            let key = &keys[index];
-            event.seal(&mut |field, plain| {
-                key.seal(&associated_data(stream, *event_id, field), plain)
-            });
-        }
+        seal_with(events, &owners, &keys);
         Ok(())
+    }
+
+    /// Seals `events` as [`Privacy::seal_events`] does, but with a stand-in key for every
+    /// customer and no key store touched: the sealed events have the sizes the real keys
+    /// give (the ciphertext's length does not depend on the key), for checks that must
+    /// come before a customer's key is created. Their bytes are worthless.
+    pub fn seal_events_for_size(events: &mut [(&str, Uuid, &mut DomainEvent)]) {
+        let mut owners: Vec<Uuid> = events
+            .iter_mut()
+            .filter(|(_, _, event)| event.has_personal_parts())
+            .filter_map(|(_, _, event)| event.personal_owner())
+            .collect();
+        owners.sort();
+        owners.dedup();
+        let stand_in = vec![DataKey::from_bytes([0; crate::keys::KEY_BYTES]); owners.len()];
+        seal_with(events, &owners, &stand_in);
     }
 
     /// Opens the personal parts of a decoded event read from `stream` with id `event_id`.

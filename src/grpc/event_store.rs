@@ -55,11 +55,15 @@ impl EventStoreService {
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let pending = append_from_wire(request.into_inner())?;
         let append = if pending.creates_keys(&self.privacy) {
-            // A new customer's key is written durably first: off the async workers.
-            let privacy = self.privacy.clone();
-            tokio::task::spawn_blocking(move || pending.seal(&privacy))
-                .await
-                .map_err(|e| Status::internal(format!("sealing task failed: {e}")))??
+            // A new customer's key is written durably first: off the async workers, and
+            // only for an append not refused anyway.
+            let (privacy, log) = (self.privacy.clone(), self.log.clone());
+            tokio::task::spawn_blocking(move || {
+                pending.refuse_before_keys(&log)?;
+                pending.seal(&privacy)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("sealing task failed: {e}")))??
         } else {
             pending.seal(&self.privacy)?
         };
@@ -88,6 +92,53 @@ impl PendingAppend {
                 .personal_owner()
                 .is_some_and(|owner| privacy.keys().data_key(owner).is_none())
         })
+    }
+
+    /// For an append whose sealing would create a customer's key, the refusals the writer
+    /// would answer anyway that can be known before the key is written: an event too
+    /// large once sealed, and an expectation the stream's durable head does not meet. So
+    /// a refused append leaves no key behind ("a rejected request changes nothing"). An
+    /// append naming an id already in the log goes on to the writer, whose idempotency
+    /// comes first. (An append racing this check to the same stream can still turn the
+    /// writer's answer; its customer then has events, so the key is not a stray.)
+    pub fn refuse_before_keys(&self, log: &Log) -> Result<(), Status> {
+        let stream = self.append.stream.as_str();
+        let mut sized = self.personal.clone();
+        {
+            let mut refs: Vec<(&str, Uuid, &mut DomainEvent)> = sized
+                .iter_mut()
+                .map(|(index, event)| {
+                    let id = self.append.events[*index].event_id.unwrap_or(Uuid::nil());
+                    (stream, id, event)
+                })
+                .collect();
+            Privacy::seal_events_for_size(&mut refs);
+        }
+        let mut v = Violations::new("");
+        for (index, event) in &sized {
+            let payload = event
+                .encode()
+                .map_err(|error| Status::internal(error.to_string()))?;
+            check_payload_size(|| format!("events[{index}].event"), &payload, &mut v);
+        }
+        v.into_result().map_err(invalid_argument)?;
+        for proposed in &self.append.events {
+            if let Some(id) = proposed.event_id
+                && log.event_by_id(id)?.is_some()
+            {
+                return Ok(());
+            }
+        }
+        let actual = log.stream_head(&self.append.stream)?.map(|h| h.revision);
+        if !self.append.expected.admits(actual) {
+            return Err(crate::log::AppendError::WrongExpectedRevision {
+                stream: stream.to_owned(),
+                expected: self.append.expected,
+                actual,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Seals personal parts with the owner's key, bound to the stream and the event id

@@ -59,6 +59,19 @@ pub enum ExpectedRevision {
     Exact(u64),
 }
 
+impl ExpectedRevision {
+    /// True when a stream whose last revision is `actual` (`None`: no stream) meets this
+    /// expectation.
+    pub fn admits(self, actual: Option<u64>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => actual.is_none(),
+            Self::StreamExists => actual.is_some(),
+            Self::Exact(revision) => actual == Some(revision),
+        }
+    }
+}
+
 impl fmt::Display for ExpectedRevision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -30,7 +30,7 @@ use super::key_filter::{Indexed, KeyFilter};
 use super::record::{ChunkBuilder, Hash, StoredEvent};
 use super::store::{Head, ParsedChunk, Store};
 use super::stream_index::FLUSH_STREAMS_PER_GROUP;
-use super::{AppendOutcome, ExpectedRevision, FastMap, FastSet, Job, ProposedEvent, StreamAppend};
+use super::{AppendOutcome, FastMap, FastSet, Job, ProposedEvent, StreamAppend};
 use crate::clock::Clock;
 use crate::limits;
 
@@ -541,13 +541,7 @@ impl Writer {
         // 2. The expectation.
         let current = self.current_head(stream, group, draft)?;
         let actual = current.map(|(revision, _)| revision);
-        let ok = match append.expected {
-            ExpectedRevision::Any => true,
-            ExpectedRevision::NoStream => actual.is_none(),
-            ExpectedRevision::StreamExists => actual.is_some(),
-            ExpectedRevision::Exact(revision) => actual == Some(revision),
-        };
-        if !ok {
+        if !append.expected.admits(actual) {
             return Err(AppendError::WrongExpectedRevision {
                 stream: stream.to_owned(),
                 expected: append.expected,

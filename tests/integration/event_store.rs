@@ -653,6 +653,58 @@ async fn ids_of_separate_appends_are_not_one_resent_batch() {
     t.server.stop().await.unwrap();
 }
 
+/// A refused append changes nothing, the key store included: a new customer's first
+/// personal event under a wrong expectation is ABORTED and leaves no key behind; under
+/// the right one it lands and its key exists.
+#[tokio::test]
+async fn a_refused_first_personal_event_creates_no_key() {
+    let t = TestServer::start().await;
+    let mut c = t.client().await;
+    let customer = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0abc);
+    let stream = format!("customer-{customer}");
+    let registered = |id: &str| pb::ProposedEvent {
+        event_id: id.to_owned(),
+        event: Some(customer_registered(&customer.to_string())),
+        ..Default::default()
+    };
+    for expected in [Expected::Exact(5), Expected::StreamExists(())] {
+        let status = append_err(
+            &mut c,
+            append(&stream, Some(expected), vec![registered(&id(1))]),
+        )
+        .await;
+        assert_eq!(status.code(), Code::Aborted, "{expected:?}: {status:?}");
+        assert!(
+            t.server.keys.data_key(customer).is_none(),
+            "{expected:?}: a refused append left a key"
+        );
+    }
+    assert_eq!(head(&mut c).await.position, 0);
+    let landed_at = append_ok(
+        &mut c,
+        append(
+            &stream,
+            Some(Expected::NoStream(())),
+            vec![registered(&id(1))],
+        ),
+    )
+    .await;
+    assert_eq!(landed(&landed_at), (1, 1, 0));
+    assert!(t.server.keys.data_key(customer).is_some());
+    // The re-send under the now wrong expectation is still idempotent.
+    let again = append_ok(
+        &mut c,
+        append(
+            &stream,
+            Some(Expected::NoStream(())),
+            vec![registered(&id(1))],
+        ),
+    )
+    .await;
+    assert_eq!(landed(&again), (1, 1, 0));
+    t.server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn reusing_an_id_with_other_content_is_already_exists() {
     let t = TestServer::start().await;
