@@ -107,6 +107,16 @@ pub fn verify(data_dir: &Path) -> Result<bool, CliError> {
         "checked in {elapsed:.2} s ({:.0} events/s)",
         report.events as f64 / elapsed.max(1e-9)
     );
+    // Opening the directory finishes a crash's recovery first, as a server start does:
+    // what it did is part of the audit.
+    let recovered = report.recovered;
+    if !recovered.is_empty() {
+        println!(
+            "recovered on open: {} journaled events written to sled; {} events past the \
+             last checkpoint checked against the stream index, {} entries re-derived",
+            recovered.journal_events, recovered.reindexed_events, recovered.index_entries_repaired
+        );
+    }
     if report.is_ok() {
         println!("OK: hash chain, positions, revisions and indices verify");
     } else {

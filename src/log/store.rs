@@ -174,8 +174,31 @@ impl ChunkPage {
     }
 }
 
+/// What opening a directory recovered after a crash (or a stop without its final
+/// checkpoint): the work a server's start does before it serves, which `verify` (opening
+/// the directory the same way) reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Events the journal held (acknowledged) that sled lacked, written to sled.
+    pub journal_events: u64,
+    /// Events past the index watermark, whose stream index entries were checked against
+    /// the events (the truth).
+    pub reindexed_events: u64,
+    /// Of those, entries that were missing or wrong and were re-derived.
+    pub index_entries_repaired: u64,
+}
+
+impl Recovery {
+    /// True when opening found nothing to recover.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// The sled database of a log and its trees.
 pub struct Store {
+    /// What opening this directory recovered.
+    pub recovered: Recovery,
     /// The database (kept for `flush`).
     pub db: sled::Db,
     /// `events` tree.
@@ -391,7 +414,8 @@ impl Store {
                 let _ = handle.sync_all();
             }
         }
-        let store = Self {
+        let mut store = Self {
+            recovered: Recovery::default(),
             events: db.open_tree("events")?,
             streams: StreamIndex::new(db.open_tree("streams")?),
             ids: IdIndex::open(&db, meta.clone(), id_shape)?,
@@ -403,11 +427,16 @@ impl Store {
             recent: Mutex::new(RecentChunks::default()),
             hashes: Mutex::new(ChunkHashes::default()),
         };
-        store.replay_journal(journal)?;
+        let journal_events = store.replay_journal(journal)?;
         if convert {
             store.convert_format_2()?;
         }
-        store.repair_indices()?;
+        let (reindexed_events, index_entries_repaired) = store.repair_indices()?;
+        store.recovered = Recovery {
+            journal_events,
+            reindexed_events,
+            index_entries_repaired,
+        };
         store.load_id_tail()?;
         store.checkpoint()?;
         Ok(store)
@@ -595,13 +624,14 @@ impl Store {
 
     /// Re-derives the stream index runs of events past `indexed_through` (a crash loses
     /// the in-memory tail of the index, and can leave a checkpoint's moves half done).
-    /// Returns how many events were re-indexed.
-    pub fn repair_indices(&self) -> Result<u64, LogError> {
+    /// Returns how many events it checked and how many of their entries it re-derived.
+    pub fn repair_indices(&self) -> Result<(u64, u64), LogError> {
         let head = self.head()?;
         let from = self.indexed_through()? + 1;
         if from > head.position {
-            return Ok(0);
+            return Ok((0, 0));
         }
+        let mut checked = 0;
         let mut repaired = 0;
         let mut position = from;
         while position <= head.position {
@@ -617,8 +647,9 @@ impl Store {
                 if self.stream_position(&event.stream, event.revision)? != Some(event.position) {
                     self.streams
                         .repair(&event.stream, event.revision, event.position)?;
+                    repaired += 1;
                 }
-                repaired += 1;
+                checked += 1;
             }
             position = page.next_cursor;
             if page.events.is_empty() {
@@ -627,10 +658,11 @@ impl Store {
         }
         self.set_indexed_through(head.position)?;
         tracing::warn!(
+            checked,
             repaired,
-            "re-derived index entries that a crash left behind"
+            "checked the index entries past the last checkpoint against the events and re-derived those a crash left behind"
         );
-        Ok(repaired)
+        Ok((checked, repaired))
     }
 
     /// The chunk holding `position`: its key and value.

@@ -25,6 +25,8 @@ pub struct VerifyReport {
     pub head_hash: Hash,
     /// Every fault found; empty when the log is sound.
     pub faults: Vec<String>,
+    /// What opening the directory recovered before the checks (as a server start does).
+    pub recovered: super::store::Recovery,
 }
 
 impl VerifyReport {
@@ -450,6 +452,7 @@ pub fn verify_streaming(store: &Store) -> Result<VerifyReport, LogError> {
             head_position,
             head_hash: previous,
             faults,
+            recovered: store.recovered,
         })
     })
 }
@@ -678,5 +681,6 @@ pub fn verify_exact(store: &Store) -> Result<VerifyReport, LogError> {
         head_position,
         head_hash: previous,
         faults: list,
+        recovered: store.recovered,
     })
 }

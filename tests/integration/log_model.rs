@@ -1766,6 +1766,53 @@ fn stream_reads_hold_while_checkpoints_move_the_index() {
     log.shutdown();
 }
 
+/// Verify opens a directory as a server start does, finishing a crash's recovery first,
+/// and says what that recovery did: after a crash at rest (sled as the session found it,
+/// the journal holding every acknowledged group) it wrote the session's events from the
+/// journal to sled and re-derived their index entries; after a clean stop, nothing.
+#[test]
+fn verify_reports_what_opening_recovered() {
+    let mut h = Harness::new();
+    append_singles(&h, 500, 10);
+    let report = h.restart();
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert!(report.recovered.is_empty(), "{:?}", report.recovered);
+    append_singles(&h, 600, 12);
+    let journal = std::fs::read(h.dir.path().join(JOURNAL_FILE)).expect("read journal");
+    h.log.take().expect("open").shutdown();
+    // The directory as a crash at rest leaves it.
+    let crashed = tempfile::tempdir().expect("temp dir");
+    copy_except_journal(h.session_start.path(), crashed.path());
+    std::fs::write(crashed.path().join(JOURNAL_FILE), journal).expect("write journal");
+    let report = retry_while_locked(|| rapport::log::verify::verify_dir(crashed.path()))
+        .expect("verify runs");
+    assert!(report.is_ok(), "{:?}", report.faults);
+    assert_eq!(report.head_position, 22);
+    assert_eq!(
+        report.recovered.journal_events, 12,
+        "{:?}",
+        report.recovered
+    );
+    assert_eq!(
+        report.recovered.reindexed_events, 12,
+        "{:?}",
+        report.recovered
+    );
+    assert!(
+        (1..=12).contains(&report.recovered.index_entries_repaired),
+        "{:?}",
+        report.recovered
+    );
+    // Recovered once: the next open finds nothing to do.
+    let again = retry_while_locked(|| rapport::log::verify::verify_dir(crashed.path()))
+        .expect("verify runs");
+    assert!(
+        again.is_ok() && again.recovered.is_empty(),
+        "{:?}",
+        again.recovered
+    );
+}
+
 /// A clean shutdown empties the journal (sled holds everything after the last
 /// checkpoint), and the next session grows it again and reads every event back.
 #[test]
