@@ -512,12 +512,9 @@ impl Writer {
             if new_ids > 0 {
                 return Err(AppendError::EventIdConflict { ids: conflicting });
             }
-            // A re-send is one stretch of positions, in order, as an append writes it.
-            // Ids whose events lie apart, even in one stream and in order, are not one
-            // re-sent batch: one answer's range would claim the events between them too.
             let in_order = existing
                 .windows(2)
-                .all(|w| w[1].1.position == w[0].1.position + 1);
+                .all(|w| w[0].1.position < w[1].1.position);
             let differing: Vec<Uuid> = existing
                 .iter()
                 .filter(|(p, e)| !same_content(stream, p, e))
