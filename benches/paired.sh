@@ -31,7 +31,7 @@ PGVER=${PGVER:-15}; PGBIN=${PGBIN:-/usr/lib/postgresql/$PGVER/bin}; PGPORT=${PGP
 DB=${DB:-events}
 BIN=target/release/rapport
 URL="http://127.0.0.1:$PORT"
-log() { echo "[$(date +%T)] $*" >&2; }
+. benches/common.sh
 
 cargo build --release -q
 rm -rf "$WORK"; mkdir -p "$WORK"
@@ -59,17 +59,6 @@ start_server() {
     sleep 0.1
   done
   echo "rapport serve on $1 did not start" >&2; exit 1
-}
-# Waits (at most 60 s) until the server used under 30 ms of CPU in half a second.
-wait_idle() {
-  local before after
-  for _ in $(seq 120); do
-    before=$(awk '{print $14+$15}' "/proc/$SERVER/stat")
-    sleep 0.5
-    after=$(awk '{print $14+$15}' "/proc/$SERVER/stat")
-    [ $((after - before)) -lt 3 ] && return 0
-  done
-  echo "warning: server $SERVER still busy after 60 s" >&2
 }
 
 # The A and B of a pair print one rate each (events/s) on stdout.
@@ -126,11 +115,11 @@ for w in $WORKLOADS; do
       "$BIN" rebuild --data-dir "$WORK/fill" >/dev/null
       # Serve once until idle (the loyalty policy's catch-up, which `rebuild` leaves), as
       # compare.sh does: the cold runs below restart a settled server.
-      start_server "$WORK/fill"; wait_idle; stop_server
+      start_server "$WORK/fill"; wait_idle "$SERVER"; stop_server
       "${PSQL[@]}" -v payload="$PAYLOAD" -v streams=$((FILL / 10)) -v revs=10 -f "$PEERS/sql/load.sql"
       PEER_ROWS=$(sql "SELECT count(*) FROM events")
       peer_replay >/dev/null # the peer warm, as in its bench.sh (its 2nd run is reported)
-      restart_fill() { stop_server; start_server "$WORK/fill"; wait_idle; }
+      restart_fill() { stop_server; start_server "$WORK/fill"; wait_idle "$SERVER"; }
       pairs "replay cold" rapport peer rapport_replay peer_replay restart_fill
       rapport_replay >/dev/null
       pairs "replay warm" rapport peer rapport_replay peer_replay

@@ -61,6 +61,18 @@ pub fn associated_data(stream: &str, event_id: Uuid, field: &str) -> Vec<u8> {
     ad
 }
 
+/// The customers whose personal data `events` hold in clear, sorted, each once.
+fn owners_of(events: &mut [(&str, Uuid, &mut DomainEvent)]) -> Vec<Uuid> {
+    let mut owners: Vec<Uuid> = events
+        .iter_mut()
+        .filter(|(_, _, event)| event.has_personal_parts())
+        .filter_map(|(_, _, event)| event.personal_owner())
+        .collect();
+    owners.sort();
+    owners.dedup();
+    owners
+}
+
 /// Seals the personal parts of `events` with `keys[i]` for customer `owners[i]` (`owners`
 /// sorted, every event's owner among them).
 fn seal_with(events: &mut [(&str, Uuid, &mut DomainEvent)], owners: &[Uuid], keys: &[DataKey]) {
@@ -103,13 +115,7 @@ impl Privacy {
         &self,
         events: &mut [(&str, Uuid, &mut DomainEvent)],
     ) -> Result<(), PrivacyError> {
-        let mut owners: Vec<Uuid> = events
-            .iter_mut()
-            .filter(|(_, _, event)| event.has_personal_parts())
-            .filter_map(|(_, _, event)| event.personal_owner())
-            .collect();
-        owners.sort();
-        owners.dedup();
+        let owners = owners_of(events);
         if owners.is_empty() {
             return Ok(());
         }
@@ -126,13 +132,7 @@ impl Privacy {
     /// give (the ciphertext's length does not depend on the key), for checks that must
     /// come before a customer's key is created. Their bytes are worthless.
     pub fn seal_events_for_size(events: &mut [(&str, Uuid, &mut DomainEvent)]) {
-        let mut owners: Vec<Uuid> = events
-            .iter_mut()
-            .filter(|(_, _, event)| event.has_personal_parts())
-            .filter_map(|(_, _, event)| event.personal_owner())
-            .collect();
-        owners.sort();
-        owners.dedup();
+        let owners = owners_of(events);
         let stand_in = vec![DataKey::from_bytes([0; crate::keys::KEY_BYTES]); owners.len()];
         seal_with(events, &owners, &stand_in);
     }

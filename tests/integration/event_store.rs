@@ -3173,6 +3173,32 @@ struct BytesSubscribe {
     filter: Option<BytesFilter>,
 }
 
+/// Calls the unary `EventStore` method `method` with `request` as it is encoded, and
+/// returns the error it must answer with.
+async fn unary_err<Req, Resp>(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    method: &str,
+    request: Req,
+) -> Status
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+        "/rapport.v1.EventStore/{method}"
+    ))
+    .unwrap();
+    grpc.unary(
+        tonic::Request::new(request),
+        path,
+        tonic_prost::ProstCodec::<Req, Resp>::default(),
+    )
+    .await
+    .map(|_| ())
+    .unwrap_err()
+}
+
 /// Bytes that are not a valid message of the request's type (here: invalid UTF-8 in a
 /// string) are bad input: INVALID_ARGUMENT naming the field, for each of the service's
 /// request types, and nothing is appended.
@@ -3185,68 +3211,49 @@ async fn a_request_that_is_not_valid_protobuf_is_invalid_on_its_field() {
         .unwrap();
     let before = head(&mut c).await;
     let mut grpc = tonic::client::Grpc::new(t.channel().await);
-    let path = |p: &'static str| tonic::codegen::http::uri::PathAndQuery::from_static(p);
     let bad_stream = BytesStreamRequest {
         stream: b"order-\xff".to_vec(),
     };
     let bad_filter = Some(BytesFilter {
         stream_prefixes: vec![b"ord\xfe".to_vec()],
     });
-    let mut answers = Vec::new();
-    grpc.ready().await.unwrap();
-    answers.push((
-        "Append",
-        "stream",
-        grpc.unary(
-            tonic::Request::new(bad_stream.clone()),
-            path("/rapport.v1.EventStore/Append"),
-            tonic_prost::ProstCodec::<BytesStreamRequest, pb::AppendResponse>::default(),
-        )
-        .await
-        .map(|_| ())
-        .unwrap_err(),
-    ));
-    grpc.ready().await.unwrap();
-    answers.push((
-        "ReadStream",
-        "stream",
-        grpc.unary(
-            tonic::Request::new(bad_stream),
-            path("/rapport.v1.EventStore/ReadStream"),
-            tonic_prost::ProstCodec::<BytesStreamRequest, pb::ReadResponse>::default(),
-        )
-        .await
-        .map(|_| ())
-        .unwrap_err(),
-    ));
-    grpc.ready().await.unwrap();
-    answers.push((
-        "ReadAll",
-        "filter.stream_prefixes",
-        grpc.unary(
-            tonic::Request::new(BytesReadAll {
-                filter: bad_filter.clone(),
-            }),
-            path("/rapport.v1.EventStore/ReadAll"),
-            tonic_prost::ProstCodec::<BytesReadAll, pb::ReadResponse>::default(),
-        )
-        .await
-        .map(|_| ())
-        .unwrap_err(),
-    ));
-    grpc.ready().await.unwrap();
-    answers.push((
-        "Subscribe",
-        "filter.stream_prefixes",
-        grpc.server_streaming(
-            tonic::Request::new(BytesSubscribe { filter: bad_filter }),
-            path("/rapport.v1.EventStore/Subscribe"),
-            tonic_prost::ProstCodec::<BytesSubscribe, pb::RecordedEvent>::default(),
-        )
-        .await
-        .map(|_| ())
-        .unwrap_err(),
-    ));
+    let answers = vec![
+        (
+            "Append",
+            "stream",
+            unary_err::<_, pb::AppendResponse>(&mut grpc, "Append", bad_stream.clone()).await,
+        ),
+        (
+            "ReadStream",
+            "stream",
+            unary_err::<_, pb::ReadResponse>(&mut grpc, "ReadStream", bad_stream).await,
+        ),
+        (
+            "ReadAll",
+            "filter.stream_prefixes",
+            unary_err::<_, pb::ReadResponse>(
+                &mut grpc,
+                "ReadAll",
+                BytesReadAll {
+                    filter: bad_filter.clone(),
+                },
+            )
+            .await,
+        ),
+        ("Subscribe", "filter.stream_prefixes", {
+            grpc.ready().await.unwrap();
+            grpc.server_streaming(
+                tonic::Request::new(BytesSubscribe { filter: bad_filter }),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/rapport.v1.EventStore/Subscribe",
+                ),
+                tonic_prost::ProstCodec::<BytesSubscribe, pb::RecordedEvent>::default(),
+            )
+            .await
+            .map(|_| ())
+            .unwrap_err()
+        }),
+    ];
     for (rpc, field, status) in answers {
         assert_eq!(status.code(), Code::InvalidArgument, "{rpc}: {status:?}");
         let violations = status
