@@ -22,7 +22,7 @@ use crate::domain::{DomainEvent, Violations};
 use crate::limits;
 use crate::log::{
     ChunkPage, ExpectedRevision, FastSet, Log, ParsedChunk, ProposedEvent, ReadFilter,
-    StreamAppend, StreamName,
+    StreamAppend, StreamName, same_envelope,
 };
 use crate::privacy::{Privacy, PrivacyError};
 
@@ -58,12 +58,19 @@ impl EventStoreService {
             // A new customer's key is written durably first: off the async workers, and
             // only for an append not refused anyway.
             let (privacy, log) = (self.privacy.clone(), self.log.clone());
-            tokio::task::spawn_blocking(move || {
+            let sealed = tokio::task::spawn_blocking(move || {
+                if let Some(outcome) = pending.resent_after_erasure(&log, &privacy)? {
+                    return Ok(Err(outcome));
+                }
                 pending.refuse_before_keys(&log)?;
-                pending.seal(&privacy)
+                pending.seal(&privacy).map(Ok)
             })
             .await
-            .map_err(|e| Status::internal(format!("sealing task failed: {e}")))??
+            .map_err(|e| Status::internal(format!("sealing task failed: {e}")))??;
+            match sealed {
+                Ok(append) => append,
+                Err(outcome) => return Ok(Response::new(outcome)),
+            }
         } else {
             pending.seal(&self.privacy)?
         };
@@ -92,6 +99,55 @@ impl PendingAppend {
                 .personal_owner()
                 .is_some_and(|owner| privacy.keys().data_key(owner).is_none())
         })
+    }
+
+    /// A re-send of events whose customer was erased since they landed: the key is gone,
+    /// so they cannot be sealed again and compared whole, and sealing would refuse them
+    /// (`FAILED_PRECONDITION`) though idempotency comes first. When every event carries
+    /// the client's id, all of them are in the log in this order, in this stream, with
+    /// the same envelope ([`same_envelope`]) and, for events without personal data, the
+    /// same payload, the answer is their original positions. `None` otherwise, and for
+    /// any append that names no erased customer.
+    pub fn resent_after_erasure(
+        &self,
+        log: &Log,
+        privacy: &Privacy,
+    ) -> Result<Option<pb::AppendResponse>, Status> {
+        let names_erased = self.personal.iter().any(|(_, event)| {
+            event
+                .personal_owner()
+                .is_some_and(|owner| privacy.keys().is_erased(owner))
+        });
+        if !names_erased {
+            return Ok(None);
+        }
+        let stream = self.append.stream.as_str();
+        let mut found = Vec::with_capacity(self.append.events.len());
+        for (index, proposed) in self.append.events.iter().enumerate() {
+            let Some(id) = proposed.event_id else {
+                return Ok(None);
+            };
+            let Some(logged) = log.event_by_id(id)? else {
+                return Ok(None);
+            };
+            let stored = logged.event;
+            let personal = self.personal.iter().any(|(i, _)| *i == index);
+            if !same_envelope(stream, proposed, &stored)
+                || (!personal && stored.payload != proposed.payload)
+            {
+                return Ok(None);
+            }
+            found.push(stored);
+        }
+        let in_order = found.windows(2).all(|w| w[0].position < w[1].position);
+        match (found.first(), found.last()) {
+            (Some(first), Some(last)) if in_order => Ok(Some(pb::AppendResponse {
+                first_position: first.position,
+                last_position: last.position,
+                last_revision: last.revision,
+            })),
+            _ => Ok(None),
+        }
     }
 
     /// For an append whose sealing would create a customer's key, the refusals the writer

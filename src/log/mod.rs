@@ -34,6 +34,7 @@ pub use error::{AppendError, LogError, ReadError};
 pub use record::{Hash, LoggedEvent, StoredEvent, StoredEventView, ZERO_HASH};
 pub use store::{ChunkPage, Head, Page, ParsedChunk, ReadFilter, StreamHead};
 pub use stream_name::{StreamName, StreamNameError};
+pub use writer::same_envelope;
 
 /// The hash maps on the append path (the writer's group overlay and stream heads, the id
 /// index's tail, the stream index's tail), keyed by event ids and stream names: foldhash

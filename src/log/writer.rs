@@ -826,6 +826,13 @@ impl WriterStats {
 /// True when a re-sent event has the content of the stored one: stream, body,
 /// metadata, occurred_at, correlation and causation ids (DESIGN §5 fine print).
 fn same_content(stream: &str, proposed: &ProposedEvent, stored: &StoredEvent) -> bool {
+    stored.payload == proposed.payload && same_envelope(stream, proposed, stored)
+}
+
+/// The content an idempotent re-send must repeat, but for the payload: the stream, event
+/// type and schema, metadata (in any order), occurred_at (unset: the recorded time),
+/// correlation and causation ids.
+pub fn same_envelope(stream: &str, proposed: &ProposedEvent, stored: &StoredEvent) -> bool {
     let mut metadata = proposed.metadata.clone();
     metadata.sort();
     let occurred_matches = match proposed.occurred_at_us {
@@ -835,7 +842,6 @@ fn same_content(stream: &str, proposed: &ProposedEvent, stored: &StoredEvent) ->
     stored.stream == stream
         && stored.event_type == proposed.event_type
         && stored.schema_version == proposed.schema_version
-        && stored.payload == proposed.payload
         && stored.metadata == metadata
         && occurred_matches
         && stored.correlation_id == proposed.correlation_id

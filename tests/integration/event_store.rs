@@ -695,6 +695,49 @@ async fn a_refused_first_personal_event_creates_no_key() {
     t.server.stop().await.unwrap();
 }
 
+/// Idempotency comes first, also for a customer erased since: the key is gone, so the
+/// events cannot be sealed and compared again, but a re-send with the same ids, order,
+/// stream and envelope gets its original positions; anything else meets the erasure.
+#[tokio::test]
+async fn a_resent_personal_event_of_an_erased_customer_gets_its_original_positions() {
+    let t = TestServer::start().await;
+    let mut c = t.client().await;
+    let customer = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0def);
+    let stream = format!("customer-{customer}");
+    let registered = |id: &str| pb::ProposedEvent {
+        event_id: id.to_owned(),
+        event: Some(customer_registered(&customer.to_string())),
+        metadata: HashMap::from([("tenant".to_owned(), "shop-1".to_owned())]),
+        ..Default::default()
+    };
+    let first = append_ok(&mut c, append(&stream, None, vec![registered(&id(1))])).await;
+    assert_eq!(landed(&first), (1, 1, 0));
+    t.customers()
+        .await
+        .erase_customer(pb::EraseCustomerRequest {
+            customer_id: customer.to_string(),
+            reason: "test".into(),
+            requested_by: "test".into(),
+            context: None,
+        })
+        .await
+        .unwrap();
+    let before = head(&mut c).await;
+    for expected in [None, Some(Expected::NoStream(())), Some(Expected::Exact(7))] {
+        let again = append_ok(&mut c, append(&stream, expected, vec![registered(&id(1))])).await;
+        assert_eq!(landed(&again), (1, 1, 0), "{expected:?}");
+    }
+    // Another envelope, or a new id: the customer is erased.
+    let mut other = registered(&id(1));
+    other.metadata.insert("tenant".into(), "shop-2".into());
+    for batch in [vec![other], vec![registered(&id(2))]] {
+        let status = append_err(&mut c, append(&stream, None, batch)).await;
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    }
+    assert_eq!(head(&mut c).await, before, "nothing was appended");
+    t.server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn reusing_an_id_with_other_content_is_already_exists() {
     let t = TestServer::start().await;
