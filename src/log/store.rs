@@ -210,6 +210,12 @@ pub struct Store {
     /// `meta` tree.
     pub meta: Tree,
     db_file: File,
+    /// sled's directory of large values (`sled/blobs`): one file each, which sled writes
+    /// but never syncs.
+    blobs_dir: std::path::PathBuf,
+    /// The newest blob file (sled names them by log sequence number) a sync has made
+    /// durable; later ones are synced at the next checkpoint.
+    blobs_synced: Mutex<i64>,
     /// The journal; only the writer appends to it.
     pub wal: Mutex<Wal>,
     /// The head when the stream index's runs were last frozen (or all written):
@@ -422,6 +428,8 @@ impl Store {
             meta,
             db,
             db_file,
+            blobs_dir: sled_dir.join("blobs"),
+            blobs_synced: Mutex::new(-1),
             wal: Mutex::new(wal),
             frozen_through: std::sync::atomic::AtomicU64::new(0),
             recent: Mutex::new(RecentChunks::default()),
@@ -584,10 +592,51 @@ impl Store {
         Ok(())
     }
 
-    /// Flushes sled and fdatasyncs its file: after this returns, every write so far is durable.
+    /// Flushes sled and fdatasyncs its files: after this returns, every write so far is
+    /// durable. The blob files first (values past a quarter of sled's segment, e.g. a
+    /// chunk of a few 60 KiB events, live in a file each, which sled never syncs: a
+    /// checkpoint that then emptied the journal left them the only, unsynced copy), then
+    /// sled's main file, which points at them.
     pub fn sync(&self) -> Result<(), LogError> {
         self.db.flush()?;
+        self.sync_blobs()?;
         self.db_file.sync_data()?;
+        Ok(())
+    }
+
+    /// fdatasyncs the blob files written since the last sync, and their directory.
+    fn sync_blobs(&self) -> Result<(), LogError> {
+        let mut synced = self.blobs_synced.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut newest = *synced;
+        for entry in entries {
+            let entry = entry?;
+            let Some(lsn) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            if lsn <= *synced {
+                continue;
+            }
+            match File::open(entry.path()) {
+                Ok(file) => file.sync_data()?,
+                // sled removed it (its value was replaced or deleted) since the listing.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error.into()),
+            }
+            newest = newest.max(lsn);
+        }
+        if newest > *synced {
+            File::open(&self.blobs_dir)?.sync_all()?;
+            *synced = newest;
+        }
         Ok(())
     }
 
@@ -1177,6 +1226,44 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value past a quarter of sled's segment is a blob file of its own; a sync makes
+    /// it durable (sled never syncs it), and only the ones written since the last sync.
+    #[test]
+    fn a_sync_reaches_the_blob_files_sled_writes_for_large_values() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("open");
+        store.sync().expect("sync without blobs");
+        assert_eq!(*store.blobs_synced.lock().unwrap(), -1);
+        let big: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        store.meta.insert("big-1", big.clone()).expect("insert");
+        store.sync().expect("sync");
+        let blobs = || -> Vec<i64> {
+            std::fs::read_dir(dir.path().join("sled").join("blobs"))
+                .map(|entries| {
+                    entries
+                        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let first = blobs();
+        assert!(
+            !first.is_empty(),
+            "sled kept the value inline: no blob to sync"
+        );
+        let synced = *store.blobs_synced.lock().unwrap();
+        assert!(
+            first.iter().all(|lsn| *lsn <= synced),
+            "{first:?} > {synced}"
+        );
+        store.meta.insert("big-2", big).expect("insert");
+        store.sync().expect("sync");
+        let later = *store.blobs_synced.lock().unwrap();
+        assert!(later > synced && blobs().iter().all(|lsn| *lsn <= later));
+    }
 
     #[test]
     fn chunk_hashes_stay_within_their_limit_oldest_out_first() {
