@@ -177,7 +177,9 @@ struct Inner {
     queue_wait: Duration,
     queue: Mutex<Option<mpsc::Sender<Job>>>,
     head: watch::Receiver<Head>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread; it returns whether it stopped without a failure (and so made
+    /// its final checkpoint).
+    writer: Mutex<Option<std::thread::JoinHandle<bool>>>,
 }
 
 /// A handle to an open log; cheap to clone, shared by all services.
@@ -447,17 +449,30 @@ impl Log {
     /// waits for it. Idempotent.
     pub fn shutdown(&self) {
         self.inner.queue.lock().expect("queue lock poisoned").take();
-        if let Some(handle) = self
+        let Some(handle) = self
             .inner
             .writer
             .lock()
             .expect("writer lock poisoned")
             .take()
-        {
-            let _ = handle.join();
-        }
-        if let Err(error) = self.inner.store.checkpoint() {
-            tracing::error!(%error, "final checkpoint failed");
+        else {
+            return;
+        };
+        if handle.join().unwrap_or(false) {
+            // The writer checkpointed; this one also covers what else shares the
+            // database since (the projections' trees).
+            if let Err(error) = self.inner.store.checkpoint() {
+                tracing::error!(%error, "final checkpoint failed");
+            }
+        } else {
+            // After a storage failure sled may hold events whose index entries were never
+            // made: a checkpoint would move the index watermark over them, and the next
+            // open would not re-derive them. Flush only; the next open replays the
+            // journal and repairs the indices from the last good watermark.
+            tracing::warn!("the log writer stopped after a failure: no final checkpoint");
+            if let Err(error) = self.inner.store.db.flush() {
+                tracing::error!(%error, "final flush failed");
+            }
         }
     }
 }

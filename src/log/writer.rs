@@ -289,7 +289,9 @@ impl Writer {
         condvar.notify_all();
     }
 
-    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+    /// Runs until the queue closes; returns whether it stopped without a failure (and
+    /// made its final checkpoint).
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Job>) -> bool {
         while let Some(first) = queue.blocking_recv() {
             let mut events = first.appends.iter().map(|a| a.events.len()).sum::<usize>();
             let mut jobs = vec![first];
@@ -329,12 +331,16 @@ impl Writer {
         if let Some(syncer) = syncer {
             let _ = syncer.join();
         }
-        if failure.lock().expect("failure lock poisoned").is_none() {
+        let mut clean = failure.lock().expect("failure lock poisoned").is_none();
+        if clean {
             match store.checkpoint() {
-                Err(error) => tracing::error!(
-                    %error,
-                    "checkpoint at shutdown failed; the journal will be replayed"
-                ),
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        "checkpoint at shutdown failed; the journal will be replayed"
+                    );
+                    clean = false;
+                }
                 // sled holds everything now: the journal's records are dead weight.
                 Ok(()) => {
                     if let Err(error) = store.wal.lock().expect("journal lock poisoned").truncate()
@@ -345,6 +351,7 @@ impl Writer {
             }
         }
         tracing::debug!("log writer stopped: queue closed");
+        clean
     }
 
     fn commit_group(&mut self, jobs: Vec<Job>) {
