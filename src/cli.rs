@@ -90,10 +90,15 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// `rapport verify`: the offline audit. Returns whether the log is sound.
-pub fn verify(data_dir: &Path) -> Result<bool, CliError> {
+/// `rapport verify`: the offline audit, with heads an auditor pinned earlier given as
+/// `POSITION:HASH` (hex). Returns whether the log is sound and leads to every pin.
+pub fn verify(data_dir: &Path, pins: &[String]) -> Result<bool, CliError> {
+    let pins = pins
+        .iter()
+        .map(|pin| parse_pin(pin))
+        .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
-    let report = verify::verify_dir(data_dir)?;
+    let report = verify::verify_dir_pinned(data_dir, &pins)?;
     let elapsed = start.elapsed().as_secs_f64();
     println!(
         "events {}  streams {}  chunks {}  head {} {}",
@@ -125,6 +130,19 @@ pub fn verify(data_dir: &Path) -> Result<bool, CliError> {
         }
     }
     Ok(report.is_ok())
+}
+
+/// A pinned head, `POSITION:HASH` with the hash as 64 hex digits.
+fn parse_pin(pin: &str) -> Result<(u64, crate::log::Hash), CliError> {
+    let bad =
+        || -> CliError { format!("--pin {pin}: expected POSITION:HASH (64 hex digits)").into() };
+    let (position, hash) = pin.split_once(':').ok_or_else(bad)?;
+    let position = position.parse::<u64>().map_err(|_| bad())?;
+    let hash: crate::log::Hash = hex::decode(hash)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok((position, hash))
 }
 
 /// Formats UTC microseconds as RFC 3339 (`2026-11-23T12:00:00.000001Z`).

@@ -129,6 +129,11 @@ enum Command {
         /// Data directory of a stopped server (or an offline copy).
         #[arg(long)]
         data_dir: PathBuf,
+        /// A head pinned earlier (`GetHead`, or a verify's summary) as POSITION:HASH (hex):
+        /// the log must still lead to it, the event at POSITION having chain hash HASH.
+        /// Repeatable.
+        #[arg(long = "pin", value_name = "POSITION:HASH")]
+        pins: Vec<String>,
     },
     /// Print events as JSON lines through the gRPC API.
     Tail {
@@ -480,7 +485,7 @@ fn main() -> ExitCode {
             )
             .await
             .map(|()| true),
-            Command::Verify { data_dir } => rapport::cli::verify(&data_dir),
+            Command::Verify { data_dir, pins } => rapport::cli::verify(&data_dir, &pins),
             Command::Tail {
                 server,
                 after,

@@ -114,6 +114,14 @@ fn parse_in_parallel(
 
 /// Opens the data directory (refusing clearly if a server holds it) and verifies it.
 pub fn verify_dir(dir: &Path) -> Result<VerifyReport, LogError> {
+    verify_dir_pinned(dir, &[])
+}
+
+/// [`verify_dir`], and then that the log leads to each pinned head `(position, hash)`: the
+/// event at `position` has chain hash `hash` (with the chain verified from the start, the
+/// log has not been rewritten up to there). A pin past the head, or with another hash,
+/// is a fault.
+pub fn verify_dir_pinned(dir: &Path, pins: &[(u64, Hash)]) -> Result<VerifyReport, LogError> {
     if !dir.join("sled").join("db").exists() {
         return Err(LogError::Io(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -126,7 +134,30 @@ pub fn verify_dir(dir: &Path) -> Result<VerifyReport, LogError> {
         seconds = opened.elapsed().as_secs_f64(),
         "opened the store for verify"
     );
-    verify_store(&store)
+    let mut report = verify_store(&store)?;
+    for &(position, hash) in pins {
+        let found = if position == 0 {
+            Some(ZERO_HASH)
+        } else if position > report.head_position {
+            None
+        } else {
+            store.event_at(position)?.map(|logged| logged.hash)
+        };
+        match found {
+            Some(found) if found == hash => {}
+            Some(found) => report.faults.push(format!(
+                "pinned head {position}:{} is not in the log: the event at {position} has hash {}",
+                hex::encode(hash),
+                hex::encode(found)
+            )),
+            None => report.faults.push(format!(
+                "pinned head {position}:{} is past the log's head {}",
+                hex::encode(hash),
+                report.head_position
+            )),
+        }
+    }
+    Ok(report)
 }
 
 /// Verifies an open store: the chain, density of positions and revisions, and that the
