@@ -33,19 +33,23 @@ use super::stream_index::StreamIndex;
 use super::stream_name::category;
 use super::wal::{ChunkEntry, Wal};
 
-/// The on-disk format this build writes and reads. 4: a stream index entry packs many
+/// The on-disk format this build writes and reads. 5: journal records carry an epoch and
+/// a sequence number (an older build would stop at them, and so not replay what they
+/// hold; a format-3 or -4 directory opens as it is, its journal read the old way once).
+/// 4: a stream index entry packs many
 /// runs (format 3 had one run an entry, which is a valid format-4 entry, so a format-3
 /// directory opens as it is). 3: the event id index is packed
 /// into runs (`id_runs` and its manifest) instead of one `event_ids` entry per event.
 /// 2: customer events carry their personal data sealed (1 had it in clear; the envelope
 /// and chunk layout are unchanged, but a version-1 directory's customer payloads would
 /// not decode as today's types).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 
-/// The older format this build opens as it is and moves to [`FORMAT_VERSION`]: its
-/// one-run stream index entries are entries of this format, and older builds must not
-/// open a directory once it holds packed ones.
-pub const COMPATIBLE_FORMAT_VERSION: u32 = 3;
+/// The older formats this build opens as they are and moves to [`FORMAT_VERSION`]: 3's
+/// one-run stream index entries are entries of this format, 4's journal records are
+/// read the old way (no journal epoch is recorded yet); older builds must not open a
+/// directory once it holds packed entries or journal records with epochs.
+pub const COMPATIBLE_FORMAT_VERSIONS: [u32; 2] = [3, 4];
 
 /// The older format this build converts when it opens it: version 2 differs in its id
 /// index, which opening packs into runs (and in its stream index as format 3 does).
@@ -53,6 +57,9 @@ pub const CONVERTED_FORMAT_VERSION: u32 = 2;
 
 const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 const INDEXED_THROUGH_KEY: &[u8] = b"indexed_through";
+/// The journal's epoch, moved on by every checkpoint ([`super::wal`]); absent in a
+/// directory no format-5 build has checkpointed yet.
+const JOURNAL_EPOCH_KEY: &[u8] = b"journal_epoch";
 
 /// Last position and chain hash of the log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -391,7 +398,7 @@ impl Store {
                     .map_err(|_| LogError::Corrupt("malformed format version".into()))?;
                 convert = found == CONVERTED_FORMAT_VERSION;
                 if found != FORMAT_VERSION && !convert {
-                    if found != COMPATIBLE_FORMAT_VERSION {
+                    if !COMPATIBLE_FORMAT_VERSIONS.contains(&found) {
                         return Err(LogError::UnsupportedFormat {
                             found,
                             supported: FORMAT_VERSION,
@@ -399,9 +406,9 @@ impl Store {
                     }
                     meta.insert(FORMAT_VERSION_KEY, &FORMAT_VERSION.to_be_bytes())?;
                     tracing::info!(
-                        from = COMPATIBLE_FORMAT_VERSION,
+                        from = found,
                         to = FORMAT_VERSION,
-                        "opened an older directory as it is; new stream index entries are packed"
+                        "opened an older directory as it is; new stream index entries are packed and journal records carry epochs"
                     );
                 }
             }
@@ -413,7 +420,11 @@ impl Store {
         // fdatasync on this handle after sled's flush so they survive power loss.
         let db_file = File::open(sled_dir.join("db"))?;
         // sled holds the directory lock now, so no other process has the journal open.
-        let (wal, journal) = Wal::open(&dir.join("wal"))?;
+        let epoch = meta
+            .get(JOURNAL_EPOCH_KEY)?
+            .map(|bytes| be_u64(&bytes))
+            .transpose()?;
+        let (wal, journal) = Wal::open(&dir.join("wal"), epoch)?;
         for path in [dir, sled_dir.as_path()] {
             if let Ok(handle) = File::open(path) {
                 // Persist the directory entries of the files just created, once.
@@ -581,8 +592,15 @@ impl Store {
         index_time: std::time::Duration,
         stream_entries: u64,
     ) -> Result<(), LogError> {
+        // The next epoch is durable with the checkpoint before the journal starts over in
+        // it: a crash in between leaves records of the old epoch, which sled holds.
+        let epoch = self.wal.lock().expect("journal lock poisoned").epoch() + 1;
+        self.meta.insert(JOURNAL_EPOCH_KEY, &epoch.to_be_bytes())?;
         self.sync()?;
-        self.wal.lock().expect("journal lock poisoned").reset()?;
+        self.wal
+            .lock()
+            .expect("journal lock poisoned")
+            .reset(epoch)?;
         tracing::debug!(
             stream_entries,
             index_ms = index_time.as_secs_f64() * 1e3,
