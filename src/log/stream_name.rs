@@ -31,26 +31,33 @@ pub enum StreamNameError {
     BadId,
 }
 
+/// Checks that `name` is a valid stream name (what [`StreamName::parse`] accepts),
+/// without allocating: `verify` checks every stored event's.
+pub fn validate(name: &str) -> Result<(), StreamNameError> {
+    if name.is_empty() {
+        return Err(StreamNameError::Empty);
+    }
+    if name.len() > STREAM_NAME_BYTES_MAX {
+        return Err(StreamNameError::TooLong(name.len()));
+    }
+    let (category, id) = name.split_once('-').ok_or(StreamNameError::NoSeparator)?;
+    if !is_category(category) {
+        return Err(StreamNameError::BadCategory);
+    }
+    let id_ok = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if !id_ok {
+        return Err(StreamNameError::BadId);
+    }
+    Ok(())
+}
+
 impl StreamName {
     /// Validates `name`.
     pub fn parse(name: &str) -> Result<Self, StreamNameError> {
-        if name.is_empty() {
-            return Err(StreamNameError::Empty);
-        }
-        if name.len() > STREAM_NAME_BYTES_MAX {
-            return Err(StreamNameError::TooLong(name.len()));
-        }
-        let (category, id) = name.split_once('-').ok_or(StreamNameError::NoSeparator)?;
-        if !is_category(category) {
-            return Err(StreamNameError::BadCategory);
-        }
-        let id_ok = !id.is_empty()
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        if !id_ok {
-            return Err(StreamNameError::BadId);
-        }
+        validate(name)?;
         Ok(Self(name.to_owned()))
     }
 

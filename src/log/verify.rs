@@ -83,6 +83,13 @@ fn event_heads<'a>(layout: &'a ChunkLayout, value: &'a [u8]) -> Result<Vec<Event
                 head.position
             ));
         }
+        // A name no append could have written: reads of the event would fail.
+        super::stream_name::validate(head.stream).map_err(|error| {
+            format!(
+                "position {position}: stream name {:?}: {error}",
+                head.stream
+            )
+        })?;
         events.push(head);
     }
     Ok(events)

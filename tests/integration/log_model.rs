@@ -2059,3 +2059,48 @@ fn verify_catches_every_kind_of_index_damage() {
         );
     }
 }
+
+/// A stored event whose stream name no append could have written (its reads would fail)
+/// is a fault, even with an intact chain: verify checks every stored name.
+#[test]
+fn verify_finds_a_stored_stream_name_no_append_could_write() {
+    use rapport::log::record::ChunkBuilder;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(dir.path()).expect("open");
+    let event = rapport::log::StoredEvent {
+        position: 1,
+        stream: "no separator".into(),
+        revision: 0,
+        event_id: [7; 16],
+        event_type: "test.happened".into(),
+        schema_version: 1,
+        recorded_at_us: 1,
+        occurred_at_us: 1,
+        correlation_id: String::new(),
+        causation_id: String::new(),
+        actor: String::new(),
+        source_channel: String::new(),
+        metadata: Vec::new(),
+        payload: Vec::new(),
+    };
+    let mut chunk = ChunkBuilder::new(ZERO_HASH);
+    chunk.push_event(&event, &ZERO_HASH);
+    let (value, _) = chunk.finish_parsed(1);
+    store
+        .events
+        .insert(1u64.to_be_bytes(), value)
+        .expect("insert");
+    for report in [
+        verify_streaming(&store).expect("streaming pass"),
+        verify_exact(&store).expect("exact pass"),
+    ] {
+        assert!(
+            report
+                .faults
+                .iter()
+                .any(|f| f.contains("position 1: stream name \"no separator\"")),
+            "{:?}",
+            report.faults
+        );
+    }
+}
