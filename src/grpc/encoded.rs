@@ -29,7 +29,6 @@ use tonic::Status;
 use tonic::codegen::{BoxFuture, StdError, http};
 use tonic::server::NamedService;
 
-use super::append_wire::WireAppendRequest;
 use super::event_store::EventStoreService;
 use super::pb;
 use super::pb::event_store_server::EventStoreServer;
@@ -216,6 +215,25 @@ where
     M::decode(&received[PREFIX_BYTES..]).map_err(|e| super::status::undecodable_request(&e))
 }
 
+/// The request's one message ([`request_message`], its bytes held in `held` until the
+/// caller has answered), then `handle`'s answer to it.
+async fn handled<M, B, T, F, Fut>(
+    request: http::Request<B>,
+    budget: &Budget,
+    held: &mut OwnedSemaphorePermit,
+    handle: F,
+) -> Result<T, Status>
+where
+    M: prost::Message + Default,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+    F: FnOnce(M) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let message = request_message::<M, B>(request, budget, held).await?;
+    handle(message).await
+}
+
 /// A message at most this long goes out in one data frame with its prefix (one copy);
 /// a longer one (a read page) as the prefix's frame and then its own bytes, uncopied.
 const UNARY_COPY_BYTES_MAX: usize = 16 * 1024;
@@ -320,18 +338,13 @@ impl EventStoreEdge {
     /// Serves `service`, with the message size limits of every service and the default
     /// [`Budget`].
     pub fn new(service: EventStoreService) -> Self {
-        Self::with_budget(service, Budget::default())
-    }
-
-    /// Serves `service` within `budget`.
-    pub fn with_budget(service: EventStoreService, budget: Budget) -> Self {
         let generated = EventStoreServer::new(service.clone())
             .max_decoding_message_size(limits::MESSAGE_BYTES_MAX)
             .max_encoding_message_size(limits::MESSAGE_BYTES_MAX);
         Self {
             service,
             generated,
-            budget,
+            budget: Budget::default(),
         }
     }
 }
@@ -362,43 +375,31 @@ where
         let mut held = budget.nothing();
         match request.uri().path() {
             "/rapport.v1.EventStore/Append" => Box::pin(async move {
-                let answer = match request_message::<WireAppendRequest, B>(
-                    request, &budget, &mut held,
-                )
-                .await
-                {
-                    Ok(append) => service
-                        .append_wire(tonic::Request::new(append))
-                        .await
-                        .map(|response| prost::Message::encode_to_vec(response.get_ref())),
-                    Err(status) => Err(status),
-                };
-                Ok(unary_response(answer.map(Bytes::from), None))
+                let answer = handled(request, &budget, &mut held, |append| async move {
+                    let response = service.append_wire(tonic::Request::new(append)).await?;
+                    Ok(Bytes::from(prost::Message::encode_to_vec(
+                        response.get_ref(),
+                    )))
+                })
+                .await;
+                Ok(unary_response(answer, None))
             }),
             "/rapport.v1.EventStore/ReadStream" => Box::pin(async move {
-                let answer =
-                    match request_message::<pb::ReadStreamRequest, B>(request, &budget, &mut held)
-                        .await
-                    {
-                        Ok(read) => service
-                            .read_stream_encoded(tonic::Request::new(read))
-                            .await
-                            .map(|response| response.into_inner().0),
-                        Err(status) => Err(status),
-                    };
+                let answer = handled(request, &budget, &mut held, |read| async move {
+                    let page = service
+                        .read_stream_encoded(tonic::Request::new(read))
+                        .await?;
+                    Ok(page.into_inner().0)
+                })
+                .await;
                 Ok(held_answer(answer, &budget))
             }),
             "/rapport.v1.EventStore/ReadAll" => Box::pin(async move {
-                let answer =
-                    match request_message::<pb::ReadAllRequest, B>(request, &budget, &mut held)
-                        .await
-                    {
-                        Ok(read) => service
-                            .read_all_encoded(tonic::Request::new(read))
-                            .await
-                            .map(|response| response.into_inner().0),
-                        Err(status) => Err(status),
-                    };
+                let answer = handled(request, &budget, &mut held, |read| async move {
+                    let page = service.read_all_encoded(tonic::Request::new(read)).await?;
+                    Ok(page.into_inner().0)
+                })
+                .await;
                 Ok(held_answer(answer, &budget))
             }),
             "/rapport.v1.EventStore/Subscribe" => Box::pin(async move {

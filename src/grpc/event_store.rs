@@ -131,7 +131,11 @@ impl PendingAppend {
                 return Ok(None);
             };
             let stored = logged.event;
-            let personal = self.personal.iter().any(|(i, _)| *i == index);
+            // `personal` is in event order.
+            let personal = self
+                .personal
+                .binary_search_by_key(&index, |(i, _)| *i)
+                .is_ok();
             if !same_envelope(stream, proposed, &stored)
                 || (!personal && stored.payload != proposed.payload)
             {

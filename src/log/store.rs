@@ -1081,20 +1081,14 @@ impl Store {
                 // A chunk with none of the filter's stream categories is passed over whole,
                 // exactly as the loop below would pass over it event by event: same events
                 // examined, same cursor (so only when the loop would not stop inside it).
-                if let Some(wanted) = categories {
-                    let (from, last) = (next.max(first), layout.last_position().min(head));
-                    if from <= last
-                        && events.len() < max_count
-                        && examined + (last - from + 1) as usize
-                            <= crate::limits::READ_SCAN_EVENTS_MAX
-                        && layout
-                            .known_categories()
-                            .is_some_and(|held| held & wanted == 0)
-                    {
-                        examined += (last - from + 1) as usize;
-                        next = last + 1;
-                        continue;
-                    }
+                let (from, last) = (next.max(first), layout.last_position().min(head));
+                if from <= last
+                    && passes_over(layout, categories, last - from + 1, examined)
+                    && events.len() < max_count
+                {
+                    examined += (last - from + 1) as usize;
+                    next = last + 1;
+                    continue;
                 }
                 // The categories of the events this read peeks at: kept for later readers
                 // when it peeks at every event of the chunk.
@@ -1180,20 +1174,14 @@ impl Store {
                 let (layout, value) = (&chunk.layout, &chunk.value);
                 // As forward: a chunk of none of the filter's categories is passed over
                 // whole when the loop below would examine all of it without stopping.
-                if let Some(wanted) = categories {
-                    let from = layout.last_position().min(lowest - 1);
-                    if from >= first
-                        && events.len() < max_count
-                        && examined + (from - first + 1) as usize
-                            <= crate::limits::READ_SCAN_EVENTS_MAX
-                        && layout
-                            .known_categories()
-                            .is_some_and(|held| held & wanted == 0)
-                    {
-                        examined += (from - first + 1) as usize;
-                        lowest = first;
-                        continue;
-                    }
+                let from = layout.last_position().min(lowest - 1);
+                if from >= first
+                    && passes_over(layout, categories, from - first + 1, examined)
+                    && events.len() < max_count
+                {
+                    examined += (from - first + 1) as usize;
+                    lowest = first;
+                    continue;
                 }
                 let whole = categories.is_some()
                     && lowest > layout.last_position()
@@ -1239,6 +1227,24 @@ impl Store {
             next_cursor: lowest.max(1),
         })
     }
+}
+
+/// Whether a filtered read may pass over `span` events of a chunk whole, without peeking
+/// at them: the chunk's categories are known (left by an earlier read) and share none with
+/// the filter's `wanted` ones, and examining `span` more events keeps the read within
+/// [`crate::limits::READ_SCAN_EVENTS_MAX`] (so the event-by-event loop would not have
+/// stopped inside the chunk either).
+fn passes_over(
+    layout: &ChunkLayout,
+    wanted: Option<CategoryMask>,
+    span: u64,
+    examined: usize,
+) -> bool {
+    wanted.is_some_and(|wanted| {
+        layout
+            .known_categories()
+            .is_some_and(|held| held & wanted == 0)
+    }) && examined.saturating_add(span as usize) <= crate::limits::READ_SCAN_EVENTS_MAX
 }
 
 #[cfg(test)]

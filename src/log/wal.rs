@@ -4,9 +4,10 @@
 //! power cut; making it survive one costs a second device round trip (`fdatasync` of
 //! sled's file) on every commit. Instead the writer appends each group's chunks — the
 //! events tree's new entries, self-verifying through the hash chain — to this journal
-//! and syncs only it; sled is flushed at checkpoints, after which the journal is
-//! truncated. Opening the log replays journal chunks sled does not have yet, and the
-//! indices are re-derived from the events as after any crash.
+//! and syncs only it; sled (its blob files too) is flushed and synced at checkpoints,
+//! after which the journal starts over in a new epoch (emptied at a clean shutdown).
+//! Opening the log replays journal chunks sled does not have yet, and the indices are
+//! re-derived from the events as after any crash.
 //!
 //! Record format (all integers little-endian):
 //! ```text
@@ -104,13 +105,13 @@ impl Wal {
         while let Some((magic, body_len)) = read_record(&file, offset, allocated_bytes, &mut body)?
         {
             if magic == MAGIC_LEGACY {
-                // Records of an older build, in a directory that recorded no epoch.
-                if epoch.is_some() || (next_seq > 0 && !legacy) {
+                // Records of an older build: only in a directory that recorded no epoch,
+                // and before any record that has one.
+                if epoch.is_some() {
                     break;
                 }
                 legacy = true;
                 decode_body(&body, &mut chunks)?;
-                next_seq += 1;
             } else {
                 if legacy || body.len() < ORDER_BYTES {
                     break;

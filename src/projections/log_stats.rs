@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use super::{ApplyError, Projection, ProjectionError, StateBatch};
 use crate::log::LoggedEvent;
+use crate::log::stream_name::category;
 
 /// Name of the projection.
 pub const NAME: &str = "log_stats";
@@ -77,8 +78,6 @@ impl Stat {
         self.max_occurred_at_us = self.max_occurred_at_us.max(occurred_at_us);
     }
 }
-
-use crate::log::stream_name::category;
 
 impl Projection for LogStatsProjection {
     fn name(&self) -> &'static str {

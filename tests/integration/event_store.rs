@@ -650,6 +650,16 @@ async fn ids_of_separate_appends_resent_as_one_batch_get_their_first_and_last_po
     t.server.stop().await.unwrap();
 }
 
+/// `customer`'s registration (personal data, sealed with the customer's key) with client
+/// id `id`.
+fn registration(customer: Uuid, id: &str) -> pb::ProposedEvent {
+    pb::ProposedEvent {
+        event_id: id.to_owned(),
+        event: Some(customer_registered(&customer.to_string())),
+        ..Default::default()
+    }
+}
+
 /// A refused append changes nothing, the key store included: a new customer's first
 /// personal event under a wrong expectation is ABORTED and leaves no key behind; under
 /// the right one it lands and its key exists.
@@ -659,11 +669,7 @@ async fn a_refused_first_personal_event_creates_no_key() {
     let mut c = t.client().await;
     let customer = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0abc);
     let stream = format!("customer-{customer}");
-    let registered = |id: &str| pb::ProposedEvent {
-        event_id: id.to_owned(),
-        event: Some(customer_registered(&customer.to_string())),
-        ..Default::default()
-    };
+    let registered = |id: &str| registration(customer, id);
     for expected in [Expected::Exact(5), Expected::StreamExists(())] {
         let status = append_err(
             &mut c,
@@ -705,10 +711,8 @@ async fn a_resent_personal_event_of_an_erased_customer_gets_its_original_positio
     let customer = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0def);
     let stream = format!("customer-{customer}");
     let registered = |id: &str| pb::ProposedEvent {
-        event_id: id.to_owned(),
-        event: Some(customer_registered(&customer.to_string())),
         metadata: HashMap::from([("tenant".to_owned(), "shop-1".to_owned())]),
-        ..Default::default()
+        ..registration(customer, id)
     };
     let first = append_ok(&mut c, append(&stream, None, vec![registered(&id(1))])).await;
     assert_eq!(landed(&first), (1, 1, 0));
