@@ -125,30 +125,24 @@ impl Budget {
 
     /// Adds `bytes` of a request body to `held`, or refuses the call.
     fn take_request(&self, held: &mut OwnedSemaphorePermit, bytes: usize) -> Result<(), Status> {
-        let more = u32::try_from(bytes)
-            .ok()
-            .and_then(|n| self.requests.clone().try_acquire_many_owned(n).ok())
-            .ok_or_else(|| {
-                Status::resource_exhausted(format!(
-                    "the server holds its limit of {} MiB of requests in flight; retry later",
-                    limits::REQUEST_BYTES_IN_FLIGHT_MAX >> 20
-                ))
-            })?;
+        let more = take(
+            &self.requests,
+            bytes,
+            limits::REQUEST_BYTES_IN_FLIGHT_MAX,
+            "requests",
+        )?;
         held.merge(more);
         Ok(())
     }
 
     /// Holds `bytes` of an answer until it is sent, or refuses it.
     fn take_response(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Status> {
-        u32::try_from(bytes)
-            .ok()
-            .and_then(|n| self.responses.clone().try_acquire_many_owned(n).ok())
-            .ok_or_else(|| {
-                Status::resource_exhausted(format!(
-                    "the server holds its limit of {} MiB of read answers in flight; retry later",
-                    limits::RESPONSE_BYTES_IN_FLIGHT_MAX >> 20
-                ))
-            })
+        take(
+            &self.responses,
+            bytes,
+            limits::RESPONSE_BYTES_IN_FLIGHT_MAX,
+            "read answers",
+        )
     }
 
     /// An empty hold, to add a request's bytes to as they arrive.
@@ -158,6 +152,25 @@ impl Budget {
             .try_acquire_many_owned(0)
             .expect("zero permits are always there")
     }
+}
+
+/// `bytes` permits of `budget` (whose limit is `limit` bytes of `what`), at once or
+/// `RESOURCE_EXHAUSTED`.
+fn take(
+    budget: &Arc<Semaphore>,
+    bytes: usize,
+    limit: usize,
+    what: &str,
+) -> Result<OwnedSemaphorePermit, Status> {
+    u32::try_from(bytes)
+        .ok()
+        .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+        .ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "the server holds its limit of {} MiB of {what} in flight; retry later",
+                limit >> 20
+            ))
+        })
 }
 
 /// The one message of a request body, decoded as `M`, as tonic's server decodes it: no
